@@ -18,9 +18,14 @@ const PROBE_DIR: &str = ".zmount-check";
 const PROBE_SIZE: usize = 4096;
 
 pub async fn run(config_path: &Path, only: &[String]) -> ExitCode {
-    let Some(config) = super::load_config(config_path) else { return ExitCode::FAILURE };
+    let Some(config) = super::load_config(config_path) else {
+        return ExitCode::FAILURE;
+    };
     if let Some(unknown) = only.iter().find(|n| !config.providers.contains_key(*n)) {
-        eprintln!("zmount: no provider named `{unknown}` in {}", config_path.display());
+        eprintln!(
+            "zmount: no provider named `{unknown}` in {}",
+            config_path.display()
+        );
         return ExitCode::FAILURE;
     }
     let storage = match Storage::with_tuning(&config, &ClientTuning::probe(&config.settings)) {
@@ -30,13 +35,19 @@ pub async fn run(config_path: &Path, only: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let selected: Vec<_> = storage.providers().filter(|p| only.is_empty() || only.contains(&p.name)).collect();
+    let selected: Vec<_> = storage
+        .providers()
+        .filter(|p| only.is_empty() || only.contains(&p.name))
+        .collect();
     let width = selected.iter().map(|p| p.name.len()).max().unwrap_or(0);
     let results = futures::future::join_all(selected.iter().map(|p| check_provider(p))).await;
     let mut failed = 0;
     for (provider, result) in selected.iter().zip(results) {
         match result {
-            Ok(steps) => println!("OK    {:width$}  {:6}  {}  {}", provider.name, provider.kind, steps, provider.location),
+            Ok(steps) => println!(
+                "OK    {:width$}  {:6}  {}  {}",
+                provider.name, provider.kind, steps, provider.location
+            ),
             Err((step, e)) => {
                 failed += 1;
                 println!(
@@ -47,7 +58,10 @@ pub async fn run(config_path: &Path, only: &[String]) -> ExitCode {
         }
     }
     if failed > 0 {
-        eprintln!("zmount: {failed} of {} providers failed the check", selected.len());
+        eprintln!(
+            "zmount: {failed} of {} providers failed the check",
+            selected.len()
+        );
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -69,14 +83,21 @@ async fn check_provider(provider: &Provider) -> Result<String, (&'static str, St
         summary.push("write skipped (read_only)".to_string());
         return Ok(summary.join(" · "));
     }
-    let probe_path = format!("{PROBE_DIR}/probe-{}-{}", std::process::id(), chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0));
+    let probe_path = format!(
+        "{PROBE_DIR}/probe-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+    );
     let key = provider.key_for(&probe_path);
     let probe = probe_path.as_str();
     let fail = |step: &'static str| move |e| (step, StorageError::from_store(provider, probe, e));
     let payload = Bytes::from((0..PROBE_SIZE).map(|i| (i % 251) as u8).collect::<Vec<_>>());
 
     let started = Instant::now();
-    store.put(&key, PutPayload::from(payload.clone())).await.map_err(fail("write"))?;
+    store
+        .put(&key, PutPayload::from(payload.clone()))
+        .await
+        .map_err(fail("write"))?;
     summary.push(format!("write {}", millis(started.elapsed())));
 
     let started = Instant::now();
@@ -93,7 +114,11 @@ async fn check_provider(provider: &Provider) -> Result<String, (&'static str, St
                 provider: provider.name.clone(),
                 location: provider.location.clone(),
                 path: probe_path.clone(),
-                message: format!("read back {} bytes that differ from the {} written", read.len(), payload.len()),
+                message: format!(
+                    "read back {} bytes that differ from the {} written",
+                    read.len(),
+                    payload.len()
+                ),
             },
         ));
     }

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 pub fn run(config_path: &Path, paths: &[String]) -> ExitCode {
-    let Some(config) = super::load_config(config_path) else { return ExitCode::FAILURE };
+    let Some(config) = super::load_config(config_path) else {
+        return ExitCode::FAILURE;
+    };
     let storage = match Storage::new(&config) {
         Ok(s) => s,
         Err(e) => {
@@ -24,8 +26,15 @@ pub fn run(config_path: &Path, paths: &[String]) -> ExitCode {
                 let route = resolved.route;
                 println!("path:     {clean}");
                 println!("rule:     {}", resolved.rule);
-                println!("provider: {} ({} at {})", provider.name, provider.kind, provider.location);
-                let fallback = if route.fallback.is_empty() { "none".to_string() } else { route.fallback.join(", ") };
+                println!(
+                    "provider: {} ({} at {})",
+                    provider.name, provider.kind, provider.location
+                );
+                let fallback = if route.fallback.is_empty() {
+                    "none".to_string()
+                } else {
+                    route.fallback.join(", ")
+                };
                 println!("fallback: {fallback}");
                 println!("write:    {}", format!("{:?}", route.write).to_lowercase());
                 for name in route.providers() {

@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "zmount", version, about = "Mount one directory tree over many storage providers")]
+#[command(
+    name = "zmount",
+    version,
+    about = "Mount one directory tree over many storage providers"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
@@ -49,13 +53,19 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("zmount: cannot start the async runtime: {e}");
@@ -63,7 +73,9 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Some(Command::Check { config, providers }) => runtime.block_on(check::run(&config, &providers)),
+        Some(Command::Check { config, providers }) => {
+            runtime.block_on(check::run(&config, &providers))
+        }
         Some(Command::Explain { config, paths }) => explain::run(&config, &paths),
         None => match (cli.config, cli.mountpoint) {
             (Some(_), Some(_)) => {

@@ -16,7 +16,12 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(file: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { file: file.to_path_buf(), key: key.into(), position: None, message: message.into() }
+        ConfigError {
+            file: file.to_path_buf(),
+            key: key.into(),
+            position: None,
+            message: message.into(),
+        }
     }
 }
 
@@ -65,14 +70,26 @@ pub fn describe_serde_error(path: &str, message: &str) -> (String, String) {
             "no keys are expected here".to_string()
         };
         // A deserializer that tracks the path may already have stepped into the unknown key.
-        let key = if path == name || path.ends_with(&format!(".{name}")) { path.to_string() } else { join(path, name) };
+        let key = if path == name || path.ends_with(&format!(".{name}")) {
+            path.to_string()
+        } else {
+            join(path, name)
+        };
         return (key, format!("unknown key; {expected}"));
     }
     if let Some(rest) = message.strip_prefix("missing field `") {
         let name = rest.trim_end_matches('`');
-        let key = if path == name || path.ends_with(&format!(".{name}")) { path.to_string() } else { join(path, name) };
+        let key = if path == name || path.ends_with(&format!(".{name}")) {
+            path.to_string()
+        } else {
+            join(path, name)
+        };
         return (key, "missing required key".to_string());
     }
-    let path = if path == "." { String::new() } else { path.to_string() };
+    let path = if path == "." {
+        String::new()
+    } else {
+        path.to_string()
+    };
     (path, message.replace("invalid type: ", "wrong type: "))
 }

@@ -143,7 +143,10 @@ impl TimeoutSettings {
 
 impl Default for TimeoutSettings {
     fn default() -> Self {
-        TimeoutSettings { connect: Self::default_connect(), read: Self::default_read() }
+        TimeoutSettings {
+            connect: Self::default_connect(),
+            read: Self::default_read(),
+        }
     }
 }
 
@@ -186,7 +189,10 @@ impl ProviderConfig {
             ProviderConfig::Azure(c) => (&c.prefix, c.read_only),
             ProviderConfig::Local(c) => (&c.prefix, c.read_only),
         };
-        CommonOptions { prefix: prefix.clone(), read_only }
+        CommonOptions {
+            prefix: prefix.clone(),
+            read_only,
+        }
     }
 }
 
@@ -318,21 +324,24 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new(path, "", format!("cannot read config file: {e}")))?;
-        Self::parse(&text, path)
+        // Anchor relative paths in the config to an absolute folder: a daemon may change directory later.
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        Self::parse(&text, &absolute)
     }
 
     /// Parses config text; `file` names it in errors and anchors relative paths.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
-            let inner = e.inner();
-            let (key, message) = describe_serde_error(&e.path().to_string(), inner.message());
-            let mut err = ConfigError::new(file, key, message);
-            err.position = inner.span().map(|s| line_col(text, s.start));
-            if err.key.is_empty() && err.position.is_some() {
-                err.message = format!("TOML syntax error: {}", err.message);
-            }
-            err
-        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| {
+                let inner = e.inner();
+                let (key, message) = describe_serde_error(&e.path().to_string(), inner.message());
+                let mut err = ConfigError::new(file, key, message);
+                err.position = inner.span().map(|s| line_col(text, s.start));
+                if err.key.is_empty() && err.position.is_some() {
+                    err.message = format!("TOML syntax error: {}", err.message);
+                }
+                err
+            })?;
         let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut providers = BTreeMap::new();
         for (name, table) in raw.providers {
@@ -341,7 +350,13 @@ impl Config {
         }
         let mut settings = raw.settings;
         settings.cache_dir = base.join(&settings.cache_dir);
-        let config = Config { file: file.to_path_buf(), settings, providers, routes: raw.routes, default: raw.default };
+        let config = Config {
+            file: file.to_path_buf(),
+            settings,
+            providers,
+            routes: raw.routes,
+            default: raw.default,
+        };
         config.validate()?;
         Ok(config)
     }
@@ -349,12 +364,17 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let err = |key: String, msg: String| Err(ConfigError::new(&self.file, key, msg));
         if self.providers.is_empty() {
-            return err("providers".into(), "no providers defined; add at least one [providers.NAME] table".into());
+            return err(
+                "providers".into(),
+                "no providers defined; add at least one [providers.NAME] table".into(),
+            );
         }
         for (i, route) in self.routes.iter().enumerate() {
             let key = format!("routes[{i}]");
             match (&route.prefix, &route.pattern) {
-                (Some(_), Some(_)) => return err(key, "give either `prefix` or `pattern`, not both".into()),
+                (Some(_), Some(_)) => {
+                    return err(key, "give either `prefix` or `pattern`, not both".into())
+                }
                 (None, None) => return err(key, "missing `prefix` or `pattern`".into()),
                 _ => {}
             }
@@ -362,23 +382,42 @@ impl Config {
         }
         if let Some(default) = &self.default {
             if default.prefix.is_some() || default.pattern.is_some() {
-                return err("default".into(), "the default route takes no `prefix` or `pattern`".into());
+                return err(
+                    "default".into(),
+                    "the default route takes no `prefix` or `pattern`".into(),
+                );
             }
             self.check_route_providers("default", default)?;
         }
         if self.settings.retry.attempts == 0 {
-            return err("settings.retry.attempts".into(), "must be at least 1 (the first attempt counts)".into());
+            return err(
+                "settings.retry.attempts".into(),
+                "must be at least 1 (the first attempt counts)".into(),
+            );
         }
         if self.settings.cdn.enabled && self.settings.cdn.domain.is_none() {
-            return err("settings.cdn.domain".into(), "required when settings.cdn.enabled = true".into());
+            return err(
+                "settings.cdn.domain".into(),
+                "required when settings.cdn.enabled = true".into(),
+            );
         }
         Ok(())
     }
 
     fn check_route_providers(&self, key: &str, route: &RouteConfig) -> Result<(), ConfigError> {
-        let defined = self.providers.keys().cloned().collect::<Vec<_>>().join(", ");
-        let named = std::iter::once(("provider".to_string(), &route.provider))
-            .chain(route.fallback.iter().enumerate().map(|(i, f)| (format!("fallback[{i}]"), f)));
+        let defined = self
+            .providers
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        let named = std::iter::once(("provider".to_string(), &route.provider)).chain(
+            route
+                .fallback
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (format!("fallback[{i}]"), f)),
+        );
         for (field, name) in named {
             if !self.providers.contains_key(name) {
                 return Err(ConfigError::new(
@@ -398,23 +437,48 @@ impl Config {
 }
 
 /// Types one `[providers.NAME]` table by its `kind`, expanding `${ENV}` references first.
-fn parse_provider(file: &Path, name: &str, mut table: toml::Table) -> Result<ProviderConfig, ConfigError> {
+fn parse_provider(
+    file: &Path,
+    name: &str,
+    mut table: toml::Table,
+) -> Result<ProviderConfig, ConfigError> {
     let key = format!("providers.{name}");
     let kinds = ProviderConfig::KINDS.join(", ");
     let kind = match table.remove("kind") {
         Some(toml::Value::String(kind)) => kind,
-        Some(_) => return Err(ConfigError::new(file, format!("{key}.kind"), format!("expected a string, one of: {kinds}"))),
-        None => return Err(ConfigError::new(file, format!("{key}.kind"), format!("missing required key; expected one of: {kinds}"))),
+        Some(_) => {
+            return Err(ConfigError::new(
+                file,
+                format!("{key}.kind"),
+                format!("expected a string, one of: {kinds}"),
+            ))
+        }
+        None => {
+            return Err(ConfigError::new(
+                file,
+                format!("{key}.kind"),
+                format!("missing required key; expected one of: {kinds}"),
+            ))
+        }
     };
     for (field, value) in table.iter_mut() {
         if let toml::Value::String(text) = value {
-            *text = expand_env(text).map_err(|m| ConfigError::new(file, format!("{key}.{field}"), m))?;
+            *text = expand_env(text)
+                .map_err(|m| ConfigError::new(file, format!("{key}.{field}"), m))?;
         }
     }
-    fn typed<T: DeserializeOwned>(file: &Path, key: &str, table: toml::Table) -> Result<T, ConfigError> {
+    fn typed<T: DeserializeOwned>(
+        file: &Path,
+        key: &str,
+        table: toml::Table,
+    ) -> Result<T, ConfigError> {
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let path = e.path().to_string();
-            let path = if path == "." { key.to_string() } else { format!("{key}.{path}") };
+            let path = if path == "." {
+                key.to_string()
+            } else {
+                format!("{key}.{path}")
+            };
             let (k, m) = describe_serde_error(&path, &e.inner().to_string());
             ConfigError::new(file, k, m)
         })
@@ -445,7 +509,8 @@ fn resolve_provider_paths(provider: ProviderConfig, base: &Path) -> ProviderConf
             if let Some(cred) = &c.credentials {
                 let text = cred.expose();
                 if !text.trim_start().starts_with('{') && Path::new(text).is_relative() {
-                    c.credentials = Some(Secret::new(base.join(text).to_string_lossy().into_owned()));
+                    c.credentials =
+                        Some(Secret::new(base.join(text).to_string_lossy().into_owned()));
                 }
             }
             ProviderConfig::Gcs(c)
@@ -469,14 +534,21 @@ mod tests {
             ProviderConfig::Local(l) => assert_eq!(l.path, Path::new("/etc/zmount/data")),
             _ => panic!("wrong kind"),
         }
-        assert_eq!(c.settings.cache_dir, Path::new("/etc/zmount/.zmount-data/cache"));
+        assert_eq!(
+            c.settings.cache_dir,
+            Path::new("/etc/zmount/.zmount-data/cache")
+        );
     }
 
     #[test]
     fn flattened_common_keys_and_unknown_keys() {
-        let c = parse("[providers.l]\nkind = \"local\"\npath = \"d\"\nprefix = \"p\"\nread_only = true\n").unwrap();
+        let c = parse(
+            "[providers.l]\nkind = \"local\"\npath = \"d\"\nprefix = \"p\"\nread_only = true\n",
+        )
+        .unwrap();
         assert!(c.providers["l"].common().read_only);
-        let e = parse("[providers.l]\nkind = \"local\"\npath = \"d\"\nbase_ur = \"x\"\n").unwrap_err();
+        let e =
+            parse("[providers.l]\nkind = \"local\"\npath = \"d\"\nbase_ur = \"x\"\n").unwrap_err();
         assert_eq!(e.key, "providers.l.base_ur", "{e}");
     }
 }

@@ -47,9 +47,12 @@ fn expand_with(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<St
                 .ok_or_else(|| "unclosed `${` (expected `${ENV_NAME}`)".to_string())?;
             let name = &body[..end];
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("`${{{name}}}` is not a valid environment variable reference"));
+                return Err(format!(
+                    "`${{{name}}}` is not a valid environment variable reference"
+                ));
             }
-            let value = lookup(name).ok_or_else(|| format!("environment variable `{name}` is not set"))?;
+            let value =
+                lookup(name).ok_or_else(|| format!("environment variable `{name}` is not set"))?;
             out.push_str(&value);
             rest = &body[end + 1..];
         } else {
@@ -113,7 +116,10 @@ mod tests {
     fn expands_references() {
         assert_eq!(expand_with("a${KEY}b", env).unwrap(), "avb");
         assert_eq!(expand_with("$$HOME $x", env).unwrap(), "$HOME $x");
-        assert_eq!(expand_with("${MISSING}", env).unwrap_err(), "environment variable `MISSING` is not set");
+        assert_eq!(
+            expand_with("${MISSING}", env).unwrap_err(),
+            "environment variable `MISSING` is not set"
+        );
         assert!(expand_with("${KEY", env).unwrap_err().contains("unclosed"));
     }
 

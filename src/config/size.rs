@@ -40,11 +40,13 @@ impl fmt::Display for ByteSize {
 /// Parses `"512 MiB"`, `"10GB"`, `"42"`; the error says what is expected.
 pub fn parse_size(text: &str) -> Result<ByteSize, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size; expected a number of bytes or a string like \"512 MiB\""))?;
+    let number: f64 = number.parse().map_err(|_| {
+        format!("`{text}` is not a size; expected a number of bytes or a string like \"512 MiB\"")
+    })?;
     let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
@@ -73,7 +75,9 @@ impl<'de> Deserialize<'de> for ByteSize {
                 f.write_str("a number of bytes or a string like \"512 MiB\"")
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a size cannot be negative"))
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
                 Ok(ByteSize(v))
@@ -96,7 +100,9 @@ mod tests {
         assert_eq!(parse_size("10GB").unwrap(), ByteSize(10_000_000_000));
         assert_eq!(parse_size("1.5 KiB").unwrap(), ByteSize(1536));
         assert_eq!(parse_size("42").unwrap(), ByteSize(42));
-        assert!(parse_size("12 parsecs").unwrap_err().contains("unknown size unit `parsecs`"));
+        assert!(parse_size("12 parsecs")
+            .unwrap_err()
+            .contains("unknown size unit `parsecs`"));
         assert!(parse_size("lots").unwrap_err().contains("is not a size"));
     }
 }

@@ -9,7 +9,8 @@ use std::sync::Arc;
 /// Azurite's published development account; `UseDevelopmentStorage=true` means this account on the local
 /// emulator's default port.
 const DEV_ACCOUNT: &str = "devstoreaccount1";
-const DEV_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+const DEV_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 const DEV_ENDPOINT: &str = "http://127.0.0.1:10000/devstoreaccount1";
 
 /// Account, key and endpoint, from whichever keys the config uses.
@@ -20,13 +21,17 @@ struct Credentials {
 }
 
 fn parse_connection_string(text: &str) -> Result<Credentials, String> {
-    let mut creds = Credentials { account: String::new(), key: None, endpoint: None };
+    let mut creds = Credentials {
+        account: String::new(),
+        key: None,
+        endpoint: None,
+    };
     let mut protocol = "https".to_string();
     let mut suffix = "core.windows.net".to_string();
     for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-        let (name, value) = part
-            .split_once('=')
-            .ok_or_else(|| "connection_string: expected `Name=value` pairs separated by `;`".to_string())?;
+        let (name, value) = part.split_once('=').ok_or_else(|| {
+            "connection_string: expected `Name=value` pairs separated by `;`".to_string()
+        })?;
         match name {
             "AccountName" => creds.account = value.to_string(),
             "AccountKey" => creds.key = Some(value.to_string()),
@@ -54,7 +59,10 @@ pub fn build(config: &AzureConfig, tuning: &ClientTuning) -> Result<BuiltStore, 
     let mut creds = match &config.connection_string {
         Some(cs) => parse_connection_string(cs.expose())?,
         None => Credentials {
-            account: config.account.clone().ok_or("needs `connection_string`, or `account` and `key`")?,
+            account: config
+                .account
+                .clone()
+                .ok_or("needs `connection_string`, or `account` and `key`")?,
             key: None,
             endpoint: None,
         },
@@ -65,7 +73,10 @@ pub fn build(config: &AzureConfig, tuning: &ClientTuning) -> Result<BuiltStore, 
     if let Some(endpoint) = &config.endpoint {
         creds.endpoint = Some(endpoint.trim_end_matches('/').to_string());
     }
-    let endpoint = creds.endpoint.clone().unwrap_or_else(|| format!("https://{}.blob.core.windows.net", creds.account));
+    let endpoint = creds
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| format!("https://{}.blob.core.windows.net", creds.account));
     let mut redactor = Redactor::default();
     let mut builder = MicrosoftAzureBuilder::new()
         .with_account(&creds.account)
@@ -80,7 +91,11 @@ pub fn build(config: &AzureConfig, tuning: &ClientTuning) -> Result<BuiltStore, 
     if let Some(cs) = &config.connection_string {
         redactor.add(cs);
     }
-    let store = Arc::new(builder.build().map_err(|e| redactor.redact(&e.to_string()))?);
+    let store = Arc::new(
+        builder
+            .build()
+            .map_err(|e| redactor.redact(&e.to_string()))?,
+    );
     Ok(BuiltStore {
         store: store.clone(),
         signer: Some(store),
@@ -98,7 +113,10 @@ mod tests {
         let c = parse_connection_string("DefaultEndpointsProtocol=https;AccountName=acme;AccountKey=k==;EndpointSuffix=core.windows.net").unwrap();
         assert_eq!(c.account, "acme");
         assert_eq!(c.key.as_deref(), Some("k=="));
-        assert_eq!(c.endpoint.as_deref(), Some("https://acme.blob.core.windows.net"));
+        assert_eq!(
+            c.endpoint.as_deref(),
+            Some("https://acme.blob.core.windows.net")
+        );
         let dev = parse_connection_string("UseDevelopmentStorage=true").unwrap();
         assert_eq!(dev.endpoint.as_deref(), Some(DEV_ENDPOINT));
         assert!(parse_connection_string("AccountKey=x").is_err());

@@ -5,14 +5,19 @@
 
 use super::{BuiltStore, ClientTuning};
 use crate::config::{GcsConfig, Redactor};
-use object_store::gcp::{GcpSigningCredential, GcpSigningCredentialProvider, GoogleCloudStorageBuilder, ServiceAccountKey};
+use object_store::gcp::{
+    GcpSigningCredential, GcpSigningCredentialProvider, GoogleCloudStorageBuilder,
+    ServiceAccountKey,
+};
 use object_store::StaticCredentialProvider;
 use std::sync::Arc;
 
 const GOOGLE_ENDPOINT: &str = "https://storage.googleapis.com";
 
 pub fn build(config: &GcsConfig, tuning: &ClientTuning) -> Result<BuiltStore, String> {
-    let mut builder = GoogleCloudStorageBuilder::new().with_bucket_name(&config.bucket).with_retry(tuning.retry.clone());
+    let mut builder = GoogleCloudStorageBuilder::new()
+        .with_bucket_name(&config.bucket)
+        .with_retry(tuning.retry.clone());
     let mut redactor = Redactor::default();
     let mut endpoint = GOOGLE_ENDPOINT.to_string();
     if let Some(credentials) = &config.credentials {
@@ -22,10 +27,11 @@ pub fn build(config: &GcsConfig, tuning: &ClientTuning) -> Result<BuiltStore, St
             text.to_string()
         } else {
             builder = builder.with_service_account_path(text);
-            std::fs::read_to_string(text).map_err(|e| format!("cannot read credentials file {text}: {e}"))?
+            std::fs::read_to_string(text)
+                .map_err(|e| format!("cannot read credentials file {text}: {e}"))?
         };
-        let parsed: serde_json::Value =
-            serde_json::from_str(&json).map_err(|e| format!("credentials are not valid service-account JSON: {e}"))?;
+        let parsed: serde_json::Value = serde_json::from_str(&json)
+            .map_err(|e| format!("credentials are not valid service-account JSON: {e}"))?;
         if let Some(key) = parsed.get("private_key").and_then(|v| v.as_str()) {
             redactor.add_str(key);
         }
@@ -41,7 +47,11 @@ pub fn build(config: &GcsConfig, tuning: &ClientTuning) -> Result<BuiltStore, St
         }
     }
     builder = builder.with_client_options(tuning.client(Some(&endpoint)));
-    let store = Arc::new(builder.build().map_err(|e| redactor.redact(&e.to_string()))?);
+    let store = Arc::new(
+        builder
+            .build()
+            .map_err(|e| redactor.redact(&e.to_string()))?,
+    );
     Ok(BuiltStore {
         store: store.clone(),
         signer: Some(store),
@@ -50,12 +60,27 @@ pub fn build(config: &GcsConfig, tuning: &ClientTuning) -> Result<BuiltStore, St
     })
 }
 
-fn local_signing_credentials(json: &serde_json::Value) -> Result<Option<GcpSigningCredentialProvider>, String> {
-    let pem = json.get("private_key").and_then(|v| v.as_str()).unwrap_or_default();
+fn local_signing_credentials(
+    json: &serde_json::Value,
+) -> Result<Option<GcpSigningCredentialProvider>, String> {
+    let pem = json
+        .get("private_key")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
     if pem.trim().is_empty() {
         return Ok(None);
     }
-    let key = ServiceAccountKey::from_pem(pem.as_bytes()).map_err(|e| format!("credentials: private_key is not a usable RSA key: {e}"))?;
-    let email = json.get("client_email").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-    Ok(Some(Arc::new(StaticCredentialProvider::new(GcpSigningCredential { email, private_key: Some(key) }))))
+    let key = ServiceAccountKey::from_pem(pem.as_bytes())
+        .map_err(|e| format!("credentials: private_key is not a usable RSA key: {e}"))?;
+    let email = json
+        .get("client_email")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    Ok(Some(Arc::new(StaticCredentialProvider::new(
+        GcpSigningCredential {
+            email,
+            private_key: Some(key),
+        },
+    ))))
 }

@@ -10,8 +10,9 @@ use futures::stream::BoxStream;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
-    Attribute, AttributeValue, Attributes, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload,
-    ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, Result, UploadPart,
+    Attribute, AttributeValue, Attributes, CopyOptions, GetOptions, GetResult, ListResult,
+    MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
+    PutResult, Result, UploadPart,
 };
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -30,7 +31,10 @@ pub fn build(config: &LocalConfig) -> std::result::Result<Arc<LocalStore>, Strin
         .map_err(|e| format!("cannot use folder {}: {e}", config.path.display()))?
         .with_automatic_cleanup(true)
         .with_fsync(true);
-    Ok(Arc::new(LocalStore { inner: Arc::new(inner), root: config.path.clone() }))
+    Ok(Arc::new(LocalStore {
+        inner: Arc::new(inner),
+        root: config.path.clone(),
+    }))
 }
 
 #[derive(Debug)]
@@ -53,14 +57,21 @@ impl LocalStore {
 
 fn io_error(path: &std::path::Path, e: std::io::Error) -> object_store::Error {
     if e.kind() == std::io::ErrorKind::NotFound {
-        object_store::Error::NotFound { path: path.display().to_string(), source: Box::new(e) }
+        object_store::Error::NotFound {
+            path: path.display().to_string(),
+            source: Box::new(e),
+        }
     } else {
-        object_store::Error::Generic { store: "LocalStore", source: Box::new(e) }
+        object_store::Error::Generic {
+            store: "LocalStore",
+            source: Box::new(e),
+        }
     }
 }
 
 fn c_path(path: &std::path::Path) -> std::io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
 }
 
 /// Replaces the file's zmount attributes with `attributes`.
@@ -80,7 +91,15 @@ fn write_xattrs(file: &std::path::Path, attributes: &Attributes) -> std::io::Res
         let cname = c_path(std::path::Path::new(&name))?;
         let v: &str = value.as_ref();
         // SAFETY: pointers valid for the call; the value length is the buffer's.
-        let rc = unsafe { libc::setxattr(cpath.as_ptr(), cname.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+        let rc = unsafe {
+            libc::setxattr(
+                cpath.as_ptr(),
+                cname.as_ptr(),
+                v.as_ptr().cast(),
+                v.len(),
+                0,
+            )
+        };
         if rc != 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -115,7 +134,14 @@ fn read_xattr(cpath: &CString, name: &str) -> std::io::Result<String> {
     let cname = CString::new(name).expect("xattr names have no NUL");
     let mut buf = vec![0u8; 4096];
     // SAFETY: buf has the length we pass.
-    let size = unsafe { libc::getxattr(cpath.as_ptr(), cname.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let size = unsafe {
+        libc::getxattr(
+            cpath.as_ptr(),
+            cname.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
     if size < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -139,30 +165,49 @@ fn read_xattrs(file: &std::path::Path) -> std::io::Result<Attributes> {
 
 #[async_trait]
 impl ObjectStore for LocalStore {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, mut opts: PutOptions) -> Result<PutResult> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        mut opts: PutOptions,
+    ) -> Result<PutResult> {
         let attributes = std::mem::take(&mut opts.attributes);
         let result = self.inner.put_opts(location, payload, opts).await?;
         let file = self.file_of(location)?;
-        tokio::task::spawn_blocking(move || write_xattrs(&file, &attributes).map_err(|e| io_error(&file, e)))
-            .await??;
+        tokio::task::spawn_blocking(move || {
+            write_xattrs(&file, &attributes).map_err(|e| io_error(&file, e))
+        })
+        .await??;
         Ok(result)
     }
 
-    async fn put_multipart_opts(&self, location: &Path, mut opts: PutMultipartOptions) -> Result<Box<dyn MultipartUpload>> {
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        mut opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
         let attributes = std::mem::take(&mut opts.attributes);
         let upload = self.inner.put_multipart_opts(location, opts).await?;
-        Ok(Box::new(LocalUpload { upload, file: self.file_of(location)?, attributes }))
+        Ok(Box::new(LocalUpload {
+            upload,
+            file: self.file_of(location)?,
+            attributes,
+        }))
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         let mut result = self.inner.get_opts(location, options).await?;
         let file = self.file_of(location)?;
-        result.attributes = tokio::task::spawn_blocking(move || read_xattrs(&file).map_err(|e| io_error(&file, e)))
-            .await??;
+        result.attributes =
+            tokio::task::spawn_blocking(move || read_xattrs(&file).map_err(|e| io_error(&file, e)))
+                .await??;
         Ok(result)
     }
 
-    fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
         self.inner.delete_stream(locations)
     }
 
@@ -202,8 +247,10 @@ impl MultipartUpload for LocalUpload {
     async fn complete(&mut self) -> Result<PutResult> {
         let result = self.upload.complete().await?;
         let (file, attributes) = (self.file.clone(), self.attributes.clone());
-        tokio::task::spawn_blocking(move || write_xattrs(&file, &attributes).map_err(|e| io_error(&file, e)))
-            .await??;
+        tokio::task::spawn_blocking(move || {
+            write_xattrs(&file, &attributes).map_err(|e| io_error(&file, e))
+        })
+        .await??;
         Ok(result)
     }
 

@@ -30,7 +30,10 @@ impl ClientTuning {
     const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
     pub fn from_settings(settings: &Settings) -> Self {
-        ClientTuning { retry: Self::retry_config(&settings.retry), timeouts: settings.timeouts.clone() }
+        ClientTuning {
+            retry: Self::retry_config(&settings.retry),
+            timeouts: settings.timeouts.clone(),
+        }
     }
 
     /// One attempt, short timeouts: for probing whether a provider answers at all (`zmount check`).
@@ -91,12 +94,20 @@ pub struct Provider {
 
 impl fmt::Debug for Provider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Provider({} {} at {})", self.name, self.kind, self.location)
+        write!(
+            f,
+            "Provider({} {} at {})",
+            self.name, self.kind, self.location
+        )
     }
 }
 
 impl Provider {
-    pub fn build(name: &str, config: &ProviderConfig, tuning: &ClientTuning) -> Result<Provider, String> {
+    pub fn build(
+        name: &str,
+        config: &ProviderConfig,
+        tuning: &ClientTuning,
+    ) -> Result<Provider, String> {
         let mut base_url = None;
         let built = match config {
             ProviderConfig::S3(c) => s3::build(c, false, tuning)?,
@@ -143,7 +154,9 @@ impl Provider {
         if self.prefix.is_empty() {
             return Some(key.to_string());
         }
-        key.strip_prefix(self.prefix.as_str()).and_then(|rest| rest.strip_prefix('/')).map(str::to_string)
+        key.strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix('/'))
+            .map(str::to_string)
     }
 }
 
@@ -155,12 +168,18 @@ mod tests {
     #[test]
     fn keys_are_prefix_plus_path() {
         let dir = tempfile::tempdir().unwrap();
-        let text = format!("[providers.l]\nkind = \"local\"\npath = {:?}\nprefix = \"/team/\"\n", dir.path());
+        let text = format!(
+            "[providers.l]\nkind = \"local\"\npath = {:?}\nprefix = \"/team/\"\n",
+            dir.path()
+        );
         let config = Config::parse(&text, std::path::Path::new("m.toml")).unwrap();
         let tuning = ClientTuning::from_settings(&config.settings);
         let p = Provider::build("l", &config.providers["l"], &tuning).unwrap();
         assert_eq!(p.key_for("a/b.txt").as_ref(), "team/a/b.txt");
-        assert_eq!(p.path_of(&ObjectPath::from("team/a/b.txt")).as_deref(), Some("a/b.txt"));
+        assert_eq!(
+            p.path_of(&ObjectPath::from("team/a/b.txt")).as_deref(),
+            Some("a/b.txt")
+        );
         assert_eq!(p.path_of(&ObjectPath::from("teamx/a")), None);
     }
 }

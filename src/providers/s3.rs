@@ -42,8 +42,13 @@ pub fn build(config: &S3Config, wasabi: bool, tuning: &ClientTuning) -> Result<B
         builder = builder.with_token(token.expose());
         redactor.add(token);
     }
-    let store = Arc::new(builder.build().map_err(|e| redactor.redact(&e.to_string()))?);
-    let endpoint = endpoint.unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", config.region));
+    let store = Arc::new(
+        builder
+            .build()
+            .map_err(|e| redactor.redact(&e.to_string()))?,
+    );
+    let endpoint =
+        endpoint.unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", config.region));
     Ok(BuiltStore {
         store: store.clone(),
         signer: Some(store),

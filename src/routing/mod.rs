@@ -90,7 +90,9 @@ pub struct Router {
 
 impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.rules.iter().map(|r| &r.label)).finish()
+        f.debug_list()
+            .entries(self.rules.iter().map(|r| &r.label))
+            .finish()
     }
 }
 
@@ -108,19 +110,32 @@ impl Router {
                 ));
             }
             let (label, matcher) = if let Some(prefix) = &rc.prefix {
-                let clean = normalize(prefix).map_err(|e| ConfigError::new(&config.file, format!("{key}.prefix"), e.to_string()))?;
-                (format!("{key} (prefix = {prefix:?})"), Matcher::Prefix(clean))
+                let clean = normalize(prefix).map_err(|e| {
+                    ConfigError::new(&config.file, format!("{key}.prefix"), e.to_string())
+                })?;
+                (
+                    format!("{key} (prefix = {prefix:?})"),
+                    Matcher::Prefix(clean),
+                )
             } else {
                 let pattern = rc.pattern.as_deref().unwrap_or_default();
-                let set = build_globs(pattern).map_err(|m| ConfigError::new(&config.file, format!("{key}.pattern"), m))?;
+                let set = build_globs(pattern)
+                    .map_err(|m| ConfigError::new(&config.file, format!("{key}.pattern"), m))?;
                 if pattern.split('|').any(|alt| alt.chars().all(|c| c == '*')) {
                     catch_all = Some(format!("{key} (pattern = {pattern:?})"));
                 }
                 (format!("{key} (pattern = {pattern:?})"), Matcher::Glob(set))
             };
-            rules.push(Rule { label, matcher, route: Route::from_config(rc) });
+            rules.push(Rule {
+                label,
+                matcher,
+                route: Route::from_config(rc),
+            });
         }
-        let default = config.default.as_ref().map(|d| ("default".to_string(), Route::from_config(d)));
+        let default = config
+            .default
+            .as_ref()
+            .map(|d| ("default".to_string(), Route::from_config(d)));
         Ok(Router { rules, default })
     }
 
@@ -129,8 +144,15 @@ impl Router {
         self.rules
             .iter()
             .find(|rule| rule.matches(path))
-            .map(|rule| Resolved { rule: &rule.label, route: &rule.route })
-            .or_else(|| self.default.as_ref().map(|(label, route)| Resolved { rule: label, route }))
+            .map(|rule| Resolved {
+                rule: &rule.label,
+                route: &rule.route,
+            })
+            .or_else(|| {
+                self.default
+                    .as_ref()
+                    .map(|(label, route)| Resolved { rule: label, route })
+            })
     }
 
     /// Providers (primaries and fallbacks) that may hold entries at or below directory `dir`, each once, in rule
@@ -168,7 +190,9 @@ impl Rule {
 
 /// True when `path` is `dir` or below it ("" is the root, which holds everything).
 pub fn is_within(path: &str, dir: &str) -> bool {
-    dir.is_empty() || path == dir || (path.starts_with(dir) && path.as_bytes().get(dir.len()) == Some(&b'/'))
+    dir.is_empty()
+        || path == dir
+        || (path.starts_with(dir) && path.as_bytes().get(dir.len()) == Some(&b'/'))
 }
 
 fn build_globs(pattern: &str) -> Result<GlobSet, String> {
@@ -176,7 +200,9 @@ fn build_globs(pattern: &str) -> Result<GlobSet, String> {
     for alt in pattern.split('|') {
         let alt = alt.trim();
         if alt.is_empty() {
-            return Err(format!("empty alternative in pattern {pattern:?}; expected globs separated by `|`"));
+            return Err(format!(
+                "empty alternative in pattern {pattern:?}; expected globs separated by `|`"
+            ));
         }
         let glob = GlobBuilder::new(alt.trim_start_matches('/'))
             .literal_separator(false)
@@ -185,7 +211,9 @@ fn build_globs(pattern: &str) -> Result<GlobSet, String> {
             .map_err(|e| format!("invalid glob {alt:?}: {}", e.kind()))?;
         builder.add(glob);
     }
-    builder.build().map_err(|e| format!("invalid pattern {pattern:?}: {e}"))
+    builder
+        .build()
+        .map_err(|e| format!("invalid pattern {pattern:?}: {e}"))
 }
 
 #[cfg(test)]
@@ -226,9 +254,18 @@ provider = "s3"
     #[test]
     fn first_matching_rule_wins() {
         let r = router();
-        assert_eq!(r.resolve("temp_files/a.jpg").unwrap().route.provider, "local");
-        assert_eq!(r.resolve("user_uploads/deep/x.png").unwrap().route.provider, "gcs");
-        assert_eq!(r.resolve("user_uploads/x.txt").unwrap().route.provider, "s3");
+        assert_eq!(
+            r.resolve("temp_files/a.jpg").unwrap().route.provider,
+            "local"
+        );
+        assert_eq!(
+            r.resolve("user_uploads/deep/x.png").unwrap().route.provider,
+            "gcs"
+        );
+        assert_eq!(
+            r.resolve("user_uploads/x.txt").unwrap().route.provider,
+            "s3"
+        );
         assert_eq!(r.resolve("temp_files2/x.txt").unwrap().rule, "default");
         assert_eq!(r.resolve("temp_files").unwrap().route.provider, "local");
     }

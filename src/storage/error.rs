@@ -16,16 +16,34 @@ pub enum StorageError {
     AlreadyExists { provider: String, path: String },
 
     #[error("{path}: permission denied by provider `{provider}` ({location}): {message}")]
-    PermissionDenied { provider: String, location: String, path: String, message: String },
+    PermissionDenied {
+        provider: String,
+        location: String,
+        path: String,
+        message: String,
+    },
 
     #[error("{path}: provider `{provider}` ({location}) rejected the credentials: {message}")]
-    Unauthenticated { provider: String, location: String, path: String, message: String },
+    Unauthenticated {
+        provider: String,
+        location: String,
+        path: String,
+        message: String,
+    },
 
     #[error("{path}: provider `{provider}` does not support {what}")]
-    NotSupported { provider: String, path: String, what: String },
+    NotSupported {
+        provider: String,
+        path: String,
+        what: String,
+    },
 
     #[error("{path}: changed on provider `{provider}` while in use: {message}")]
-    Precondition { provider: String, path: String, message: String },
+    Precondition {
+        provider: String,
+        path: String,
+        message: String,
+    },
 
     #[error("{path}: {size} bytes exceeds the limit of {limit} bytes for this route")]
     TooLarge { path: String, size: u64, limit: u64 },
@@ -34,14 +52,27 @@ pub enum StorageError {
     NoRoute { path: String },
 
     #[error("{path}: invalid {what}: {reason}")]
-    Invalid { path: String, what: &'static str, reason: String },
+    Invalid {
+        path: String,
+        what: &'static str,
+        reason: String,
+    },
 
     /// Anything else the provider reported: network failures, timeouts, 5xx after retries.
     #[error("{path}: provider `{provider}` ({location}) failed: {message}")]
-    Provider { provider: String, location: String, path: String, message: String },
+    Provider {
+        provider: String,
+        location: String,
+        path: String,
+        message: String,
+    },
 
     #[error("provider `{provider}` ({kind}) could not be set up: {message}")]
-    Setup { provider: String, kind: &'static str, message: String },
+    Setup {
+        provider: String,
+        kind: &'static str,
+        message: String,
+    },
 
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -56,15 +87,42 @@ impl StorageError {
         let message = provider.redactor.redact(&root_cause(&err));
         use object_store::Error as E;
         match err {
-            E::NotFound { .. } => StorageError::NotFound { provider: name, path },
-            E::AlreadyExists { .. } => StorageError::AlreadyExists { provider: name, path },
-            E::PermissionDenied { .. } => StorageError::PermissionDenied { provider: name, location, path, message },
-            E::Unauthenticated { .. } => StorageError::Unauthenticated { provider: name, location, path, message },
-            E::NotSupported { .. } | E::NotImplemented { .. } => {
-                StorageError::NotSupported { provider: name, path, what: message }
-            }
-            E::Precondition { .. } | E::NotModified { .. } => StorageError::Precondition { provider: name, path, message },
-            _ => StorageError::Provider { provider: name, location, path, message },
+            E::NotFound { .. } => StorageError::NotFound {
+                provider: name,
+                path,
+            },
+            E::AlreadyExists { .. } => StorageError::AlreadyExists {
+                provider: name,
+                path,
+            },
+            E::PermissionDenied { .. } => StorageError::PermissionDenied {
+                provider: name,
+                location,
+                path,
+                message,
+            },
+            E::Unauthenticated { .. } => StorageError::Unauthenticated {
+                provider: name,
+                location,
+                path,
+                message,
+            },
+            E::NotSupported { .. } | E::NotImplemented { .. } => StorageError::NotSupported {
+                provider: name,
+                path,
+                what: message,
+            },
+            E::Precondition { .. } | E::NotModified { .. } => StorageError::Precondition {
+                provider: name,
+                path,
+                message,
+            },
+            _ => StorageError::Provider {
+                provider: name,
+                location,
+                path,
+                message,
+            },
         }
     }
 

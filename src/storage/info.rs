@@ -34,7 +34,10 @@ pub struct UploadOptions {
 /// key is ASCII letters, digits and `_`, starting with a letter or `_`. Values must be printable ASCII (HTTP
 /// headers carry them).
 pub fn normalize_metadata_key(key: &str) -> Result<String, String> {
-    let ok_start = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let ok_start = key
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     if !ok_start || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(format!(
             "metadata key {key:?} is not portable across providers: use ASCII letters, digits and `_`, starting with a letter"
@@ -53,7 +56,10 @@ pub fn check_metadata_value(key: &str, value: &str) -> Result<(), String> {
 
 /// Content type for a path, from its extension.
 pub fn guess_content_type(path: &str) -> String {
-    mime_guess::from_path(path).first_or_octet_stream().essence_str().to_string()
+    mime_guess::from_path(path)
+        .first_or_octet_stream()
+        .essence_str()
+        .to_string()
 }
 
 #[cfg(test)]
@@ -62,7 +68,10 @@ mod tests {
 
     #[test]
     fn metadata_keys() {
-        assert_eq!(normalize_metadata_key("Author_Name2").unwrap(), "author_name2");
+        assert_eq!(
+            normalize_metadata_key("Author_Name2").unwrap(),
+            "author_name2"
+        );
         assert!(normalize_metadata_key("x-y").is_err());
         assert!(normalize_metadata_key("9lives").is_err());
         assert!(check_metadata_value("k", "José").is_err());

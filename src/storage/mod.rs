@@ -9,14 +9,19 @@ mod error;
 mod info;
 
 pub use error::{Result, StorageError};
-pub use info::{check_metadata_value, guess_content_type, normalize_metadata_key, FileInfo, UploadOptions};
+pub use info::{
+    check_metadata_value, guess_content_type, normalize_metadata_key, FileInfo, UploadOptions,
+};
 
 use crate::config::Config;
 use crate::providers::{ClientTuning, Provider};
 use crate::routing::{is_within, normalize, Resolved, Router};
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
-use object_store::{Attribute, AttributeValue, Attributes, GetOptions, GetRange, ObjectMeta, ObjectStoreExt, PutOptions, PutPayload, WriteMultipart};
+use object_store::{
+    Attribute, AttributeValue, Attributes, GetOptions, GetRange, ObjectMeta, ObjectStoreExt,
+    PutOptions, PutPayload, WriteMultipart,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::sync::Arc;
@@ -37,7 +42,10 @@ pub struct Storage {
 
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Storage").field("providers", &self.providers.values()).field("router", &self.router).finish()
+        f.debug_struct("Storage")
+            .field("providers", &self.providers.values())
+            .field("router", &self.router)
+            .finish()
     }
 }
 
@@ -51,11 +59,12 @@ impl Storage {
         let router = Router::new(config)?;
         let mut providers = BTreeMap::new();
         for (name, pc) in &config.providers {
-            let provider = Provider::build(name, pc, tuning).map_err(|message| StorageError::Setup {
-                provider: name.clone(),
-                kind: pc.kind(),
-                message,
-            })?;
+            let provider =
+                Provider::build(name, pc, tuning).map_err(|message| StorageError::Setup {
+                    provider: name.clone(),
+                    kind: pc.kind(),
+                    message,
+                })?;
             providers.insert(name.clone(), Arc::new(provider));
         }
         let cdn = &config.settings.cdn;
@@ -86,23 +95,40 @@ impl Storage {
             what: "path",
             reason: e.to_string(),
         })?;
-        let resolved = self.router.resolve(&clean).ok_or_else(|| StorageError::NoRoute { path: clean.clone() })?;
+        let resolved = self
+            .router
+            .resolve(&clean)
+            .ok_or_else(|| StorageError::NoRoute {
+                path: clean.clone(),
+            })?;
         let provider = &self.providers[&resolved.route.provider];
         Ok((clean, resolved, provider))
     }
 
     /// Largest file the route of `path` accepts, if limited.
     pub fn size_limit(&self, resolved: &Resolved<'_>) -> Option<u64> {
-        resolved.route.max_file_size.map(|s| s.0).or(self.max_file_size)
+        resolved
+            .route
+            .max_file_size
+            .map(|s| s.0)
+            .or(self.max_file_size)
     }
 
     /// Stores `data` at `path`, replacing any object there.
-    pub async fn upload(&self, path: &str, data: Bytes, options: UploadOptions) -> Result<FileInfo> {
+    pub async fn upload(
+        &self,
+        path: &str,
+        data: Bytes,
+        options: UploadOptions,
+    ) -> Result<FileInfo> {
         let (path, resolved, provider) = self.resolve(path)?;
         self.check_size(&path, &resolved, data.len() as u64)?;
         let attributes = self.upload_attributes(&path, &options)?;
         let size = data.len() as u64;
-        let opts = PutOptions { attributes, ..Default::default() };
+        let opts = PutOptions {
+            attributes,
+            ..Default::default()
+        };
         let result = provider
             .store
             .put_opts(&provider.key_for(&path), PutPayload::from(data), opts)
@@ -113,17 +139,29 @@ impl Storage {
 
     /// Stores a stream of chunks at `path` as a multipart upload with bounded memory; the object appears only when
     /// the stream ends without error.
-    pub async fn upload_stream<S>(&self, path: &str, mut stream: S, options: UploadOptions) -> Result<FileInfo>
+    pub async fn upload_stream<S>(
+        &self,
+        path: &str,
+        mut stream: S,
+        options: UploadOptions,
+    ) -> Result<FileInfo>
     where
         S: futures::Stream<Item = std::io::Result<Bytes>> + Unpin,
     {
         let (path, resolved, provider) = self.resolve(path)?;
         let attributes = self.upload_attributes(&path, &options)?;
         let limit = self.size_limit(&resolved);
-        let opts = object_store::PutMultipartOptions { attributes, ..Default::default() };
+        let opts = object_store::PutMultipartOptions {
+            attributes,
+            ..Default::default()
+        };
         let key = provider.key_for(&path);
         let fail = |e| StorageError::from_store(provider, &path, e);
-        let upload = provider.store.put_multipart_opts(&key, opts).await.map_err(fail)?;
+        let upload = provider
+            .store
+            .put_multipart_opts(&key, opts)
+            .await
+            .map_err(fail)?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART_SIZE);
         let mut size = 0u64;
         let outcome: Result<()> = async {
@@ -135,9 +173,16 @@ impl Storage {
                 })?;
                 size += chunk.len() as u64;
                 if let Some(limit) = limit.filter(|l| size > *l) {
-                    return Err(StorageError::TooLarge { path: path.clone(), size, limit });
+                    return Err(StorageError::TooLarge {
+                        path: path.clone(),
+                        size,
+                        limit,
+                    });
                 }
-                writer.wait_for_capacity(UPLOAD_CONCURRENCY).await.map_err(fail)?;
+                writer
+                    .wait_for_capacity(UPLOAD_CONCURRENCY)
+                    .await
+                    .map_err(fail)?;
                 writer.put(chunk);
             }
             Ok(())
@@ -155,7 +200,11 @@ impl Storage {
     pub async fn download(&self, path: &str) -> Result<Bytes> {
         let (path, _, provider) = self.resolve(path)?;
         let fail = |e| StorageError::from_store(provider, &path, e);
-        let result = provider.store.get(&provider.key_for(&path)).await.map_err(fail)?;
+        let result = provider
+            .store
+            .get(&provider.key_for(&path))
+            .await
+            .map_err(fail)?;
         result.bytes().await.map_err(fail)
     }
 
@@ -168,7 +217,10 @@ impl Storage {
             .await
             .map_err(|e| StorageError::from_store(provider, &path, e))?;
         let provider = provider.clone();
-        Ok(result.into_stream().map_err(move |e| StorageError::from_store(&provider, &path, e)).boxed())
+        Ok(result
+            .into_stream()
+            .map_err(move |e| StorageError::from_store(&provider, &path, e))
+            .boxed())
     }
 
     /// Bytes `range` of the object (clamped to its end, like a file read).
@@ -177,9 +229,16 @@ impl Storage {
         if range.is_empty() {
             return Ok(Bytes::new());
         }
-        let options = GetOptions { range: Some(GetRange::Bounded(range)), ..Default::default() };
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(range)),
+            ..Default::default()
+        };
         let fail = |e| StorageError::from_store(provider, &path, e);
-        let result = provider.store.get_opts(&provider.key_for(&path), options).await.map_err(fail)?;
+        let result = provider
+            .store
+            .get_opts(&provider.key_for(&path), options)
+            .await
+            .map_err(fail)?;
         result.bytes().await.map_err(fail)
     }
 
@@ -205,7 +264,10 @@ impl Storage {
     /// Size, type, dates, ETag and user metadata of one object.
     pub async fn get_info(&self, path: &str) -> Result<FileInfo> {
         let (path, _, provider) = self.resolve(path)?;
-        let options = GetOptions { head: true, ..Default::default() };
+        let options = GetOptions {
+            head: true,
+            ..Default::default()
+        };
         let result = provider
             .store
             .get_opts(&provider.key_for(&path), options)
@@ -225,18 +287,27 @@ impl Storage {
         let mut found: BTreeMap<String, FileInfo> = BTreeMap::new();
         for name in self.router.providers_under(&prefix) {
             let provider = &self.providers[name];
-            let key = (!prefix.is_empty() || !provider.prefix.is_empty()).then(|| provider.key_for(&prefix));
+            let key = (!prefix.is_empty() || !provider.prefix.is_empty())
+                .then(|| provider.key_for(&prefix));
             let mut listing = provider.store.list(key.as_ref());
             while let Some(meta) = listing.next().await {
                 let meta = meta.map_err(|e| StorageError::from_store(provider, &prefix, e))?;
-                let Some(path) = provider.path_of(&meta.location) else { continue };
-                let routed_here = self.router.resolve(&path).is_some_and(|r| r.route.provider == provider.name);
+                let Some(path) = provider.path_of(&meta.location) else {
+                    continue;
+                };
+                let routed_here = self
+                    .router
+                    .resolve(&path)
+                    .is_some_and(|r| r.route.provider == provider.name);
                 if routed_here && is_within(&path, &prefix) {
                     found.insert(path.clone(), self.info_from(provider, path, &meta, None));
                 }
             }
         }
-        Ok(found.into_values().take(limit.unwrap_or(usize::MAX)).collect())
+        Ok(found
+            .into_values()
+            .take(limit.unwrap_or(usize::MAX))
+            .collect())
     }
 
     /// A URL a browser or `curl` can fetch the object from: the CDN URL when a CDN is configured, a signed URL
@@ -260,32 +331,61 @@ impl Storage {
 
     fn check_size(&self, path: &str, resolved: &Resolved<'_>, size: u64) -> Result<()> {
         match self.size_limit(resolved) {
-            Some(limit) if size > limit => Err(StorageError::TooLarge { path: path.to_string(), size, limit }),
+            Some(limit) if size > limit => Err(StorageError::TooLarge {
+                path: path.to_string(),
+                size,
+                limit,
+            }),
             _ => Ok(()),
         }
     }
 
     fn upload_attributes(&self, path: &str, options: &UploadOptions) -> Result<Attributes> {
-        let invalid = |reason| StorageError::Invalid { path: path.to_string(), what: "metadata", reason };
+        let invalid = |reason| StorageError::Invalid {
+            path: path.to_string(),
+            what: "metadata",
+            reason,
+        };
         let mut attributes = Attributes::new();
-        let content_type = options.content_type.clone().unwrap_or_else(|| guess_content_type(path));
+        let content_type = options
+            .content_type
+            .clone()
+            .unwrap_or_else(|| guess_content_type(path));
         attributes.insert(Attribute::ContentType, AttributeValue::from(content_type));
         let mut seen = BTreeSet::new();
         for (key, value) in &options.metadata {
             let key = normalize_metadata_key(key).map_err(invalid)?;
             check_metadata_value(&key, value).map_err(invalid)?;
             if !seen.insert(key.clone()) {
-                return Err(invalid(format!("metadata key {key:?} given twice (keys are case-insensitive)")));
+                return Err(invalid(format!(
+                    "metadata key {key:?} given twice (keys are case-insensitive)"
+                )));
             }
-            attributes.insert(Attribute::Metadata(key.into()), AttributeValue::from(value.clone()));
+            attributes.insert(
+                Attribute::Metadata(key.into()),
+                AttributeValue::from(value.clone()),
+            );
         }
         Ok(attributes)
     }
 
-    fn uploaded_info(&self, provider: &Provider, path: String, size: u64, etag: Option<String>, options: UploadOptions) -> FileInfo {
-        let metadata = options.metadata.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+    fn uploaded_info(
+        &self,
+        provider: &Provider,
+        path: String,
+        size: u64,
+        etag: Option<String>,
+        options: UploadOptions,
+    ) -> FileInfo {
+        let metadata = options
+            .metadata
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
         FileInfo {
-            content_type: options.content_type.unwrap_or_else(|| guess_content_type(&path)),
+            content_type: options
+                .content_type
+                .unwrap_or_else(|| guess_content_type(&path)),
             url: self.public_url(provider, &path),
             size,
             last_modified: chrono::Utc::now(),
@@ -296,7 +396,13 @@ impl Storage {
         }
     }
 
-    fn info_from(&self, provider: &Provider, path: String, meta: &ObjectMeta, attributes: Option<&Attributes>) -> FileInfo {
+    fn info_from(
+        &self,
+        provider: &Provider,
+        path: String,
+        meta: &ObjectMeta,
+        attributes: Option<&Attributes>,
+    ) -> FileInfo {
         let mut content_type = None;
         let mut metadata = BTreeMap::new();
         for (key, value) in attributes.into_iter().flat_map(|a| a.iter()) {
@@ -323,10 +429,17 @@ impl Storage {
     fn public_url(&self, provider: &Provider, path: &str) -> Option<String> {
         let encoded = encode_path(path);
         if let Some(domain) = &self.cdn_domain {
-            let base = if domain.contains("://") { domain.clone() } else { format!("https://{domain}") };
+            let base = if domain.contains("://") {
+                domain.clone()
+            } else {
+                format!("https://{domain}")
+            };
             return Some(format!("{}/{encoded}", base.trim_end_matches('/')));
         }
-        provider.base_url.as_ref().map(|base| format!("{}/{encoded}", base.trim_end_matches('/')))
+        provider
+            .base_url
+            .as_ref()
+            .map(|base| format!("{}/{encoded}", base.trim_end_matches('/')))
     }
 }
 
@@ -337,7 +450,11 @@ fn http_method_get() -> object_store::signer::Method {
 /// Percent-encodes each path component for use in a URL.
 fn encode_path(path: &str) -> String {
     path.split('/')
-        .map(|part| url::form_urlencoded::byte_serialize(part.as_bytes()).collect::<String>().replace('+', "%20"))
+        .map(|part| {
+            url::form_urlencoded::byte_serialize(part.as_bytes())
+                .collect::<String>()
+                .replace('+', "%20")
+        })
         .collect::<Vec<_>>()
         .join("/")
 }

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
-use object_store::ObjectStoreExt;
+pub use object_store::ObjectStoreExt;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -20,9 +20,20 @@ pub fn servers() -> &'static HashMap<String, String> {
     static SERVERS: OnceLock<HashMap<String, String>> = OnceLock::new();
     SERVERS.get_or_init(|| {
         let script = repo_root().join("scripts/test-servers.sh");
-        let status = std::process::Command::new("bash").arg(&script).arg("start").status().expect("run test-servers.sh");
-        assert!(status.success(), "scripts/test-servers.sh start failed; see its logs");
-        let out = std::process::Command::new("bash").arg(&script).arg("env").output().expect("test-servers.sh env");
+        let status = std::process::Command::new("bash")
+            .arg(&script)
+            .arg("start")
+            .status()
+            .expect("run test-servers.sh");
+        assert!(
+            status.success(),
+            "scripts/test-servers.sh start failed; see its logs"
+        );
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg("env")
+            .output()
+            .expect("test-servers.sh env");
         String::from_utf8(out.stdout)
             .unwrap()
             .lines()
@@ -33,7 +44,10 @@ pub fn servers() -> &'static HashMap<String, String> {
 }
 
 pub fn server(name: &str) -> String {
-    servers().get(name).unwrap_or_else(|| panic!("test-servers.sh env has no {name}")).clone()
+    servers()
+        .get(name)
+        .unwrap_or_else(|| panic!("test-servers.sh env has no {name}"))
+        .clone()
 }
 
 /// The provider configurations every conformance test runs against.
@@ -54,7 +68,11 @@ pub const GCS_WRITE_SKIP: &str =
 pub fn unique(test: &str) -> String {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("t-{test}-{}-{}-{n}", std::process::id(), chrono::Utc::now().timestamp_micros())
+    format!(
+        "t-{test}-{}-{}-{n}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_micros()
+    )
 }
 
 /// A throwaway folder for configs, local provider roots and credentials.
@@ -67,7 +85,13 @@ fn gcs_signing_key() -> &'static str {
     static KEY: OnceLock<String> = OnceLock::new();
     KEY.get_or_init(|| {
         let out = std::process::Command::new("openssl")
-            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ])
             .output()
             .expect("openssl genpkey");
         assert!(out.status.success(), "openssl genpkey failed");
@@ -145,10 +169,16 @@ impl Ctx {
             "{FAST_SETTINGS}{}[default]\nprovider = {name:?}\n",
             provider_toml(case, &name, &unique(test), dir.path())
         );
-        let config = Config::parse(&text, &dir.path().join("mount.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let config =
+            Config::parse(&text, &dir.path().join("mount.toml")).unwrap_or_else(|e| panic!("{e}"));
         let storage = Storage::new(&config).unwrap_or_else(|e| panic!("{e}"));
         let provider = storage.provider(&name).unwrap().clone();
-        Ctx { case, storage, provider, dir }
+        Ctx {
+            case,
+            storage,
+            provider,
+            dir,
+        }
     }
 
     /// Whether zmount can write to this case's server (false only for the GCS emulator).
@@ -162,7 +192,11 @@ impl Ctx {
         if self.case == Case::Gcs {
             seed_gcs(key.as_ref(), data).await;
         } else {
-            self.provider.store.put(&key, Bytes::copy_from_slice(data).into()).await.unwrap();
+            self.provider
+                .store
+                .put(&key, Bytes::copy_from_slice(data).into())
+                .await
+                .unwrap();
         }
     }
 
@@ -188,13 +222,24 @@ pub async fn seed_gcs(key: &str, data: &[u8]) {
         server("ZMOUNT_TEST_GCS_BUCKET"),
         url::form_urlencoded::byte_serialize(key.as_bytes()).collect::<String>()
     );
-    let resp = reqwest::Client::new().post(url).body(data.to_vec()).send().await.unwrap();
-    assert!(resp.status().is_success(), "seeding GCS object {key}: {}", resp.status());
+    let resp = reqwest::Client::new()
+        .post(url)
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.status().is_success(),
+        "seeding GCS object {key}: {}",
+        resp.status()
+    );
 }
 
 /// Deterministic bytes that differ at every offset, so a misplaced range shows.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| ((i * 31 + i / 251) as u8).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| ((i * 31 + i / 251) as u8).wrapping_add(seed))
+        .collect()
 }
 
 /// Defines one `#[tokio::test]` per provider case for each listed test body `async fn body(case: Case)`.

@@ -1,0 +1,173 @@
+//! Bad mount.toml files and the exact message each must produce: the file, the key, and what was expected.
+
+use std::path::Path;
+use zmount::config::Config;
+use zmount::Storage;
+
+const GOOD_PROVIDERS: &str = r#"
+[providers.s3]
+kind = "s3"
+bucket = "main-storage"
+access_key = "AKIDEXAMPLE"
+secret_key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+[providers.local]
+kind = "local"
+path = "/srv/zmount/temp"
+"#;
+
+/// Parses and builds (routing included), returning the error text.
+fn error_of(text: &str) -> String {
+    let file = Path::new("/etc/zmount/mount.toml");
+    match Config::parse(text, file) {
+        Err(e) => e.to_string(),
+        Ok(config) => match Storage::new(&config) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("config was accepted:\n{text}"),
+        },
+    }
+}
+
+#[test]
+fn bad_configs_get_exact_messages() {
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "unknown key",
+            format!("{GOOD_PROVIDERS}\n[providers.gcs]\nkind = \"gcs\"\nbukket = \"media\"\n"),
+            "/etc/zmount/mount.toml: providers.gcs.bukket: unknown key; expected one of: bucket, credentials, project, prefix, read_only",
+        ),
+        (
+            "unknown top-level key",
+            format!("routez = []\n{GOOD_PROVIDERS}"),
+            "/etc/zmount/mount.toml:1:1: routez: unknown key; expected one of: settings, providers, routes, default",
+        ),
+        (
+            "unknown provider named in a route",
+            format!("{GOOD_PROVIDERS}\n[[routes]]\nprefix = \"backups\"\nprovider = \"wasabi\"\n"),
+            "/etc/zmount/mount.toml: routes[0].provider: no provider named `wasabi`; defined providers: local, s3",
+        ),
+        (
+            "unknown fallback provider",
+            format!("{GOOD_PROVIDERS}\n[default]\nprovider = \"s3\"\nfallback = [\"local\", \"azure\"]\n"),
+            "/etc/zmount/mount.toml: default.fallback[1]: no provider named `azure`; defined providers: local, s3",
+        ),
+        (
+            "missing environment variable",
+            "[providers.s3]\nkind = \"s3\"\nbucket = \"b\"\nsecret_key = \"${ZMOUNT_TEST_UNSET_SECRET}\"\n".to_string(),
+            "/etc/zmount/mount.toml: providers.s3.secret_key: environment variable `ZMOUNT_TEST_UNSET_SECRET` is not set",
+        ),
+        (
+            "invalid glob",
+            format!("{GOOD_PROVIDERS}\n[[routes]]\npattern = \"*.jpg|*.{{png\"\nprovider = \"s3\"\n"),
+            "/etc/zmount/mount.toml: routes[0].pattern: invalid glob \"*.{png\": unclosed alternate group; missing '}' (maybe escape '{' with '[{]'?)",
+        ),
+        (
+            "empty glob alternative",
+            format!("{GOOD_PROVIDERS}\n[[routes]]\npattern = \"*.jpg||*.png\"\nprovider = \"s3\"\n"),
+            "/etc/zmount/mount.toml: routes[0].pattern: empty alternative in pattern \"*.jpg||*.png\"; expected globs separated by `|`",
+        ),
+        (
+            "duplicate provider name",
+            format!("{GOOD_PROVIDERS}\n[providers.s3]\nkind = \"local\"\npath = \"x\"\n"),
+            "/etc/zmount/mount.toml:12:1: TOML syntax error: invalid table header\nduplicate key `s3` in table `providers`",
+        ),
+        (
+            "missing bucket",
+            "[providers.s3]\nkind = \"s3\"\nregion = \"eu-west-1\"\n".to_string(),
+            "/etc/zmount/mount.toml: providers.s3.bucket: missing required key",
+        ),
+        (
+            "missing kind",
+            "[providers.s3]\nbucket = \"b\"\n".to_string(),
+            "/etc/zmount/mount.toml: providers.s3.kind: missing required key; expected one of: s3, wasabi, gcs, azure, local",
+        ),
+        (
+            "unknown kind",
+            "[providers.x]\nkind = \"dropbox\"\n".to_string(),
+            "/etc/zmount/mount.toml: providers.x.kind: unknown provider kind `dropbox`; expected one of: s3, wasabi, gcs, azure, local",
+        ),
+        (
+            "TOML syntax error",
+            "[providers.s3]\nkind = \"s3\"\nbucket = main\n".to_string(),
+            "/etc/zmount/mount.toml:3:10: TOML syntax error: invalid string\nexpected `\"`, `'`",
+        ),
+        (
+            "wrong type",
+            format!("{GOOD_PROVIDERS}\n[settings.retry]\nattempts = \"three\"\n"),
+            "/etc/zmount/mount.toml:13:12: settings.retry.attempts: wrong type: string \"three\", expected u32",
+        ),
+        (
+            "bad size",
+            format!("{GOOD_PROVIDERS}\n[settings]\ncache_size = \"10 parsecs\"\n"),
+            "/etc/zmount/mount.toml:13:14: settings.cache_size: unknown size unit `parsecs` in `10 parsecs`; expected B, KB, MB, GB, TB, KiB, MiB, GiB or TiB",
+        ),
+        (
+            "route with prefix and pattern",
+            format!("{GOOD_PROVIDERS}\n[[routes]]\nprefix = \"a\"\npattern = \"*.b\"\nprovider = \"s3\"\n"),
+            "/etc/zmount/mount.toml: routes[0]: give either `prefix` or `pattern`, not both",
+        ),
+        (
+            "rule after a catch-all",
+            format!("{GOOD_PROVIDERS}\n[[routes]]\npattern = \"*\"\nprovider = \"s3\"\n[[routes]]\nprefix = \"tmp\"\nprovider = \"local\"\n"),
+            "/etc/zmount/mount.toml: routes[1]: can never match: routes[0] (pattern = \"*\") matches every path; move the catch-all last or use [default]",
+        ),
+        (
+            "no providers",
+            "[default]\nprovider = \"s3\"\n".to_string(),
+            "/etc/zmount/mount.toml: providers: no providers defined; add at least one [providers.NAME] table",
+        ),
+        (
+            "azure without credentials",
+            "[providers.az]\nkind = \"azure\"\ncontainer = \"docs\"\n".to_string(),
+            "provider `az` (azure) could not be set up: needs `connection_string`, or `account` and `key`",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, text, expected) in &cases {
+        let got = error_of(text);
+        if got != *expected {
+            failures.push(format!(
+                "{name}:\n  expected: {expected}\n  got:      {got}"
+            ));
+        }
+        assert!(
+            !got.contains("wJalrXUtnFEMI"),
+            "{name}: secret leaked: {got}"
+        );
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn missing_config_file_names_it() {
+    let err = Config::load(Path::new("/nonexistent/zmount.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("/nonexistent/zmount.toml: cannot read config file:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn secrets_never_appear_in_debug_output() {
+    let config = Config::parse(GOOD_PROVIDERS, Path::new("m.toml")).unwrap();
+    let debug = format!("{config:?}");
+    assert!(
+        debug.contains("main-storage"),
+        "the debug output is the real thing: {debug}"
+    );
+    assert!(
+        !debug.contains("wJalrXUtnFEMI") && !debug.contains("AKIDEXAMPLE"),
+        "{debug}"
+    );
+    let storage = Storage::new(&config).unwrap();
+    let debug = format!("{storage:?}");
+    assert!(!debug.contains("wJalrXUtnFEMI"), "{debug}");
+}
