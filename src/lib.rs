@@ -3,9 +3,13 @@
 //! Layers, bottom up: [`config`] (mount.toml), [`routing`] (path → provider), [`providers`] (object_store clients),
 //! [`storage`] (the routed API: upload, download, list, get_info, get_url), and [`cli`] (the `zmount` command).
 
+pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod fs;
+pub mod fuse;
 pub mod providers;
+pub mod read;
 pub mod routing;
 pub mod storage;
 

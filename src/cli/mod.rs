@@ -3,6 +3,9 @@
 
 mod check;
 mod explain;
+mod mount;
+
+pub use mount::is_mounted;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -22,6 +25,8 @@ struct Cli {
     config: Option<PathBuf>,
     /// Where to mount the tree
     mountpoint: Option<PathBuf>,
+    #[command(flatten)]
+    mount: mount::MountArgs,
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -78,9 +83,9 @@ pub fn main() -> ExitCode {
         }
         Some(Command::Explain { config, paths }) => explain::run(&config, &paths),
         None => match (cli.config, cli.mountpoint) {
-            (Some(_), Some(_)) => {
-                eprintln!("zmount: mounting is not available in this build yet; use `zmount check` or `zmount explain`");
-                ExitCode::from(2)
+            (Some(config), Some(mountpoint)) => {
+                drop(runtime); // the mount builds its own runtime after any daemonizing
+                mount::run(&config, &mountpoint, &cli.mount)
             }
             _ => {
                 eprintln!("usage: zmount CONFIG MOUNTPOINT | zmount check CONFIG | zmount explain CONFIG PATH...");

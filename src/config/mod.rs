@@ -52,6 +52,8 @@ pub struct Settings {
     pub timeouts: TimeoutSettings,
     #[serde(default)]
     pub cdn: CdnSettings,
+    #[serde(default)]
+    pub mount: MountSettings,
 }
 
 impl Settings {
@@ -73,6 +75,7 @@ impl Default for Settings {
             retry: RetrySettings::default(),
             timeouts: TimeoutSettings::default(),
             cdn: CdnSettings::default(),
+            mount: MountSettings::default(),
         }
     }
 }
@@ -157,6 +160,44 @@ pub struct CdnSettings {
     #[serde(default)]
     pub enabled: bool,
     pub domain: Option<String>,
+}
+
+/// How the mounted tree looks and caches: `[settings.mount]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MountSettings {
+    /// Seconds a file's or directory's attributes (and a directory listing) are trusted before the provider is
+    /// asked again. Changes made behind the mount's back show up after at most this long.
+    pub attr_ttl: f64,
+    /// Seconds a "no such file" answer is trusted.
+    pub negative_ttl: f64,
+    /// Owner and group shown for every entry (default: the user running zmount).
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Permission bits for files and directories without stored modes.
+    pub file_mode: u32,
+    pub dir_mode: u32,
+    /// In-memory block cache (recently read and read-ahead blocks).
+    pub memory_cache_size: ByteSize,
+    /// Largest read-ahead window of one sequential reader.
+    pub read_ahead: ByteSize,
+}
+
+impl Default for MountSettings {
+    fn default() -> Self {
+        MountSettings {
+            attr_ttl: 5.0,
+            negative_ttl: 5.0,
+            uid: None,
+            gid: None,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+            // 128 MiB: several readers' read-ahead windows plus a working set of small files.
+            memory_cache_size: ByteSize::mib(128),
+            // 32 MiB: enough requests in flight to fill a fast link; the memory cache must hold several of these.
+            read_ahead: ByteSize::mib(32),
+        }
+    }
 }
 
 /// One provider as configured; the variant is its `kind`.

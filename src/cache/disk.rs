@@ -1,0 +1,226 @@
+//! The disk tier of the block cache: one file per block under `<cache_dir>/blocks/`, a hard size cap, and LRU
+//! eviction. Space is reserved (evicting as needed) *before* a block is written, so the folder never holds more
+//! than the cap, counting files being written. Each file starts with the full block key, checked on every read,
+//! so a hash collision or a file from another version can never serve wrong bytes. The index is rebuilt from the
+//! folder at start-up (oldest modification first), so cached blocks survive a remount; blocks are keyed by ETag,
+//! so a block of a changed object is never found again.
+
+use super::BlockKey;
+use bytes::Bytes;
+use lru::LruCache;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+pub struct DiskCache {
+    dir: PathBuf,
+    cap: u64,
+    /// File name → size on disk, least recently used first out.
+    state: Mutex<DiskState>,
+}
+
+struct DiskState {
+    lru: LruCache<String, u64>,
+    total: u64,
+}
+
+impl DiskCache {
+    /// Opens (creating) `<cache_dir>/blocks` and indexes what is already there.
+    pub fn open(cache_dir: &Path, cap: u64) -> std::io::Result<DiskCache> {
+        let dir = cache_dir.join("blocks");
+        std::fs::create_dir_all(&dir)?;
+        let mut found = Vec::new();
+        for shard in std::fs::read_dir(&dir)? {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for file in std::fs::read_dir(shard.path())? {
+                let file = file?;
+                let meta = file.metadata()?;
+                let name = file.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".tmp") {
+                    let _ = std::fs::remove_file(file.path()); // left by a crash mid-write
+                } else if meta.is_file() {
+                    found.push((meta.modified().ok(), name, meta.len()));
+                }
+            }
+        }
+        found.sort();
+        let cache = DiskCache {
+            dir,
+            cap,
+            state: Mutex::new(DiskState {
+                lru: LruCache::unbounded(),
+                total: 0,
+            }),
+        };
+        let mut evict = Vec::new();
+        {
+            let mut state = cache.state.lock().unwrap();
+            for (_, name, size) in found {
+                state.lru.put(name, size);
+                state.total += size;
+            }
+            while state.total > cap {
+                let Some((name, size)) = state.lru.pop_lru() else {
+                    break;
+                };
+                state.total -= size;
+                evict.push(name);
+            }
+        }
+        for name in evict {
+            let _ = std::fs::remove_file(cache.path_of(&name));
+        }
+        Ok(cache)
+    }
+
+    fn path_of(&self, name: &str) -> PathBuf {
+        self.dir.join(&name[..2]).join(name)
+    }
+
+    /// Bytes currently accounted to cached blocks.
+    pub fn used(&self) -> u64 {
+        self.state.lock().unwrap().total
+    }
+
+    pub fn get(&self, key: &BlockKey) -> Option<Bytes> {
+        let name = key.file_name();
+        if self.state.lock().unwrap().lru.get(&name).is_none() {
+            return None;
+        }
+        match read_block(&self.path_of(&name), key) {
+            Some(data) => Some(data),
+            None => {
+                self.forget(&name);
+                None
+            }
+        }
+    }
+
+    pub fn put(&self, key: &BlockKey, data: &[u8]) {
+        let name = key.file_name();
+        let header = key.header();
+        let size = (4 + header.len() + data.len()) as u64;
+        if size > self.cap || !self.reserve(&name, size) {
+            return;
+        }
+        if let Err(e) = write_block(&self.path_of(&name), &header, data) {
+            tracing::warn!(
+                "disk cache: cannot write block to {}: {e}",
+                self.dir.display()
+            );
+            self.forget(&name);
+        }
+    }
+
+    /// Makes room for `size` bytes and records the block; false if it is already cached.
+    fn reserve(&self, name: &str, size: u64) -> bool {
+        let mut evict = Vec::new();
+        {
+            let mut state = self.state.lock().unwrap();
+            if state.lru.contains(name) {
+                return false;
+            }
+            while state.total + size > self.cap {
+                let Some((old, old_size)) = state.lru.pop_lru() else {
+                    break;
+                };
+                state.total -= old_size;
+                evict.push(old);
+            }
+            state.lru.put(name.to_string(), size);
+            state.total += size;
+        }
+        for old in evict {
+            let _ = std::fs::remove_file(self.path_of(&old));
+        }
+        true
+    }
+
+    fn forget(&self, name: &str) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(size) = state.lru.pop(name) {
+            state.total -= size;
+        }
+        drop(state);
+        let _ = std::fs::remove_file(self.path_of(name));
+    }
+}
+
+fn write_block(path: &Path, header: &[u8], data: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(path.parent().expect("block files live in a shard folder"))?;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&(header.len() as u32).to_le_bytes())?;
+    file.write_all(header)?;
+    file.write_all(data)?;
+    drop(file);
+    std::fs::rename(&tmp, path)
+}
+
+fn read_block(path: &Path, key: &BlockKey) -> Option<Bytes> {
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 4];
+    file.read_exact(&mut len).ok()?;
+    let mut header = vec![0u8; u32::from_le_bytes(len) as usize];
+    file.read_exact(&mut header).ok()?;
+    if header != key.header() {
+        return None;
+    }
+    let mut data = Vec::new();
+    file.read_to_end(&mut data).ok()?;
+    Some(Bytes::from(data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u64) -> BlockKey {
+        BlockKey::new("p", "obj", "etag", i)
+    }
+
+    #[test]
+    fn never_exceeds_cap_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let block = vec![7u8; 1000];
+        let cap = 3500;
+        let cache = DiskCache::open(dir.path(), cap).unwrap();
+        for i in 0..10 {
+            cache.put(&key(i), &block);
+            assert!(cache.used() <= cap);
+        }
+        assert!(cache.get(&key(0)).is_none(), "oldest evicted");
+        assert_eq!(cache.get(&key(9)).as_deref(), Some(&block[..]));
+        let reopened = DiskCache::open(dir.path(), cap).unwrap();
+        assert_eq!(
+            reopened.get(&key(9)).as_deref(),
+            Some(&block[..]),
+            "survives reopen"
+        );
+        assert!(
+            reopened
+                .get(&BlockKey::new("p", "obj", "other-etag", 9))
+                .is_none(),
+            "keyed by etag"
+        );
+        let on_disk: u64 = walk(dir.path());
+        assert!(on_disk <= cap, "{on_disk} bytes on disk");
+    }
+
+    fn walk(p: &Path) -> u64 {
+        std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    walk(&e.path())
+                } else {
+                    e.metadata().unwrap().len()
+                }
+            })
+            .sum()
+    }
+}

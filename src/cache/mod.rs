@@ -1,0 +1,115 @@
+//! The block cache every read goes through: a bounded memory tier (moka, weighed in bytes) in front of a bounded
+//! disk tier ([`disk::DiskCache`]). Blocks are fixed-size slices of an object, keyed by provider, object key, ETag
+//! and block index, so a changed object (new ETag) never matches old blocks. Concurrent requests for the same block
+//! share one fetch (moka's `try_get_with`), which also makes read-ahead and the reader it serves cooperate.
+
+pub mod disk;
+
+use crate::fs::error::{FsError, FsResult};
+use bytes::Bytes;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Block size: 1 MiB. Large enough that a sequential read is a few hundred requests per GiB, small enough that a
+/// random 4 KiB read does not drag in much more than it needs.
+pub const BLOCK_SIZE: u64 = 1024 * 1024;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct BlockKey {
+    provider: Arc<str>,
+    key: Arc<str>,
+    etag: Arc<str>,
+    pub index: u64,
+}
+
+impl BlockKey {
+    pub fn new(provider: &str, key: &str, etag: &str, index: u64) -> Self {
+        BlockKey {
+            provider: provider.into(),
+            key: key.into(),
+            etag: etag.into(),
+            index,
+        }
+    }
+
+    /// The full key as stored at the head of a disk block.
+    fn header(&self) -> Vec<u8> {
+        format!(
+            "{}\n{}\n{}\n{}",
+            self.provider, self.key, self.etag, self.index
+        )
+        .into_bytes()
+    }
+
+    /// A file name derived from the key: 128 bits of FNV-1a (two differently seeded 64-bit passes), in hex.
+    fn file_name(&self) -> String {
+        let header = self.header();
+        let fnv = |seed: u64| {
+            header.iter().fold(seed, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+            })
+        };
+        format!(
+            "{:016x}{:016x}",
+            fnv(0xcbf2_9ce4_8422_2325),
+            fnv(0x6c62_272e_07bb_0142)
+        )
+    }
+}
+
+pub struct BlockCache {
+    memory: moka::future::Cache<BlockKey, Bytes>,
+    disk: Option<Arc<disk::DiskCache>>,
+}
+
+impl BlockCache {
+    pub fn new(memory_bytes: u64, disk: Option<disk::DiskCache>) -> Self {
+        let memory = moka::future::Cache::builder()
+            .max_capacity(memory_bytes)
+            .weigher(|_k: &BlockKey, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
+            .build();
+        BlockCache {
+            memory,
+            disk: disk.map(Arc::new),
+        }
+    }
+
+    /// The block, from memory, disk, or `fetch` (whose result is then cached in both tiers).
+    pub async fn get_or_fetch<F>(&self, key: BlockKey, fetch: F) -> FsResult<Bytes>
+    where
+        F: Future<Output = FsResult<Bytes>>,
+    {
+        let disk = self.disk.clone();
+        let disk_key = key.clone();
+        self.memory
+            .try_get_with(key, async move {
+                if let Some(disk) = &disk {
+                    let (d, k) = (disk.clone(), disk_key.clone());
+                    if let Some(hit) = tokio::task::spawn_blocking(move || d.get(&k))
+                        .await
+                        .ok()
+                        .flatten()
+                    {
+                        return Ok(hit);
+                    }
+                }
+                let data = fetch.await?;
+                if let Some(disk) = disk {
+                    let stored = data.clone();
+                    // Writing to disk is off the read's critical path; a failure only costs a future refetch.
+                    tokio::task::spawn_blocking(move || disk.put(&disk_key, &stored));
+                }
+                Ok(data)
+            })
+            .await
+            .map_err(FsError::Shared)
+    }
+
+    pub fn contains(&self, key: &BlockKey) -> bool {
+        self.memory.contains_key(key)
+    }
+
+    pub fn disk_used(&self) -> u64 {
+        self.disk.as_ref().map_or(0, |d| d.used())
+    }
+}

@@ -1,0 +1,262 @@
+//! `zmount CONFIG MOUNTPOINT`: mounts the tree and serves it until unmounted (`fusermount3 -u`, `umount`) or
+//! interrupted (SIGINT/SIGTERM unmount cleanly and exit 0). `--daemon` runs the same command detached, returning
+//! once the mount is up. This build mounts read-only: writes answer EROFS.
+
+use crate::fs::Filesystem;
+use crate::fuse::FuseAdapter;
+use crate::storage::Storage;
+use fuser::{MountOption, SessionACL};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct MountArgs {
+    /// Mount read-only
+    #[arg(long)]
+    pub read_only: bool,
+    /// Let other users (root included) use the mount; needs user_allow_other in /etc/fuse.conf for non-root
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Detach and run in the background once the mount is up (logs to <cache_dir>/zmount.log)
+    #[arg(long)]
+    pub daemon: bool,
+}
+
+/// How long `--daemon` waits for the background process to mount before giving up.
+const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn run(config_path: &Path, mountpoint: &Path, args: &MountArgs) -> ExitCode {
+    let Some(config) = super::load_config(config_path) else {
+        return ExitCode::FAILURE;
+    };
+    let mountpoint = match check_mountpoint(mountpoint) {
+        Ok(m) => m,
+        Err(message) => {
+            eprintln!("zmount: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.daemon {
+        return daemonize(&config.settings.cache_dir, &mountpoint);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("zmount: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match serve(&config, &mountpoint, args, &runtime) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("zmount: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The mountpoint must exist, be an empty directory, and not be mounted already.
+fn check_mountpoint(path: &Path) -> Result<PathBuf, String> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("mountpoint {shown}: {e}"))?;
+    if !meta.is_dir() {
+        return Err(format!("mountpoint {shown} is not a directory"));
+    }
+    let canonical = std::fs::canonicalize(path).map_err(|e| format!("mountpoint {shown}: {e}"))?;
+    if is_mounted(&canonical) {
+        return Err(format!("mountpoint {shown} is already a mount point (unmount it first: fusermount3 -u {shown})"));
+    }
+    let mut entries =
+        std::fs::read_dir(&canonical).map_err(|e| format!("mountpoint {shown}: {e}"))?;
+    if entries.next().is_some() {
+        return Err(format!("mountpoint {shown} is not empty"));
+    }
+    Ok(canonical)
+}
+
+/// Whether `path` is the mount point of a mounted filesystem, from /proc/self/mountinfo.
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let target = path.to_string_lossy();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| unescape_mountinfo(m) == target)
+}
+
+fn unescape_mountinfo(field: &str) -> String {
+    field
+        .replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+fn serve(
+    config: &crate::Config,
+    mountpoint: &Path,
+    args: &MountArgs,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<(), String> {
+    std::fs::create_dir_all(&config.settings.cache_dir).map_err(|e| {
+        format!(
+            "cannot create cache dir {}: {e}",
+            config.settings.cache_dir.display()
+        )
+    })?;
+    let _lock = lock_cache_dir(&config.settings.cache_dir)?;
+    let storage = Arc::new(Storage::new(config).map_err(|e| e.to_string())?);
+    let fs = {
+        let _guard = runtime.enter();
+        Arc::new(
+            Filesystem::new(config, storage).map_err(|e| format!("cannot open the cache: {e}"))?,
+        )
+    };
+    let mut options = fuser::Config::default();
+    options.mount_options = vec![
+        MountOption::FSName("zmount".into()),
+        MountOption::Subtype("zmount".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::RO, // writes arrive with the write path; until then the tree is read-only
+    ];
+    if args.allow_other {
+        options.acl = SessionACL::All;
+    }
+    let adapter = FuseAdapter::new(fs, runtime.handle().clone());
+    let mut session = fuser::Session::new(adapter, mountpoint, &options)
+        .map_err(|e| format!("cannot mount at {}: {e}", mountpoint.display()))?;
+    let mut unmounter = session.unmount_callable();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let serving = std::thread::spawn(move || {
+        let result = session.run();
+        let _ = done_tx.send(());
+        result
+    });
+    tracing::info!("mounted at {}", mountpoint.display());
+    let external = runtime.block_on(wait_for_stop(done_rx));
+    if !external {
+        tracing::info!("signal received: unmounting {}", mountpoint.display());
+        unmounter
+            .unmount()
+            .map_err(|e| format!("unmounting {}: {e}", mountpoint.display()))?;
+    }
+    match serving.join() {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("FUSE session ended with an error: {e}")),
+        Err(_) => Err("the FUSE session thread panicked".into()),
+    }
+}
+
+/// Waits for SIGINT/SIGTERM (false) or for the session to end by itself, e.g. `fusermount3 -u` (true).
+async fn wait_for_stop(done: tokio::sync::oneshot::Receiver<()>) -> bool {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        let _ = done.await;
+        return true;
+    };
+    tokio::select! {
+        _ = done => true,
+        _ = term.recv() => false,
+        _ = int.recv() => false,
+    }
+}
+
+/// One daemon per cache dir: two would evict each other's blocks and, later, replay each other's uploads.
+fn lock_cache_dir(dir: &Path) -> Result<std::fs::File, String> {
+    let path = dir.join("zmount.lock");
+    let file = std::fs::File::create(&path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!(
+            "cache dir {} is in use by another zmount process",
+            dir.display()
+        ));
+    }
+    Ok(file)
+}
+
+/// Re-runs this command without `--daemon`, detached, and returns once the mount is up (or the child failed).
+fn daemonize(cache_dir: &Path, mountpoint: &Path) -> ExitCode {
+    if let Err(e) = std::fs::create_dir_all(cache_dir) {
+        eprintln!(
+            "zmount: cannot create cache dir {}: {e}",
+            cache_dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let log_path = cache_dir.join("zmount.log");
+    let log = match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("zmount: cannot open log {}: {e}", log_path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--daemon")
+        .collect();
+    let mut command = std::process::Command::new(std::env::current_exe().expect("own executable"));
+    command
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("dup log"))
+        .stderr(log);
+    // SAFETY: setsid in the child before exec only detaches it from our session and terminal.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("zmount: cannot start the background process: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let started = Instant::now();
+    while started.elapsed() < DAEMON_START_TIMEOUT {
+        if is_mounted(mountpoint) {
+            println!(
+                "zmount: mounted at {} (pid {}, log {})",
+                mountpoint.display(),
+                child.id(),
+                log_path.display()
+            );
+            return ExitCode::SUCCESS;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            eprintln!(
+                "zmount: the background process exited ({status}); see {}",
+                log_path.display()
+            );
+            return ExitCode::FAILURE;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "zmount: the mount did not come up within {DAEMON_START_TIMEOUT:?}; see {}",
+        log_path.display()
+    );
+    ExitCode::FAILURE
+}

@@ -1,0 +1,115 @@
+//! Filesystem errors and the one table that maps them to errno. Everything below the FUSE layer returns
+//! [`FsError`]; the FUSE layer calls [`FsError::errno`] and nothing else decides an errno.
+
+use crate::storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("not a directory")]
+    NotADirectory,
+    #[error("is a directory")]
+    IsADirectory,
+    #[error("stale file handle")]
+    StaleHandle,
+    #[error("read-only file system")]
+    ReadOnly,
+    #[error("operation not supported: {0}")]
+    NotSupported(String),
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("file too large")]
+    TooLarge,
+    #[error("local I/O error: {0}")]
+    Local(#[from] std::io::Error),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// One failure shared by every request that waited on the same fetch.
+    #[error(transparent)]
+    Shared(std::sync::Arc<FsError>),
+}
+
+pub type FsResult<T> = Result<T, FsError>;
+
+impl FsError {
+    /// The errno a program sees for this error.
+    pub fn errno(&self) -> i32 {
+        use StorageError as S;
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::NotADirectory => libc::ENOTDIR,
+            FsError::IsADirectory => libc::EISDIR,
+            FsError::StaleHandle => libc::ESTALE,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::NotSupported(_) => libc::ENOTSUP,
+            FsError::Invalid(_) => libc::EINVAL,
+            FsError::TooLarge => libc::EFBIG,
+            FsError::Local(e) => match e.raw_os_error() {
+                Some(code) => code,
+                None => libc::EIO,
+            },
+            FsError::Shared(inner) => inner.errno(),
+            FsError::Storage(e) => match e {
+                S::NotFound { .. } => libc::ENOENT,
+                S::AlreadyExists { .. } => libc::EEXIST,
+                S::PermissionDenied { .. } | S::Unauthenticated { .. } => libc::EACCES,
+                S::NotSupported { .. } => libc::ENOTSUP,
+                // The object changed under an open handle: the bytes it promised are gone.
+                S::Precondition { .. } => libc::ESTALE,
+                S::TooLarge { .. } => libc::EFBIG,
+                S::NoRoute { .. } => libc::ENOENT,
+                S::Invalid { .. } => libc::EINVAL,
+                S::Provider { .. } | S::Setup { .. } | S::Config(_) => libc::EIO,
+            },
+        }
+    }
+
+    /// Whether the error is worth a log line (expected answers like ENOENT are not).
+    pub fn is_noteworthy(&self) -> bool {
+        !matches!(
+            self,
+            FsError::NotFound | FsError::NotADirectory | FsError::IsADirectory
+        ) && !matches!(self, FsError::Storage(StorageError::NotFound { .. }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_table() {
+        let provider = |message: &str| StorageError::Provider {
+            provider: "s3".into(),
+            location: "http://x".into(),
+            path: "p".into(),
+            message: message.into(),
+        };
+        assert_eq!(FsError::NotFound.errno(), libc::ENOENT);
+        assert_eq!(
+            FsError::from(provider("connection refused")).errno(),
+            libc::EIO
+        );
+        let denied = StorageError::PermissionDenied {
+            provider: "s3".into(),
+            location: "x".into(),
+            path: "p".into(),
+            message: "m".into(),
+        };
+        assert_eq!(FsError::from(denied).errno(), libc::EACCES);
+        assert_eq!(
+            FsError::from(StorageError::NotSupported {
+                provider: "l".into(),
+                path: "p".into(),
+                what: "w".into()
+            })
+            .errno(),
+            libc::ENOTSUP
+        );
+        assert_eq!(
+            FsError::Local(std::io::Error::from_raw_os_error(libc::ENOSPC)).errno(),
+            libc::ENOSPC
+        );
+    }
+}

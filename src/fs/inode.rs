@@ -1,0 +1,131 @@
+//! Inode numbers for paths: stable while mounted (a path keeps its number even after its attributes are
+//! refreshed), with the attributes last seen and when, for TTL checks.
+//!
+//! Numbers are never reused during a mount; entries stay until unmount (a path seen once costs one entry).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime};
+
+pub type Ino = u64;
+pub const ROOT: Ino = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+}
+
+/// What the tree knows about one path.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub etag: Option<String>,
+}
+
+impl Entry {
+    pub fn dir(mtime: SystemTime) -> Self {
+        Entry {
+            kind: Kind::Dir,
+            size: 0,
+            mtime,
+            etag: None,
+        }
+    }
+}
+
+struct Node {
+    path: String,
+    entry: Entry,
+    /// When the entry was last confirmed by a provider; None once expired.
+    seen: Option<Instant>,
+}
+
+pub struct Inodes {
+    inner: Mutex<Table>,
+}
+
+struct Table {
+    by_ino: HashMap<Ino, Node>,
+    by_path: HashMap<String, Ino>,
+    next: Ino,
+}
+
+impl Inodes {
+    pub fn new(root_mtime: SystemTime) -> Self {
+        let mut by_ino = HashMap::new();
+        by_ino.insert(
+            ROOT,
+            Node {
+                path: String::new(),
+                entry: Entry::dir(root_mtime),
+                seen: Some(Instant::now()),
+            },
+        );
+        let mut by_path = HashMap::new();
+        by_path.insert(String::new(), ROOT);
+        Inodes {
+            inner: Mutex::new(Table {
+                by_ino,
+                by_path,
+                next: ROOT + 1,
+            }),
+        }
+    }
+
+    /// Records what was just learned about `path`; returns its (stable) inode number.
+    pub fn record(&self, path: &str, entry: Entry) -> Ino {
+        let mut t = self.inner.lock().unwrap();
+        let ino = match t.by_path.get(path) {
+            Some(ino) => *ino,
+            None => {
+                let ino = t.next;
+                t.next += 1;
+                t.by_path.insert(path.to_string(), ino);
+                ino
+            }
+        };
+        t.by_ino.insert(
+            ino,
+            Node {
+                path: path.to_string(),
+                entry,
+                seen: Some(Instant::now()),
+            },
+        );
+        ino
+    }
+
+    /// Path, entry, and how long ago it was refreshed.
+    pub fn get(&self, ino: Ino) -> Option<(String, Entry, std::time::Duration)> {
+        let t = self.inner.lock().unwrap();
+        t.by_ino
+            .get(&ino)
+            .map(|n| (n.path.clone(), n.entry.clone(), age(n.seen)))
+    }
+
+    /// Inode and entry of a path already known, with its age.
+    pub fn find(&self, path: &str) -> Option<(Ino, Entry, std::time::Duration)> {
+        let t = self.inner.lock().unwrap();
+        let ino = *t.by_path.get(path)?;
+        t.by_ino
+            .get(&ino)
+            .map(|n| (ino, n.entry.clone(), age(n.seen)))
+    }
+
+    /// Marks a path as gone: the next lookup asks the provider again.
+    pub fn expire(&self, path: &str) {
+        let mut t = self.inner.lock().unwrap();
+        if let Some(ino) = t.by_path.get(path).copied() {
+            if let Some(node) = t.by_ino.get_mut(&ino) {
+                node.seen = None;
+            }
+        }
+    }
+}
+
+fn age(seen: Option<Instant>) -> std::time::Duration {
+    seen.map_or(std::time::Duration::MAX, |s| s.elapsed())
+}

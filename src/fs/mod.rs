@@ -1,0 +1,389 @@
+//! The filesystem core: the merged tree over all routed providers, independent of FUSE.
+//!
+//! Every method is async, takes inode numbers and names, and returns [`FsError`]; `src/fuse/` only translates.
+//! A directory exists when any provider that a rule can route into it holds an object below it; a listing is the
+//! union of those providers' entries, each name shown once, from the provider its rule names, and a directory wins
+//! over a file of the same name. Attributes, listings and "no such file" answers are trusted for the configured
+//! TTLs, then asked again, so changes made directly on a provider appear after at most that long.
+//!
+//! Lock order: `handles` before `Inodes` (inode.rs); no lock is held across an await.
+
+pub mod error;
+pub mod inode;
+
+use crate::cache::{disk::DiskCache, BlockCache};
+use crate::config::{Config, MountSettings};
+use crate::providers::Provider;
+use crate::read::{ObjectVersion, ReadState, Reader};
+use crate::routing::is_within;
+use crate::storage::{Storage, StorageError};
+use error::{FsError, FsResult};
+use inode::{Entry, Ino, Inodes, Kind, ROOT};
+use object_store::{ListResult, ObjectStore, ObjectStoreExt};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// Attributes of one entry as a program sees them.
+#[derive(Clone, Debug)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: Kind,
+    pub size: u64,
+    /// 512-byte blocks, consistent with size (tools compare the two to find sparse files).
+    pub blocks: u64,
+    pub mtime: SystemTime,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// One directory entry in a listing.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    pub name: String,
+    pub attr: Attr,
+}
+
+enum Handle {
+    File {
+        object: ObjectVersion,
+        state: Mutex<ReadState>,
+    },
+    Dir {
+        entries: Arc<Vec<DirEntry>>,
+    },
+}
+
+pub struct Filesystem {
+    storage: Arc<Storage>,
+    settings: MountSettings,
+    uid: u32,
+    gid: u32,
+    inodes: Inodes,
+    negative: moka::sync::Cache<String, ()>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_handle: AtomicU64,
+    reader: Reader,
+    mounted_at: SystemTime,
+}
+
+impl Filesystem {
+    pub fn new(config: &Config, storage: Arc<Storage>) -> FsResult<Filesystem> {
+        let settings = config.settings.mount.clone();
+        let disk = DiskCache::open(&config.settings.cache_dir, config.settings.cache_size.0)?;
+        let cache = Arc::new(BlockCache::new(settings.memory_cache_size.0, Some(disk)));
+        let negative = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(Duration::from_secs_f64(settings.negative_ttl.max(0.0)))
+            .build();
+        let mounted_at = SystemTime::now();
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        Ok(Filesystem {
+            reader: Reader::new(cache, settings.read_ahead.0),
+            uid: settings.uid.unwrap_or(uid),
+            gid: settings.gid.unwrap_or(gid),
+            settings,
+            storage,
+            inodes: Inodes::new(mounted_at),
+            negative,
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            mounted_at,
+        })
+    }
+
+    pub fn attr_ttl(&self) -> Duration {
+        Duration::from_secs_f64(self.settings.attr_ttl.max(0.0))
+    }
+
+    pub fn block_cache(&self) -> &Arc<BlockCache> {
+        self.reader.cache()
+    }
+
+    fn attr(&self, ino: Ino, entry: &Entry) -> Attr {
+        let (perm, nlink) = match entry.kind {
+            Kind::File => (self.settings.file_mode, 1),
+            Kind::Dir => (self.settings.dir_mode, 2),
+        };
+        Attr {
+            ino,
+            kind: entry.kind,
+            size: entry.size,
+            blocks: entry.size.div_ceil(512),
+            mtime: entry.mtime,
+            perm: (perm & 0o7777) as u16,
+            nlink,
+            uid: self.uid,
+            gid: self.gid,
+        }
+    }
+
+    fn path_of(&self, ino: Ino) -> FsResult<(String, Entry, Duration)> {
+        self.inodes.get(ino).ok_or(FsError::StaleHandle)
+    }
+
+    /// Looks `name` up in directory `parent`.
+    pub async fn lookup(&self, parent: Ino, name: &str) -> FsResult<Attr> {
+        let (dir, entry, _) = self.path_of(parent)?;
+        if entry.kind != Kind::Dir {
+            return Err(FsError::NotADirectory);
+        }
+        if name.contains('/') || name == "." || name == ".." {
+            return Err(FsError::Invalid(format!("name {name:?}")));
+        }
+        let path = if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        };
+        if let Some((ino, entry, age)) = self.inodes.find(&path) {
+            if age < self.attr_ttl() {
+                return Ok(self.attr(ino, &entry));
+            }
+        }
+        if self.negative.contains_key(&path) {
+            return Err(FsError::NotFound);
+        }
+        let entry = self.stat_path(&path).await?;
+        Ok(self.attr(self.inodes.record(&path, entry.clone()), &entry))
+    }
+
+    /// Attributes of `ino`, asking the provider again once they are older than the TTL.
+    pub async fn getattr(&self, ino: Ino) -> FsResult<Attr> {
+        let (path, entry, age) = self.path_of(ino)?;
+        if ino == ROOT || age < self.attr_ttl() {
+            return Ok(self.attr(ino, &entry));
+        }
+        let entry = self.stat_path(&path).await?;
+        Ok(self.attr(self.inodes.record(&path, entry.clone()), &entry))
+    }
+
+    /// What is at `path` now: a directory if any provider holds objects below it, else the routed object.
+    async fn stat_path(&self, path: &str) -> FsResult<Entry> {
+        let (file, dir) = tokio::join!(self.head(path), self.dir_exists(path));
+        let result = match (dir, file) {
+            (Ok(true), _) => Ok(Entry::dir(self.mounted_at)),
+            (_, Ok(Some(entry))) => Ok(entry),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+            (Ok(false), Ok(None)) => Err(FsError::NotFound),
+        };
+        if matches!(result, Err(FsError::NotFound)) {
+            self.negative.insert(path.to_string(), ());
+            self.inodes.expire(path);
+        }
+        result
+    }
+
+    async fn head(&self, path: &str) -> FsResult<Option<Entry>> {
+        let (_, _, provider) = self.storage.resolve(path)?;
+        match provider.store.head(&provider.key_for(path)).await {
+            Ok(meta) => Ok(Some(Entry {
+                kind: Kind::File,
+                size: meta.size,
+                mtime: meta.last_modified.into(),
+                etag: meta.e_tag.or(meta.version),
+            })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(StorageError::from_store(provider, path, e).into()),
+        }
+    }
+
+    /// Whether any provider that may hold entries below `path` has at least one object there.
+    async fn dir_exists(&self, path: &str) -> FsResult<bool> {
+        let checks = self
+            .providers_under(path)
+            .into_iter()
+            .map(|provider| async move {
+                let mut listing = provider.store.list(Some(&provider.key_for(path)));
+                match futures::StreamExt::next(&mut listing).await {
+                    Some(Ok(_)) => Ok(true),
+                    None | Some(Err(object_store::Error::NotFound { .. })) => Ok(false),
+                    Some(Err(e)) => {
+                        Err(FsError::from(StorageError::from_store(&provider, path, e)))
+                    }
+                }
+            });
+        let found = futures::future::join_all(checks).await;
+        if found.iter().any(|r| matches!(r, Ok(true))) {
+            return Ok(true);
+        }
+        found.into_iter().find(Result::is_err).unwrap_or(Ok(false))
+    }
+
+    fn providers_under(&self, dir: &str) -> Vec<Arc<Provider>> {
+        self.storage
+            .router()
+            .providers_under(dir)
+            .into_iter()
+            .filter_map(|name| self.storage.provider(name).cloned())
+            .collect()
+    }
+
+    /// Opens a directory: its listing is taken now and served to readdir from this snapshot.
+    pub async fn opendir(&self, ino: Ino) -> FsResult<u64> {
+        let (path, entry, _) = self.path_of(ino)?;
+        if entry.kind != Kind::Dir {
+            return Err(FsError::NotADirectory);
+        }
+        let entries = self.list_dir(&path).await?;
+        Ok(self.add_handle(Handle::Dir {
+            entries: Arc::new(entries),
+        }))
+    }
+
+    /// Entries of an open directory from position `offset` on ("." and ".." included).
+    pub fn readdir(&self, ino: Ino, fh: u64, offset: u64) -> FsResult<Vec<(u64, DirEntry)>> {
+        let handle = self.handle(fh)?;
+        let Handle::Dir { entries } = &*handle else {
+            return Err(FsError::NotADirectory);
+        };
+        let (path, entry, _) = self.path_of(ino)?;
+        let parent_ino = self.parent_ino(&path);
+        let parent_entry = Entry::dir(self.mounted_at);
+        let dots =
+            [(".", ino, &entry), ("..", parent_ino, &parent_entry)].map(|(name, i, e)| DirEntry {
+                name: name.to_string(),
+                attr: self.attr(i, e),
+            });
+        Ok(dots
+            .into_iter()
+            .chain(entries.iter().cloned())
+            .enumerate()
+            .skip(offset as usize)
+            .map(|(i, e)| (i as u64 + 1, e))
+            .collect())
+    }
+
+    fn parent_ino(&self, path: &str) -> Ino {
+        let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+        self.inodes.find(parent).map_or(ROOT, |(ino, _, _)| ino)
+    }
+
+    /// The merged listing of directory `path`, each name once; records every entry's attributes.
+    async fn list_dir(&self, path: &str) -> FsResult<Vec<DirEntry>> {
+        let providers = self.providers_under(path);
+        let listings = futures::future::join_all(providers.iter().map(|p| list_one(p, path))).await;
+        let mut merged: BTreeMap<String, Entry> = BTreeMap::new();
+        for (provider, listing) in providers.iter().zip(listings) {
+            let listing = listing?;
+            for sub in listing.common_prefixes {
+                let Some(child) = provider.path_of(&sub) else {
+                    continue;
+                };
+                if self
+                    .storage
+                    .router()
+                    .providers_under(&child)
+                    .contains(&provider.name.as_str())
+                {
+                    merged.insert(child, Entry::dir(self.mounted_at));
+                }
+            }
+            for meta in listing.objects {
+                let Some(child) = provider.path_of(&meta.location) else {
+                    continue;
+                };
+                let routed_here = self
+                    .storage
+                    .router()
+                    .resolve(&child)
+                    .is_some_and(|r| r.route.provider == provider.name);
+                if routed_here && child != path && !merged.contains_key(&child) {
+                    let entry = Entry {
+                        kind: Kind::File,
+                        size: meta.size,
+                        mtime: meta.last_modified.into(),
+                        etag: meta.e_tag.or(meta.version),
+                    };
+                    merged.insert(child, entry);
+                }
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .filter(|(child, _)| is_within(child, path))
+            .map(|(child, entry)| {
+                let ino = self.inodes.record(&child, entry.clone());
+                let name = child.rsplit('/').next().unwrap_or(&child).to_string();
+                DirEntry {
+                    name,
+                    attr: self.attr(ino, &entry),
+                }
+            })
+            .collect())
+    }
+
+    /// Opens a file for reading, pinned to the object version it has now.
+    pub async fn open(&self, ino: Ino) -> FsResult<u64> {
+        let attr = self.getattr(ino).await?;
+        if attr.kind == Kind::Dir {
+            return Err(FsError::IsADirectory);
+        }
+        let (path, entry, _) = self.path_of(ino)?;
+        let (_, _, provider) = self.storage.resolve(&path)?;
+        let version_tag = entry.etag.clone().unwrap_or_else(|| {
+            let mtime = entry
+                .mtime
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            format!("{}-{}", entry.size, mtime.as_nanos())
+        });
+        let object = ObjectVersion {
+            provider: provider.clone(),
+            key: provider.key_for(&path),
+            path,
+            etag: entry.etag,
+            version_tag,
+            size: entry.size,
+        };
+        Ok(self.add_handle(Handle::File {
+            object,
+            state: Mutex::new(ReadState::default()),
+        }))
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<bytes::Bytes> {
+        let handle = self.handle(fh)?;
+        let Handle::File { object, state } = &*handle else {
+            return Err(FsError::IsADirectory);
+        };
+        self.reader.read(object, state, offset, size).await
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles.lock().unwrap().remove(&fh);
+    }
+
+    fn add_handle(&self, handle: Handle) -> u64 {
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap().insert(fh, Arc::new(handle));
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
+        self.handles
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::StaleHandle)
+    }
+}
+
+/// One provider's entries directly in `path` (an empty listing when it has none).
+async fn list_one(provider: &Provider, path: &str) -> FsResult<ListResult> {
+    let key = (!path.is_empty() || !provider.prefix.is_empty()).then(|| provider.key_for(path));
+    match provider.store.list_with_delimiter(key.as_ref()).await {
+        Ok(listing) => Ok(listing),
+        Err(object_store::Error::NotFound { .. }) => Ok(ListResult {
+            common_prefixes: vec![],
+            objects: vec![],
+            extensions: Default::default(),
+        }),
+        Err(e) => Err(StorageError::from_store(provider, path, e).into()),
+    }
+}
