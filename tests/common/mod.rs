@@ -3,6 +3,8 @@
 //! provider so tests can check what really landed where.
 #![allow(dead_code)]
 
+pub mod mount;
+
 use bytes::Bytes;
 pub use object_store::ObjectStoreExt;
 use std::collections::HashMap;

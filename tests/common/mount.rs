@@ -1,0 +1,133 @@
+//! A real zmount mount for tests: the binary, a config file, a mountpoint, and a clean unmount on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a mount may take to appear, and an unmount to finish, before the test fails.
+const MOUNT_DEADLINE: Duration = Duration::from_secs(30);
+
+pub struct Mount {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Mount {
+    /// Writes `config_text` to `<scratch>/mount.toml` and mounts it at `<scratch>/mnt`.
+    pub fn start(scratch: &Path, config_text: &str) -> Mount {
+        super::set_secret_env();
+        let config = scratch.join("mount.toml");
+        std::fs::write(&config, config_text).unwrap();
+        let dir = scratch.join("mnt");
+        std::fs::create_dir_all(&dir).unwrap();
+        Self::start_at(&config, &dir, &[])
+    }
+
+    pub fn start_at(config: &Path, dir: &Path, extra: &[&str]) -> Mount {
+        let log = config.with_extension(format!("log.{}", std::process::id()));
+        let child = Command::new(env!("CARGO_BIN_EXE_zmount"))
+            .arg(config)
+            .arg(dir)
+            .args(extra)
+            .arg("-v")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start zmount");
+        let mut mount = Mount {
+            dir: dir.to_path_buf(),
+            config: config.to_path_buf(),
+            child: Some(child),
+            log,
+        };
+        mount.wait_until_mounted();
+        mount
+    }
+
+    fn wait_until_mounted(&mut self) {
+        let started = Instant::now();
+        while !zmount::cli::is_mounted(&self.dir) {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("zmount exited ({status}) before mounting:\n{}", self.log());
+            }
+            assert!(
+                started.elapsed() < MOUNT_DEADLINE,
+                "not mounted after {MOUNT_DEADLINE:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` and waits for the daemon to exit; returns its exit status.
+    pub fn stop_with(&mut self, signal: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("still running");
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if started.elapsed() > MOUNT_DEADLINE {
+                let _ = child.kill();
+                panic!("zmount did not exit after signal {signal}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let status = self.stop_with(libc::SIGTERM);
+            if !std::thread::panicking() {
+                assert!(
+                    status.success(),
+                    "zmount exited with {status}:\n{}",
+                    self.log()
+                );
+                assert!(
+                    !zmount::cli::is_mounted(&self.dir),
+                    "stale mount left at {}",
+                    self.dir.display()
+                );
+            }
+        }
+    }
+}
+
+/// Runs a program, asserting success; returns stdout.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// sha256 of a file, by the sha256sum program.
+pub fn sha256(path: &Path) -> String {
+    run("sha256sum", &[path.to_str().unwrap()])
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}

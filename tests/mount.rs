@@ -1,0 +1,455 @@
+//! The mounted tree, driven by real programs and syscalls over every provider case: `ls`, `cat`, `cp -r`, `find`,
+//! `stat`, `du`, `cmp`, `sha256sum`, random-offset reads, a merged directory over two providers, changes made
+//! behind the mount's back, the disk cache cap, and clean unmounts.
+
+mod common;
+
+use common::mount::{run, sha256, Mount};
+use common::{pattern, provider_toml, scratch, unique, Case, Ctx, ObjectStoreExt, FAST_SETTINGS};
+use std::io::{Read, Seek, SeekFrom};
+use std::time::{Duration, Instant};
+
+/// A mount of everything routed to one provider (a fresh prefix), plus that provider for seeding.
+fn mount_for(case: Case, test: &str, settings: &str) -> (Ctx, Mount) {
+    let ctx = Ctx::new(case, test);
+    let name = ctx.provider.name.clone();
+    let dir = ctx.dir.path();
+    let text = format!(
+        "{FAST_SETTINGS}[settings]\ncache_dir = {:?}\n{settings}\n{}[default]\nprovider = {name:?}\n",
+        dir.join("cache"),
+        provider_toml(case, &name, &ctx.provider.prefix, dir),
+    );
+    let mount = Mount::start(dir, &text);
+    (ctx, mount)
+}
+
+for_each_provider!(
+    programs_read_the_tree,
+    random_offset_reads_match_the_source,
+    sequential_read_of_a_large_object_is_intact,
+    changes_behind_the_mount_appear_after_the_ttl,
+    writes_are_refused_read_only,
+);
+
+async fn programs_read_the_tree(case: Case) {
+    let files = [
+        ("a.txt", b"hello, tree\n".to_vec()),
+        ("dir/b.bin", pattern(3 << 20, 2)),
+        ("dir/sub/c.txt", pattern(5000, 3)),
+    ];
+    let (ctx, mount) = mount_for(case, "programs", "");
+    for (path, data) in &files {
+        ctx.seed(path, data).await;
+    }
+    let listing = run("ls", &["-l", mount.path("dir").to_str().unwrap()]);
+    assert!(
+        listing.contains(" b.bin") && listing.contains(" sub"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains(&format!(" {} ", 3 << 20)),
+        "ls -l shows the size: {listing}"
+    );
+    assert_eq!(
+        run("cat", &[mount.path("a.txt").to_str().unwrap()]).as_bytes(),
+        &files[0].1[..]
+    );
+    let found = run("find", &[mount.dir.to_str().unwrap(), "-type", "f"]);
+    assert_eq!(found.lines().count(), 3, "{found}");
+    let out = ctx.dir.path().join("copy");
+    run(
+        "cp",
+        &[
+            "-r",
+            mount.path("dir").to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(std::fs::read(out.join("b.bin")).unwrap(), files[1].1);
+    assert_eq!(std::fs::read(out.join("sub/c.txt")).unwrap(), files[2].1);
+    run(
+        "cmp",
+        &[
+            mount.path("dir/b.bin").to_str().unwrap(),
+            out.join("b.bin").to_str().unwrap(),
+        ],
+    );
+    let stat = run(
+        "stat",
+        &[
+            "-c",
+            "%s %b %B %F",
+            mount.path("dir/b.bin").to_str().unwrap(),
+        ],
+    );
+    let fields: Vec<&str> = stat.split_whitespace().collect();
+    let (size, blocks, unit): (u64, u64, u64) = (
+        fields[0].parse().unwrap(),
+        fields[1].parse().unwrap(),
+        fields[2].parse().unwrap(),
+    );
+    assert_eq!(size, 3 << 20);
+    assert_eq!(
+        blocks * unit,
+        size.div_ceil(512) * 512,
+        "st_blocks consistent with size: {stat}"
+    );
+    assert!(stat.contains("regular file"), "{stat}");
+    let du = run("du", &["-sk", mount.path("dir").to_str().unwrap()]);
+    let kib: u64 = du.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(kib >= 3 * 1024, "du counts the data: {du}");
+}
+
+async fn random_offset_reads_match_the_source(case: Case) {
+    let (ctx, mount) = mount_for(case, "random", "");
+    let data = pattern(8 << 20, 4);
+    ctx.seed("r.bin", &data).await;
+    let mut file = std::fs::File::open(mount.path("r.bin")).unwrap();
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..200 {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let offset = (state >> 11) % data.len() as u64;
+        let len = ((state >> 40) % 70_000 + 1) as usize;
+        let mut buf = vec![0u8; len];
+        file.seek(SeekFrom::Start(offset)).unwrap();
+        let n = read_fully(&mut file, &mut buf);
+        let expected = &data[offset as usize..(offset as usize + len).min(data.len())];
+        assert_eq!(&buf[..n], expected, "read of {len} at {offset}");
+    }
+}
+
+fn read_fully(file: &mut std::fs::File, buf: &mut [u8]) -> usize {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..]).unwrap() {
+            0 => break,
+            k => n += k,
+        }
+    }
+    n
+}
+
+async fn sequential_read_of_a_large_object_is_intact(case: Case) {
+    let (ctx, mount) = mount_for(case, "sequential", "");
+    let data = pattern(48 << 20, 5);
+    ctx.seed("video.mp4", &data).await;
+    let original = ctx.dir.path().join("original.mp4");
+    std::fs::write(&original, &data).unwrap();
+    assert_eq!(
+        sha256(&mount.path("video.mp4")),
+        sha256(&original),
+        "cold read"
+    );
+    assert_eq!(
+        sha256(&mount.path("video.mp4")),
+        sha256(&original),
+        "warm read from the cache"
+    );
+}
+
+async fn changes_behind_the_mount_appear_after_the_ttl(case: Case) {
+    let (ctx, mount) = mount_for(
+        case,
+        "ttl",
+        "[settings.mount]\nattr_ttl = 0.5\nnegative_ttl = 0.5\n",
+    );
+    let late = mount.path("late.txt");
+    assert!(!late.exists(), "not there yet");
+    ctx.seed("late.txt", b"arrived").await;
+    let started = Instant::now();
+    while !late.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "object added on the provider never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read(&late).unwrap(), b"arrived");
+    let names: Vec<String> = std::fs::read_dir(&mount.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["late.txt"]);
+}
+
+async fn writes_are_refused_read_only(case: Case) {
+    let (ctx, mount) = mount_for(case, "readonly", "");
+    ctx.seed("keep.txt", b"keep").await;
+    let err = std::fs::write(mount.path("new.txt"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    let err = std::fs::OpenOptions::new()
+        .write(true)
+        .open(mount.path("keep.txt"))
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    assert_eq!(std::fs::read(mount.path("keep.txt")).unwrap(), b"keep");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_from_two_providers_merge_into_one_directory() {
+    let dir = scratch();
+    let prefix = unique("merge");
+    let text = format!(
+        "{FAST_SETTINGS}[settings]\ncache_dir = {:?}\n{}{}[[routes]]\npattern = \"*.jpg\"\nprovider = \"s3\"\n[default]\nprovider = \"azure\"\n",
+        dir.path().join("cache"),
+        provider_toml(Case::S3, "s3", &prefix, dir.path()),
+        provider_toml(Case::Azure, "azure", &prefix, dir.path()),
+    );
+    let mount = Mount::start(dir.path(), &text);
+    let config = zmount::Config::load(&mount.config).unwrap();
+    let storage = zmount::Storage::new(&config).unwrap();
+    let (s3, azure) = (
+        storage.provider("s3").unwrap(),
+        storage.provider("azure").unwrap(),
+    );
+    use object_store::ObjectStoreExt;
+    s3.store
+        .put(
+            &s3.key_for("shared/photo.jpg"),
+            b"jpg-bytes".to_vec().into(),
+        )
+        .await
+        .unwrap();
+    azure
+        .store
+        .put(
+            &azure.key_for("shared/notes.txt"),
+            b"txt-bytes".to_vec().into(),
+        )
+        .await
+        .unwrap();
+    // Strays: each on the provider its route does not name; the tree shows only the routed copies.
+    azure
+        .store
+        .put(&azure.key_for("shared/photo.jpg"), b"stray".to_vec().into())
+        .await
+        .unwrap();
+    s3.store
+        .put(&s3.key_for("shared/notes.txt"), b"stray".to_vec().into())
+        .await
+        .unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(mount.path("shared"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["notes.txt", "photo.jpg"]);
+    assert_eq!(
+        std::fs::read(mount.path("shared/photo.jpg")).unwrap(),
+        b"jpg-bytes"
+    );
+    assert_eq!(
+        std::fs::read(mount.path("shared/notes.txt")).unwrap(),
+        b"txt-bytes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_objects_list_completely() {
+    for case in [Case::S3, Case::Local] {
+        let (ctx, mount) = mount_for(case, "many", "");
+        let store = ctx.provider.clone();
+        use futures::StreamExt;
+        use object_store::ObjectStoreExt;
+        futures::stream::iter(0..10_000)
+            .map(|i| {
+                let store = store.clone();
+                async move {
+                    store
+                        .store
+                        .put(
+                            &store.key_for(&format!("many/f{i:05}.txt")),
+                            vec![b'x'; 3].into(),
+                        )
+                        .await
+                        .unwrap()
+                }
+            })
+            .buffer_unordered(64)
+            .collect::<Vec<_>>()
+            .await;
+        let listing = run("ls", &["-l", mount.path("many").to_str().unwrap()]);
+        let files = listing.lines().filter(|l| l.starts_with('-')).count();
+        assert_eq!(files, 10_000, "{case:?}: ls -l lists every object");
+        assert!(listing.contains("f00000.txt") && listing.contains("f09999.txt"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_cache_never_exceeds_its_cap() {
+    let cap = 6u64 << 20;
+    let settings = format!("cache_size = {cap}\n[settings.mount]\nmemory_cache_size = \"2 MiB\"\nread_ahead = \"2 MiB\"\n");
+    let (ctx, mount) = mount_for(Case::S3, "cap", &settings);
+    let blocks = ctx.dir.path().join("cache/blocks");
+    for i in 0..4u8 {
+        let data = pattern(5 << 20, i);
+        let name = format!("f{i}.bin");
+        ctx.seed(&name, &data).await;
+        let mut file = std::fs::File::open(mount.path(&name)).unwrap();
+        let mut buf = vec![0u8; 256 << 10];
+        let mut read = Vec::new();
+        loop {
+            let n = file.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            read.extend_from_slice(&buf[..n]);
+            let used = du_bytes(&blocks);
+            assert!(used <= cap, "disk cache holds {used} bytes, cap {cap}");
+        }
+        assert!(read == data, "{name} read back intact");
+    }
+    assert!(du_bytes(&blocks) > 0, "the disk tier was used");
+}
+
+fn du_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .map(|e| {
+            let e = e.unwrap();
+            match e.metadata() {
+                Ok(m) if m.is_dir() => du_bytes(&e.path()),
+                Ok(m) => m.len(),
+                Err(_) => 0, // evicted while we looked
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn signals_unmount_cleanly() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let dir = scratch();
+        let text = provider_toml(Case::Local, "local", "", dir.path())
+            + "[default]\nprovider = \"local\"\n";
+        let mut mount = Mount::start(
+            dir.path(),
+            &format!("[settings]\ncache_dir = {:?}\n{text}", dir.path().join("c")),
+        );
+        assert!(zmount::cli::is_mounted(&mount.dir));
+        let status = mount.stop_with(signal);
+        assert!(
+            status.success(),
+            "exit status after signal {signal}: {status}\n{}",
+            mount.log()
+        );
+        assert!(
+            !zmount::cli::is_mounted(&mount.dir),
+            "stale mount after signal {signal}"
+        );
+        assert!(
+            std::fs::read_dir(&mount.dir).unwrap().next().is_none(),
+            "mountpoint is an empty folder again"
+        );
+    }
+}
+
+#[test]
+fn external_unmount_ends_the_daemon() {
+    let dir = scratch();
+    let text =
+        provider_toml(Case::Local, "local", "", dir.path()) + "[default]\nprovider = \"local\"\n";
+    let mut mount = Mount::start(
+        dir.path(),
+        &format!("[settings]\ncache_dir = {:?}\n{text}", dir.path().join("c")),
+    );
+    run("fusermount3", &["-u", mount.dir.to_str().unwrap()]);
+    let status = mount.stop_with(0); // signal 0: just wait for the exit the unmount caused
+    assert!(status.success(), "{status}\n{}", mount.log());
+}
+
+#[test]
+fn bad_mountpoints_get_clear_errors() {
+    let dir = scratch();
+    let text =
+        provider_toml(Case::Local, "local", "", dir.path()) + "[default]\nprovider = \"local\"\n";
+    let config = dir.path().join("mount.toml");
+    std::fs::write(
+        &config,
+        format!("[settings]\ncache_dir = {:?}\n{text}", dir.path().join("c")),
+    )
+    .unwrap();
+    let zmount = |mnt: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_zmount"))
+            .arg(&config)
+            .arg(mnt)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let missing = dir.path().join("missing");
+    assert!(
+        zmount(&missing).contains("missing: No such file or directory"),
+        "{}",
+        zmount(&missing)
+    );
+    let full = dir.path().join("full");
+    std::fs::create_dir_all(full.join("x")).unwrap();
+    assert!(zmount(&full).contains("is not empty"), "{}", zmount(&full));
+    let busy = dir.path().join("busy");
+    std::fs::create_dir_all(&busy).unwrap();
+    let _mount = Mount::start_at(&config, &busy, &[]);
+    let other = dir.path().join("other.toml");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("/c\"", "/c2\""),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zmount"))
+        .arg(&other)
+        .arg(&busy)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is already a mount point"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_object_reads_back_intact() {
+    let (ctx, mount) = mount_for(Case::S3, "gib", "cache_size = \"256 MiB\"\n");
+    let original = ctx.dir.path().join("gib.bin");
+    let chunk = zmount::storage::UPLOAD_PART_SIZE;
+    {
+        use std::io::Write;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&original).unwrap());
+        for i in 0..(1usize << 30) / chunk {
+            file.write_all(&pattern(chunk, i as u8)).unwrap();
+        }
+    }
+    let upload = ctx
+        .provider
+        .store
+        .put_multipart(&ctx.provider.key_for("gib.bin"))
+        .await
+        .unwrap();
+    let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, chunk);
+    let mut source = std::fs::File::open(&original).unwrap();
+    let mut buf = vec![0u8; chunk];
+    loop {
+        let n = read_fully(&mut source, &mut buf);
+        if n == 0 {
+            break;
+        }
+        writer.wait_for_capacity(4).await.unwrap();
+        writer.write(&buf[..n]);
+    }
+    writer.finish().await.unwrap();
+    assert_eq!(
+        std::fs::metadata(mount.path("gib.bin")).unwrap().len(),
+        1 << 30
+    );
+    assert_eq!(
+        sha256(&mount.path("gib.bin")),
+        sha256(&original),
+        "1 GiB through the mount"
+    );
+}
