@@ -60,7 +60,13 @@ impl BlockKey {
 pub struct BlockCache {
     memory: moka::future::Cache<BlockKey, Bytes>,
     disk: Option<Arc<disk::DiskCache>>,
+    /// Blocks waiting to be written to disk hold memory: when the disk falls this far behind, new blocks skip the
+    /// disk tier instead of queueing without bound.
+    disk_writes: Arc<tokio::sync::Semaphore>,
 }
+
+/// Disk writes queued at most (each holds one block in memory).
+const MAX_PENDING_DISK_WRITES: usize = 16;
 
 impl BlockCache {
     pub fn new(memory_bytes: u64, disk: Option<disk::DiskCache>) -> Self {
@@ -71,6 +77,7 @@ impl BlockCache {
         BlockCache {
             memory,
             disk: disk.map(Arc::new),
+            disk_writes: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_DISK_WRITES)),
         }
     }
 
@@ -81,6 +88,7 @@ impl BlockCache {
     {
         let disk = self.disk.clone();
         let disk_key = key.clone();
+        let disk_writes = self.disk_writes.clone();
         self.memory
             .try_get_with(key, async move {
                 if let Some(disk) = &disk {
@@ -94,10 +102,13 @@ impl BlockCache {
                     }
                 }
                 let data = fetch.await?;
-                if let Some(disk) = disk {
+                if let (Some(disk), Ok(permit)) = (disk, disk_writes.try_acquire_owned()) {
                     let stored = data.clone();
                     // Writing to disk is off the read's critical path; a failure only costs a future refetch.
-                    tokio::task::spawn_blocking(move || disk.put(&disk_key, &stored));
+                    tokio::task::spawn_blocking(move || {
+                        disk.put(&disk_key, &stored);
+                        drop(permit);
+                    });
                 }
                 Ok(data)
             })

@@ -64,6 +64,8 @@ pub struct Filesystem {
     gid: u32,
     inodes: Inodes,
     negative: moka::sync::Cache<String, ()>,
+    /// Directory listings, trusted for the attribute TTL (a second `ls` does not list the providers again).
+    listings: moka::sync::Cache<String, Arc<Vec<DirEntry>>>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_handle: AtomicU64,
     reader: Reader,
@@ -79,6 +81,10 @@ impl Filesystem {
             .max_capacity(100_000)
             .time_to_live(Duration::from_secs_f64(settings.negative_ttl.max(0.0)))
             .build();
+        let listings = moka::sync::Cache::builder()
+            .max_capacity(1024)
+            .time_to_live(Duration::from_secs_f64(settings.attr_ttl.max(0.0)))
+            .build();
         let mounted_at = SystemTime::now();
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -90,6 +96,7 @@ impl Filesystem {
             storage,
             inodes: Inodes::new(mounted_at),
             negative,
+            listings,
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             mounted_at,
@@ -229,10 +236,15 @@ impl Filesystem {
         if entry.kind != Kind::Dir {
             return Err(FsError::NotADirectory);
         }
-        let entries = self.list_dir(&path).await?;
-        Ok(self.add_handle(Handle::Dir {
-            entries: Arc::new(entries),
-        }))
+        let entries = match self.listings.get(&path) {
+            Some(entries) => entries,
+            None => {
+                let entries = Arc::new(self.list_dir(&path).await?);
+                self.listings.insert(path, entries.clone());
+                entries
+            }
+        };
+        Ok(self.add_handle(Handle::Dir { entries }))
     }
 
     /// Entries of an open directory from position `offset` on ("." and ".." included).

@@ -16,6 +16,10 @@ use object_store::{GetOptions, GetRange};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 
+/// How far a read may start from where the previous one ended and still count as sequential: a few times the
+/// kernel's largest FUSE read (128 KiB to 1 MiB), so its concurrent read-ahead requests do not look random.
+const SEQUENTIAL_SLACK: u64 = 4 * 1024 * 1024;
+
 /// The version of an object an open file reads: every block request carries its ETag (If-Match), so bytes of two
 /// versions are never mixed in one file handle.
 #[derive(Clone, Debug)]
@@ -102,13 +106,16 @@ impl Reader {
         size: u64,
     ) -> std::ops::Range<u64> {
         let mut st = state.lock().unwrap();
-        if offset == st.next_offset {
+        // The kernel's own read-ahead sends several reads at once and they may be served out of order, so a read
+        // that lands near where the last one ended still counts as sequential.
+        if offset.abs_diff(st.next_offset) <= SEQUENTIAL_SLACK {
             st.window = (st.window * 2).clamp(1, self.max_window);
+            st.next_offset = st.next_offset.max(end);
         } else {
             st.window = 0;
             st.requested_until = 0;
+            st.next_offset = end;
         }
-        st.next_offset = end;
         let blocks_in_file = size.div_ceil(BLOCK_SIZE);
         let from = st.requested_until.max(last + 1);
         let to = (last + 1 + st.window).min(blocks_in_file);

@@ -1,0 +1,165 @@
+//! The direct-object_store side of the benchmarks (`scripts/bench-*.sh`): the same operations the mount performs,
+//! done straight against a provider of a mount.toml, so each mount figure can be printed next to its limit.
+//!
+//! usage: zmount-bench CONFIG PROVIDER COMMAND ARGS...
+//!   seed KEY MIB          write a KEY of MIB mebibytes (multipart, 8 MiB parts)
+//!   seed-many PREFIX N    write N 3-byte objects PREFIX/fNNNNN.txt, 64 in flight
+//!   get KEY               streamed GET of the whole object           -> MiB/s
+//!   ranged KEY            1 MiB ranged GETs, 32 in flight (like read-ahead) -> MiB/s
+//!   random KEY N          N random 4 KiB ranged GETs, one at a time  -> IOPS
+//!   list PREFIX           list every key below PREFIX                -> seconds, count
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use std::time::Instant;
+use zmount::providers::Provider;
+use zmount::{Config, Storage};
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() < 4 {
+        eprintln!(
+            "usage: zmount-bench CONFIG PROVIDER seed|seed-many|get|ranged|random|list ARGS..."
+        );
+        std::process::exit(2);
+    }
+    let config = Config::load(args[0].as_ref()).unwrap_or_else(|e| fail(&e));
+    let storage = Storage::new(&config).unwrap_or_else(|e| fail(&e));
+    let provider = storage
+        .provider(&args[1])
+        .unwrap_or_else(|| fail(&format!("no provider {}", args[1])))
+        .clone();
+    let rest = &args[3..];
+    match args[2].as_str() {
+        "seed" => seed(&provider, &rest[0], rest[1].parse().unwrap()).await,
+        "seed-many" => seed_many(&provider, &rest[0], rest[1].parse().unwrap()).await,
+        "get" => get(&provider, &rest[0]).await,
+        "ranged" => ranged(&provider, &rest[0]).await,
+        "random" => random(&provider, &rest[0], rest[1].parse().unwrap()).await,
+        "list" => list(&provider, &rest[0]).await,
+        other => fail(&format!("unknown command {other}")),
+    }
+}
+
+fn fail(message: &dyn std::fmt::Display) -> ! {
+    eprintln!("zmount-bench: {message}");
+    std::process::exit(1)
+}
+
+fn mib_per_s(bytes: u64, started: Instant) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn seed(p: &Provider, key: &str, mib: usize) {
+    let upload = p
+        .store
+        .put_multipart(&p.key_for(key))
+        .await
+        .unwrap_or_else(|e| fail(&e));
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, 8 << 20);
+    let chunk: Vec<u8> = (0..(1 << 20))
+        .map(|i: usize| (i * 31 + i / 4093) as u8)
+        .collect();
+    let started = Instant::now();
+    for _ in 0..mib {
+        writer
+            .wait_for_capacity(8)
+            .await
+            .unwrap_or_else(|e| fail(&e));
+        writer.write(&chunk);
+    }
+    writer.finish().await.unwrap_or_else(|e| fail(&e));
+    println!(
+        "seed {key}: {mib} MiB at {:.0} MiB/s",
+        mib_per_s((mib as u64) << 20, started)
+    );
+}
+
+async fn seed_many(p: &Provider, prefix: &str, n: usize) {
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| async move {
+            p.store
+                .put(
+                    &p.key_for(&format!("{prefix}/f{i:05}.txt")),
+                    Bytes::from_static(b"abc").into(),
+                )
+                .await
+        })
+        .buffer_unordered(64)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap_or_else(|e| fail(&e));
+    println!(
+        "seed-many {prefix}: {n} objects at {:.0} objects/s",
+        n as f64 / started.elapsed().as_secs_f64()
+    );
+}
+
+async fn get(p: &Provider, key: &str) {
+    let started = Instant::now();
+    let mut stream = p
+        .store
+        .get(&p.key_for(key))
+        .await
+        .unwrap_or_else(|e| fail(&e))
+        .into_stream();
+    let mut total = 0u64;
+    while let Some(chunk) = stream.next().await {
+        total += chunk.unwrap_or_else(|e| fail(&e)).len() as u64;
+    }
+    println!("{:.0}", mib_per_s(total, started));
+}
+
+async fn ranged(p: &Provider, key: &str) {
+    let path = p.key_for(key);
+    let size = p.store.head(&path).await.unwrap_or_else(|e| fail(&e)).size;
+    let started = Instant::now();
+    let block = 1u64 << 20;
+    let total: u64 = futures::stream::iter((0..size).step_by(block as usize))
+        .map(|start| {
+            let path = path.clone();
+            async move {
+                p.store
+                    .get_range(&path, start..(start + block).min(size))
+                    .await
+                    .map(|b| b.len() as u64)
+            }
+        })
+        .buffered(32)
+        .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
+        .await
+        .unwrap_or_else(|e| fail(&e));
+    println!("{:.0}", mib_per_s(total, started));
+}
+
+async fn random(p: &Provider, key: &str, n: usize) {
+    let path = p.key_for(key);
+    let size = p.store.head(&path).await.unwrap_or_else(|e| fail(&e)).size;
+    let mut state: u64 = 42;
+    let started = Instant::now();
+    for _ in 0..n {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let offset = ((state >> 11) % (size - 4096)) & !4095;
+        p.store
+            .get_range(&path, offset..offset + 4096)
+            .await
+            .unwrap_or_else(|e| fail(&e));
+    }
+    println!("{:.0}", n as f64 / started.elapsed().as_secs_f64());
+}
+
+async fn list(p: &Provider, prefix: &str) {
+    let started = Instant::now();
+    let count = p
+        .store
+        .list(Some(&p.key_for(prefix)))
+        .try_fold(0usize, |n, _| async move { Ok(n + 1) })
+        .await
+        .unwrap_or_else(|e| fail(&e));
+    println!("{:.3} {count}", started.elapsed().as_secs_f64());
+}
