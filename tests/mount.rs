@@ -411,6 +411,28 @@ fn bad_mountpoints_get_clear_errors() {
         String::from_utf8_lossy(&out.stderr).contains("is already a mount point"),
         "{out:?}"
     );
+    let second = dir.path().join("second");
+    std::fs::create_dir_all(&second).unwrap();
+    assert!(
+        zmount(&second).contains("is in use by another zmount process"),
+        "{}",
+        zmount(&second)
+    );
+}
+
+#[test]
+fn non_utf8_names_are_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = scratch();
+    let text =
+        provider_toml(Case::Local, "local", "", dir.path()) + "[default]\nprovider = \"local\"\n";
+    let mount = Mount::start(
+        dir.path(),
+        &format!("[settings]\ncache_dir = {:?}\n{text}", dir.path().join("c")),
+    );
+    let err =
+        std::fs::metadata(mount.dir.join(std::ffi::OsStr::from_bytes(b"bad\xffname"))).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,5 +473,64 @@ async fn one_gib_object_reads_back_intact() {
         sha256(&mount.path("gib.bin")),
         sha256(&original),
         "1 GiB through the mount"
+    );
+}
+
+async fn object_replaced_during_a_read_fails_instead_of_mixing_versions(case: Case) {
+    let (ctx, mount) = mount_for(case, "replaced", "");
+    let old = pattern(8 << 20, 7);
+    ctx.seed("changing.bin", &old).await;
+    let mut file = std::fs::File::open(mount.path("changing.bin")).unwrap();
+    let mut head = vec![0u8; 4096];
+    file.read_exact(&mut head).unwrap();
+    assert_eq!(head, old[..4096]);
+    ctx.seed("changing.bin", &pattern(8 << 20, 8)).await; // same size, new content, new ETag
+    file.seek(SeekFrom::Start(6 << 20)).unwrap();
+    let mut later = vec![0u8; 4096];
+    // Block 6 was never fetched for this handle; fetching it now would return the new version's bytes.
+    let err = file
+        .read_exact(&mut later)
+        .expect_err("a handle must not return bytes of two versions");
+    assert_eq!(err.raw_os_error(), Some(libc::ESTALE), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_replaced_during_a_read_on_s3() {
+    object_replaced_during_a_read_fails_instead_of_mixing_versions(Case::S3).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_replaced_during_a_read_on_azure() {
+    object_replaced_during_a_read_fails_instead_of_mixing_versions(Case::Azure).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_hides_a_file_of_the_same_name_and_inodes_are_stable() {
+    use std::os::unix::fs::MetadataExt;
+    let (ctx, mount) = mount_for(Case::S3, "shadow", "[settings.mount]\nattr_ttl = 0.2\n");
+    ctx.seed("both", b"a file").await;
+    ctx.seed("both/inner.txt", b"inside").await;
+    let meta = std::fs::metadata(mount.path("both")).unwrap();
+    assert!(meta.is_dir(), "the directory wins");
+    assert_eq!(
+        std::fs::read(mount.path("both/inner.txt")).unwrap(),
+        b"inside"
+    );
+    let ino = std::fs::metadata(mount.path("both/inner.txt"))
+        .unwrap()
+        .ino();
+    let listed: Vec<_> = std::fs::read_dir(&mount.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(listed, ["both"], "the shadowed file is not listed twice");
+    // Not synchronisation: the point is that time passes beyond the TTL, so the next stat asks the provider again.
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        std::fs::metadata(mount.path("both/inner.txt"))
+            .unwrap()
+            .ino(),
+        ino,
+        "same inode after refresh"
     );
 }
