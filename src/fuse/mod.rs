@@ -6,8 +6,9 @@ use crate::fs::error::FsError;
 use crate::fs::inode::Kind;
 use crate::fs::{Attr, Filesystem};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, OpenFlags, ReplyAttr,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, OpenFlags,
+    ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, Request,
 };
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -74,6 +75,19 @@ fn utf8(name: &OsStr) -> Result<String, Errno> {
 }
 
 impl fuser::Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // Directory listings carry attributes, so `ls -l` needs no lookup per entry.
+        if config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS)
+            .is_err()
+        {
+            tracing::debug!(
+                "kernel does not offer READDIRPLUS; listings fall back to readdir + lookup"
+            );
+        }
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = match utf8(name) {
             Ok(n) => n,
@@ -128,6 +142,36 @@ impl fuser::Filesystem for FuseAdapter {
                 reply.ok();
             }
             Err(e) => reply.error(errno("readdir", &e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        match self.fs.readdir(ino.0, fh.0, offset) {
+            Ok(entries) => {
+                let ttl = self.fs.attr_ttl();
+                for (next, entry) in entries {
+                    let attr = file_attr(&entry.attr);
+                    if reply.add(
+                        INodeNo(entry.attr.ino),
+                        next,
+                        &entry.name,
+                        &ttl,
+                        &attr,
+                        Generation(0),
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno("readdirplus", &e)),
         }
     }
 

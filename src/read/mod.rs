@@ -82,6 +82,13 @@ impl Reader {
         for index in ahead {
             self.spawn_read_ahead(object, index);
         }
+        if first == last {
+            // The common case (the kernel reads at most 128 KiB at a time): a zero-copy slice of one block.
+            let block = self.block(object, first).await?;
+            let from = (offset - first * BLOCK_SIZE) as usize;
+            let to = ((end - first * BLOCK_SIZE) as usize).min(block.len());
+            return Ok(block.slice(from.min(to)..to));
+        }
         let blocks =
             futures::future::try_join_all((first..=last).map(|i| self.block(object, i))).await?;
         let mut out = BytesMut::with_capacity((end - offset) as usize);
