@@ -116,7 +116,8 @@ fn serve(
     let fs = {
         let _guard = runtime.enter();
         Arc::new(
-            Filesystem::new(config, storage).map_err(|e| format!("cannot open the cache: {e}"))?,
+            Filesystem::new(config, storage, args.read_only)
+                .map_err(|e| format!("cannot open the cache: {e}"))?,
         )
     };
     let mut options = fuser::Config::default();
@@ -126,8 +127,10 @@ fn serve(
         MountOption::DefaultPermissions,
         MountOption::NoDev,
         MountOption::NoSuid,
-        MountOption::RO, // writes arrive with the write path; until then the tree is read-only
     ];
+    if args.read_only {
+        options.mount_options.push(MountOption::RO);
+    }
     if args.allow_other {
         options.acl = SessionACL::All;
     }

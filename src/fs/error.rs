@@ -21,6 +21,12 @@ pub enum FsError {
     Invalid(String),
     #[error("file too large")]
     TooLarge,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("file exists")]
+    Exists,
+    #[error("cannot move between providers")]
+    CrossDevice,
     #[error("local I/O error: {0}")]
     Local(#[from] std::io::Error),
     #[error(transparent)]
@@ -45,6 +51,10 @@ impl FsError {
             FsError::NotSupported(_) => libc::ENOTSUP,
             FsError::Invalid(_) => libc::EINVAL,
             FsError::TooLarge => libc::EFBIG,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::Exists => libc::EEXIST,
+            // A rename whose source and target live on different providers: `mv` then copies and deletes.
+            FsError::CrossDevice => libc::EXDEV,
             FsError::Local(e) => match e.raw_os_error() {
                 Some(code) => code,
                 None => libc::EIO,

@@ -129,3 +129,28 @@ impl Inodes {
 fn age(seen: Option<Instant>) -> std::time::Duration {
     seen.map_or(std::time::Duration::MAX, |s| s.elapsed())
 }
+
+impl Inodes {
+    /// Moves `from` (and, for a directory, everything below it) to `to`, keeping inode numbers: the kernel keeps
+    /// using the numbers it knows after a rename.
+    pub fn rename(&self, from: &str, to: &str) {
+        let mut t = self.inner.lock().unwrap();
+        let moved: Vec<(String, Ino)> = t
+            .by_path
+            .iter()
+            .filter(|(p, _)| crate::routing::is_within(p, from) && !from.is_empty())
+            .map(|(p, i)| (p.clone(), *i))
+            .collect();
+        if let Some(old) = t.by_path.remove(to) {
+            t.by_ino.remove(&old);
+        }
+        for (old_path, ino) in moved {
+            let new_path = format!("{to}{}", &old_path[from.len()..]);
+            t.by_path.remove(&old_path);
+            t.by_path.insert(new_path.clone(), ino);
+            if let Some(node) = t.by_ino.get_mut(&ino) {
+                node.path = new_path;
+            }
+        }
+    }
+}

@@ -10,6 +10,9 @@
 
 pub mod error;
 pub mod inode;
+mod write_ops;
+
+pub use write_ops::DIR_MARKER;
 
 use crate::cache::{disk::DiskCache, BlockCache};
 use crate::config::{Config, MountSettings};
@@ -52,6 +55,10 @@ enum Handle {
         object: ObjectVersion,
         state: Mutex<ReadState>,
     },
+    /// Open for writing (or reading a file that is being written in this mount): the staged local copy.
+    Write {
+        staged: Arc<crate::write::Staged>,
+    },
     Dir {
         entries: Arc<Vec<DirEntry>>,
     },
@@ -70,10 +77,14 @@ pub struct Filesystem {
     next_handle: AtomicU64,
     reader: Reader,
     mounted_at: SystemTime,
+    read_only: bool,
+    staging_dir: std::path::PathBuf,
+    /// Files open for writing, by path, so other opens of the same path share (and read) the staged bytes.
+    open_writes: Mutex<HashMap<String, std::sync::Weak<crate::write::Staged>>>,
 }
 
 impl Filesystem {
-    pub fn new(config: &Config, storage: Arc<Storage>) -> FsResult<Filesystem> {
+    pub fn new(config: &Config, storage: Arc<Storage>, read_only: bool) -> FsResult<Filesystem> {
         let settings = config.settings.mount.clone();
         let disk = DiskCache::open(&config.settings.cache_dir, config.settings.cache_size.0)?;
         let cache = Arc::new(BlockCache::new(settings.memory_cache_size.0, Some(disk)));
@@ -100,6 +111,9 @@ impl Filesystem {
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             mounted_at,
+            read_only,
+            staging_dir: config.settings.cache_dir.join("staging"),
+            open_writes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -135,18 +149,10 @@ impl Filesystem {
 
     /// Looks `name` up in directory `parent`.
     pub async fn lookup(&self, parent: Ino, name: &str) -> FsResult<Attr> {
-        let (dir, entry, _) = self.path_of(parent)?;
-        if entry.kind != Kind::Dir {
-            return Err(FsError::NotADirectory);
+        let path = self.child_path(parent, name)?;
+        if name == DIR_MARKER {
+            return Err(FsError::NotFound);
         }
-        if name.contains('/') || name == "." || name == ".." {
-            return Err(FsError::Invalid(format!("name {name:?}")));
-        }
-        let path = if dir.is_empty() {
-            name.to_string()
-        } else {
-            format!("{dir}/{name}")
-        };
         if let Some((ino, entry, age)) = self.inodes.find(&path) {
             if age < self.attr_ttl() {
                 return Ok(self.attr(ino, &entry));
@@ -157,6 +163,22 @@ impl Filesystem {
         }
         let entry = self.stat_path(&path).await?;
         Ok(self.attr(self.inodes.record(&path, entry.clone()), &entry))
+    }
+
+    /// The path of `name` in directory `parent`.
+    fn child_path(&self, parent: Ino, name: &str) -> FsResult<String> {
+        let (dir, entry, _) = self.path_of(parent)?;
+        if entry.kind != Kind::Dir {
+            return Err(FsError::NotADirectory);
+        }
+        if name.contains('/') || name == "." || name == ".." || name.is_empty() {
+            return Err(FsError::Invalid(format!("name {name:?}")));
+        }
+        Ok(if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        })
     }
 
     /// Attributes of `ino`, asking the provider again once they are older than the TTL.
@@ -304,7 +326,8 @@ impl Filesystem {
                     .router()
                     .resolve(&child)
                     .is_some_and(|r| r.route.provider == provider.name);
-                if routed_here && child != path && !merged.contains_key(&child) {
+                let marker = child.rsplit('/').next() == Some(DIR_MARKER);
+                if routed_here && !marker && child != path && !merged.contains_key(&child) {
                     let entry = Entry {
                         kind: Kind::File,
                         size: meta.size,
@@ -329,9 +352,13 @@ impl Filesystem {
             .collect())
     }
 
-    /// Opens a file for reading, pinned to the object version it has now.
-    pub async fn open(&self, ino: Ino) -> FsResult<u64> {
+    /// Opens a file for reading, pinned to the object version it has now (or, while the file is being written
+    /// in this mount, to the staged bytes).
+    pub async fn open_read(&self, ino: Ino) -> FsResult<u64> {
         let attr = self.getattr(ino).await?;
+        if let Some(staged) = self.open_write_of(&self.path_of(ino)?.0) {
+            return Ok(self.add_handle(Handle::Write { staged }));
+        }
         if attr.kind == Kind::Dir {
             return Err(FsError::IsADirectory);
         }
@@ -360,10 +387,11 @@ impl Filesystem {
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<bytes::Bytes> {
         let handle = self.handle(fh)?;
-        let Handle::File { object, state } = &*handle else {
-            return Err(FsError::IsADirectory);
-        };
-        self.reader.read(object, state, offset, size).await
+        match &*handle {
+            Handle::File { object, state } => self.reader.read(object, state, offset, size).await,
+            Handle::Write { staged } => staged.read(offset, size).await,
+            Handle::Dir { .. } => Err(FsError::IsADirectory),
+        }
     }
 
     pub fn release(&self, fh: u64) {

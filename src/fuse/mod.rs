@@ -67,6 +67,13 @@ fn file_type(kind: Kind) -> FileType {
     }
 }
 
+fn empty_reply(reply: ReplyEmpty, op: &str, result: Result<(), FsError>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(op, &e)),
+    }
+}
+
 /// Names must be UTF-8 to become object keys.
 fn utf8(name: &OsStr) -> Result<String, Errno> {
     name.to_str()
@@ -188,14 +195,176 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-            return reply.error(Errno::from_i32(libc::EROFS));
-        }
+        let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        let truncate = flags.0 & libc::O_TRUNC != 0;
         self.spawn(move |fs| async move {
-            match fs.open(ino.0).await {
+            match fs.open(ino.0, write, truncate).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno("open", &e)),
             }
+        });
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: fuser::ReplyCreate,
+    ) {
+        let name = match utf8(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(move |fs| async move {
+            match fs.create(parent.0, &name).await {
+                Ok((attr, fh)) => reply.created(
+                    &fs.attr_ttl(),
+                    &file_attr(&attr),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(errno("create", &e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: fuser::ReplyWrite,
+    ) {
+        let data = bytes::Bytes::copy_from_slice(data);
+        self.spawn(move |fs| async move {
+            match fs.write(fh.0, offset, data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno("write", &e)),
+            }
+        });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(move |fs| async move {
+            match fs.flush(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("fsync", &e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        _mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        // Mode, owner and times are accepted but not stored yet (see SEMANTICS.md); size changes are real.
+        self.spawn(move |fs| async move {
+            let result = match size {
+                Some(size) => fs.set_size(ino.0, fh.map(|f| f.0), size).await,
+                None => fs.getattr(ino.0).await,
+            };
+            match result {
+                Ok(attr) => reply.attr(&fs.attr_ttl(), &file_attr(&attr)),
+                Err(e) => reply.error(errno("setattr", &e)),
+            }
+        });
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = match utf8(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(move |fs| async move {
+            match fs.mkdir(parent.0, &name).await {
+                Ok(attr) => reply.entry(&fs.attr_ttl(), &file_attr(&attr), Generation(0)),
+                Err(e) => reply.error(errno("mkdir", &e)),
+            }
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = match utf8(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(move |fs| async move {
+            empty_reply(reply, "unlink", fs.unlink(parent.0, &name).await)
+        });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = match utf8(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(move |fs| async move {
+            empty_reply(reply, "rmdir", fs.rmdir(parent.0, &name).await)
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        new_parent: INodeNo,
+        new_name: &OsStr,
+        flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if !flags.is_empty() {
+            return reply.error(Errno::from_i32(libc::EINVAL)); // RENAME_NOREPLACE/EXCHANGE: not atomic on object stores
+        }
+        let (name, new_name) = match (utf8(name), utf8(new_name)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        self.spawn(move |fs| async move {
+            empty_reply(
+                reply,
+                "rename",
+                fs.rename(parent.0, &name, new_parent.0, &new_name).await,
+            )
         });
     }
 
@@ -236,11 +405,12 @@ impl fuser::Filesystem for FuseAdapter {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _lock_owner: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok(); // read-only handles have nothing to flush
+        // close(): a written file is uploaded now, so the program sees an upload failure as close's error.
+        self.spawn(move |fs| async move { empty_reply(reply, "flush", fs.flush(fh.0).await) });
     }
 
     fn getxattr(

@@ -1,0 +1,281 @@
+//! Writes and namespace changes on the filesystem core: create, open for writing, write, flush/fsync (upload),
+//! truncate, mkdir, rmdir, unlink, rename. Staging and upload live in [`crate::write`]; this file decides what each
+//! operation means for the tree and keeps the caches (inodes, listings, negative lookups) truthful after it.
+//!
+//! Directories made with `mkdir` are kept by a marker object `DIR/.zmount-dir` (hidden from listings), so an empty
+//! directory survives a remount. A rename whose source and target are routed to different providers answers EXDEV:
+//! `mv` then copies and deletes, with progress and errors the user can see.
+//!
+//! Lock order: `handles` before `open_writes` before `Inodes`; none is held across an await.
+
+use super::error::{FsError, FsResult};
+use super::inode::{Entry, Ino, Kind};
+use super::{Attr, Filesystem, Handle};
+use crate::routing::is_within;
+use crate::storage::FileInfo;
+use crate::write::Staged;
+use bytes::Bytes;
+use object_store::ObjectStoreExt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Name of the marker object that keeps an empty directory in existence.
+pub const DIR_MARKER: &str = ".zmount-dir";
+
+fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
+impl Filesystem {
+    fn check_writable(&self, path: &str) -> FsResult<Option<u64>> {
+        if self.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        let (_, resolved, provider) = self.storage.resolve(path)?;
+        if provider.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        Ok(self.storage.size_limit(&resolved))
+    }
+
+    /// Forgets cached answers about `path` and its parent's listing after a change.
+    fn changed(&self, path: &str) {
+        self.negative.invalidate(path);
+        self.listings.invalidate(parent_of(path));
+        self.listings.invalidate(path);
+    }
+
+    fn gone(&self, path: &str) {
+        self.changed(path);
+        self.inodes.expire(path);
+        self.negative.insert(path.to_string(), ());
+    }
+
+    pub(super) fn open_write_of(&self, path: &str) -> Option<Arc<Staged>> {
+        self.open_writes
+            .lock()
+            .unwrap()
+            .get(path)
+            .and_then(|w| w.upgrade())
+    }
+
+    fn register_write(&self, staged: Staged) -> (Arc<Staged>, u64) {
+        let staged = Arc::new(staged);
+        self.open_writes
+            .lock()
+            .unwrap()
+            .insert(staged.path.clone(), Arc::downgrade(&staged));
+        let fh = self.add_handle(Handle::Write {
+            staged: staged.clone(),
+        });
+        (staged, fh)
+    }
+
+    fn file_entry(&self, size: u64, info: Option<&FileInfo>) -> Entry {
+        Entry {
+            kind: Kind::File,
+            size,
+            mtime: SystemTime::now(),
+            etag: info.and_then(|i| i.etag.clone()),
+        }
+    }
+
+    /// Creates (or truncates) `name` in `parent` and opens it for writing.
+    pub async fn create(&self, parent: Ino, name: &str) -> FsResult<(Attr, u64)> {
+        let path = self.child_path(parent, name)?;
+        if name == DIR_MARKER {
+            return Err(FsError::Invalid(format!("{DIR_MARKER} is reserved")));
+        }
+        self.check_writable(&path)?;
+        let (_, fh) = self.register_write(Staged::empty(&self.staging_dir, &path)?);
+        let entry = self.file_entry(0, None);
+        let ino = self.inodes.record(&path, entry.clone());
+        self.changed(&path);
+        Ok((self.attr(ino, &entry), fh))
+    }
+
+    /// Opens an existing file; writers get a staged copy (empty with `truncate`, else the current bytes).
+    pub async fn open(&self, ino: Ino, write: bool, truncate: bool) -> FsResult<u64> {
+        if !write {
+            return self.open_read(ino).await;
+        }
+        let (path, entry, _) = self.path_of(ino)?;
+        if entry.kind == Kind::Dir {
+            return Err(FsError::IsADirectory);
+        }
+        self.check_writable(&path)?;
+        if let Some(staged) = self.open_write_of(&path) {
+            if truncate {
+                staged.truncate(0, None).await?;
+            }
+            return Ok(self.add_handle(Handle::Write { staged }));
+        }
+        let staged = if truncate {
+            Staged::empty(&self.staging_dir, &path)?
+        } else {
+            Staged::from_object(&self.staging_dir, &path, &self.storage).await?
+        };
+        Ok(self.register_write(staged).1)
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: Bytes) -> FsResult<u32> {
+        let handle = self.handle(fh)?;
+        let Handle::Write { staged } = &*handle else {
+            return Err(FsError::Invalid("not open for writing".into()));
+        };
+        let limit = self.check_writable(&staged.path)?;
+        staged.write(offset, data, limit).await
+    }
+
+    /// `close` and `fsync`: uploads what was written; an upload failure is this call's error (EIO).
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let handle = self.handle(fh)?;
+        let Handle::Write { staged } = &*handle else {
+            return Ok(());
+        };
+        if let Some(info) = staged.commit(&self.storage).await? {
+            self.inodes
+                .record(&staged.path, self.file_entry(info.size, Some(&info)));
+            self.changed(&staged.path);
+        }
+        Ok(())
+    }
+
+    /// `truncate`/`ftruncate`: through the open handle when there is one, else stage, cut and upload now.
+    pub async fn set_size(&self, ino: Ino, fh: Option<u64>, size: u64) -> FsResult<Attr> {
+        let (path, entry, _) = self.path_of(ino)?;
+        if entry.kind == Kind::Dir {
+            return Err(FsError::IsADirectory);
+        }
+        let limit = self.check_writable(&path)?;
+        let handle = fh.and_then(|fh| self.handle(fh).ok());
+        let staged = match handle.as_deref() {
+            Some(Handle::Write { staged }) => Some(staged.clone()),
+            _ => self.open_write_of(&path),
+        };
+        let entry = match staged {
+            Some(staged) => {
+                staged.truncate(size, limit).await?;
+                Entry {
+                    size,
+                    mtime: SystemTime::now(),
+                    ..entry
+                }
+            }
+            None => {
+                let staged = if size == 0 {
+                    Staged::empty(&self.staging_dir, &path)?
+                } else {
+                    Staged::from_object(&self.staging_dir, &path, &self.storage).await?
+                };
+                staged.truncate(size, limit).await?;
+                let info = staged.commit(&self.storage).await?;
+                self.changed(&path);
+                self.file_entry(size, info.as_ref())
+            }
+        };
+        let ino = self.inodes.record(&path, entry.clone());
+        Ok(self.attr(ino, &entry))
+    }
+
+    pub async fn mkdir(&self, parent: Ino, name: &str) -> FsResult<Attr> {
+        let path = self.child_path(parent, name)?;
+        if self.lookup(parent, name).await.is_ok() {
+            return Err(FsError::Exists);
+        }
+        let marker = format!("{path}/{DIR_MARKER}");
+        self.check_writable(&marker)?;
+        self.storage
+            .upload(&marker, Bytes::new(), Default::default())
+            .await?;
+        let entry = Entry::dir(SystemTime::now());
+        let ino = self.inodes.record(&path, entry.clone());
+        self.changed(&path);
+        Ok(self.attr(ino, &entry))
+    }
+
+    pub async fn rmdir(&self, parent: Ino, name: &str) -> FsResult<()> {
+        let path = self.child_path(parent, name)?;
+        let attr = self.lookup(parent, name).await?;
+        if attr.kind != Kind::Dir {
+            return Err(FsError::NotADirectory);
+        }
+        if !self.list_dir(&path).await?.is_empty() {
+            return Err(FsError::NotEmpty);
+        }
+        let marker = format!("{path}/{DIR_MARKER}");
+        self.check_writable(&marker)?;
+        self.storage.delete(&marker).await?;
+        self.gone(&path);
+        Ok(())
+    }
+
+    pub async fn unlink(&self, parent: Ino, name: &str) -> FsResult<()> {
+        let path = self.child_path(parent, name)?;
+        let attr = self.lookup(parent, name).await?;
+        if attr.kind == Kind::Dir {
+            return Err(FsError::IsADirectory);
+        }
+        self.check_writable(&path)?;
+        self.storage.delete(&path).await?;
+        self.gone(&path);
+        Ok(())
+    }
+
+    /// Renames a file (replacing the target) or a directory (every object below it). Source and target must be
+    /// routed to the same provider, else EXDEV before anything moves.
+    pub async fn rename(
+        &self,
+        parent: Ino,
+        name: &str,
+        new_parent: Ino,
+        new_name: &str,
+    ) -> FsResult<()> {
+        let from = self.child_path(parent, name)?;
+        let to = self.child_path(new_parent, new_name)?;
+        let attr = self.lookup(parent, name).await?;
+        if is_within(&to, &from) && to != from {
+            return Err(FsError::Invalid(
+                "cannot move a directory into itself".into(),
+            ));
+        }
+        let moves = match attr.kind {
+            Kind::File => vec![(from.clone(), to.clone())],
+            Kind::Dir => {
+                if let Ok(target) = self.lookup(new_parent, new_name).await {
+                    if target.kind == Kind::Dir && !self.list_dir(&to).await?.is_empty() {
+                        return Err(FsError::NotEmpty);
+                    }
+                }
+                let objects = self.storage.list(&from, None).await?;
+                objects
+                    .into_iter()
+                    .map(|o| (o.path.clone(), format!("{to}{}", &o.path[from.len()..])))
+                    .collect()
+            }
+        };
+        let mut plan = Vec::with_capacity(moves.len());
+        for (src, dst) in moves {
+            self.check_writable(&dst)?;
+            let (_, _, src_provider) = self.storage.resolve(&src)?;
+            let (_, _, dst_provider) = self.storage.resolve(&dst)?;
+            if src_provider.name != dst_provider.name {
+                return Err(FsError::CrossDevice);
+            }
+            plan.push((src_provider.clone(), src, dst));
+        }
+        for (provider, src, dst) in plan {
+            provider
+                .store
+                .rename(&provider.key_for(&src), &provider.key_for(&dst))
+                .await
+                .map_err(|e| crate::storage::StorageError::from_store(&provider, &src, e))?;
+            self.changed(&dst);
+        }
+        self.inodes.rename(&from, &to);
+        self.gone(&from);
+        self.changed(&to);
+        self.listings.invalidate_all();
+        Ok(())
+    }
+}
