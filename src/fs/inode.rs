@@ -150,6 +150,7 @@ impl Inodes {
             t.by_path.insert(new_path.clone(), ino);
             if let Some(node) = t.by_ino.get_mut(&ino) {
                 node.path = new_path;
+                node.seen = None; // a copied object may have a new ETag: ask the provider on next use
             }
         }
     }

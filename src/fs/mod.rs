@@ -125,6 +125,14 @@ impl Filesystem {
         self.reader.cache()
     }
 
+    /// An entry as the tree shows it now: a file open for writing in this mount has its staged size.
+    async fn current(&self, path: &str, mut entry: Entry) -> Entry {
+        if let Some(staged) = self.open_write_of(path) {
+            entry.size = staged.size().await;
+        }
+        entry
+    }
+
     fn attr(&self, ino: Ino, entry: &Entry) -> Attr {
         let (perm, nlink) = match entry.kind {
             Kind::File => (self.settings.file_mode, 1),
@@ -154,8 +162,8 @@ impl Filesystem {
             return Err(FsError::NotFound);
         }
         if let Some((ino, entry, age)) = self.inodes.find(&path) {
-            if age < self.attr_ttl() {
-                return Ok(self.attr(ino, &entry));
+            if age < self.attr_ttl() || self.open_write_of(&path).is_some() {
+                return Ok(self.attr(ino, &self.current(&path, entry).await));
             }
         }
         if self.negative.contains_key(&path) {
@@ -184,6 +192,9 @@ impl Filesystem {
     /// Attributes of `ino`, asking the provider again once they are older than the TTL.
     pub async fn getattr(&self, ino: Ino) -> FsResult<Attr> {
         let (path, entry, age) = self.path_of(ino)?;
+        if self.open_write_of(&path).is_some() {
+            return Ok(self.attr(ino, &self.current(&path, entry).await)); // the staged copy is the truth
+        }
         if ino == ROOT || age < self.attr_ttl() {
             return Ok(self.attr(ino, &entry));
         }

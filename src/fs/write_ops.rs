@@ -19,8 +19,7 @@ use object_store::ObjectStoreExt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-/// Name of the marker object that keeps an empty directory in existence.
-pub const DIR_MARKER: &str = ".zmount-dir";
+pub use crate::storage::DIR_MARKER;
 
 fn parent_of(path: &str) -> &str {
     path.rsplit_once('/').map_or("", |(p, _)| p)
@@ -200,7 +199,7 @@ impl Filesystem {
         if attr.kind != Kind::Dir {
             return Err(FsError::NotADirectory);
         }
-        if !self.list_dir(&path).await?.is_empty() {
+        if !self.is_empty_dir(&path).await? {
             return Err(FsError::NotEmpty);
         }
         let marker = format!("{path}/{DIR_MARKER}");
@@ -208,6 +207,18 @@ impl Filesystem {
         self.storage.delete(&marker).await?;
         self.gone(&path);
         Ok(())
+    }
+
+    /// Whether directory `path` holds nothing. Subdirectories are checked for content, because some servers
+    /// (SeaweedFS) keep listing a folder after its last object is gone.
+    async fn is_empty_dir(&self, path: &str) -> FsResult<bool> {
+        for entry in self.list_dir(path).await? {
+            let child = format!("{path}/{}", entry.name);
+            if entry.attr.kind == Kind::File || self.dir_exists(&child).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     pub async fn unlink(&self, parent: Ino, name: &str) -> FsResult<()> {
@@ -243,11 +254,11 @@ impl Filesystem {
             Kind::File => vec![(from.clone(), to.clone())],
             Kind::Dir => {
                 if let Ok(target) = self.lookup(new_parent, new_name).await {
-                    if target.kind == Kind::Dir && !self.list_dir(&to).await?.is_empty() {
+                    if target.kind == Kind::Dir && !self.is_empty_dir(&to).await? {
                         return Err(FsError::NotEmpty);
                     }
                 }
-                let objects = self.storage.list(&from, None).await?;
+                let objects = self.storage.list_objects(&from, None, true).await?;
                 objects
                     .into_iter()
                     .map(|o| (o.path.clone(), format!("{to}{}", &o.path[from.len()..])))

@@ -139,13 +139,16 @@ impl Provider {
         })
     }
 
-    /// The object key of a (normalized) mount path: the provider's prefix, then the path.
+    /// The object key of a (normalized) mount path: the provider's prefix, then the path, byte for byte, so names
+    /// with spaces, `%`, brackets or UTF-8 are stored as written and objects from other tools keep their names.
+    /// (Only ASCII control characters, which object keys cannot hold portably, are percent-encoded.)
     pub fn key_for(&self, path: &str) -> ObjectPath {
-        match (self.prefix.is_empty(), path.is_empty()) {
-            (true, _) => ObjectPath::from(path),
-            (false, true) => ObjectPath::from(self.prefix.as_str()),
-            (false, false) => ObjectPath::from(format!("{}/{path}", self.prefix)),
-        }
+        let key = match (self.prefix.is_empty(), path.is_empty()) {
+            (true, _) => path.to_string(),
+            (false, true) => self.prefix.clone(),
+            (false, false) => format!("{}/{path}", self.prefix),
+        };
+        ObjectPath::parse(&key).unwrap_or_else(|_| ObjectPath::from(key.as_str()))
     }
 
     /// The mount path of an object key, or None when the key is outside this provider's prefix.
@@ -181,5 +184,10 @@ mod tests {
             Some("a/b.txt")
         );
         assert_eq!(p.path_of(&ObjectPath::from("teamx/a")), None);
+        assert_eq!(
+            p.key_for("ünï/50% [1].txt").as_ref(),
+            "team/ünï/50% [1].txt",
+            "names are kept byte for byte"
+        );
     }
 }

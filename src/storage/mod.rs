@@ -27,6 +27,10 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Name of the empty object the mount writes to keep a directory made with `mkdir` (object stores have no
+/// directories). Hidden from listings.
+pub const DIR_MARKER: &str = ".zmount-dir";
+
 /// Part size for streamed uploads. 8 MiB: S3's minimum is 5 MiB; larger parts cut request count, smaller ones
 /// bound memory (at most `UPLOAD_CONCURRENCY` parts are buffered).
 pub const UPLOAD_PART_SIZE: usize = 8 * 1024 * 1024;
@@ -279,6 +283,16 @@ impl Storage {
     /// Every object at or below `prefix` (a directory path; "" for the whole tree), across all providers that
     /// routes send there, each shown once from the provider its route names, sorted by path. `limit` caps the count.
     pub async fn list(&self, prefix: &str, limit: Option<usize>) -> Result<Vec<FileInfo>> {
+        self.list_objects(prefix, limit, false).await
+    }
+
+    /// Like [`Storage::list`]; `with_markers` also returns the mount's directory markers ([`DIR_MARKER`]).
+    pub async fn list_objects(
+        &self,
+        prefix: &str,
+        limit: Option<usize>,
+        with_markers: bool,
+    ) -> Result<Vec<FileInfo>> {
         let prefix = normalize(prefix).map_err(|e| StorageError::Invalid {
             path: prefix.to_string(),
             what: "path",
@@ -299,7 +313,8 @@ impl Storage {
                     .router
                     .resolve(&path)
                     .is_some_and(|r| r.route.provider == provider.name);
-                if routed_here && is_within(&path, &prefix) {
+                let marker = path.rsplit('/').next() == Some(DIR_MARKER);
+                if routed_here && is_within(&path, &prefix) && (with_markers || !marker) {
                     found.insert(path.clone(), self.info_from(provider, path, &meta, None));
                 }
             }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod mount;
+pub mod proxy;
 
 use bytes::Bytes;
 pub use object_store::ObjectStoreExt;

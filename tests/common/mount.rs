@@ -1,5 +1,6 @@
 //! A real zmount mount for tests: the binary, a config file, a mountpoint, and a clean unmount on drop.
 
+use super::{provider_toml, Case, Ctx, FAST_SETTINGS};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -130,4 +131,27 @@ pub fn sha256(path: &Path) -> String {
         .next()
         .unwrap()
         .to_string()
+}
+
+/// A mount of everything routed to one provider (a fresh prefix), plus that provider for seeding.
+pub fn mount_for(case: Case, test: &str, settings: &str) -> (Ctx, Mount) {
+    mount_for_with(case, test, settings, &[])
+}
+
+/// [`mount_for`] with extra `zmount` arguments (e.g. `--read-only`).
+pub fn mount_for_with(case: Case, test: &str, settings: &str, args: &[&str]) -> (Ctx, Mount) {
+    let ctx = Ctx::new(case, test);
+    let name = ctx.provider.name.clone();
+    let dir = ctx.dir.path();
+    let text = format!(
+        "{FAST_SETTINGS}[settings]\ncache_dir = {:?}\n{settings}\n{}[default]\nprovider = {name:?}\n",
+        dir.join("cache"),
+        provider_toml(case, &name, &ctx.provider.prefix, dir),
+    );
+    let config = dir.join("mount.toml");
+    std::fs::write(&config, text).unwrap();
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mount = Mount::start_at(&config, &mnt, args);
+    (ctx, mount)
 }
