@@ -359,11 +359,11 @@ async fn upload_failure_is_an_error_at_fsync_and_close() {
         (-1, Some(libc::EIO)),
         "close reports it"
     );
-    let staged: Vec<_> = std::fs::read_dir(dir.path().join("c/staging"))
+    let (records, staged): (Vec<_>, Vec<_>) = std::fs::read_dir(dir.path().join("c/staging"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(staged.len(), 1, "the data is kept on local disk");
+        .partition(|p| p.extension().is_some_and(|e| e == "json"));
+    assert_eq!((staged.len(), records.len()), (1, 1), "the data is kept on local disk, with its journal record");
     assert_eq!(std::fs::read(&staged[0]).unwrap(), b"must not vanish");
     proxy.set_down(false);
     let ctx_storage = zmount::Storage::new(&zmount::Config::load(&mount.config).unwrap()).unwrap();
@@ -466,4 +466,54 @@ async fn odd_names_are_stored_byte_for_byte() {
             "{case:?}: {listed:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_data_survives_kill_9_and_is_uploaded_at_the_next_mount() {
+    common::set_secret_env();
+    let dir = scratch();
+    let s3 = common::server("ZMOUNT_TEST_S3_ENDPOINT");
+    let proxy = common::proxy::Proxy::start(s3.trim_start_matches("http://"));
+    let via_proxy = provider_toml(Case::S3, "s3", &unique("crash"), dir.path())
+        .replace(&s3, &format!("http://127.0.0.1:{}", proxy.port));
+    let text = format!(
+        "[settings.retry]\nattempts = 1\n[settings]\ncache_dir = {:?}\n{via_proxy}[default]\nprovider = \"s3\"\n",
+        dir.path().join("c")
+    );
+    let mut mount = Mount::start(dir.path(), &text);
+    let data = pattern(3 << 20, 11);
+    let mut file = std::fs::File::create(mount.path("journaled.bin")).unwrap();
+    file.write_all(&data).unwrap();
+    let mut unfinished = std::fs::File::create(mount.path("never-closed.bin")).unwrap();
+    unfinished.write_all(b"not acknowledged").unwrap();
+    proxy.set_down(true);
+    assert!(
+        file.sync_all().is_err(),
+        "the upload fails while the provider is down"
+    );
+    let status = mount.stop_with(libc::SIGKILL);
+    assert!(!status.success());
+    let _ = std::process::Command::new("fusermount3")
+        .args(["-uz", p(&mount.dir)])
+        .status();
+    drop((file, unfinished));
+    proxy.set_down(false);
+    let (config, mnt) = (mount.config.clone(), mount.dir.clone());
+    let mount = Mount::start_at(&config, &mnt, &[]);
+    let storage = zmount::Storage::new(&zmount::Config::load(&config).unwrap()).unwrap();
+    let stored = common::read_direct(storage.provider("s3").unwrap(), "journaled.bin").await;
+    assert!(
+        stored.as_deref() == Some(&data[..]),
+        "every fsynced byte reached the provider after the restart"
+    );
+    assert_eq!(
+        common::read_direct(storage.provider("s3").unwrap(), "never-closed.bin").await,
+        None
+    );
+    assert!(
+        mount.log().contains("journal: uploaded journaled.bin"),
+        "the replay is logged:\n{}",
+        mount.log()
+    );
+    assert_eq!(std::fs::read(mount.path("journaled.bin")).unwrap(), data);
 }

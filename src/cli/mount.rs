@@ -120,6 +120,16 @@ fn serve(
                 .map_err(|e| format!("cannot open the cache: {e}"))?,
         )
     };
+    let replay = runtime.block_on(fs.replay_journal());
+    if !replay.uploaded.is_empty() || !replay.failed.is_empty() {
+        tracing::warn!(
+            "journal: {} uploads from before the last stop finished, {} still pending (retried in the background)",
+            replay.uploaded.len(),
+            replay.failed.len()
+        );
+    }
+    spawn_upload_retries(fs.clone(), runtime);
+    let fs_for_shutdown = fs.clone();
     let mut options = fuser::Config::default();
     options.mount_options = vec![
         MountOption::FSName("zmount".into()),
@@ -152,11 +162,38 @@ fn serve(
             .unmount()
             .map_err(|e| format!("unmounting {}: {e}", mountpoint.display()))?;
     }
+    let pending = runtime.block_on(fs_for_shutdown.retry_pending_uploads());
+    if !pending.failed.is_empty() {
+        tracing::error!(
+            "{} uploads are still pending; their data stays in {} and is uploaded at the next mount with this cache dir",
+            pending.failed.len(),
+            config.settings.cache_dir.join("staging").display()
+        );
+    }
     match serving.join() {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("FUSE session ended with an error: {e}")),
         Err(_) => Err("the FUSE session thread panicked".into()),
     }
+}
+
+/// How often uploads that failed (their data kept in the journal) are tried again.
+const UPLOAD_RETRY_INTERVAL: Duration = Duration::from_secs(15);
+
+fn spawn_upload_retries(fs: Arc<Filesystem>, runtime: &tokio::runtime::Runtime) {
+    runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(UPLOAD_RETRY_INTERVAL).await;
+            let outcome = fs.retry_pending_uploads().await;
+            if !outcome.uploaded.is_empty() {
+                tracing::warn!(
+                    "journal: {} pending uploads finished: {:?}",
+                    outcome.uploaded.len(),
+                    outcome.uploaded
+                );
+            }
+        }
+    });
 }
 
 /// Waits for SIGINT/SIGTERM (false) or for the session to end by itself, e.g. `fusermount3 -u` (true).

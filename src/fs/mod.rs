@@ -117,6 +117,33 @@ impl Filesystem {
         })
     }
 
+    /// Before serving: drops staged data no program finished writing, then uploads every file whose data was
+    /// acknowledged (close/fsync) but not yet uploaded when the previous mount stopped.
+    pub async fn replay_journal(&self) -> crate::write::Replay {
+        let discarded = crate::write::discard_unacknowledged(&self.staging_dir);
+        if discarded > 0 {
+            tracing::warn!(
+                "journal: discarded {discarded} staged files that were never closed or fsynced"
+            );
+        }
+        self.retry_pending_uploads().await
+    }
+
+    /// Retries journaled uploads whose files are not open in this mount (failed uploads are kept and retried).
+    pub async fn retry_pending_uploads(&self) -> crate::write::Replay {
+        let outcome = crate::write::replay(&self.staging_dir, &self.storage, |path| {
+            self.open_write_of(path).is_some()
+        })
+        .await;
+        for path in &outcome.uploaded {
+            self.inodes.expire(path);
+            self.negative.invalidate(path);
+            self.listings
+                .invalidate(path.rsplit_once('/').map_or("", |(p, _)| p));
+        }
+        outcome
+    }
+
     pub fn attr_ttl(&self) -> Duration {
         Duration::from_secs_f64(self.settings.attr_ttl.max(0.0))
     }

@@ -6,12 +6,18 @@
 //! No data loss: the staged file is fsynced before upload and is only removed after the upload succeeded. When the
 //! upload fails, `close`/`fsync` return EIO, the staged data stays on disk and is logged with provider and path.
 //!
+//! Crash safety: when a program's `close`/`fsync` acknowledges data, a journal record (`<id>.json`, the mount path
+//! the data belongs to) is written and fsynced beside the staged data before the upload starts, and removed only
+//! after the upload succeeded. [`replay`] runs when a mount starts with the same cache dir: every recorded file
+//! is uploaded (or kept for a later try), so nothing acknowledged is lost to a crash or a `kill -9`.
+//!
 //! Lock order: `Staged::inner` only; it is held across the upload so writes cannot interleave with it.
 
 use crate::fs::error::{FsError, FsResult};
 use crate::storage::{FileInfo, Storage, UploadOptions};
 use bytes::Bytes;
 use futures::StreamExt;
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,7 +46,14 @@ static NEXT_STAGING_ID: AtomicU64 = AtomicU64::new(0);
 fn staging_file(dir: &Path) -> FsResult<(PathBuf, std::fs::File)> {
     std::fs::create_dir_all(dir)?;
     let id = NEXT_STAGING_ID.fetch_add(1, Ordering::Relaxed);
-    let local = dir.join(format!("{}-{id}", std::process::id()));
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let local = dir.join(format!(
+        "{}-{}-{id}",
+        started.as_nanos(),
+        std::process::id()
+    ));
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -150,6 +163,7 @@ impl Staged {
         tokio::task::spawn_blocking(move || file.sync_data())
             .await
             .map_err(join_error)??;
+        write_record(&self.local, &self.path)?;
         let size = inner.size;
         let result = if size as usize <= UPLOAD_CHUNK {
             let file = inner.file.clone();
@@ -173,6 +187,7 @@ impl Staged {
         match result {
             Ok(info) => {
                 inner.dirty = false;
+                let _ = std::fs::remove_file(record_of(&self.local));
                 Ok(Some(info))
             }
             Err(e) => {
@@ -205,6 +220,133 @@ impl Drop for Staged {
             let _ = std::fs::remove_file(&self.local);
         }
     }
+}
+
+/// The journal record beside a staged data file.
+fn record_of(local: &Path) -> PathBuf {
+    local.with_extension("json")
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    /// Mount path the staged data becomes.
+    path: String,
+}
+
+/// Writes (atomically, durably) the record saying `local` holds acknowledged data for `path`.
+fn write_record(local: &Path, path: &str) -> FsResult<()> {
+    let record = record_of(local);
+    if record.exists() {
+        return Ok(());
+    }
+    let tmp = local.with_extension("json.tmp");
+    let body = serde_json::to_vec(&Record {
+        path: path.to_string(),
+    })
+    .expect("a record serializes");
+    let file = std::fs::File::create(&tmp)?;
+    (&file).write_all(&body)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &record)?;
+    if let Some(dir) = record.parent() {
+        std::fs::File::open(dir)?.sync_all()?; // the rename itself must survive a crash
+    }
+    Ok(())
+}
+
+/// Outcome of replaying the journal.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Replay {
+    pub uploaded: Vec<String>,
+    pub failed: Vec<String>,
+}
+
+/// Uploads every journaled file in `dir` whose path `skip` does not claim (files still open in this mount).
+pub async fn replay(dir: &Path, storage: &Storage, skip: impl Fn(&str) -> bool) -> Replay {
+    let mut outcome = Replay::default();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return outcome;
+    };
+    let mut records = Vec::new();
+    let mut data_files = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.path();
+        match name.extension().and_then(|e| e.to_str()) {
+            Some("json") => records.push(name),
+            Some("tmp") => {
+                let _ = std::fs::remove_file(&name);
+            }
+            _ => data_files.push(name),
+        }
+    }
+    for record_path in records {
+        let local = record_path.with_extension("");
+        let Some(record) = std::fs::read(&record_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+        else {
+            continue;
+        };
+        if skip(&record.path) {
+            continue;
+        }
+        let size = std::fs::metadata(&local).map(|m| m.len()).unwrap_or(0);
+        let file = match std::fs::File::open(&local) {
+            Ok(f) => Arc::new(f),
+            Err(e) => {
+                tracing::error!(
+                    "journal: staged data for {} is missing ({e}); record kept",
+                    record.path
+                );
+                outcome.failed.push(record.path);
+                continue;
+            }
+        };
+        match storage
+            .upload_stream(
+                &record.path,
+                file_chunks(file, size),
+                UploadOptions::default(),
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(
+                    "journal: uploaded {} ({size} bytes) staged before the last stop",
+                    record.path
+                );
+                let _ = std::fs::remove_file(&record_path);
+                let _ = std::fs::remove_file(&local);
+                outcome.uploaded.push(record.path);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "journal: {} still cannot be uploaded, kept for a later try: {e}",
+                    record.path
+                );
+                outcome.failed.push(record.path);
+            }
+        }
+    }
+    outcome
+}
+
+/// Removes staged data that no journal record claims and no open file uses: bytes a program wrote but never
+/// closed or fsynced before the previous mount stopped. Called once, before the mount serves requests.
+pub fn discard_unacknowledged(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut discarded = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none() && !record_of(&path).exists() {
+            if std::fs::remove_file(&path).is_ok() {
+                discarded += 1;
+            }
+        }
+    }
+    discarded
 }
 
 /// The staged file as a stream of upload-part-sized chunks.
