@@ -363,7 +363,11 @@ async fn upload_failure_is_an_error_at_fsync_and_close() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .partition(|p| p.extension().is_some_and(|e| e == "json"));
-    assert_eq!((staged.len(), records.len()), (1, 1), "the data is kept on local disk, with its journal record");
+    assert_eq!(
+        (staged.len(), records.len()),
+        (1, 1),
+        "the data is kept on local disk, with its journal record"
+    );
     assert_eq!(std::fs::read(&staged[0]).unwrap(), b"must not vanish");
     proxy.set_down(false);
     let ctx_storage = zmount::Storage::new(&zmount::Config::load(&mount.config).unwrap()).unwrap();
@@ -516,4 +520,64 @@ async fn acknowledged_data_survives_kill_9_and_is_uploaded_at_the_next_mount() {
         mount.log()
     );
     assert_eq!(std::fs::read(mount.path("journaled.bin")).unwrap(), data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_back_close_returns_once_durable_and_unmount_waits_for_the_queue() {
+    common::set_secret_env();
+    let dir = scratch();
+    let s3 = common::server("ZMOUNT_TEST_S3_ENDPOINT");
+    let proxy = common::proxy::Proxy::start(s3.trim_start_matches("http://"));
+    let via_proxy = provider_toml(Case::S3, "s3", &unique("writeback"), dir.path())
+        .replace(&s3, &format!("http://127.0.0.1:{}", proxy.port));
+    let text = format!(
+        "[settings.retry]\nattempts = 1\n[settings]\ncache_dir = {:?}\n{via_proxy}[default]\nprovider = \"s3\"\nwrite_back = true\n",
+        dir.path().join("c")
+    );
+    let mut mount = Mount::start(dir.path(), &text);
+    let mut open: Vec<std::fs::File> = (0..50)
+        .map(|i| std::fs::File::create(mount.path(&format!("offline-{i}.txt"))).unwrap())
+        .collect();
+    proxy.set_down(true);
+    for (i, mut file) in open.drain(..).enumerate() {
+        file.write_all(format!("offline {i}").as_bytes()).unwrap();
+        // close succeeds although the provider is down: the data is fsynced and journaled locally
+        use std::os::fd::IntoRawFd;
+        // SAFETY: closing the descriptor we own, to see close's own result.
+        assert_eq!(
+            unsafe { libc::close(file.into_raw_fd()) },
+            0,
+            "close of offline-{i}.txt"
+        );
+    }
+    proxy.set_down(false);
+    for i in 0..50 {
+        std::fs::write(
+            mount.path(&format!("online-{i}.txt")),
+            format!("online {i}"),
+        )
+        .unwrap();
+    }
+    let mut synced = std::fs::File::create(mount.path("synced.txt")).unwrap();
+    synced.write_all(b"fsync waits").unwrap();
+    synced.sync_all().unwrap();
+    let storage = zmount::Storage::new(&zmount::Config::load(&mount.config).unwrap()).unwrap();
+    let s3 = storage.provider("s3").unwrap();
+    assert_eq!(
+        common::read_direct(s3, "synced.txt").await.as_deref(),
+        Some(&b"fsync waits"[..]),
+        "fsync uploads"
+    );
+    drop(synced);
+    assert!(mount.stop_with(libc::SIGTERM).success(), "{}", mount.log());
+    for i in 0..50 {
+        for name in [format!("offline-{i}.txt"), format!("online-{i}.txt")] {
+            let expected = name.trim_end_matches(".txt").replace('-', " ");
+            assert_eq!(
+                common::read_direct(s3, &name).await.as_deref(),
+                Some(expected.as_bytes()),
+                "{name} uploaded by unmount"
+            );
+        }
+    }
 }

@@ -162,6 +162,7 @@ fn serve(
             .unmount()
             .map_err(|e| format!("unmounting {}: {e}", mountpoint.display()))?;
     }
+    runtime.block_on(fs_for_shutdown.background.wait());
     let pending = runtime.block_on(fs_for_shutdown.retry_pending_uploads());
     if !pending.failed.is_empty() {
         tracing::error!(

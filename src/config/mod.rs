@@ -347,6 +347,10 @@ pub struct RouteConfig {
     #[serde(default)]
     pub write: WritePolicy,
     pub max_file_size: Option<ByteSize>,
+    /// `close` returns once the data is durably staged on local disk; uploads run in the background (many at
+    /// once). `fsync` still waits for the upload, and unmounting waits for the queue.
+    #[serde(default)]
+    pub write_back: bool,
 }
 
 /// The file's top level, before provider tables are typed.

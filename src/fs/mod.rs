@@ -81,6 +81,8 @@ pub struct Filesystem {
     staging_dir: std::path::PathBuf,
     /// Files open for writing, by path, so other opens of the same path share (and read) the staged bytes.
     open_writes: Mutex<HashMap<String, std::sync::Weak<crate::write::Staged>>>,
+    /// Uploads queued by write-back routes.
+    pub background: write_ops::BackgroundUploads,
 }
 
 impl Filesystem {
@@ -114,6 +116,7 @@ impl Filesystem {
             read_only,
             staging_dir: config.settings.cache_dir.join("staging"),
             open_writes: Mutex::new(HashMap::new()),
+            background: write_ops::BackgroundUploads::new(),
         })
     }
 

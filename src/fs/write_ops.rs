@@ -126,12 +126,33 @@ impl Filesystem {
         staged.write(offset, data, limit).await
     }
 
-    /// `close` and `fsync`: uploads what was written; an upload failure is this call's error (EIO).
+    /// `close`: uploads what was written, so an upload failure is close's error (EIO). On a write-back route it
+    /// only makes the data durable locally (journaled) and queues the upload.
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let handle = self.handle(fh)?;
         let Handle::Write { staged } = &*handle else {
             return Ok(());
         };
+        let (_, resolved, _) = self.storage.resolve(&staged.path)?;
+        if resolved.route.write_back {
+            if staged.stage_durably().await? {
+                self.background.upload(self.storage.clone(), staged.clone());
+            }
+            return Ok(());
+        }
+        self.commit(staged).await
+    }
+
+    /// `fsync`: the data is on the provider when this returns, on every route.
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        let handle = self.handle(fh)?;
+        let Handle::Write { staged } = &*handle else {
+            return Ok(());
+        };
+        self.commit(staged).await
+    }
+
+    async fn commit(&self, staged: &Arc<Staged>) -> FsResult<()> {
         if let Some(info) = staged.commit(&self.storage).await? {
             self.inodes
                 .record(&staged.path, self.file_entry(info.size, Some(&info)));
@@ -288,5 +309,66 @@ impl Filesystem {
         self.changed(&to);
         self.listings.invalidate_all();
         Ok(())
+    }
+}
+
+/// Uploads queued by write-back `close`s: many in flight, counted so unmount can wait for all of them.
+pub struct BackgroundUploads {
+    permits: Arc<tokio::sync::Semaphore>,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    idle: Arc<tokio::sync::Notify>,
+}
+
+impl BackgroundUploads {
+    /// Uploads in flight at once. 32: enough to hide per-request latency for small files (measured: 1,000 small
+    /// puts reach full speed at 32 in flight), few enough not to flood a provider.
+    const CONCURRENCY: usize = 32;
+
+    pub fn new() -> Self {
+        BackgroundUploads {
+            permits: Arc::new(tokio::sync::Semaphore::new(Self::CONCURRENCY)),
+            in_flight: Arc::default(),
+            idle: Arc::default(),
+        }
+    }
+
+    fn upload(&self, storage: Arc<crate::storage::Storage>, staged: Arc<Staged>) {
+        use std::sync::atomic::Ordering;
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let (permits, in_flight, idle) = (
+            self.permits.clone(),
+            self.in_flight.clone(),
+            self.idle.clone(),
+        );
+        tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            if let Err(e) = staged.commit(&storage).await {
+                tracing::warn!(
+                    "background upload of {} failed, kept for retry: {e}",
+                    staged.path
+                );
+            }
+            drop(staged);
+            if in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+                idle.notify_waiters();
+            }
+        });
+    }
+
+    pub fn pending(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until every queued upload has finished (or failed and been kept), reporting progress.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.idle.notified();
+            let pending = self.pending();
+            if pending == 0 {
+                return;
+            }
+            tracing::warn!("waiting for {pending} background uploads to finish");
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), notified).await;
+        }
     }
 }

@@ -18,6 +18,7 @@ pub struct Route {
     pub fallback: Vec<String>,
     pub write: WritePolicy,
     pub max_file_size: Option<ByteSize>,
+    pub write_back: bool,
 }
 
 impl Route {
@@ -27,6 +28,7 @@ impl Route {
             fallback: c.fallback.clone(),
             write: c.write,
             max_file_size: c.max_file_size,
+            write_back: c.write_back,
         }
     }
 

@@ -152,6 +152,21 @@ impl Staged {
         Ok(())
     }
 
+    /// Makes acknowledged bytes durable locally (data fsynced, journal record written) without uploading: what
+    /// write-back `close` waits for. Returns whether there is anything to upload.
+    pub async fn stage_durably(&self) -> FsResult<bool> {
+        let inner = self.inner.lock().await;
+        if !inner.dirty {
+            return Ok(false);
+        }
+        let file = inner.file.clone();
+        tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(join_error)??;
+        write_record(&self.local, &self.path)?;
+        Ok(true)
+    }
+
     /// Uploads the staged bytes if they changed since the last upload. The local copy is fsynced first, so data
     /// acknowledged here is on the provider, and until then safe on local disk.
     pub async fn commit(&self, storage: &Storage) -> FsResult<Option<FileInfo>> {
