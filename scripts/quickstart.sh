@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default config (mount.toml: local providers under .zmount-data/, no cloud account):
 # builds zmount, checks every provider, explains how three kinds of path are routed, mounts the tree, and uses it
-# with ls, cat and cp before unmounting. Pass a mountpoint to mount somewhere else (default .zmount-data/mnt).
+# with ls, cat, cp and a write before unmounting. Pass a mountpoint to mount somewhere else (default .zmount-data/mnt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MNT="${1:-.zmount-data/mnt}"
@@ -29,5 +29,8 @@ cat "$MNT/reports/q4.txt"
 echo "\$ cp $MNT/photos/2024/cat.jpg /tmp/zmount-cat.jpg && cmp"
 cp "$MNT/photos/2024/cat.jpg" /tmp/zmount-cat.jpg
 cmp /tmp/zmount-cat.jpg .zmount-data/media/photos/2024/cat.jpg && echo "identical"
+echo "\$ echo 'written through the mount' > $MNT/reports/notes.txt"
+echo 'written through the mount' > "$MNT/reports/notes.txt"
+echo "on the provider (.zmount-data/main/reports/notes.txt): $(cat .zmount-data/main/reports/notes.txt)"
 echo
 echo "Mounted at $MNT; unmounting. Mount it yourself with: $ZM mount.toml /mnt/storage"

@@ -3,7 +3,7 @@
 //!
 //! usage: zmount-bench CONFIG PROVIDER COMMAND ARGS...
 //!   seed KEY MIB          write a KEY of MIB mebibytes (multipart, 8 MiB parts)
-//!   seed-many PREFIX N    write N 3-byte objects PREFIX/fNNNNN.txt, 64 in flight
+//!   seed-many PREFIX N [BYTES [IN_FLIGHT]]   write N objects PREFIX/fNNNNN.txt (3 bytes, 64 in flight by default)
 //!   get KEY               streamed GET of the whole object           -> MiB/s
 //!   ranged KEY            1 MiB ranged GETs, 32 in flight (like read-ahead) -> MiB/s
 //!   random KEY N          N random 4 KiB ranged GETs, one at a time  -> IOPS
@@ -34,7 +34,18 @@ async fn main() {
     let rest = &args[3..];
     match args[2].as_str() {
         "seed" => seed(&provider, &rest[0], rest[1].parse().unwrap()).await,
-        "seed-many" => seed_many(&provider, &rest[0], rest[1].parse().unwrap()).await,
+        "seed-many" => {
+            let bytes = rest.get(2).map_or(3, |b| b.parse().unwrap());
+            let in_flight = rest.get(3).map_or(64, |c| c.parse().unwrap());
+            seed_many(
+                &provider,
+                &rest[0],
+                rest[1].parse().unwrap(),
+                bytes,
+                in_flight,
+            )
+            .await
+        }
         "get" => get(&provider, &rest[0]).await,
         "ranged" => ranged(&provider, &rest[0]).await,
         "random" => random(&provider, &rest[0], rest[1].parse().unwrap()).await,
@@ -77,18 +88,19 @@ async fn seed(p: &Provider, key: &str, mib: usize) {
     );
 }
 
-async fn seed_many(p: &Provider, prefix: &str, n: usize) {
+async fn seed_many(p: &Provider, prefix: &str, n: usize, bytes: usize, in_flight: usize) {
+    let body = Bytes::from(vec![b'x'; bytes]);
     let started = Instant::now();
     futures::stream::iter(0..n)
-        .map(|i| async move {
-            p.store
-                .put(
-                    &p.key_for(&format!("{prefix}/f{i:05}.txt")),
-                    Bytes::from_static(b"abc").into(),
-                )
-                .await
+        .map(|i| {
+            let body = body.clone();
+            async move {
+                p.store
+                    .put(&p.key_for(&format!("{prefix}/f{i:05}.txt")), body.into())
+                    .await
+            }
         })
-        .buffer_unordered(64)
+        .buffer_unordered(in_flight)
         .try_collect::<Vec<_>>()
         .await
         .unwrap_or_else(|e| fail(&e));

@@ -1,6 +1,7 @@
 //! `zmount CONFIG MOUNTPOINT`: mounts the tree and serves it until unmounted (`fusermount3 -u`, `umount`) or
 //! interrupted (SIGINT/SIGTERM unmount cleanly and exit 0). `--daemon` runs the same command detached, returning
-//! once the mount is up. This build mounts read-only: writes answer EROFS.
+//! once the mount is up. Before serving, uploads journaled by a previous run are finished; on the way out, the
+//! background upload queue is drained.
 
 use crate::fs::Filesystem;
 use crate::fuse::FuseAdapter;
