@@ -332,19 +332,26 @@ async fn sqlite_database_passes_integrity_check(case: Case) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upload_failure_is_an_error_at_fsync_and_close() {
+/// A mount of one S3 provider reached through a [`common::proxy::Proxy`] the test can take down; one attempt per
+/// request so failures surface at once.
+fn mount_behind_proxy(dir: &Path, test: &str, write_back: bool) -> (common::proxy::Proxy, Mount) {
     common::set_secret_env();
-    let dir = scratch();
     let s3 = common::server("ZMOUNT_TEST_S3_ENDPOINT");
     let proxy = common::proxy::Proxy::start(s3.trim_start_matches("http://"));
-    let via_proxy = provider_toml(Case::S3, "s3", &unique("down"), dir.path())
+    let via_proxy = provider_toml(Case::S3, "s3", &unique(test), dir)
         .replace(&s3, &format!("http://127.0.0.1:{}", proxy.port));
     let text = format!(
-        "[settings.retry]\nattempts = 1\n[settings]\ncache_dir = {:?}\n{via_proxy}[default]\nprovider = \"s3\"\n",
-        dir.path().join("c")
+        "[settings.retry]\nattempts = 1\n[settings]\ncache_dir = {:?}\n{via_proxy}[default]\nprovider = \"s3\"\nwrite_back = {write_back}\n",
+        dir.join("c")
     );
-    let mount = Mount::start(dir.path(), &text);
+    let mount = Mount::start(dir, &text);
+    (proxy, mount)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_failure_is_an_error_at_fsync_and_close() {
+    let dir = scratch();
+    let (proxy, mount) = mount_behind_proxy(dir.path(), "down", false);
     let mut file = std::fs::File::create(mount.path("data.bin")).unwrap();
     file.write_all(b"must not vanish").unwrap();
     proxy.set_down(true); // the provider goes away after the program was told its writes succeeded
@@ -474,17 +481,8 @@ async fn odd_names_are_stored_byte_for_byte() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_data_survives_kill_9_and_is_uploaded_at_the_next_mount() {
-    common::set_secret_env();
     let dir = scratch();
-    let s3 = common::server("ZMOUNT_TEST_S3_ENDPOINT");
-    let proxy = common::proxy::Proxy::start(s3.trim_start_matches("http://"));
-    let via_proxy = provider_toml(Case::S3, "s3", &unique("crash"), dir.path())
-        .replace(&s3, &format!("http://127.0.0.1:{}", proxy.port));
-    let text = format!(
-        "[settings.retry]\nattempts = 1\n[settings]\ncache_dir = {:?}\n{via_proxy}[default]\nprovider = \"s3\"\n",
-        dir.path().join("c")
-    );
-    let mut mount = Mount::start(dir.path(), &text);
+    let (proxy, mut mount) = mount_behind_proxy(dir.path(), "crash", false);
     let data = pattern(3 << 20, 11);
     let mut file = std::fs::File::create(mount.path("journaled.bin")).unwrap();
     file.write_all(&data).unwrap();
@@ -524,17 +522,8 @@ async fn acknowledged_data_survives_kill_9_and_is_uploaded_at_the_next_mount() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_back_close_returns_once_durable_and_unmount_waits_for_the_queue() {
-    common::set_secret_env();
     let dir = scratch();
-    let s3 = common::server("ZMOUNT_TEST_S3_ENDPOINT");
-    let proxy = common::proxy::Proxy::start(s3.trim_start_matches("http://"));
-    let via_proxy = provider_toml(Case::S3, "s3", &unique("writeback"), dir.path())
-        .replace(&s3, &format!("http://127.0.0.1:{}", proxy.port));
-    let text = format!(
-        "[settings.retry]\nattempts = 1\n[settings]\ncache_dir = {:?}\n{via_proxy}[default]\nprovider = \"s3\"\nwrite_back = true\n",
-        dir.path().join("c")
-    );
-    let mut mount = Mount::start(dir.path(), &text);
+    let (proxy, mut mount) = mount_behind_proxy(dir.path(), "writeback", true);
     let mut open: Vec<std::fs::File> = (0..50)
         .map(|i| std::fs::File::create(mount.path(&format!("offline-{i}.txt"))).unwrap())
         .collect();

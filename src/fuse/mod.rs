@@ -74,6 +74,16 @@ fn empty_reply(reply: ReplyEmpty, op: &str, result: Result<(), FsError>) {
     }
 }
 
+/// The name as UTF-8, or replies EINVAL and returns from the calling handler.
+macro_rules! name_or_reply {
+    ($name:expr, $reply:ident) => {
+        match utf8($name) {
+            Ok(name) => name,
+            Err(e) => return $reply.error(e),
+        }
+    };
+}
+
 /// Names must be UTF-8 to become object keys.
 fn utf8(name: &OsStr) -> Result<String, Errno> {
     name.to_str()
@@ -96,10 +106,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let name = match utf8(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = name_or_reply!(name, reply);
         self.spawn(move |fs| async move {
             match fs.lookup(parent.0, &name).await {
                 Ok(attr) => reply.entry(&fs.attr_ttl(), &file_attr(&attr), Generation(0)),
@@ -215,10 +222,7 @@ impl fuser::Filesystem for FuseAdapter {
         _flags: i32,
         reply: fuser::ReplyCreate,
     ) {
-        let name = match utf8(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = name_or_reply!(name, reply);
         self.spawn(move |fs| async move {
             match fs.create(parent.0, &name).await {
                 Ok((attr, fh)) => reply.created(
@@ -310,10 +314,7 @@ impl fuser::Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let name = match utf8(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = name_or_reply!(name, reply);
         self.spawn(move |fs| async move {
             match fs.mkdir(parent.0, &name).await {
                 Ok(attr) => reply.entry(&fs.attr_ttl(), &file_attr(&attr), Generation(0)),
@@ -323,20 +324,14 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let name = match utf8(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = name_or_reply!(name, reply);
         self.spawn(move |fs| async move {
             empty_reply(reply, "unlink", fs.unlink(parent.0, &name).await)
         });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let name = match utf8(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = name_or_reply!(name, reply);
         self.spawn(move |fs| async move {
             empty_reply(reply, "rmdir", fs.rmdir(parent.0, &name).await)
         });

@@ -156,6 +156,11 @@ impl Staged {
     /// write-back `close` waits for. Returns whether there is anything to upload.
     pub async fn stage_durably(&self) -> FsResult<bool> {
         let inner = self.inner.lock().await;
+        self.make_durable(&inner).await
+    }
+
+    /// Fsyncs dirty data and writes its journal record; false when there is nothing to upload.
+    async fn make_durable(&self, inner: &StagedInner) -> FsResult<bool> {
         if !inner.dirty {
             return Ok(false);
         }
@@ -171,14 +176,9 @@ impl Staged {
     /// acknowledged here is on the provider, and until then safe on local disk.
     pub async fn commit(&self, storage: &Storage) -> FsResult<Option<FileInfo>> {
         let mut inner = self.inner.lock().await;
-        if !inner.dirty {
+        if !self.make_durable(&inner).await? {
             return Ok(None);
         }
-        let file = inner.file.clone();
-        tokio::task::spawn_blocking(move || file.sync_data())
-            .await
-            .map_err(join_error)??;
-        write_record(&self.local, &self.path)?;
         let size = inner.size;
         let result = if size as usize <= UPLOAD_CHUNK {
             let file = inner.file.clone();
