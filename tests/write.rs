@@ -570,3 +570,29 @@ async fn write_back_close_returns_once_durable_and_unmount_waits_for_the_queue()
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cp_of_one_gib_reaches_the_provider_intact() {
+    for case in [Case::S3, Case::Local, Case::Azure] {
+        let (ctx, mount) = mount_for(case, "gib-in", "");
+        let source = ctx.dir.path().join("source.bin");
+        run("sh", &["-c", &format!("head -c 1073741824 /dev/urandom > '{}'", p(&source))]);
+        run("cp", &[p(&source), p(&mount.path("gib.bin"))]);
+        let direct = ctx.dir.path().join("direct.bin");
+        {
+            use futures::StreamExt;
+            use object_store::ObjectStoreExt;
+            let mut out = std::fs::File::create(&direct).unwrap();
+            let key = ctx.provider.key_for("gib.bin");
+            let mut stream = ctx.provider.store.get(&key).await.unwrap().into_stream();
+            while let Some(chunk) = stream.next().await {
+                out.write_all(&chunk.unwrap()).unwrap();
+            }
+        }
+        let sha = |f: &Path| run("sha256sum", &[p(f)]).split_whitespace().next().unwrap().to_string();
+        assert_eq!(sha(&direct), sha(&source), "{case:?}: the provider's object equals the source");
+        assert_eq!(std::fs::metadata(mount.path("gib.bin")).unwrap().len(), 1 << 30);
+        drop(mount);
+        drop(ctx); // frees this case's 3 GiB of scratch files before the next
+    }
+}
