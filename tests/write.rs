@@ -352,8 +352,10 @@ fn mount_behind_proxy(dir: &Path, test: &str, write_back: bool) -> (common::prox
 async fn upload_failure_is_an_error_at_fsync_and_close() {
     let dir = scratch();
     let (proxy, mount) = mount_behind_proxy(dir.path(), "down", false);
+    // Large enough that a multipart upload is already streaming when the provider goes away.
+    let data = pattern(20 << 20, 12);
     let mut file = std::fs::File::create(mount.path("data.bin")).unwrap();
-    file.write_all(b"must not vanish").unwrap();
+    file.write_all(&data).unwrap();
     proxy.set_down(true); // the provider goes away after the program was told its writes succeeded
     let err = file.sync_all().unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "fsync: {err}");
@@ -375,7 +377,10 @@ async fn upload_failure_is_an_error_at_fsync_and_close() {
         (1, 1),
         "the data is kept on local disk, with its journal record"
     );
-    assert_eq!(std::fs::read(&staged[0]).unwrap(), b"must not vanish");
+    assert!(
+        std::fs::read(&staged[0]).unwrap() == data,
+        "every written byte is in the staged copy"
+    );
     proxy.set_down(false);
     let ctx_storage = zmount::Storage::new(&zmount::Config::load(&mount.config).unwrap()).unwrap();
     assert!(
@@ -576,7 +581,13 @@ async fn cp_of_one_gib_reaches_the_provider_intact() {
     for case in [Case::S3, Case::Local, Case::Azure] {
         let (ctx, mount) = mount_for(case, "gib-in", "");
         let source = ctx.dir.path().join("source.bin");
-        run("sh", &["-c", &format!("head -c 1073741824 /dev/urandom > '{}'", p(&source))]);
+        run(
+            "sh",
+            &[
+                "-c",
+                &format!("head -c 1073741824 /dev/urandom > '{}'", p(&source)),
+            ],
+        );
         run("cp", &[p(&source), p(&mount.path("gib.bin"))]);
         let direct = ctx.dir.path().join("direct.bin");
         {
@@ -589,9 +600,22 @@ async fn cp_of_one_gib_reaches_the_provider_intact() {
                 out.write_all(&chunk.unwrap()).unwrap();
             }
         }
-        let sha = |f: &Path| run("sha256sum", &[p(f)]).split_whitespace().next().unwrap().to_string();
-        assert_eq!(sha(&direct), sha(&source), "{case:?}: the provider's object equals the source");
-        assert_eq!(std::fs::metadata(mount.path("gib.bin")).unwrap().len(), 1 << 30);
+        let sha = |f: &Path| {
+            run("sha256sum", &[p(f)])
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            sha(&direct),
+            sha(&source),
+            "{case:?}: the provider's object equals the source"
+        );
+        assert_eq!(
+            std::fs::metadata(mount.path("gib.bin")).unwrap().len(),
+            1 << 30
+        );
         drop(mount);
         drop(ctx); // frees this case's 3 GiB of scratch files before the next
     }

@@ -123,7 +123,7 @@ impl Filesystem {
             return Err(FsError::Invalid("not open for writing".into()));
         };
         let limit = self.check_writable(&staged.path)?;
-        staged.write(offset, data, limit).await
+        staged.write(offset, data, limit, &self.storage).await
     }
 
     /// `close`: uploads what was written, so an upload failure is close's error (EIO). On a write-back route it

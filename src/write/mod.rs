@@ -13,6 +13,8 @@
 //!
 //! Lock order: `Staged::inner` only; it is held across the upload so writes cannot interleave with it.
 
+mod stream;
+
 use crate::fs::error::{FsError, FsResult};
 use crate::storage::{FileInfo, Storage, UploadOptions};
 use bytes::Bytes;
@@ -22,6 +24,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use stream::SequentialUpload;
 
 /// Read size when streaming a staged file to the provider: one upload part.
 const UPLOAD_CHUNK: usize = crate::storage::UPLOAD_PART_SIZE;
@@ -39,6 +42,8 @@ struct StagedInner {
     size: u64,
     /// Written since the last successful upload.
     dirty: bool,
+    /// The multipart upload fed by sequential writes, if this file is still being written front to back.
+    sequential: SequentialUpload,
 }
 
 static NEXT_STAGING_ID: AtomicU64 = AtomicU64::new(0);
@@ -90,10 +95,17 @@ impl Staged {
     }
 
     fn new(path: &str, local: PathBuf, file: std::fs::File, size: u64, dirty: bool) -> Staged {
+        // Only a file written from empty can be streamed: anything else is uploaded whole from the staged copy.
+        let sequential = if size == 0 {
+            SequentialUpload::start()
+        } else {
+            SequentialUpload::Off
+        };
         let inner = StagedInner {
             file: Arc::new(file),
             size,
             dirty,
+            sequential,
         };
         Staged {
             path: path.to_string(),
@@ -107,7 +119,13 @@ impl Staged {
     }
 
     /// Writes `data` at `offset`; `limit` is the route's largest file size (EFBIG past it).
-    pub async fn write(&self, offset: u64, data: Bytes, limit: Option<u64>) -> FsResult<u32> {
+    pub async fn write(
+        &self,
+        offset: u64,
+        data: Bytes,
+        limit: Option<u64>,
+        storage: &Arc<Storage>,
+    ) -> FsResult<u32> {
         let end = offset + data.len() as u64;
         if limit.is_some_and(|l| end > l) {
             return Err(FsError::TooLarge);
@@ -115,9 +133,15 @@ impl Staged {
         let mut inner = self.inner.lock().await;
         let file = inner.file.clone();
         let len = data.len() as u32;
-        tokio::task::spawn_blocking(move || file.write_all_at(&data, offset))
+        let staged = data.clone();
+        tokio::task::spawn_blocking(move || file.write_all_at(&staged, offset))
             .await
             .map_err(join_error)??;
+        if offset == inner.size {
+            inner.sequential.push(data, storage, &self.path).await;
+        } else {
+            inner.sequential.abandon();
+        }
         inner.size = inner.size.max(end);
         inner.dirty = true;
         Ok(len)
@@ -147,6 +171,7 @@ impl Staged {
         tokio::task::spawn_blocking(move || file.set_len(size))
             .await
             .map_err(join_error)??;
+        inner.sequential.abandon();
         inner.size = size;
         inner.dirty = true;
         Ok(())
@@ -180,24 +205,10 @@ impl Staged {
             return Ok(None);
         }
         let size = inner.size;
-        let result = if size as usize <= UPLOAD_CHUNK {
-            let file = inner.file.clone();
-            let mut buf = vec![0u8; size as usize];
-            let data =
-                tokio::task::spawn_blocking(move || file.read_exact_at(&mut buf, 0).map(|_| buf))
-                    .await
-                    .map_err(join_error)??;
-            storage
-                .upload(&self.path, Bytes::from(data), UploadOptions::default())
-                .await
-        } else {
-            storage
-                .upload_stream(
-                    &self.path,
-                    file_chunks(inner.file.clone(), size),
-                    UploadOptions::default(),
-                )
-                .await
+        let result = match inner.sequential.finish().await {
+            Some(Ok(info)) if info.size == size => Ok(info),
+            // Not streamed, or the stream failed: upload the staged copy (a second attempt in the latter case).
+            _ => self.upload_staged(&inner, storage).await,
         };
         match result {
             Ok(info) => {
@@ -213,6 +224,40 @@ impl Staged {
                 );
                 Err(FsError::Storage(e))
             }
+        }
+    }
+
+    /// Uploads the whole staged copy: one PUT when it fits in a part, else a multipart upload read from disk.
+    async fn upload_staged(
+        &self,
+        inner: &StagedInner,
+        storage: &Storage,
+    ) -> crate::storage::Result<FileInfo> {
+        let size = inner.size;
+        if size as usize <= UPLOAD_CHUNK {
+            let file = inner.file.clone();
+            let mut buf = vec![0u8; size as usize];
+            let read =
+                tokio::task::spawn_blocking(move || file.read_exact_at(&mut buf, 0).map(|_| buf))
+                    .await;
+            let data = read
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                .map_err(|e| crate::storage::StorageError::Invalid {
+                    path: self.path.clone(),
+                    what: "staged file",
+                    reason: e.to_string(),
+                })?;
+            storage
+                .upload(&self.path, Bytes::from(data), UploadOptions::default())
+                .await
+        } else {
+            storage
+                .upload_stream(
+                    &self.path,
+                    file_chunks(inner.file.clone(), size),
+                    UploadOptions::default(),
+                )
+                .await
         }
     }
 
