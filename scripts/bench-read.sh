@@ -7,47 +7,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB="${1:-1024}"
 RANDOM_READS=2000
-bash scripts/install-test-deps.sh >/dev/null
-bash scripts/test-servers.sh start s3
-eval "$(bash scripts/test-servers.sh env | sed 's/^/export /')"
-export ZMOUNT_TEST_S3_ACCESS_KEY ZMOUNT_TEST_S3_SECRET_KEY
-cargo build --release --quiet
-ZM=$PWD/target/release/zmount
-BENCH=$PWD/target/release/zmount-bench
-
-WORK=$(mktemp -d /tmp/zmount-bench.XXXXXX)
-MNT=$WORK/mnt
-mkdir -p "$MNT"
-cleanup() { fusermount3 -u "$MNT" 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-cat >"$WORK/mount.toml" <<TOML
-[settings]
-cache_dir = "$WORK/cache"
-[providers.s3]
-kind = "s3"
-bucket = "$ZMOUNT_TEST_S3_BUCKET"
-endpoint = "$ZMOUNT_TEST_S3_ENDPOINT"
-access_key = "\${ZMOUNT_TEST_S3_ACCESS_KEY}"
-secret_key = "\${ZMOUNT_TEST_S3_SECRET_KEY}"
-prefix = "bench-$$"
-[default]
-provider = "s3"
-TOML
-
-now() { date +%s.%N; }
-rate() { awk -v b="$1" -v s="$2" -v e="$3" 'BEGIN { printf "%.0f", b / (e - s) }'; }
-secs() { awk -v s="$1" -v e="$2" 'BEGIN { printf "%.3f", e - s }'; }
+source scripts/lib/bench-env.sh
+s3_config "$WORK/mount.toml"
 
 $BENCH "$WORK/mount.toml" s3 seed big.bin "$SIZE_MIB"
 direct_get=$($BENCH "$WORK/mount.toml" s3 get big.bin)
 direct_ranged=$($BENCH "$WORK/mount.toml" s3 ranged big.bin)
 direct_random=$($BENCH "$WORK/mount.toml" s3 random big.bin $RANDOM_READS)
 
-mount_it() { "$ZM" "$WORK/mount.toml" "$MNT" --daemon >/dev/null; PID=$(pgrep -nf "zmount $WORK/mount.toml"); }
-unmount_it() { fusermount3 -u "$MNT"; while kill -0 "$PID" 2>/dev/null; do sleep 0.05; done; }
-peak_rss() { awk '/VmHWM/ { print int($2 / 1024) }' "/proc/$PID/status"; }
 
-mount_it
+mount_it "$WORK/mount.toml"
 s=$(now); dd if="$MNT/big.bin" of=/dev/null bs=1M status=none; e=$(now)
 cold_seq=$(rate "$SIZE_MIB" "$s" "$e")
 s=$(now); dd if="$MNT/big.bin" of=/dev/null bs=1M status=none; e=$(now)
@@ -56,7 +25,7 @@ rss_seq=$(peak_rss)
 unmount_it
 rm -rf "$WORK/cache"
 # A second cold read (empty cache again): the server serves a just-written object more slowly the first time.
-mount_it
+mount_it "$WORK/mount.toml"
 s=$(now); dd if="$MNT/big.bin" of=/dev/null bs=1M status=none; e=$(now)
 cold_seq2=$(rate "$SIZE_MIB" "$s" "$e")
 unmount_it
@@ -64,14 +33,14 @@ rm -rf "$WORK/cache"
 
 $BENCH "$WORK/mount.toml" s3 seed-many many 10000
 direct_list=$($BENCH "$WORK/mount.toml" s3 list many | cut -d' ' -f1)
-mount_it
+mount_it "$WORK/mount.toml"
 s=$(now); ls -l "$MNT/many" >/dev/null; e=$(now)
 cold_ls=$(secs "$s" "$e")
 s=$(now); ls -l "$MNT/many" >/dev/null; e=$(now)
 warm_ls=$(secs "$s" "$e")
 unmount_it
 
-mount_it
+mount_it "$WORK/mount.toml"
 random_iops=$(python3 - "$MNT/big.bin" $RANDOM_READS <<'PY'
 import os, sys, time
 path, n = sys.argv[1], int(sys.argv[2])

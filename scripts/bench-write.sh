@@ -9,43 +9,10 @@ cd "$(dirname "$0")/.."
 SIZE_MIB="${1:-1024}"
 BIG_MIB="${2:-4096}"
 FILES=1000
-bash scripts/install-test-deps.sh >/dev/null
-bash scripts/test-servers.sh start s3
-eval "$(bash scripts/test-servers.sh env | sed 's/^/export /')"
-export ZMOUNT_TEST_S3_ACCESS_KEY ZMOUNT_TEST_S3_SECRET_KEY
-cargo build --release --quiet
-ZM=$PWD/target/release/zmount
-BENCH=$PWD/target/release/zmount-bench
-
-WORK=$(mktemp -d /tmp/zmount-bench-write.XXXXXX)
-MNT=$WORK/mnt
-mkdir -p "$MNT" "$WORK/small"
-cleanup() { fusermount3 -u "$MNT" 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-config() { # config FILE WRITE_BACK
-  cat >"$1" <<TOML
-[settings]
-cache_dir = "$WORK/cache"
-[providers.s3]
-kind = "s3"
-bucket = "$ZMOUNT_TEST_S3_BUCKET"
-endpoint = "$ZMOUNT_TEST_S3_ENDPOINT"
-access_key = "\${ZMOUNT_TEST_S3_ACCESS_KEY}"
-secret_key = "\${ZMOUNT_TEST_S3_SECRET_KEY}"
-prefix = "bench-write-$$"
-[default]
-provider = "s3"
-write_back = $2
-TOML
-}
-config "$WORK/mount.toml" false
-config "$WORK/writeback.toml" true
-
-now() { date +%s.%N; }
-rate() { awk -v b="$1" -v s="$2" -v e="$3" 'BEGIN { printf "%.0f", b / (e - s) }'; }
-mount_it() { "$ZM" "$1" "$MNT" --daemon >/dev/null; PID=$(pgrep -nf "zmount $1"); }
-unmount_it() { fusermount3 -u "$MNT"; while kill -0 "$PID" 2>/dev/null; do sleep 0.05; done; }
-peak_rss() { awk '/VmHWM/ { print int($2 / 1024) }' "/proc/$PID/status"; }
+source scripts/lib/bench-env.sh
+mkdir -p "$WORK/small"
+s3_config "$WORK/mount.toml"
+s3_config "$WORK/writeback.toml" "write_back = true"
 count_on_server() { $BENCH "$WORK/mount.toml" s3 list "$1" | cut -d' ' -f2; }
 
 head -c "$((SIZE_MIB << 20))" /dev/urandom >"$WORK/source.bin"
