@@ -51,8 +51,11 @@ pub async fn run(config_path: &Path, only: &[String]) -> ExitCode {
             Err((step, e)) => {
                 failed += 1;
                 println!(
-                    "FAIL  {:width$}  {:6}  {step} failed at {}: {e}",
-                    provider.name, provider.kind, provider.location
+                    "FAIL  {:width$}  {:6}  {step} failed at {}: {}",
+                    provider.name,
+                    provider.kind,
+                    provider.location,
+                    e.cause()
                 );
             }
         }
@@ -77,7 +80,7 @@ async fn check_provider(provider: &Provider) -> Result<String, (&'static str, St
     store
         .list_with_delimiter(root.as_ref())
         .await
-        .map_err(|e| ("list", StorageError::from_store(provider, "", e)))?;
+        .map_err(|e| ("list", StorageError::from_store(provider, "/", e)))?;
     summary.push(format!("list {}", millis(started.elapsed())));
     if provider.read_only {
         summary.push("write skipped (read_only)".to_string());

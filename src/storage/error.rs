@@ -130,6 +130,17 @@ impl StorageError {
         matches!(self, StorageError::NotFound { .. })
     }
 
+    /// What went wrong, without the provider and path (for output that names those already).
+    pub fn cause(&self) -> String {
+        match self {
+            StorageError::Provider { message, .. }
+            | StorageError::PermissionDenied { message, .. }
+            | StorageError::Unauthenticated { message, .. }
+            | StorageError::Precondition { message, .. } => message.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// The provider the error concerns, if any.
     pub fn provider(&self) -> Option<&str> {
         match self {
