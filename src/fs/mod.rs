@@ -436,7 +436,16 @@ impl Filesystem {
     }
 
     pub fn release(&self, fh: u64) {
-        self.handles.lock().unwrap().remove(&fh);
+        let handle = self.handles.lock().unwrap().remove(&fh);
+        if let Some(Handle::Write { staged }) = handle.as_deref() {
+            let path = staged.path.clone();
+            drop(handle);
+            // Forget the path's entry once no handle (and no background upload) holds its staged copy.
+            let mut open = self.open_writes.lock().unwrap();
+            if open.get(&path).is_some_and(|w| w.strong_count() == 0) {
+                open.remove(&path);
+            }
+        }
     }
 
     fn add_handle(&self, handle: Handle) -> u64 {
