@@ -6,7 +6,7 @@
 mod common;
 
 use common::mount::{mount_for, run, Mount};
-use common::{pattern, provider_toml, scratch, unique, Case, Ctx, GCS_WRITE_SKIP};
+use common::{pattern, provider_toml, scratch, unique, Case, GCS_WRITE_SKIP};
 use std::io::Write;
 use std::path::Path;
 
@@ -445,7 +445,6 @@ async fn rename_across_providers_is_exdev_and_mv_copies() {
         common::read_direct(storage.provider("s3").unwrap(), "report.txt").await,
         None
     );
-    let _ = Ctx::new; // keep the import used in every configuration of this file
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -87,9 +87,7 @@ impl DiskCache {
 
     pub fn get(&self, key: &BlockKey) -> Option<Bytes> {
         let name = key.file_name();
-        if self.state.lock().unwrap().lru.get(&name).is_none() {
-            return None;
-        }
+        self.state.lock().unwrap().lru.get(&name)?;
         match read_block(&self.path_of(&name), key) {
             Some(data) => Some(data),
             None => {

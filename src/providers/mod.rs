@@ -45,16 +45,16 @@ impl ClientTuning {
 
     fn retry_config(r: &RetrySettings) -> RetryConfig {
         let delay = Duration::from_secs_f64(r.delay.max(0.0));
-        let mut config = RetryConfig::default();
-        config.max_retries = r.attempts.saturating_sub(1) as usize;
-        config.backoff = BackoffConfig {
-            init_backoff: delay,
-            max_backoff: Self::MAX_BACKOFF.max(delay),
-            base: if r.exponential { 2.0 } else { 1.0 },
-        };
-        // Retries stop once this much time has passed since the first attempt: every delay at most MAX_BACKOFF.
-        config.retry_timeout = Self::MAX_BACKOFF * r.attempts.max(1);
-        config
+        RetryConfig {
+            max_retries: r.attempts.saturating_sub(1) as usize,
+            backoff: BackoffConfig {
+                init_backoff: delay,
+                max_backoff: Self::MAX_BACKOFF.max(delay),
+                base: if r.exponential { 2.0 } else { 1.0 },
+            },
+            // Retries stop once this much time has passed since the first attempt: every delay at most MAX_BACKOFF.
+            retry_timeout: Self::MAX_BACKOFF * r.attempts.max(1),
+        }
     }
 
     /// Client options for an endpoint; plain `http://` is allowed only when the endpoint asks for it.

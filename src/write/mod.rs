@@ -400,10 +400,11 @@ pub fn discard_unacknowledged(dir: &Path) -> usize {
     let mut discarded = 0;
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.extension().is_none() && !record_of(&path).exists() {
-            if std::fs::remove_file(&path).is_ok() {
-                discarded += 1;
-            }
+        if path.extension().is_none()
+            && !record_of(&path).exists()
+            && std::fs::remove_file(&path).is_ok()
+        {
+            discarded += 1;
         }
     }
     discarded
