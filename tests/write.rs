@@ -28,6 +28,7 @@ for_each_provider!(
     rsync_tree_then_checksum_run_finds_nothing,
     git_repository_passes_fsck,
     sqlite_database_passes_integrity_check,
+    modes_owners_and_times_survive_a_remount,
 );
 
 fn p(path: &Path) -> &str {
@@ -237,7 +238,7 @@ async fn rsync_tree_then_checksum_run_finds_nothing(case: Case) {
     let changes = run(
         "rsync",
         &[
-            "-rc",
+            "-acO",
             "--dry-run",
             "--itemize-changes",
             &format!("{}/", p(&src)),
@@ -618,4 +619,57 @@ async fn cp_of_one_gib_reaches_the_provider_intact() {
         drop(mount);
         drop(ctx); // frees this case's 3 GiB of scratch files before the next
     }
+}
+
+async fn modes_owners_and_times_survive_a_remount(case: Case) {
+    require_writes!(case, "modes_owners_and_times_survive_a_remount");
+    let (ctx, mut mount) = mount_for(case, "posix", "");
+    let file = mount.path("script.sh");
+    std::fs::write(&file, b"#!/bin/sh\n").unwrap();
+    run("chmod", &["750", p(&file)]);
+    run("chown", &["1234:5678", p(&file)]);
+    run("touch", &["-m", "-d", "2001-02-03 04:05:06 UTC", p(&file)]);
+    let source = ctx.dir.path().join("kept.txt");
+    std::fs::write(&source, b"keep my attributes").unwrap();
+    run("chmod", &["600", p(&source)]);
+    run(
+        "touch",
+        &["-m", "-d", "1999-12-31 23:59:59 UTC", p(&source)],
+    );
+    run("cp", &["-p", p(&source), p(&mount.path("kept.txt"))]);
+    let stat = |path: &Path| {
+        run("stat", &["-c", "%a %u %g %Y", p(path)])
+            .trim()
+            .to_string()
+    };
+    assert_eq!(stat(&file), "750 1234 5678 981173106");
+    assert_eq!(stat(&mount.path("kept.txt")), "600 0 0 946684799", "cp -p");
+    let info = ctx.storage.get_info("script.sh").await.unwrap();
+    assert_eq!(
+        info.metadata.get("mode").map(String::as_str),
+        Some("33256"),
+        "s3fs-style st_mode on the provider"
+    );
+    assert_eq!(
+        info.metadata.get("mtime").map(String::as_str),
+        Some("981173106")
+    );
+    let (config, dir) = (mount.config.clone(), mount.dir.clone());
+    assert!(mount.stop_with(libc::SIGTERM).success());
+    let mount = Mount::start_at(&config, &dir, &[]);
+    assert_eq!(
+        stat(&mount.path("script.sh")),
+        "750 1234 5678 981173106",
+        "after a remount"
+    );
+    assert_eq!(
+        stat(&mount.path("kept.txt")),
+        "600 0 0 946684799",
+        "after a remount"
+    );
+    assert_eq!(
+        std::fs::read(mount.path("script.sh")).unwrap(),
+        b"#!/bin/sh\n",
+        "content unchanged"
+    );
 }

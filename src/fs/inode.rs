@@ -23,6 +23,8 @@ pub struct Entry {
     pub size: u64,
     pub mtime: SystemTime,
     pub etag: Option<String>,
+    /// Mode, owner and times stored with the object, when known (see [`super::posix`]).
+    pub posix: Option<super::posix::Posix>,
 }
 
 impl Entry {
@@ -32,6 +34,7 @@ impl Entry {
             size: 0,
             mtime,
             etag: None,
+            posix: None,
         }
     }
 }
@@ -96,6 +99,17 @@ impl Inodes {
             },
         );
         ino
+    }
+
+    /// Records an entry seen in a listing: listings carry no metadata, so POSIX attributes already known for the
+    /// same object version are kept.
+    pub fn record_listed(&self, path: &str, mut entry: Entry) -> (Ino, Entry) {
+        if let Some((_, known, _)) = self.find(path) {
+            if entry.posix.is_none() && known.etag.is_some() && known.etag == entry.etag {
+                entry.posix = known.posix;
+            }
+        }
+        (self.record(path, entry.clone()), entry)
     }
 
     /// Path, entry, and how long ago it was refreshed.

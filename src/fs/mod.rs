@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod inode;
+pub mod posix;
 mod write_ops;
 
 pub use write_ops::DIR_MARKER;
@@ -22,7 +23,7 @@ use crate::routing::is_within;
 use crate::storage::{Storage, StorageError};
 use error::{FsError, FsResult};
 use inode::{Entry, Ino, Inodes, Kind, ROOT};
-use object_store::{ListResult, ObjectStore, ObjectStoreExt};
+use object_store::{ListResult, ObjectStore};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -168,16 +169,17 @@ impl Filesystem {
             Kind::File => (self.settings.file_mode, 1),
             Kind::Dir => (self.settings.dir_mode, 2),
         };
+        let stored = entry.posix.unwrap_or_default();
         Attr {
             ino,
             kind: entry.kind,
             size: entry.size,
             blocks: entry.size.div_ceil(512),
-            mtime: entry.mtime,
-            perm: (perm & 0o7777) as u16,
+            mtime: stored.mtime.unwrap_or(entry.mtime),
+            perm: (stored.mode.unwrap_or(perm) & 0o7777) as u16,
             nlink,
-            uid: self.uid,
-            gid: self.gid,
+            uid: stored.uid.unwrap_or(self.uid),
+            gid: stored.gid.unwrap_or(self.gid),
         }
     }
 
@@ -250,12 +252,22 @@ impl Filesystem {
 
     async fn head(&self, path: &str) -> FsResult<Option<Entry>> {
         let (_, _, provider) = self.storage.resolve(path)?;
-        match provider.store.head(&provider.key_for(path)).await {
-            Ok(meta) => Ok(Some(Entry {
+        // A HEAD that also returns user metadata, for the stored mode/owner/mtime.
+        let options = object_store::GetOptions {
+            head: true,
+            ..Default::default()
+        };
+        match provider
+            .store
+            .get_opts(&provider.key_for(path), options)
+            .await
+        {
+            Ok(result) => Ok(Some(Entry {
                 kind: Kind::File,
-                size: meta.size,
-                mtime: meta.last_modified.into(),
-                etag: meta.e_tag.or(meta.version),
+                size: result.meta.size,
+                mtime: result.meta.last_modified.into(),
+                etag: result.meta.e_tag.or(result.meta.version),
+                posix: posix::Posix::from_attributes(&result.attributes),
             })),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(StorageError::from_store(provider, path, e).into()),
@@ -374,6 +386,7 @@ impl Filesystem {
                         size: meta.size,
                         mtime: meta.last_modified.into(),
                         etag: meta.e_tag.or(meta.version),
+                        posix: None,
                     };
                     merged.insert(child, entry);
                 }
@@ -383,7 +396,7 @@ impl Filesystem {
             .into_iter()
             .filter(|(child, _)| is_within(child, path))
             .map(|(child, entry)| {
-                let ino = self.inodes.record(&child, entry.clone());
+                let (ino, entry) = self.inodes.record_listed(&child, entry);
                 let name = child.rsplit('/').next().unwrap_or(&child).to_string();
                 DirEntry {
                     name,

@@ -10,6 +10,7 @@
 
 use super::error::{FsError, FsResult};
 use super::inode::{Entry, Ino, Kind};
+use super::posix::Posix;
 use super::{Attr, Filesystem, Handle};
 use crate::routing::is_within;
 use crate::storage::FileInfo;
@@ -70,24 +71,39 @@ impl Filesystem {
         (staged, fh)
     }
 
-    fn file_entry(&self, size: u64, info: Option<&FileInfo>) -> Entry {
+    fn file_entry(&self, size: u64, info: Option<&FileInfo>, posix: Posix) -> Entry {
         Entry {
             kind: Kind::File,
             size,
             mtime: SystemTime::now(),
             etag: info.and_then(|i| i.etag.clone()),
+            posix: (!posix.is_empty()).then_some(posix),
         }
     }
 
     /// Creates (or truncates) `name` in `parent` and opens it for writing.
-    pub async fn create(&self, parent: Ino, name: &str) -> FsResult<(Attr, u64)> {
+    /// `mode`, `uid` and `gid` are the creating program's; they are stored with the object.
+    pub async fn create(
+        &self,
+        parent: Ino,
+        name: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<(Attr, u64)> {
         let path = self.child_path(parent, name)?;
         if name == DIR_MARKER {
             return Err(FsError::Invalid(format!("{DIR_MARKER} is reserved")));
         }
         self.check_writable(&path)?;
-        let (_, fh) = self.register_write(Staged::empty(&self.staging_dir, &path)?);
-        let entry = self.file_entry(0, None);
+        let posix = Posix {
+            mode: Some(mode & 0o7777),
+            uid: Some(uid),
+            gid: Some(gid),
+            mtime: None,
+        };
+        let (_, fh) = self.register_write(Staged::empty(&self.staging_dir, &path, posix)?);
+        let entry = self.file_entry(0, None, posix);
         let ino = self.inodes.record(&path, entry.clone());
         self.changed(&path);
         Ok((self.attr(ino, &entry), fh))
@@ -110,9 +126,15 @@ impl Filesystem {
             return Ok(self.add_handle(Handle::Write { staged }));
         }
         let staged = if truncate {
-            Staged::empty(&self.staging_dir, &path)?
+            Staged::empty(&self.staging_dir, &path, entry.posix.unwrap_or_default())?
         } else {
-            Staged::from_object(&self.staging_dir, &path, &self.storage).await?
+            Staged::from_object(
+                &self.staging_dir,
+                &path,
+                &self.storage,
+                entry.posix.unwrap_or_default(),
+            )
+            .await?
         };
         Ok(self.register_write(staged).1)
     }
@@ -154,8 +176,10 @@ impl Filesystem {
 
     async fn commit(&self, staged: &Arc<Staged>) -> FsResult<()> {
         if let Some(info) = staged.commit(&self.storage).await? {
-            self.inodes
-                .record(&staged.path, self.file_entry(info.size, Some(&info)));
+            self.inodes.record(
+                &staged.path,
+                self.file_entry(info.size, Some(&info), staged.posix()),
+            );
             self.changed(&staged.path);
         }
         Ok(())
@@ -184,18 +208,58 @@ impl Filesystem {
             }
             None => {
                 let staged = if size == 0 {
-                    Staged::empty(&self.staging_dir, &path)?
+                    Staged::empty(&self.staging_dir, &path, entry.posix.unwrap_or_default())?
                 } else {
-                    Staged::from_object(&self.staging_dir, &path, &self.storage).await?
+                    let posix = entry.posix.unwrap_or_default();
+                    Staged::from_object(&self.staging_dir, &path, &self.storage, posix).await?
                 };
                 staged.truncate(size, limit).await?;
                 let info = staged.commit(&self.storage).await?;
                 self.changed(&path);
-                self.file_entry(size, info.as_ref())
+                self.file_entry(size, info.as_ref(), entry.posix.unwrap_or_default())
             }
         };
         let ino = self.inodes.record(&path, entry.clone());
         Ok(self.attr(ino, &entry))
+    }
+
+    /// `chmod`, `chown`, `touch`: stored with the object. With the file open for writing they ride along with its
+    /// upload; otherwise the object is uploaded again with the new values (object stores cannot change metadata
+    /// in place through this API) — a full re-upload, which SEMANTICS.md states. Directories keep the defaults.
+    pub async fn set_attrs(&self, ino: Ino, fh: Option<u64>, changes: Posix) -> FsResult<Attr> {
+        let (path, entry, _) = self.path_of(ino)?;
+        if entry.kind == Kind::Dir || changes.is_empty() {
+            return self.getattr(ino).await;
+        }
+        self.check_writable(&path)?;
+        let handle = fh.and_then(|fh| self.handle(fh).ok());
+        let open = match handle.as_deref() {
+            Some(Handle::Write { staged }) => Some(staged.clone()),
+            _ => self.open_write_of(&path),
+        };
+        let posix = entry.posix.unwrap_or_default().merged(changes);
+        match open {
+            Some(staged) => staged.set_posix(changes).await,
+            None => {
+                let staged =
+                    Staged::from_object(&self.staging_dir, &path, &self.storage, posix).await?;
+                staged.set_posix(Posix::default()).await; // mark for upload with the new metadata
+                let info = staged.commit(&self.storage).await?;
+                self.changed(&path);
+                let entry = Entry {
+                    etag: info.and_then(|i| i.etag),
+                    ..entry.clone()
+                };
+                self.inodes.record(&path, entry);
+            }
+        }
+        let (_, entry, _) = self.path_of(ino)?;
+        let entry = Entry {
+            posix: Some(posix),
+            ..entry
+        };
+        let ino = self.inodes.record(&path, entry.clone());
+        Ok(self.attr(ino, &self.current(&path, entry).await))
     }
 
     pub async fn mkdir(&self, parent: Ino, name: &str) -> FsResult<Attr> {

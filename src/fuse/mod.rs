@@ -4,6 +4,7 @@
 
 use crate::fs::error::FsError;
 use crate::fs::inode::Kind;
+use crate::fs::posix::Posix;
 use crate::fs::{Attr, Filesystem};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, OpenFlags,
@@ -214,17 +215,18 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         _flags: i32,
         reply: fuser::ReplyCreate,
     ) {
+        let (uid, gid) = (req.uid(), req.gid());
         let name = name_or_reply!(name, reply);
         self.spawn(move |fs| async move {
-            match fs.create(parent.0, &name).await {
+            match fs.create(parent.0, &name, mode & !umask, uid, gid).await {
                 Ok((attr, fh)) => reply.created(
                     &fs.attr_ttl(),
                     &file_attr(&attr),
@@ -278,12 +280,12 @@ impl fuser::Filesystem for FuseAdapter {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
         size: Option<u64>,
         _atime: Option<fuser::TimeOrNow>,
-        _mtime: Option<fuser::TimeOrNow>,
+        mtime: Option<fuser::TimeOrNow>,
         _ctime: Option<std::time::SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<std::time::SystemTime>,
@@ -292,12 +294,25 @@ impl fuser::Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        // Mode, owner and times are accepted but not stored yet (see SEMANTICS.md); size changes are real.
+        let mtime = mtime.map(|t| match t {
+            fuser::TimeOrNow::SpecificTime(t) => t,
+            fuser::TimeOrNow::Now => std::time::SystemTime::now(),
+        });
+        let changes = Posix {
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            mtime,
+        };
         self.spawn(move |fs| async move {
-            let result = match size {
-                Some(size) => fs.set_size(ino.0, fh.map(|f| f.0), size).await,
+            let fh = fh.map(|f| f.0);
+            let mut result = match size {
+                Some(size) => fs.set_size(ino.0, fh, size).await,
                 None => fs.getattr(ino.0).await,
             };
+            if result.is_ok() && !changes.is_empty() {
+                result = fs.set_attrs(ino.0, fh, changes).await;
+            }
             match result {
                 Ok(attr) => reply.attr(&fs.attr_ttl(), &file_attr(&attr)),
                 Err(e) => reply.error(errno("setattr", &e)),

@@ -16,6 +16,7 @@
 mod stream;
 
 use crate::fs::error::{FsError, FsResult};
+use crate::fs::posix::Posix;
 use crate::storage::{FileInfo, Storage, UploadOptions};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -33,6 +34,8 @@ const UPLOAD_CHUNK: usize = crate::storage::UPLOAD_PART_SIZE;
 pub struct Staged {
     /// Mount path of the object it becomes.
     pub path: String,
+    /// Mode, owner and times stored with the object (as user metadata) when it is uploaded.
+    posix: std::sync::Mutex<Posix>,
     local: PathBuf,
     inner: tokio::sync::Mutex<StagedInner>,
 }
@@ -70,13 +73,18 @@ fn staging_file(dir: &Path) -> FsResult<(PathBuf, std::fs::File)> {
 
 impl Staged {
     /// An empty staged file (create, or open with O_TRUNC): uploaded on close even if nothing is written.
-    pub fn empty(dir: &Path, path: &str) -> FsResult<Staged> {
+    pub fn empty(dir: &Path, path: &str, posix: Posix) -> FsResult<Staged> {
         let (local, file) = staging_file(dir)?;
-        Ok(Staged::new(path, local, file, 0, true))
+        Ok(Staged::new(path, local, file, 0, true, posix))
     }
 
     /// A staged copy of the object's current bytes (open for writing without O_TRUNC).
-    pub async fn from_object(dir: &Path, path: &str, storage: &Storage) -> FsResult<Staged> {
+    pub async fn from_object(
+        dir: &Path,
+        path: &str,
+        storage: &Storage,
+        posix: Posix,
+    ) -> FsResult<Staged> {
         let (local, file) = staging_file(dir)?;
         let file = Arc::new(file);
         let mut stream = storage.download_stream(path).await?;
@@ -91,10 +99,17 @@ impl Staged {
         }
         let file = Arc::try_unwrap(file)
             .map_err(|_| FsError::Invalid("staging file still shared".into()))?;
-        Ok(Staged::new(path, local, file, size, false))
+        Ok(Staged::new(path, local, file, size, false, posix))
     }
 
-    fn new(path: &str, local: PathBuf, file: std::fs::File, size: u64, dirty: bool) -> Staged {
+    fn new(
+        path: &str,
+        local: PathBuf,
+        file: std::fs::File,
+        size: u64,
+        dirty: bool,
+        posix: Posix,
+    ) -> Staged {
         // Only a file written from empty can be streamed: anything else is uploaded whole from the staged copy.
         let sequential = if size == 0 {
             SequentialUpload::start()
@@ -109,6 +124,7 @@ impl Staged {
         };
         Staged {
             path: path.to_string(),
+            posix: std::sync::Mutex::new(posix),
             local,
             inner: tokio::sync::Mutex::new(inner),
         }
@@ -116,6 +132,26 @@ impl Staged {
 
     pub async fn size(&self) -> u64 {
         self.inner.lock().await.size
+    }
+
+    pub fn posix(&self) -> Posix {
+        *self.posix.lock().unwrap()
+    }
+
+    /// Changes the mode/owner/times the object gets; the file is uploaded again at the next commit.
+    pub async fn set_posix(&self, changes: Posix) {
+        let mut inner = self.inner.lock().await;
+        let mut posix = self.posix.lock().unwrap();
+        *posix = posix.merged(changes);
+        inner.sequential.abandon(); // a streamed upload already carries the old metadata
+        inner.dirty = true;
+    }
+
+    fn upload_options(&self) -> UploadOptions {
+        UploadOptions {
+            metadata: self.posix().to_metadata(),
+            ..Default::default()
+        }
     }
 
     /// Writes `data` at `offset`; `limit` is the route's largest file size (EFBIG past it).
@@ -138,7 +174,10 @@ impl Staged {
             .await
             .map_err(join_error)??;
         if offset == inner.size {
-            inner.sequential.push(data, storage, &self.path).await;
+            inner
+                .sequential
+                .push(data, storage, &self.path, self.upload_options())
+                .await;
         } else {
             inner.sequential.abandon();
         }
@@ -193,7 +232,7 @@ impl Staged {
         tokio::task::spawn_blocking(move || file.sync_data())
             .await
             .map_err(join_error)??;
-        write_record(&self.local, &self.path)?;
+        write_record(&self.local, &self.path, self.posix().to_metadata())?;
         Ok(true)
     }
 
@@ -248,14 +287,14 @@ impl Staged {
                     reason: e.to_string(),
                 })?;
             storage
-                .upload(&self.path, Bytes::from(data), UploadOptions::default())
+                .upload(&self.path, Bytes::from(data), self.upload_options())
                 .await
         } else {
             storage
                 .upload_stream(
                     &self.path,
                     file_chunks(inner.file.clone(), size),
-                    UploadOptions::default(),
+                    self.upload_options(),
                 )
                 .await
         }
@@ -291,10 +330,17 @@ fn record_of(local: &Path) -> PathBuf {
 struct Record {
     /// Mount path the staged data becomes.
     path: String,
+    /// User metadata the object gets (mode, owner, times).
+    #[serde(default)]
+    metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// Writes (atomically, durably) the record saying `local` holds acknowledged data for `path`.
-fn write_record(local: &Path, path: &str) -> FsResult<()> {
+fn write_record(
+    local: &Path,
+    path: &str,
+    metadata: std::collections::BTreeMap<String, String>,
+) -> FsResult<()> {
     let record = record_of(local);
     if record.exists() {
         return Ok(());
@@ -302,6 +348,7 @@ fn write_record(local: &Path, path: &str) -> FsResult<()> {
     let tmp = local.with_extension("json.tmp");
     let body = serde_json::to_vec(&Record {
         path: path.to_string(),
+        metadata,
     })
     .expect("a record serializes");
     let file = std::fs::File::create(&tmp)?;
@@ -366,7 +413,10 @@ pub async fn replay(dir: &Path, storage: &Storage, skip: impl Fn(&str) -> bool) 
             .upload_stream(
                 &record.path,
                 file_chunks(file, size),
-                UploadOptions::default(),
+                UploadOptions {
+                    metadata: record.metadata.clone(),
+                    ..Default::default()
+                },
             )
             .await
         {

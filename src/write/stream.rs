@@ -42,14 +42,20 @@ impl SequentialUpload {
     }
 
     /// Feeds the next sequential bytes.
-    pub async fn push(&mut self, data: Bytes, storage: &Arc<Storage>, path: &str) {
+    pub async fn push(
+        &mut self,
+        data: Bytes,
+        storage: &Arc<Storage>,
+        path: &str,
+        options: UploadOptions,
+    ) {
         match self {
             SequentialUpload::Buffering { chunks, len } => {
                 *len += data.len();
                 chunks.push(data);
                 if *len >= crate::storage::UPLOAD_PART_SIZE {
                     let chunks = std::mem::take(chunks);
-                    *self = Self::begin(storage.clone(), path.to_string());
+                    *self = Self::begin(storage.clone(), path.to_string(), options);
                     for chunk in chunks {
                         self.send(chunk).await;
                     }
@@ -60,7 +66,7 @@ impl SequentialUpload {
         }
     }
 
-    fn begin(storage: Arc<Storage>, path: String) -> Self {
+    fn begin(storage: Arc<Storage>, path: String, options: UploadOptions) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let chunks = futures::stream::unfold(Some(rx), |rx| async move {
             let mut rx = rx?;
@@ -73,7 +79,7 @@ impl SequentialUpload {
         });
         let task = tokio::spawn(async move {
             storage
-                .upload_stream(&path, Box::pin(chunks), UploadOptions::default())
+                .upload_stream(&path, Box::pin(chunks), options)
                 .await
         });
         SequentialUpload::Uploading { tx, task }

@@ -1,0 +1,105 @@
+//! POSIX attributes kept in object metadata, under the keys s3fs uses (`mode`, `uid`, `gid`, `mtime`; S3 sends
+//! them as `x-amz-meta-*`), so buckets written by s3fs show their modes and files written here keep what `chmod`,
+//! `chown`, `touch`, `cp -p`, `rsync -a` and `tar x` set. `mode` is the decimal st_mode (file type bits included,
+//! as s3fs writes it); `mtime` is whole seconds since the epoch. Objects without them get the configured defaults.
+
+use object_store::{Attribute, Attributes};
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Posix {
+    /// Permission bits (0o7777).
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Set explicitly (utimes); otherwise the object's last-modified time stands.
+    pub mtime: Option<SystemTime>,
+}
+
+impl Posix {
+    pub fn is_empty(&self) -> bool {
+        *self == Posix::default()
+    }
+
+    pub fn from_attributes(attributes: &Attributes) -> Option<Posix> {
+        let get = |key: &str| {
+            attributes
+                .get(&Attribute::Metadata(key.to_string().into()))
+                .and_then(|v| {
+                    v.as_ref()
+                        .split('.')
+                        .next()
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                })
+        };
+        let posix = Posix {
+            mode: get("mode").map(|m| (m as u32) & 0o7777),
+            uid: get("uid").map(|u| u as u32),
+            gid: get("gid").map(|g| g as u32),
+            mtime: get("mtime").map(|s| UNIX_EPOCH + Duration::from_secs(s)),
+        };
+        (!posix.is_empty()).then_some(posix)
+    }
+
+    pub fn to_metadata(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        if let Some(mode) = self.mode {
+            out.insert("mode".into(), (libc::S_IFREG | (mode & 0o7777)).to_string());
+        }
+        if let Some(uid) = self.uid {
+            out.insert("uid".into(), uid.to_string());
+        }
+        if let Some(gid) = self.gid {
+            out.insert("gid".into(), gid.to_string());
+        }
+        if let Some(mtime) = self.mtime {
+            let secs = mtime
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            out.insert("mtime".into(), secs.to_string());
+        }
+        out
+    }
+
+    /// `other`'s values where it has them, ours elsewhere.
+    pub fn merged(self, other: Posix) -> Posix {
+        Posix {
+            mode: other.mode.or(self.mode),
+            uid: other.uid.or(self.uid),
+            gid: other.gid.or(self.gid),
+            mtime: other.mtime.or(self.mtime),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::AttributeValue;
+
+    #[test]
+    fn reads_what_s3fs_writes_and_round_trips() {
+        let mut attrs = Attributes::new();
+        attrs.insert(
+            Attribute::Metadata("mode".into()),
+            AttributeValue::from("33184"),
+        ); // 0o100640
+        attrs.insert(
+            Attribute::Metadata("uid".into()),
+            AttributeValue::from("1000"),
+        );
+        attrs.insert(
+            Attribute::Metadata("mtime".into()),
+            AttributeValue::from("1700000000"),
+        );
+        let posix = Posix::from_attributes(&attrs).unwrap();
+        assert_eq!(posix.mode, Some(0o640));
+        assert_eq!(posix.uid, Some(1000));
+        assert_eq!(posix.gid, None);
+        assert_eq!(posix.to_metadata()["mode"], "33184");
+        assert_eq!(posix.to_metadata()["mtime"], "1700000000");
+        assert!(Posix::from_attributes(&Attributes::new()).is_none());
+    }
+}
