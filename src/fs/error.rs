@@ -62,7 +62,9 @@ impl FsError {
             FsError::Shared(inner) => inner.errno(),
             FsError::Storage(e) => match e {
                 S::NotFound { .. } => libc::ENOENT,
-                S::AlreadyExists { .. } => libc::EEXIST,
+                // The mount never writes with create-only semantics, so a provider saying "already exists" (Azure
+                // answers 409 for unrelated conflicts, such as a full store) is a failed write, not EEXIST.
+                S::AlreadyExists { .. } => libc::EIO,
                 S::PermissionDenied { .. } | S::Unauthenticated { .. } => libc::EACCES,
                 S::NotSupported { .. } => libc::ENOTSUP,
                 // The object changed under an open handle: the bytes it promised are gone.
