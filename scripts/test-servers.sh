@@ -70,9 +70,10 @@ start_azure() {
   running azure && azure_ready && return 0
   kill_stray azure
   mkdir -p "$STATE/azurite-work"
-  (cd "$STATE/azurite-work" && setsid "$TOOLS/npm/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 \
-    --blobPort "$AZURE_PORT" --inMemoryPersistence --disableTelemetry --silent >"$STATE/azure.log" 2>&1 9>&- &
-    echo $! >"$STATE/azure.pid")
+  # `exec` makes the subshell become Azurite (so the pid file names it), and the lock fd is closed for all of it.
+  (cd "$STATE/azurite-work" && exec setsid "$TOOLS/npm/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 \
+    --blobPort "$AZURE_PORT" --inMemoryPersistence --disableTelemetry --silent) >"$STATE/azure.log" 2>&1 9>&- &
+  echo $! >"$STATE/azure.pid"
   wait_for azure azure_ready
 }
 
