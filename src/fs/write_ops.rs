@@ -239,7 +239,11 @@ impl Filesystem {
         };
         let posix = entry.posix.unwrap_or_default().merged(changes);
         match open {
-            Some(staged) => staged.set_posix(changes).await,
+            Some(staged) => {
+                // Uploaded now: the file may be closing, and its last commit may already have run.
+                staged.set_posix(changes).await;
+                self.commit(&staged).await?;
+            }
             None => {
                 let staged =
                     Staged::from_object(&self.staging_dir, &path, &self.storage, posix).await?;

@@ -51,6 +51,14 @@ struct StagedInner {
 
 static NEXT_STAGING_ID: AtomicU64 = AtomicU64::new(0);
 
+/// Staged files owned by a live [`Staged`] in this process: journal replay must leave them alone, whatever path
+/// they were written for (a file may be renamed while its upload is in flight).
+static LIVE: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn is_live(local: &Path) -> bool {
+    LIVE.lock().unwrap().iter().any(|p| p == local)
+}
+
 fn staging_file(dir: &Path) -> FsResult<(PathBuf, std::fs::File)> {
     std::fs::create_dir_all(dir)?;
     let id = NEXT_STAGING_ID.fetch_add(1, Ordering::Relaxed);
@@ -122,6 +130,7 @@ impl Staged {
             dirty,
             sequential,
         };
+        LIVE.lock().unwrap().push(local.clone());
         Staged {
             path: path.to_string(),
             posix: std::sync::Mutex::new(posix),
@@ -308,6 +317,7 @@ impl Staged {
 
 impl Drop for Staged {
     fn drop(&mut self) {
+        LIVE.lock().unwrap().retain(|p| p != &self.local);
         let dirty = self.inner.try_lock().map(|i| i.dirty).unwrap_or(true);
         if dirty {
             tracing::error!(
@@ -375,15 +385,13 @@ pub async fn replay(dir: &Path, storage: &Storage, skip: impl Fn(&str) -> bool) 
         return outcome;
     };
     let mut records = Vec::new();
-    let mut data_files = Vec::new();
     for entry in entries.flatten() {
         let name = entry.path();
         match name.extension().and_then(|e| e.to_str()) {
             Some("json") => records.push(name),
-            Some("tmp") => {
-                let _ = std::fs::remove_file(&name);
-            }
-            _ => data_files.push(name),
+            // Data files are read through their records; `.tmp` is a record being written right now (leftovers
+            // are removed at start-up by `discard_unacknowledged`).
+            _ => {}
         }
     }
     for record_path in records {
@@ -394,7 +402,7 @@ pub async fn replay(dir: &Path, storage: &Storage, skip: impl Fn(&str) -> bool) 
         else {
             continue;
         };
-        if skip(&record.path) {
+        if skip(&record.path) || is_live(&local) {
             continue;
         }
         let size = std::fs::metadata(&local).map(|m| m.len()).unwrap_or(0);
@@ -450,6 +458,10 @@ pub fn discard_unacknowledged(dir: &Path) -> usize {
     let mut discarded = 0;
     for entry in entries.flatten() {
         let path = entry.path();
+        if path.extension().is_some_and(|e| e == "tmp") {
+            let _ = std::fs::remove_file(&path); // a record whose writing was cut short
+            continue;
+        }
         if path.extension().is_none()
             && !record_of(&path).exists()
             && std::fs::remove_file(&path).is_ok()
