@@ -43,15 +43,8 @@ pub fn run(config_path: &Path, mountpoint: &Path, args: &MountArgs) -> ExitCode 
     if args.daemon {
         return daemonize(&config.settings.cache_dir, &mountpoint);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("zmount: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = super::runtime() else {
+        return ExitCode::FAILURE;
     };
     match serve(&config, &mountpoint, args, &runtime) {
         Ok(()) => ExitCode::SUCCESS,

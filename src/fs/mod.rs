@@ -224,8 +224,12 @@ impl Filesystem {
     /// Attributes of `ino`, asking the provider again once they are older than the TTL.
     pub async fn getattr(&self, ino: Ino) -> FsResult<Attr> {
         let (path, entry, age) = self.path_of(ino)?;
-        if self.open_write_of(&path).is_some() {
-            return Ok(self.attr(ino, &self.current(&path, entry).await)); // the staged copy is the truth
+        if let Some(staged) = self.open_write_of(&path) {
+            let entry = Entry {
+                size: staged.size().await,
+                ..entry
+            }; // the staged copy is the truth
+            return Ok(self.attr(ino, &entry));
         }
         if ino == ROOT || age < self.attr_ttl() {
             return Ok(self.attr(ino, &entry));
