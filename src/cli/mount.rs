@@ -122,7 +122,7 @@ fn serve(
             replay.failed.len()
         );
     }
-    spawn_upload_retries(fs.clone(), runtime);
+    spawn_maintenance(fs.clone(), config, runtime);
     let fs_for_shutdown = fs.clone();
     let mut options = fuser::Config::default();
     options.mount_options = vec![
@@ -172,13 +172,22 @@ fn serve(
     }
 }
 
-/// How often uploads that failed (their data kept in the journal) are tried again.
-const UPLOAD_RETRY_INTERVAL: Duration = Duration::from_secs(15);
-
-fn spawn_upload_retries(fs: Arc<Filesystem>, runtime: &tokio::runtime::Runtime) {
+/// Every `heal_interval`: retries uploads that failed (their data kept in the journal), copies failover writes
+/// back to primaries that answer again, and writes `<cache_dir>/status.json` (provider health and counters).
+fn spawn_maintenance(
+    fs: Arc<Filesystem>,
+    config: &crate::Config,
+    runtime: &tokio::runtime::Runtime,
+) {
+    let interval = config.settings.failover.heal_interval();
+    let status_file = config.settings.cache_dir.join("status.json");
     runtime.spawn(async move {
         loop {
-            tokio::time::sleep(UPLOAD_RETRY_INTERVAL).await;
+            tokio::time::sleep(interval).await;
+            fs.heal().await;
+            if let Err(e) = fs.storage().write_status(&status_file) {
+                tracing::debug!("cannot write {}: {e}", status_file.display());
+            }
             let outcome = fs.retry_pending_uploads().await;
             if !outcome.uploaded.is_empty() {
                 tracing::warn!(

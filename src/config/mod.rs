@@ -51,6 +51,8 @@ pub struct Settings {
     #[serde(default)]
     pub timeouts: TimeoutSettings,
     #[serde(default)]
+    pub failover: FailoverSettings,
+    #[serde(default)]
     pub cdn: CdnSettings,
     #[serde(default)]
     pub mount: MountSettings,
@@ -74,6 +76,7 @@ impl Default for Settings {
             max_file_size: None,
             retry: RetrySettings::default(),
             timeouts: TimeoutSettings::default(),
+            failover: FailoverSettings::default(),
             cdn: CdnSettings::default(),
             mount: MountSettings::default(),
         }
@@ -127,6 +130,15 @@ pub struct TimeoutSettings {
     /// Longest silence while waiting for response bytes. 30 s tolerates a slow first byte on a cold object.
     #[serde(default = "TimeoutSettings::default_read")]
     pub read: f64,
+    /// Longest wait for a response to begin (the headers of a GET, HEAD, LIST, DELETE or COPY), per attempt. 10 s:
+    /// a healthy store answers in milliseconds even for large objects; a provider that accepts connections and
+    /// then says nothing (stalled) is detected after this long and its reads go to a fallback.
+    #[serde(default = "TimeoutSettings::default_first_byte")]
+    pub first_byte: f64,
+    /// Longest one attempt of a whole request may take, body included (an upload part, a PUT, one cached block
+    /// read). 120 s: an 8 MiB part needs only 0.7 Mbit/s to finish in time.
+    #[serde(default = "TimeoutSettings::default_total")]
+    pub total: f64,
 }
 
 impl TimeoutSettings {
@@ -135,6 +147,18 @@ impl TimeoutSettings {
     }
     fn default_read() -> f64 {
         30.0
+    }
+    fn default_first_byte() -> f64 {
+        10.0
+    }
+    fn default_total() -> f64 {
+        120.0
+    }
+    pub fn first_byte(&self) -> Duration {
+        Duration::from_secs_f64(self.first_byte)
+    }
+    pub fn total(&self) -> Duration {
+        Duration::from_secs_f64(self.total)
     }
     pub fn connect(&self) -> Duration {
         Duration::from_secs_f64(self.connect)
@@ -149,6 +173,57 @@ impl Default for TimeoutSettings {
         TimeoutSettings {
             connect: Self::default_connect(),
             read: Self::default_read(),
+            first_byte: Self::default_first_byte(),
+            total: Self::default_total(),
+        }
+    }
+}
+
+/// Provider health and what happens when a route's primary fails (see docs/SEMANTICS.md, "Failover").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverSettings {
+    /// Failed attempts in a row (after which a provider counts as down): its requests then go straight to the
+    /// fallbacks for `cooldown` seconds. 5: one unlucky request (a 503, a dropped connection) never trips it.
+    #[serde(default = "FailoverSettings::default_failure_threshold")]
+    pub failure_threshold: u32,
+    /// Seconds a down provider is skipped before one probe request may try it again.
+    #[serde(default = "FailoverSettings::default_cooldown")]
+    pub cooldown: f64,
+    /// Seconds between background passes that retry staged uploads and copy failover writes back to their
+    /// primary ("heal").
+    #[serde(default = "FailoverSettings::default_heal_interval")]
+    pub heal_interval: f64,
+    /// After a heal, keep the copy on the fallback instead of removing it.
+    #[serde(default)]
+    pub keep_fallback_copy: bool,
+}
+
+impl FailoverSettings {
+    fn default_failure_threshold() -> u32 {
+        5
+    }
+    fn default_cooldown() -> f64 {
+        10.0
+    }
+    fn default_heal_interval() -> f64 {
+        15.0
+    }
+    pub fn cooldown(&self) -> Duration {
+        Duration::from_secs_f64(self.cooldown.max(0.0))
+    }
+    pub fn heal_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.heal_interval.max(0.1))
+    }
+}
+
+impl Default for FailoverSettings {
+    fn default() -> Self {
+        FailoverSettings {
+            failure_threshold: Self::default_failure_threshold(),
+            cooldown: Self::default_cooldown(),
+            heal_interval: Self::default_heal_interval(),
+            keep_fallback_copy: false,
         }
     }
 }
@@ -442,6 +517,26 @@ impl Config {
                 "must be at least 1 (the first attempt counts)".into(),
             );
         }
+        if self.settings.failover.failure_threshold == 0 {
+            return err(
+                "settings.failover.failure_threshold".into(),
+                "must be at least 1".into(),
+            );
+        }
+        let t = &self.settings.timeouts;
+        for (name, value) in [
+            ("connect", t.connect),
+            ("read", t.read),
+            ("first_byte", t.first_byte),
+            ("total", t.total),
+        ] {
+            if !(value > 0.0 && value.is_finite()) {
+                return err(
+                    format!("settings.timeouts.{name}"),
+                    format!("must be a positive number of seconds, got {value}"),
+                );
+            }
+        }
         if self.settings.cdn.enabled && self.settings.cdn.domain.is_none() {
             return err(
                 "settings.cdn.domain".into(),
@@ -473,6 +568,24 @@ impl Config {
                     format!("no provider named `{name}`; defined providers: {defined}"),
                 ));
             }
+        }
+        let mut seen = vec![&route.provider];
+        for (i, name) in route.fallback.iter().enumerate() {
+            if seen.contains(&name) {
+                return Err(ConfigError::new(
+                    &self.file,
+                    format!("{key}.fallback[{i}]"),
+                    format!("`{name}` is already named earlier in this route; each provider may appear once"),
+                ));
+            }
+            seen.push(name);
+        }
+        if route.write == WritePolicy::Failover && route.fallback.is_empty() {
+            return Err(ConfigError::new(
+                &self.file,
+                format!("{key}.write"),
+                "`failover` needs at least one provider in `fallback`".to_string(),
+            ));
         }
         Ok(())
     }

@@ -72,8 +72,30 @@ impl FsError {
                 S::TooLarge { .. } => libc::EFBIG,
                 S::NoRoute { .. } => libc::ENOENT,
                 S::Invalid { .. } => libc::EINVAL,
-                S::Provider { .. } | S::Setup { .. } | S::Config(_) => libc::EIO,
+                // Every provider that could serve the request was down: EIO, never a silent ENOENT.
+                S::Provider { .. } | S::Unavailable { .. } | S::Setup { .. } | S::Config(_) => {
+                    libc::EIO
+                }
             },
+        }
+    }
+
+    /// The provider could not answer (see [`StorageError::is_unavailable`]); a fallback may.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            FsError::Storage(e) => e.is_unavailable(),
+            FsError::Shared(inner) => inner.is_unavailable(),
+            _ => false,
+        }
+    }
+
+    /// No such object (on the provider asked).
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            FsError::NotFound => true,
+            FsError::Storage(e) => e.is_not_found(),
+            FsError::Shared(inner) => inner.is_not_found(),
+            _ => false,
         }
     }
 

@@ -25,6 +25,8 @@ pub struct Entry {
     pub etag: Option<String>,
     /// Mode, owner and times stored with the object, when known (see [`super::posix`]).
     pub posix: Option<super::posix::Posix>,
+    /// The provider holding the file (a fallback while its primary is down), when known.
+    pub source: Option<String>,
 }
 
 impl Entry {
@@ -35,6 +37,7 @@ impl Entry {
             mtime,
             etag: None,
             posix: None,
+            source: None,
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::config::{Config, MountSettings};
 use crate::providers::Provider;
 use crate::read::{ObjectVersion, ReadState, Reader};
 use crate::routing::is_within;
+use crate::storage::failover::first_holder;
 use crate::storage::{Storage, StorageError};
 use error::{FsError, FsResult};
 use inode::{Entry, Ino, Inodes, Kind, ROOT};
@@ -140,12 +141,31 @@ impl Filesystem {
         })
         .await;
         for path in &outcome.uploaded {
-            self.inodes.expire(path);
-            self.negative.invalidate(path);
-            self.listings
-                .invalidate(path.rsplit_once('/').map_or("", |(p, _)| p));
+            self.changed_on_provider(path);
         }
         outcome
+    }
+
+    /// Copies failover writes back to their primaries (see [`crate::storage::failover`]); healed paths are
+    /// looked up again.
+    pub async fn heal(&self) -> crate::storage::HealReport {
+        let report = self.storage.heal_pending().await;
+        for path in &report.healed {
+            self.changed_on_provider(path);
+        }
+        report
+    }
+
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
+    /// Forgets what is cached about `path` and its parent's listing.
+    fn changed_on_provider(&self, path: &str) {
+        self.inodes.expire(path);
+        self.negative.invalidate(path);
+        self.listings
+            .invalidate(path.rsplit_once('/').map_or("", |(p, _)| p));
     }
 
     pub fn attr_ttl(&self) -> Duration {
@@ -254,50 +274,65 @@ impl Filesystem {
         result
     }
 
+    /// The file at `path` from the first provider in read order that holds it (primary, then fallbacks).
     async fn head(&self, path: &str) -> FsResult<Option<Entry>> {
-        let (_, _, provider) = self.storage.resolve(path)?;
-        // A HEAD that also returns user metadata, for the stored mode/owner/mtime.
-        let options = object_store::GetOptions {
-            head: true,
-            ..Default::default()
-        };
-        match provider
-            .store
-            .get_opts(&provider.key_for(path), options)
-            .await
-        {
-            Ok(result) => Ok(Some(Entry {
-                kind: Kind::File,
-                size: result.meta.size,
-                mtime: result.meta.last_modified.into(),
-                etag: result.meta.e_tag.or(result.meta.version),
-                posix: posix::Posix::from_attributes(&result.attributes),
-            })),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(StorageError::from_store(provider, path, e).into()),
+        let (path, resolved, _) = self.storage.resolve(path)?;
+        let order = self.storage.read_order(&path, resolved.route);
+        let found = first_holder(&order, &resolved.route.provider, &path, |provider| {
+            head_one(provider, &path)
+        })
+        .await;
+        match found {
+            Ok((entry, _)) => Ok(Some(entry)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
-    /// Whether any provider that may hold entries below `path` has at least one object there.
+    /// Whether any provider that may hold entries below `path` has at least one object there. Providers that
+    /// cannot be reached are left out when an answering fallback stands in for them, else the check fails.
     async fn dir_exists(&self, path: &str) -> FsResult<bool> {
-        let checks = self
-            .providers_under(path)
-            .into_iter()
-            .map(|provider| async move {
-                let mut listing = provider.store.list(Some(&provider.key_for(path)));
-                match futures::StreamExt::next(&mut listing).await {
-                    Some(Ok(_)) => Ok(true),
-                    None | Some(Err(object_store::Error::NotFound { .. })) => Ok(false),
-                    Some(Err(e)) => {
-                        Err(FsError::from(StorageError::from_store(&provider, path, e)))
-                    }
-                }
-            });
+        let providers = self.providers_under(path);
+        let checks = providers.iter().map(|provider| async move {
+            let mut listing = provider.store.list(Some(&provider.key_for(path)));
+            match futures::StreamExt::next(&mut listing).await {
+                Some(Ok(_)) => Ok(true),
+                None | Some(Err(object_store::Error::NotFound { .. })) => Ok(false),
+                Some(Err(e)) => Err(StorageError::from_store(provider, path, e)),
+            }
+        });
         let found = futures::future::join_all(checks).await;
         if found.iter().any(|r| matches!(r, Ok(true))) {
             return Ok(true);
         }
-        found.into_iter().find(Result::is_err).unwrap_or(Ok(false))
+        let mut outcome = Outcome::of(&providers, found)?;
+        self.check_covered(path, &mut outcome)?;
+        Ok(false)
+    }
+
+    /// Fails when providers that did not answer hold entries of `dir` that no answering fallback stands in for.
+    /// Returns the outage that was tolerated, if any.
+    fn check_covered<T>(
+        &self,
+        dir: &str,
+        outcome: &mut Outcome<'_, T>,
+    ) -> FsResult<Option<StorageError>> {
+        let Some(outage) = outcome.first_outage.take() else {
+            return Ok(None);
+        };
+        if self
+            .storage
+            .router()
+            .uncovered(dir, &outcome.failed)
+            .is_some()
+        {
+            return Err(FsError::Storage(outage));
+        }
+        tracing::debug!(
+            "{dir:?}: answered without {:?}, whose fallbacks stand in",
+            outcome.failed
+        );
+        Ok(Some(outage))
     }
 
     fn providers_under(&self, dir: &str) -> Vec<Arc<Provider>> {
@@ -318,8 +353,11 @@ impl Filesystem {
         let entries = match self.listings.get(&path) {
             Some(entries) => entries,
             None => {
-                let entries = Arc::new(self.list_dir(&path).await?);
-                self.listings.insert(path, entries.clone());
+                let (entries, partial) = self.list_dir(&path).await?;
+                let entries = Arc::new(entries);
+                if partial.is_none() {
+                    self.listings.insert(path, entries.clone());
+                }
                 entries
             }
         };
@@ -354,49 +392,58 @@ impl Filesystem {
         self.inodes.find(parent).map_or(ROOT, |(ino, _, _)| ino)
     }
 
-    /// The merged listing of directory `path`, each name once; records every entry's attributes.
-    async fn list_dir(&self, path: &str) -> FsResult<Vec<DirEntry>> {
+    /// The merged listing of directory `path`, each name once; records every entry's attributes. Also returns
+    /// the outage of a provider that did not answer while a fallback stood in for it: such a listing may lack
+    /// files only that provider has, so it is not cached (and `rmdir` does not trust it).
+    async fn list_dir(&self, path: &str) -> FsResult<(Vec<DirEntry>, Option<StorageError>)> {
         let providers = self.providers_under(path);
         let listings = futures::future::join_all(providers.iter().map(|p| list_one(p, path))).await;
-        let mut merged: BTreeMap<String, Entry> = BTreeMap::new();
-        for (provider, listing) in providers.iter().zip(listings) {
-            let listing = listing?;
+        let mut outcome = Outcome::of(&providers, listings)?;
+        let partial = self.check_covered(path, &mut outcome)?;
+        let router = self.storage.router();
+        let mut dirs: BTreeMap<String, Entry> = BTreeMap::new();
+        // Files: each name from the provider that ranks first for it in read order.
+        let mut files: BTreeMap<String, (usize, Entry)> = BTreeMap::new();
+        for (listing, provider) in outcome.answered {
             for sub in listing.common_prefixes {
                 let Some(child) = provider.path_of(&sub) else {
                     continue;
                 };
-                if self
-                    .storage
-                    .router()
+                if router
                     .providers_under(&child)
                     .contains(&provider.name.as_str())
                 {
-                    merged.insert(child, Entry::dir(self.mounted_at));
+                    dirs.insert(child, Entry::dir(self.mounted_at));
                 }
             }
             for meta in listing.objects {
                 let Some(child) = provider.path_of(&meta.location) else {
                     continue;
                 };
-                let routed_here = self
-                    .storage
-                    .router()
-                    .resolve(&child)
-                    .is_some_and(|r| r.route.provider == provider.name);
                 let marker = child.rsplit('/').next() == Some(DIR_MARKER);
-                if routed_here && !marker && child != path && !merged.contains_key(&child) {
+                if marker || child == path {
+                    continue;
+                }
+                let Some(rank) = self.storage.read_rank(&child, &provider.name) else {
+                    continue; // no route sends this name to this provider
+                };
+                if files.get(&child).is_none_or(|(r, _)| rank < *r) {
                     let entry = Entry {
                         kind: Kind::File,
                         size: meta.size,
                         mtime: meta.last_modified.into(),
                         etag: meta.e_tag.or(meta.version),
                         posix: None,
+                        source: Some(provider.name.clone()),
                     };
-                    merged.insert(child, entry);
+                    files.insert(child, (rank, entry));
                 }
             }
         }
-        Ok(merged
+        for (child, (_, entry)) in files {
+            dirs.entry(child).or_insert(entry); // a directory wins over a file of the same name
+        }
+        let entries = dirs
             .into_iter()
             .filter(|(child, _)| is_within(child, path))
             .map(|(child, entry)| {
@@ -407,7 +454,8 @@ impl Filesystem {
                     attr: self.attr(ino, &entry),
                 }
             })
-            .collect())
+            .collect();
+        Ok((entries, partial))
     }
 
     /// Opens a file for reading, pinned to the object version it has now (or, while the file is being written
@@ -421,7 +469,20 @@ impl Filesystem {
             return Err(FsError::IsADirectory);
         }
         let (path, entry, _) = self.path_of(ino)?;
-        let (_, _, provider) = self.storage.resolve(&path)?;
+        let (_, resolved, primary) = self.storage.resolve(&path)?;
+        let holder = entry
+            .source
+            .as_deref()
+            .and_then(|name| self.storage.provider(name))
+            .unwrap_or(primary)
+            .clone();
+        let others = self
+            .storage
+            .read_order(&path, resolved.route)
+            .into_iter()
+            .filter(|p| p.name != holder.name)
+            .cloned()
+            .collect();
         let version_tag = entry.etag.clone().unwrap_or_else(|| {
             let mtime = entry
                 .mtime
@@ -429,14 +490,7 @@ impl Filesystem {
                 .unwrap_or_default();
             format!("{}-{}", entry.size, mtime.as_nanos())
         });
-        let object = ObjectVersion {
-            provider: provider.clone(),
-            key: provider.key_for(&path),
-            path,
-            etag: entry.etag,
-            version_tag,
-            size: entry.size,
-        };
+        let object = ObjectVersion::new(path, entry.size, holder, entry.etag, version_tag, others);
         Ok(self.add_handle(Handle::File {
             object,
             state: Mutex::new(ReadState::default()),
@@ -481,8 +535,58 @@ impl Filesystem {
     }
 }
 
+/// Results of asking several providers: the answers, and which providers could not answer.
+struct Outcome<'a, T> {
+    answered: Vec<(T, &'a Arc<Provider>)>,
+    failed: Vec<&'a str>,
+    first_outage: Option<StorageError>,
+}
+
+impl<'a, T> Outcome<'a, T> {
+    /// Sorts `results` (one per provider); an error other than an outage is returned at once.
+    fn of(providers: &'a [Arc<Provider>], results: Vec<Result<T, StorageError>>) -> FsResult<Self> {
+        let mut outcome = Outcome {
+            answered: Vec::new(),
+            failed: Vec::new(),
+            first_outage: None,
+        };
+        for (provider, result) in providers.iter().zip(results) {
+            match result {
+                Ok(value) => outcome.answered.push((value, provider)),
+                Err(e) if e.is_unavailable() => {
+                    outcome.failed.push(provider.name.as_str());
+                    outcome.first_outage.get_or_insert(e);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+/// HEAD of one provider's copy of `path`, with the user metadata that carries mode, owner and mtime.
+async fn head_one(provider: &Arc<Provider>, path: &str) -> Result<Entry, StorageError> {
+    let options = object_store::GetOptions {
+        head: true,
+        ..Default::default()
+    };
+    let result = provider
+        .store
+        .get_opts(&provider.key_for(path), options)
+        .await
+        .map_err(|e| StorageError::from_store(provider, path, e))?;
+    Ok(Entry {
+        kind: Kind::File,
+        size: result.meta.size,
+        mtime: result.meta.last_modified.into(),
+        etag: result.meta.e_tag.or(result.meta.version),
+        posix: posix::Posix::from_attributes(&result.attributes),
+        source: Some(provider.name.clone()),
+    })
+}
+
 /// One provider's entries directly in `path` (an empty listing when it has none).
-async fn list_one(provider: &Provider, path: &str) -> FsResult<ListResult> {
+async fn list_one(provider: &Provider, path: &str) -> Result<ListResult, StorageError> {
     let key = (!path.is_empty() || !provider.prefix.is_empty()).then(|| provider.key_for(path));
     match provider.store.list_with_delimiter(key.as_ref()).await {
         Ok(listing) => Ok(listing),
@@ -491,6 +595,6 @@ async fn list_one(provider: &Provider, path: &str) -> FsResult<ListResult> {
             objects: vec![],
             extensions: Default::default(),
         }),
-        Err(e) => Err(StorageError::from_store(provider, path, e).into()),
+        Err(e) => Err(StorageError::from_store(provider, path, e)),
     }
 }

@@ -78,6 +78,7 @@ impl Filesystem {
             mtime: SystemTime::now(),
             etag: info.and_then(|i| i.etag.clone()),
             posix: (!posix.is_empty()).then_some(posix),
+            source: info.map(|i| i.provider.clone()),
         }
     }
 
@@ -250,9 +251,13 @@ impl Filesystem {
                 staged.set_posix(Posix::default()).await; // mark for upload with the new metadata
                 let info = staged.commit(&self.storage).await?;
                 self.changed(&path);
-                let entry = Entry {
-                    etag: info.and_then(|i| i.etag),
-                    ..entry.clone()
+                let entry = match info {
+                    Some(info) => Entry {
+                        etag: info.etag,
+                        source: Some(info.provider),
+                        ..entry.clone()
+                    },
+                    None => entry.clone(),
                 };
                 self.inodes.record(&path, entry);
             }
@@ -301,7 +306,11 @@ impl Filesystem {
     /// Whether directory `path` holds nothing. Subdirectories are checked for content, because some servers
     /// (SeaweedFS) keep listing a folder after its last object is gone.
     async fn is_empty_dir(&self, path: &str) -> FsResult<bool> {
-        for entry in self.list_dir(path).await? {
+        let (entries, partial) = self.list_dir(path).await?;
+        if let Some(outage) = partial {
+            return Err(outage.into()); // a provider that did not answer may hold files here
+        }
+        for entry in entries {
             let child = format!("{path}/{}", entry.name);
             if entry.attr.kind == Kind::File || self.dir_exists(&child).await? {
                 return Ok(false);
@@ -359,7 +368,8 @@ impl Filesystem {
             self.check_writable(&dst)?;
             let (_, _, src_provider) = self.storage.resolve(&src)?;
             let (_, _, dst_provider) = self.storage.resolve(&dst)?;
-            if src_provider.name != dst_provider.name {
+            // A file whose newest bytes wait on a fallback for their heal is copied by `mv` through the mount.
+            if src_provider.name != dst_provider.name || self.storage.heals().is_pending(&src) {
                 return Err(FsError::CrossDevice);
             }
             plan.push((src_provider.clone(), src, dst));
@@ -370,6 +380,9 @@ impl Filesystem {
                 .rename(&provider.key_for(&src), &provider.key_for(&dst))
                 .await
                 .map_err(|e| crate::storage::StorageError::from_store(&provider, &src, e))?;
+            if let Some(route) = self.storage.router().resolve(&src) {
+                self.storage.forget_fallback_copies(&src, route.route).await;
+            }
             self.changed(&dst);
         }
         self.inodes.rename(&from, &to);

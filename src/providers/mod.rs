@@ -4,13 +4,14 @@
 
 mod azure;
 mod gcs;
+pub mod guard;
 mod local;
 mod s3;
 
 pub use local::LocalStore;
 pub use s3::wasabi_endpoint;
 
-use crate::config::{ProviderConfig, Redactor, RetrySettings, Settings, TimeoutSettings};
+use crate::config::{ProviderConfig, Redactor, Settings, TimeoutSettings};
 use object_store::path::Path as ObjectPath;
 use object_store::signer::Signer;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
@@ -21,40 +22,30 @@ use std::time::Duration;
 /// How clients talk HTTP: retries and timeouts, from `[settings]`.
 #[derive(Debug, Clone)]
 pub struct ClientTuning {
+    /// object_store's own retry: off, because [`guard::Guarded`] retries (it must see every failed attempt).
     pub retry: RetryConfig,
     pub timeouts: TimeoutSettings,
+    pub guard: guard::GuardPolicy,
 }
 
 impl ClientTuning {
-    /// Longest wait between two retries, whatever the backoff computes.
-    const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
     pub fn from_settings(settings: &Settings) -> Self {
         ClientTuning {
-            retry: Self::retry_config(&settings.retry),
+            retry: RetryConfig {
+                max_retries: 0,
+                backoff: BackoffConfig::default(),
+                retry_timeout: Duration::ZERO,
+            },
             timeouts: settings.timeouts.clone(),
+            guard: guard::GuardPolicy::new(&settings.retry, &settings.timeouts, &settings.failover),
         }
     }
 
-    /// One attempt, short timeouts: for probing whether a provider answers at all (`zmount check`).
+    /// One attempt: for probing whether a provider answers at all (`zmount check`).
     pub fn probe(settings: &Settings) -> Self {
         let mut tuning = Self::from_settings(settings);
-        tuning.retry.max_retries = 0;
+        tuning.guard.attempts = 1;
         tuning
-    }
-
-    fn retry_config(r: &RetrySettings) -> RetryConfig {
-        let delay = Duration::from_secs_f64(r.delay.max(0.0));
-        RetryConfig {
-            max_retries: r.attempts.saturating_sub(1) as usize,
-            backoff: BackoffConfig {
-                init_backoff: delay,
-                max_backoff: Self::MAX_BACKOFF.max(delay),
-                base: if r.exponential { 2.0 } else { 1.0 },
-            },
-            // Retries stop once this much time has passed since the first attempt: every delay at most MAX_BACKOFF.
-            retry_timeout: Self::MAX_BACKOFF * r.attempts.max(1),
-        }
     }
 
     /// Client options for an endpoint; plain `http://` is allowed only when the endpoint asks for it.
@@ -82,8 +73,10 @@ pub struct Provider {
     pub kind: &'static str,
     /// Where it is, for messages: endpoint and bucket/container/folder; never a secret.
     pub location: String,
+    /// The client, wrapped in [`guard::Guarded`] (retries, timeouts, circuit breaker).
     pub store: Arc<dyn ObjectStore>,
     pub signer: Option<Arc<dyn Signer>>,
+    pub health: Arc<guard::Health>,
     /// Key prefix, without leading or trailing `/`.
     pub prefix: String,
     pub read_only: bool,
@@ -126,11 +119,14 @@ impl Provider {
             }
         };
         let common = config.common();
+        let health = Arc::new(guard::Health::new(name, &built.location, &tuning.guard));
+        let store = guard::Guarded::new(built.store, health.clone(), tuning.guard.clone());
         Ok(Provider {
             name: name.to_string(),
             kind: config.kind(),
             location: built.location,
-            store: built.store,
+            store: Arc::new(store),
+            health,
             signer: built.signer,
             prefix: common.prefix.trim_matches('/').to_string(),
             read_only: common.read_only,

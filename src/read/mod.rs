@@ -5,6 +5,11 @@
 //! requested are fetched in the background, several ranged GETs in flight. A read anywhere else is random: the
 //! window resets and only the touched blocks are fetched. Read-ahead requests across all files are capped by a
 //! semaphore, so memory used by read-ahead is bounded by config, whatever the file sizes.
+//!
+//! Failover: an open file reads one provider's copy. When that provider stops answering (or the copy vanishes,
+//! e.g. healed back to its primary), the file continues from the next provider in the route's read order that
+//! holds a copy of the same size, pinned to that copy's ETag. Copies on different providers have unrelated ETags,
+//! so "same size" is the only check possible: zmount relies on fallbacks holding the same bytes (SEMANTICS.md).
 
 use crate::cache::{BlockCache, BlockKey, BLOCK_SIZE};
 use crate::fs::error::{FsError, FsResult};
@@ -20,17 +25,108 @@ use tokio::sync::Semaphore;
 /// kernel's largest FUSE read (128 KiB to 1 MiB), so its concurrent read-ahead requests do not look random.
 const SEQUENTIAL_SLACK: u64 = 4 * 1024 * 1024;
 
-/// The version of an object an open file reads: every block request carries its ETag (If-Match), so bytes of two
-/// versions are never mixed in one file handle.
+/// The object an open file reads: which copy (provider + ETag) it reads now, and where to go if that fails.
 #[derive(Clone, Debug)]
 pub struct ObjectVersion {
-    pub provider: Arc<Provider>,
     pub path: String,
+    pub size: u64,
+    copy: Arc<Mutex<Copy>>,
+    /// Providers to try, in order, when the current copy's provider fails.
+    others: Arc<[Arc<Provider>]>,
+    /// Held while switching copies, so concurrent failing reads switch once.
+    switching: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// One provider's copy of the object, pinned to the version seen when it was chosen: every block request carries
+/// its ETag (If-Match), so bytes of two versions are never mixed.
+#[derive(Clone, Debug)]
+pub struct Copy {
+    pub provider: Arc<Provider>,
     pub key: ObjectPath,
     pub etag: Option<String>,
     /// Stands in for the ETag in cache keys when the provider gives none.
     pub version_tag: String,
-    pub size: u64,
+    /// Index in `others` of the next provider to try.
+    next: usize,
+}
+
+impl ObjectVersion {
+    /// An object read from `copy` on `provider` first, then from `others` in order.
+    pub fn new(
+        path: String,
+        size: u64,
+        provider: Arc<Provider>,
+        etag: Option<String>,
+        version_tag: String,
+        others: Vec<Arc<Provider>>,
+    ) -> Self {
+        let copy = Copy {
+            key: provider.key_for(&path),
+            provider,
+            etag,
+            version_tag,
+            next: 0,
+        };
+        ObjectVersion {
+            path,
+            size,
+            copy: Arc::new(Mutex::new(copy)),
+            others: others.into(),
+            switching: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    /// The copy being read now.
+    pub fn current(&self) -> Copy {
+        self.copy.lock().unwrap().clone()
+    }
+
+    /// Moves on from `failed` to the next provider that holds a copy of the same size. False when none does.
+    async fn switch_from(&self, failed: &Copy, error: &FsError) -> bool {
+        let _one_at_a_time = self.switching.lock().await;
+        let now = self.current();
+        if now.provider.name != failed.provider.name || now.version_tag != failed.version_tag {
+            return true; // another read already switched
+        }
+        for (i, provider) in self.others.iter().enumerate().skip(failed.next) {
+            let key = provider.key_for(&self.path);
+            let head = provider
+                .store
+                .get_opts(
+                    &key,
+                    GetOptions {
+                        head: true,
+                        ..Default::default()
+                    },
+                )
+                .await;
+            let Ok(head) = head else { continue };
+            if head.meta.size != self.size {
+                continue;
+            }
+            tracing::warn!(
+                "{}: `{}` failed mid-read ({error}); continuing from `{}`",
+                self.path,
+                failed.provider.name,
+                provider.name
+            );
+            provider
+                .health
+                .counters
+                .served_as_fallback
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let etag = head.meta.e_tag.or(head.meta.version);
+            *self.copy.lock().unwrap() = Copy {
+                provider: provider.clone(),
+                key,
+                version_tag: etag.clone().unwrap_or_else(|| failed.version_tag.clone()),
+                etag,
+                next: i + 1,
+            };
+            return true;
+        }
+        false
+    }
 }
 
 /// Per-open-file read-ahead state.
@@ -133,8 +229,7 @@ impl Reader {
     }
 
     fn spawn_read_ahead(&self, object: &ObjectVersion, index: u64) {
-        let key = block_key(object, index);
-        if self.cache.contains(&key) {
+        if self.cache.contains(&block_key(&object.current(), index)) {
             return;
         }
         let Ok(permit) = self.read_ahead_permits.clone().try_acquire_owned() else {
@@ -142,41 +237,56 @@ impl Reader {
         };
         let (cache, object) = (self.cache.clone(), object.clone());
         tokio::spawn(async move {
-            let _ = cache.get_or_fetch(key, fetch_block(&object, index)).await;
+            let _ = block(&cache, &object, index).await;
             drop(permit);
         });
     }
 
     async fn block(&self, object: &ObjectVersion, index: u64) -> FsResult<Bytes> {
-        self.cache
-            .get_or_fetch(block_key(object, index), fetch_block(object, index))
-            .await
+        block(&self.cache, object, index).await
     }
 }
 
-fn block_key(object: &ObjectVersion, index: u64) -> BlockKey {
+/// Block `index` from the cache or the current copy; when the copy's provider fails (or the copy is gone), from
+/// the next copy.
+async fn block(cache: &BlockCache, object: &ObjectVersion, index: u64) -> FsResult<Bytes> {
+    loop {
+        let copy = object.current();
+        let outcome = cache
+            .get_or_fetch(block_key(&copy, index), fetch_block(object, &copy, index))
+            .await;
+        match outcome {
+            Err(e)
+                if (e.is_unavailable() || e.is_not_found())
+                    && object.switch_from(&copy, &e).await => {}
+            other => return other,
+        }
+    }
+}
+
+fn block_key(copy: &Copy, index: u64) -> BlockKey {
     BlockKey::new(
-        &object.provider.name,
-        object.key.as_ref(),
-        &object.version_tag,
+        &copy.provider.name,
+        copy.key.as_ref(),
+        &copy.version_tag,
         index,
     )
 }
 
 /// One ranged GET for block `index`, pinned to the version the file was opened at.
-async fn fetch_block(object: &ObjectVersion, index: u64) -> FsResult<Bytes> {
+async fn fetch_block(object: &ObjectVersion, copy: &Copy, index: u64) -> FsResult<Bytes> {
     let start = index * BLOCK_SIZE;
     let end = (start + BLOCK_SIZE).min(object.size);
     let options = GetOptions {
         range: Some(GetRange::Bounded(start..end)),
-        if_match: object.etag.clone(),
+        if_match: copy.etag.clone(),
         ..Default::default()
     };
-    let provider = &object.provider;
+    let provider = &copy.provider;
     let fail = |e| FsError::from(StorageError::from_store(provider, &object.path, e));
     let result = provider
         .store
-        .get_opts(&object.key, options)
+        .get_opts(&copy.key, options)
         .await
         .map_err(fail)?;
     let data = result.bytes().await.map_err(fail)?;

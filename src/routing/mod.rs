@@ -161,16 +161,7 @@ impl Router {
     /// order. A listing of `dir` asks each of these and keeps an entry only from the provider its rule names.
     pub fn providers_under(&self, dir: &str) -> Vec<&str> {
         let mut out: Vec<&str> = Vec::new();
-        let routes = self
-            .rules
-            .iter()
-            .filter(|rule| match &rule.matcher {
-                Matcher::Prefix(p) => is_within(p, dir) || is_within(dir, p),
-                Matcher::Glob(_) => true,
-            })
-            .map(|rule| &rule.route)
-            .chain(self.default.as_ref().map(|(_, r)| r));
-        for route in routes {
+        for route in self.routes_under(dir) {
             for name in route.providers() {
                 if !out.contains(&name) {
                     out.push(name);
@@ -178,6 +169,34 @@ impl Router {
             }
         }
         out
+    }
+}
+
+impl Router {
+    /// Routes that may send paths at or below directory `dir` somewhere, in rule order.
+    pub fn routes_under(&self, dir: &str) -> Vec<&Route> {
+        self.rules
+            .iter()
+            .filter(|rule| match &rule.matcher {
+                Matcher::Prefix(p) => is_within(p, dir) || is_within(dir, p),
+                Matcher::Glob(_) => true,
+            })
+            .map(|rule| &rule.route)
+            .chain(self.default.as_ref().map(|(_, r)| r))
+            .collect()
+    }
+
+    /// For a listing of `dir` in which the providers `failed` did not answer: the first failed provider whose
+    /// entries no answering fallback can stand in for (a route under `dir` has it as primary and every fallback
+    /// of that route failed too). Such a listing would silently miss files, so it must fail instead.
+    pub fn uncovered<'a>(&'a self, dir: &str, failed: &[&str]) -> Option<&'a str> {
+        self.routes_under(dir)
+            .into_iter()
+            .find(|route| {
+                failed.contains(&route.provider.as_str())
+                    && route.fallback.iter().all(|f| failed.contains(&f.as_str()))
+            })
+            .map(|route| route.provider.as_str())
     }
 }
 
@@ -278,6 +297,19 @@ provider = "s3"
         assert_eq!(r.providers_under("temp_files"), vec!["local", "gcs", "s3"]);
         assert_eq!(r.providers_under(""), vec!["local", "gcs", "s3"]);
         assert_eq!(r.providers_under("other"), vec!["gcs", "s3"]);
+    }
+
+    #[test]
+    fn a_listing_may_miss_a_provider_only_when_a_fallback_answered_for_it() {
+        let r = router();
+        assert_eq!(r.uncovered("other", &["gcs"]), None, "s3 stands in for gcs");
+        assert_eq!(r.uncovered("other", &["gcs", "s3"]), Some("gcs"));
+        assert_eq!(
+            r.uncovered("user_uploads", &["s3"]),
+            Some("s3"),
+            "s3 has no fallback"
+        );
+        assert_eq!(r.uncovered("temp_files", &[]), None);
     }
 
     #[test]

@@ -58,7 +58,17 @@ pub enum StorageError {
         reason: String,
     },
 
-    /// Anything else the provider reported: network failures, timeouts, 5xx after retries.
+    /// The provider could not answer (connection refused or reset, timeout, 5xx after retries, or marked down):
+    /// the one error that makes reads try a route's fallbacks.
+    #[error("{path}: provider `{provider}` ({location}) is unavailable: {message}")]
+    Unavailable {
+        provider: String,
+        location: String,
+        path: String,
+        message: String,
+    },
+
+    /// Anything else the provider reported.
     #[error("{path}: provider `{provider}` ({location}) failed: {message}")]
     Provider {
         provider: String,
@@ -86,6 +96,14 @@ impl StorageError {
         let path = path.to_string();
         let message = provider.redactor.redact(&root_cause(&err));
         use object_store::Error as E;
+        if crate::providers::guard::is_outage(&err) {
+            return StorageError::Unavailable {
+                provider: name,
+                location,
+                path,
+                message,
+            };
+        }
         match err {
             E::NotFound { .. } => StorageError::NotFound {
                 provider: name,
@@ -130,10 +148,16 @@ impl StorageError {
         matches!(self, StorageError::NotFound { .. })
     }
 
+    /// The provider could not answer: another provider holding the object may.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StorageError::Unavailable { .. })
+    }
+
     /// What went wrong, without the provider and path (for output that names those already).
     pub fn cause(&self) -> String {
         match self {
             StorageError::Provider { message, .. }
+            | StorageError::Unavailable { message, .. }
             | StorageError::PermissionDenied { message, .. }
             | StorageError::Unauthenticated { message, .. }
             | StorageError::Precondition { message, .. } => message.clone(),
@@ -151,6 +175,7 @@ impl StorageError {
             | StorageError::NotSupported { provider, .. }
             | StorageError::Precondition { provider, .. }
             | StorageError::Provider { provider, .. }
+            | StorageError::Unavailable { provider, .. }
             | StorageError::Setup { provider, .. } => Some(provider),
             _ => None,
         }

@@ -1,22 +1,26 @@
 //! The routed storage facade — zmount's public Rust API and what the filesystem is built on.
 //!
-//! Every call takes a mount path, routes it (see [`crate::routing`]) and talks to the provider the route names,
-//! with the provider's prefix in front of the key. Retries with backoff happen inside each provider's HTTP client
-//! (configured from `[settings.retry]`), so a call here is one logical operation. Errors are [`StorageError`]s that
-//! name the provider and path.
+//! Every call takes a mount path, routes it (see [`crate::routing`]) and talks to the providers the route names,
+//! with the provider's prefix in front of the key: reads ask the primary, then the fallbacks; writes go to the
+//! primary, or to a fallback when the route says `write = "failover"` and the primary is down (see [`failover`]).
+//! Retries, timeouts and provider health live in each provider's client ([`crate::providers::guard`]), so a call
+//! here is one logical operation. Errors are [`StorageError`]s that name the provider and path.
 
 mod error;
+pub mod failover;
 mod info;
 
 pub use error::{Result, StorageError};
+pub use failover::{HealRecord, HealReport};
 pub use info::{
     check_metadata_value, guess_content_type, normalize_metadata_key, FileInfo, UploadOptions,
 };
 
 use crate::config::Config;
 use crate::providers::{ClientTuning, Provider};
-use crate::routing::{is_within, normalize, Resolved, Router};
+use crate::routing::{is_within, normalize, Resolved, Route, Router};
 use bytes::Bytes;
+use failover::{first_holder, Heals};
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::{
     Attribute, AttributeValue, Attributes, GetOptions, GetRange, ObjectMeta, ObjectStoreExt,
@@ -42,6 +46,8 @@ pub struct Storage {
     providers: BTreeMap<String, Arc<Provider>>,
     cdn_domain: Option<String>,
     max_file_size: Option<u64>,
+    heals: Heals,
+    keep_fallback_copy: bool,
 }
 
 impl std::fmt::Debug for Storage {
@@ -77,7 +83,147 @@ impl Storage {
             providers,
             cdn_domain: cdn.enabled.then(|| cdn.domain.clone()).flatten(),
             max_file_size: config.settings.max_file_size.map(|s| s.0),
+            heals: Heals::open(&config.settings.cache_dir.join("heal")),
+            keep_fallback_copy: config.settings.failover.keep_fallback_copy,
         })
+    }
+
+    /// Health and counters of every provider, plus the pending heals, as JSON.
+    pub fn status(&self) -> serde_json::Value {
+        let providers: serde_json::Map<String, serde_json::Value> = self
+            .providers
+            .values()
+            .map(|p| {
+                let state = serde_json::json!({
+                    "kind": p.kind,
+                    "location": p.location,
+                    "state": p.health.state(),
+                    "counters": &p.health.counters,
+                });
+                (p.name.clone(), state)
+            })
+            .collect();
+        let heals: Vec<_> = self.heals.records().into_iter().map(|r| r.path).collect();
+        serde_json::json!({ "providers": providers, "pending_heals": heals })
+    }
+
+    /// Writes [`Storage::status`] to `file` (replaced atomically).
+    pub fn write_status(&self, file: &std::path::Path) -> std::io::Result<()> {
+        let tmp = file.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.status())?)?;
+        std::fs::rename(tmp, file)
+    }
+
+    /// Failover writes waiting to be copied back to their primary.
+    pub fn heals(&self) -> &Heals {
+        &self.heals
+    }
+
+    /// The providers a read of `path` asks, in order: the holder of a pending heal first, then the route's
+    /// primary and fallbacks.
+    pub fn read_order(&self, path: &str, route: &Route) -> Vec<&Arc<Provider>> {
+        let holder = self.heals.holder_of(path);
+        let mut order: Vec<&Arc<Provider>> = Vec::new();
+        for name in holder.as_deref().into_iter().chain(route.providers()) {
+            if let Some(p) = self.providers.get(name) {
+                if !order.iter().any(|o| o.name == p.name) {
+                    order.push(p);
+                }
+            }
+        }
+        order
+    }
+
+    /// Where a write of the route goes, in order: the primary, then (for `write = "failover"`) every writable
+    /// fallback.
+    fn write_targets(&self, route: &Route) -> Vec<&Arc<Provider>> {
+        let mut targets = vec![&self.providers[&route.provider]];
+        if route.write == crate::config::WritePolicy::Failover {
+            targets.extend(
+                route
+                    .fallback
+                    .iter()
+                    .map(|name| &self.providers[name])
+                    .filter(|p| !p.read_only),
+            );
+        }
+        targets
+    }
+
+    /// Runs the write `op` on the route's write targets in order until one takes it; a write that lands on a
+    /// fallback is recorded for healing, and one that lands on the primary makes a pending heal moot.
+    async fn write_routed<'a, F, Fut>(
+        &'a self,
+        path: &str,
+        route: &Route,
+        restartable: bool,
+        mut op: F,
+    ) -> Result<FileInfo>
+    where
+        F: FnMut(&'a Arc<Provider>) -> Fut,
+        Fut: std::future::Future<Output = Result<FileInfo>>,
+    {
+        let _heal_guard = match self.heals.is_pending(path) {
+            true => Some(self.heals.heal.lock().await),
+            false => None,
+        };
+        let mut targets = self.write_targets(route);
+        if !restartable {
+            targets.truncate(1);
+        }
+        let mut outage = None;
+        for provider in targets {
+            match op(provider).await {
+                Ok(info) => {
+                    self.after_write(path, route, provider).await?;
+                    return Ok(info);
+                }
+                Err(e) if e.is_unavailable() => {
+                    tracing::warn!("{e}");
+                    outage = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(outage.expect("a route has at least one write target"))
+    }
+
+    async fn after_write(&self, path: &str, route: &Route, provider: &Provider) -> Result<()> {
+        if provider.name == route.provider {
+            if let Some(moot) = self.heals.forget(path) {
+                self.remove_fallback_copy(path, &moot.holder).await;
+            }
+            return Ok(());
+        }
+        provider
+            .health
+            .counters
+            .failover_writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            "{path}: primary `{}` is down; written to fallback `{}`, to be copied back when the primary returns",
+            route.provider,
+            provider.name
+        );
+        self.heals
+            .record(path, &provider.name, &route.provider)
+            .map_err(|e| StorageError::Invalid {
+                path: path.to_string(),
+                what: "heal record",
+                reason: format!("cannot record the failover write: {e}"),
+            })
+    }
+
+    async fn remove_fallback_copy(&self, path: &str, holder: &str) {
+        if self.keep_fallback_copy {
+            return;
+        }
+        if let Some(p) = self.providers.get(holder) {
+            match p.store.delete(&p.key_for(path)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => tracing::warn!("{}", StorageError::from_store(p, path, e)),
+            }
+        }
     }
 
     pub fn router(&self) -> &Router {
@@ -125,42 +271,87 @@ impl Storage {
         data: Bytes,
         options: UploadOptions,
     ) -> Result<FileInfo> {
-        let (path, resolved, provider) = self.resolve(path)?;
+        let (path, resolved, _) = self.resolve(path)?;
         self.check_size(&path, &resolved, data.len() as u64)?;
         let attributes = self.upload_attributes(&path, &options)?;
         let size = data.len() as u64;
-        let opts = PutOptions {
-            attributes,
-            ..Default::default()
-        };
-        let result = provider
-            .store
-            .put_opts(&provider.key_for(&path), PutPayload::from(data), opts)
-            .await
-            .map_err(|e| StorageError::from_store(provider, &path, e))?;
-        Ok(self.uploaded_info(provider, path, size, result.e_tag, options))
+        self.write_routed(&path, resolved.route, true, |provider| {
+            let opts = PutOptions {
+                attributes: attributes.clone(),
+                ..Default::default()
+            };
+            let (data, path, options) = (data.clone(), path.clone(), options.clone());
+            async move {
+                let result = provider
+                    .store
+                    .put_opts(&provider.key_for(&path), PutPayload::from(data), opts)
+                    .await
+                    .map_err(|e| StorageError::from_store(provider, &path, e))?;
+                Ok(self.uploaded_info(provider, path, size, result.e_tag, options))
+            }
+        })
+        .await
     }
 
     /// Stores a stream of chunks at `path` as a multipart upload with bounded memory; the object appears only when
-    /// the stream ends without error.
+    /// the stream ends without error. A stream cannot be replayed, so this writes to the primary only; use
+    /// [`Storage::upload_from`] for failover writes.
     pub async fn upload_stream<S>(
         &self,
         path: &str,
+        stream: S,
+        options: UploadOptions,
+    ) -> Result<FileInfo>
+    where
+        S: futures::Stream<Item = std::io::Result<Bytes>> + Unpin,
+    {
+        let (path, resolved, _) = self.resolve(path)?;
+        let mut stream = Some(stream);
+        self.write_routed(&path, resolved.route, false, |provider| {
+            let stream = stream.take().expect("a stream is written once");
+            self.upload_stream_to(provider, &path, &resolved, stream, options.clone())
+        })
+        .await
+    }
+
+    /// Like [`Storage::upload_stream`], from a source that can be read again (`make` opens it afresh), so the
+    /// write can move on to a fallback when the route allows failover writes.
+    pub async fn upload_from<S, F>(
+        &self,
+        path: &str,
+        make: F,
+        options: UploadOptions,
+    ) -> Result<FileInfo>
+    where
+        S: futures::Stream<Item = std::io::Result<Bytes>> + Unpin,
+        F: Fn() -> S,
+    {
+        let (path, resolved, _) = self.resolve(path)?;
+        self.write_routed(&path, resolved.route, true, |provider| {
+            self.upload_stream_to(provider, &path, &resolved, make(), options.clone())
+        })
+        .await
+    }
+
+    async fn upload_stream_to<S>(
+        &self,
+        provider: &Arc<Provider>,
+        path: &str,
+        resolved: &Resolved<'_>,
         mut stream: S,
         options: UploadOptions,
     ) -> Result<FileInfo>
     where
         S: futures::Stream<Item = std::io::Result<Bytes>> + Unpin,
     {
-        let (path, resolved, provider) = self.resolve(path)?;
-        let attributes = self.upload_attributes(&path, &options)?;
-        let limit = self.size_limit(&resolved);
+        let attributes = self.upload_attributes(path, &options)?;
+        let limit = self.size_limit(resolved);
         let opts = object_store::PutMultipartOptions {
             attributes,
             ..Default::default()
         };
-        let key = provider.key_for(&path);
-        let fail = |e| StorageError::from_store(provider, &path, e);
+        let key = provider.key_for(path);
+        let fail = |e| StorageError::from_store(provider, path, e);
         let upload = provider
             .store
             .put_multipart_opts(&key, opts)
@@ -171,14 +362,14 @@ impl Storage {
         let outcome: Result<()> = async {
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| StorageError::Invalid {
-                    path: path.clone(),
+                    path: path.to_string(),
                     what: "upload source",
                     reason: e.to_string(),
                 })?;
                 size += chunk.len() as u64;
                 if let Some(limit) = limit.filter(|l| size > *l) {
                     return Err(StorageError::TooLarge {
-                        path: path.clone(),
+                        path: path.to_string(),
                         size,
                         limit,
                     });
@@ -197,87 +388,246 @@ impl Storage {
             return Err(e);
         }
         let result = writer.finish().await.map_err(fail)?;
-        Ok(self.uploaded_info(provider, path, size, result.e_tag, options))
+        Ok(self.uploaded_info(provider, path.to_string(), size, result.e_tag, options))
+    }
+
+    /// Runs the read `op` on the providers that may hold `path`, in read order, until one has the object.
+    async fn read_routed<'a, T, F, Fut>(&'a self, path: &str, op: F) -> Result<(T, String)>
+    where
+        F: FnMut(&'a Arc<Provider>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let (path, resolved, _) = self.resolve(path)?;
+        let order = self.read_order(&path, resolved.route);
+        let (value, _) = first_holder(&order, &resolved.route.provider, &path, op).await?;
+        Ok((value, path))
     }
 
     /// The whole object.
     pub async fn download(&self, path: &str) -> Result<Bytes> {
-        let (path, _, provider) = self.resolve(path)?;
-        let fail = |e| StorageError::from_store(provider, &path, e);
-        let result = provider
-            .store
-            .get(&provider.key_for(&path))
-            .await
-            .map_err(fail)?;
-        result.bytes().await.map_err(fail)
+        let clean = self.resolve(path)?.0;
+        let (data, _) = self
+            .read_routed(path, |provider| {
+                let path = clean.clone();
+                async move {
+                    let fail = |e| StorageError::from_store(provider, &path, e);
+                    let result = provider
+                        .store
+                        .get(&provider.key_for(&path))
+                        .await
+                        .map_err(fail)?;
+                    result.bytes().await.map_err(fail)
+                }
+            })
+            .await?;
+        Ok(data)
     }
 
     /// The object as a stream of chunks, for large files.
     pub async fn download_stream(&self, path: &str) -> Result<BoxStream<'static, Result<Bytes>>> {
-        let (path, _, provider) = self.resolve(path)?;
-        let result = provider
-            .store
-            .get(&provider.key_for(&path))
-            .await
-            .map_err(|e| StorageError::from_store(provider, &path, e))?;
-        let provider = provider.clone();
-        Ok(result
-            .into_stream()
-            .map_err(move |e| StorageError::from_store(&provider, &path, e))
-            .boxed())
+        let clean = self.resolve(path)?.0;
+        let (stream, _) = self
+            .read_routed(path, |provider| {
+                let path = clean.clone();
+                async move {
+                    let result = provider
+                        .store
+                        .get(&provider.key_for(&path))
+                        .await
+                        .map_err(|e| StorageError::from_store(provider, &path, e))?;
+                    let provider = provider.clone();
+                    Ok(result
+                        .into_stream()
+                        .map_err(move |e| StorageError::from_store(&provider, &path, e))
+                        .boxed())
+                }
+            })
+            .await?;
+        Ok(stream)
     }
 
     /// Bytes `range` of the object (clamped to its end, like a file read).
     pub async fn download_range(&self, path: &str, range: Range<u64>) -> Result<Bytes> {
-        let (path, _, provider) = self.resolve(path)?;
+        let clean = self.resolve(path)?.0;
         if range.is_empty() {
             return Ok(Bytes::new());
         }
-        let options = GetOptions {
-            range: Some(GetRange::Bounded(range)),
-            ..Default::default()
-        };
-        let fail = |e| StorageError::from_store(provider, &path, e);
-        let result = provider
-            .store
-            .get_opts(&provider.key_for(&path), options)
-            .await
-            .map_err(fail)?;
-        result.bytes().await.map_err(fail)
+        let (data, _) = self
+            .read_routed(path, |provider| {
+                let (path, range) = (clean.clone(), range.clone());
+                async move {
+                    let options = GetOptions {
+                        range: Some(GetRange::Bounded(range)),
+                        ..Default::default()
+                    };
+                    let fail = |e| StorageError::from_store(provider, &path, e);
+                    let result = provider
+                        .store
+                        .get_opts(&provider.key_for(&path), options)
+                        .await
+                        .map_err(fail)?;
+                    result.bytes().await.map_err(fail)
+                }
+            })
+            .await?;
+        Ok(data)
     }
 
-    /// Removes the object. Idempotent: deleting a path that holds no object succeeds on every provider.
+    /// Removes the object from the route's primary and from its fallbacks (a copy left on a fallback would
+    /// reappear, since reads consult fallbacks). Idempotent: deleting a path that holds no object succeeds. Fails
+    /// when the primary cannot be reached; a fallback that cannot be reached is logged.
     pub async fn delete(&self, path: &str) -> Result<()> {
-        let (path, _, provider) = self.resolve(path)?;
-        match provider.store.delete(&provider.key_for(&path)).await {
-            Ok(()) => Ok(()),
-            Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(StorageError::from_store(provider, &path, e)),
+        let (path, resolved, provider) = self.resolve(path)?;
+        let _heal_guard = match self.heals.is_pending(&path) {
+            true => Some(self.heals.heal.lock().await),
+            false => None,
+        };
+        delete_one(provider, &path).await?;
+        self.heals.forget(&path);
+        self.forget_fallback_copies(&path, resolved.route).await;
+        Ok(())
+    }
+
+    /// Deletes `path` on every fallback of `route` (after the primary's copy was deleted or moved away).
+    pub async fn forget_fallback_copies(&self, path: &str, route: &Route) {
+        for name in &route.fallback {
+            let p = &self.providers[name];
+            if p.read_only {
+                continue;
+            }
+            if let Err(e) = delete_one(p, path).await {
+                tracing::warn!("{e} (while removing the fallback copy; it may reappear)");
+            }
         }
     }
 
     pub async fn exists(&self, path: &str) -> Result<bool> {
-        let (path, _, provider) = self.resolve(path)?;
-        match provider.store.head(&provider.key_for(&path)).await {
+        match self.get_info(path).await {
             Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(StorageError::from_store(provider, &path, e)),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
-    /// Size, type, dates, ETag and user metadata of one object.
+    /// Size, type, dates, ETag and user metadata of one object (`provider` says which provider answered).
     pub async fn get_info(&self, path: &str) -> Result<FileInfo> {
-        let (path, _, provider) = self.resolve(path)?;
-        let options = GetOptions {
+        let clean = self.resolve(path)?.0;
+        let (info, _) = self
+            .read_routed(path, |provider| {
+                let path = clean.clone();
+                async move {
+                    let options = GetOptions {
+                        head: true,
+                        ..Default::default()
+                    };
+                    let result = provider
+                        .store
+                        .get_opts(&provider.key_for(&path), options)
+                        .await
+                        .map_err(|e| StorageError::from_store(provider, &path, e))?;
+                    Ok(self.info_from(provider, path, &result.meta, Some(&result.attributes)))
+                }
+            })
+            .await?;
+        Ok(info)
+    }
+
+    /// Copies every pending failover write back to its primary (see [`failover`]); the ones that cannot be
+    /// copied yet stay pending.
+    pub async fn heal_pending(&self) -> HealReport {
+        let mut report = HealReport::default();
+        for record in self.heals.records() {
+            let _guard = self.heals.heal.lock().await;
+            if !self.heals.is_pending(&record.path) {
+                continue; // made moot by a write or delete while this pass waited
+            }
+            match self.heal_one(&record).await {
+                Ok(()) => {
+                    self.heals.forget(&record.path);
+                    report.healed.push(record.path);
+                }
+                Err(e) => {
+                    tracing::debug!("heal of {} must wait: {e}", record.path);
+                    report.waiting.push(record.path);
+                }
+            }
+        }
+        report
+    }
+
+    async fn heal_one(&self, record: &HealRecord) -> Result<()> {
+        let missing = |name: &str| StorageError::Invalid {
+            path: record.path.clone(),
+            what: "heal record",
+            reason: format!("provider `{name}` is no longer configured"),
+        };
+        let holder = self
+            .providers
+            .get(&record.holder)
+            .ok_or_else(|| missing(&record.holder))?;
+        let primary = self
+            .providers
+            .get(&record.primary)
+            .ok_or_else(|| missing(&record.primary))?;
+        let path = &record.path;
+        let head = GetOptions {
             head: true,
             ..Default::default()
         };
-        let result = provider
+        let on_primary = primary
             .store
-            .get_opts(&provider.key_for(&path), options)
-            .await
-            .map_err(|e| StorageError::from_store(provider, &path, e))?;
-        Ok(self.info_from(provider, path, &result.meta, Some(&result.attributes)))
+            .get_opts(&primary.key_for(path), head.clone())
+            .await;
+        match on_primary {
+            Ok(meta) if meta.meta.last_modified.timestamp() > record.written_at => {
+                tracing::info!(
+                    "{path}: `{}` has a newer copy than the failover write; not copied back",
+                    primary.name
+                );
+                self.remove_fallback_copy(path, &holder.name).await;
+                return Ok(());
+            }
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(StorageError::from_store(primary, path, e)),
+        }
+        let source = match holder.store.get(&holder.key_for(path)).await {
+            Ok(source) => source,
+            Err(object_store::Error::NotFound { .. }) => return Ok(()), // deleted or moved meanwhile
+            Err(e) => return Err(StorageError::from_store(holder, path, e)),
+        };
+        let size = source.meta.size;
+        let info = self.info_from(holder, path.clone(), &source.meta, Some(&source.attributes));
+        let options = UploadOptions {
+            content_type: Some(info.content_type),
+            metadata: info.metadata,
+        };
+        let holder_ = holder.clone();
+        let chunks = source
+            .into_stream()
+            .map_err(move |e| std::io::Error::other(StorageError::from_store(&holder_, "", e)));
+        let resolved = self.resolve(path)?.1;
+        let written = self
+            .upload_stream_to(primary, path, &resolved, chunks, options)
+            .await?;
+        if written.size != size {
+            return Err(StorageError::Invalid {
+                path: path.clone(),
+                what: "heal",
+                reason: format!("copied {} bytes of {size}", written.size),
+            });
+        }
+        primary
+            .health
+            .counters
+            .heals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            "{path}: healed: copied {size} bytes from fallback `{}` back to `{}`",
+            holder.name,
+            primary.name
+        );
+        self.remove_fallback_copy(path, &holder.name).await;
+        Ok(())
     }
 
     /// Every object at or below `prefix` (a directory path; "" for the whole tree), across all providers that
@@ -298,31 +648,69 @@ impl Storage {
             what: "path",
             reason: e.to_string(),
         })?;
-        let mut found: BTreeMap<String, FileInfo> = BTreeMap::new();
-        for name in self.router.providers_under(&prefix) {
-            let provider = &self.providers[name];
+        let names = self.router.providers_under(&prefix);
+        let listings = futures::future::join_all(names.iter().map(|name| {
+            let provider = &self.providers[*name];
             let key = (!prefix.is_empty() || !provider.prefix.is_empty())
                 .then(|| provider.key_for(&prefix));
-            let mut listing = provider.store.list(key.as_ref());
-            while let Some(meta) = listing.next().await {
-                let meta = meta.map_err(|e| StorageError::from_store(provider, &prefix, e))?;
+            provider.store.list(key.as_ref()).try_collect::<Vec<_>>()
+        }))
+        .await;
+        // Each path once, from the provider that ranks first for it in read order.
+        let mut found: BTreeMap<String, (usize, FileInfo)> = BTreeMap::new();
+        let mut failed: Vec<&str> = Vec::new();
+        let mut first_error = None;
+        for (name, listing) in names.iter().zip(listings) {
+            let provider = &self.providers[*name];
+            let listing = match listing {
+                Ok(listing) => listing,
+                Err(e) => {
+                    let e = StorageError::from_store(provider, &prefix, e);
+                    if !e.is_unavailable() {
+                        return Err(e);
+                    }
+                    failed.push(name);
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+            };
+            for meta in listing {
                 let Some(path) = provider.path_of(&meta.location) else {
                     continue;
                 };
-                let routed_here = self
-                    .router
-                    .resolve(&path)
-                    .is_some_and(|r| r.route.provider == provider.name);
                 let marker = path.rsplit('/').next() == Some(DIR_MARKER);
-                if routed_here && is_within(&path, &prefix) && (with_markers || !marker) {
-                    found.insert(path.clone(), self.info_from(provider, path, &meta, None));
+                if !is_within(&path, &prefix) || (marker && !with_markers) {
+                    continue;
+                }
+                let Some(rank) = self.read_rank(&path, &provider.name) else {
+                    continue;
+                };
+                if found.get(&path).is_none_or(|(r, _)| rank < *r) {
+                    let info = self.info_from(provider, path.clone(), &meta, None);
+                    found.insert(path, (rank, info));
                 }
             }
         }
+        if let Some(e) = first_error {
+            if self.router.uncovered(&prefix, &failed).is_some() {
+                return Err(e);
+            }
+            tracing::warn!("listing {prefix:?} without {failed:?}: {e}");
+        }
         Ok(found
             .into_values()
+            .map(|(_, info)| info)
             .take(limit.unwrap_or(usize::MAX))
             .collect())
+    }
+
+    /// Where `provider` stands in the read order of `path` (0 = asked first), or None when no route sends
+    /// `path` there (its object there is not part of the tree).
+    pub fn read_rank(&self, path: &str, provider: &str) -> Option<usize> {
+        let route = self.router.resolve(path)?.route;
+        self.read_order(path, route)
+            .iter()
+            .position(|p| p.name == provider)
     }
 
     /// A URL a browser or `curl` can fetch the object from: the CDN URL when a CDN is configured, a signed URL
@@ -455,6 +843,14 @@ impl Storage {
             .base_url
             .as_ref()
             .map(|base| format!("{}/{encoded}", base.trim_end_matches('/')))
+    }
+}
+
+/// Deletes one object; "not found" counts as done.
+async fn delete_one(provider: &Provider, path: &str) -> Result<()> {
+    match provider.store.delete(&provider.key_for(path)).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(StorageError::from_store(provider, path, e)),
     }
 }
 

@@ -299,10 +299,11 @@ impl Staged {
                 .upload(&self.path, Bytes::from(data), self.upload_options())
                 .await
         } else {
+            let file = &inner.file;
             storage
-                .upload_stream(
+                .upload_from(
                     &self.path,
-                    file_chunks(inner.file.clone(), size),
+                    || file_chunks(file.clone(), size),
                     self.upload_options(),
                 )
                 .await
@@ -355,18 +356,24 @@ fn write_record(
     if record.exists() {
         return Ok(());
     }
-    let tmp = local.with_extension("json.tmp");
     let body = serde_json::to_vec(&Record {
         path: path.to_string(),
         metadata,
     })
     .expect("a record serializes");
-    let file = std::fs::File::create(&tmp)?;
-    (&file).write_all(&body)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &record)?;
-    if let Some(dir) = record.parent() {
-        std::fs::File::open(dir)?.sync_all()?; // the rename itself must survive a crash
+    Ok(write_durably(&record, &body)?)
+}
+
+/// Writes `body` to `file` so that after a crash the file is either absent or complete: a `.tmp` sibling is
+/// written and fsynced, renamed over `file`, and the folder is fsynced so the rename itself survives.
+pub fn write_durably(file: &Path, body: &[u8]) -> std::io::Result<()> {
+    let tmp = file.with_extension("json.tmp");
+    let out = std::fs::File::create(&tmp)?;
+    (&out).write_all(body)?;
+    out.sync_all()?;
+    std::fs::rename(&tmp, file)?;
+    if let Some(dir) = file.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
 }
@@ -418,9 +425,9 @@ pub async fn replay(dir: &Path, storage: &Storage, skip: impl Fn(&str) -> bool) 
             }
         };
         match storage
-            .upload_stream(
+            .upload_from(
                 &record.path,
-                file_chunks(file, size),
+                || file_chunks(file.clone(), size),
                 UploadOptions {
                     metadata: record.metadata.clone(),
                     ..Default::default()

@@ -1,64 +1,291 @@
-//! A TCP forwarder in front of a test server that a test can take down and bring back, to make a provider fail
-//! at a chosen moment. Taking it down closes every open connection and refuses new ones.
+//! A fault-injecting HTTP/1.1 forwarder in front of a test server, to make a provider misbehave at a chosen
+//! moment: refuse connections, stall, delay, cut responses short, or answer 503 to a share of requests.
+//!
+//! Every connection carries exactly one request: the forwarder adds `Connection: close` to the request and to the
+//! response, so faults apply per request (a pooled keep-alive connection would otherwise dodge them).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the forwarder does to requests from now on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward faithfully.
+    None,
+    /// Reset new connections at once (like a dead server); open connections are cut too.
+    Refuse,
+    /// Accept and read, never answer (a hung server).
+    Stall,
+    /// Wait this long before forwarding each request.
+    Delay(Duration),
+    /// Forward only this many bytes of each response, then cut the connection.
+    CutResponseAfter(usize),
+    /// Answer `503 Service Unavailable` to every n-th request (1 in n), forward the rest.
+    Fail503Every(u64),
+}
 
 pub struct Proxy {
     pub port: u16,
-    down: Arc<AtomicBool>,
-    open: Arc<Mutex<Vec<TcpStream>>>,
+    fault: Arc<Mutex<Fault>>,
+    open: Open,
+    /// Requests seen, and 503s answered.
+    pub requests: Arc<AtomicU64>,
+    pub injected: Arc<AtomicU64>,
 }
 
 impl Proxy {
     /// Forwards 127.0.0.1:<port> to `target` (host:port).
     pub fn start(target: &str) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (down, open) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(Mutex::new(Vec::new())),
-        );
-        let (d, o, target) = (down.clone(), open.clone(), target.to_string());
+        let proxy = Proxy {
+            port: listener.local_addr().unwrap().port(),
+            fault: Arc::new(Mutex::new(Fault::None)),
+            open: Arc::default(),
+            requests: Arc::default(),
+            injected: Arc::default(),
+        };
+        let shared = Shared {
+            fault: proxy.fault.clone(),
+            open: proxy.open.clone(),
+            requests: proxy.requests.clone(),
+            injected: proxy.injected.clone(),
+            target: target.to_string(),
+        };
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                if d.load(Ordering::SeqCst) {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(&target) else {
-                    continue;
-                };
-                o.lock()
-                    .unwrap()
-                    .extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
-                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-                pipe(server, client);
+                let shared = shared.clone();
+                std::thread::spawn(move || shared.serve(client));
             }
         });
-        Proxy { port, down, open }
+        proxy
     }
 
-    pub fn set_down(&self, down: bool) {
-        self.down.store(down, Ordering::SeqCst);
-        if down {
-            for stream in self.open.lock().unwrap().drain(..) {
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn set(&self, fault: Fault) {
+        *self.fault.lock().unwrap() = fault;
+        if matches!(fault, Fault::Refuse | Fault::None) {
+            // A dead server drops its connections; a recovered one starts afresh (stalled requests end too).
+            for (_, stream) in self.open.lock().unwrap().drain() {
                 let _ = stream.shutdown(Shutdown::Both);
             }
         }
     }
+
+    /// Down: refuse everything and cut open connections. Up: forward again.
+    pub fn set_down(&self, down: bool) {
+        self.set(if down { Fault::Refuse } else { Fault::None });
+    }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 64 * 1024];
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 || to.write_all(&buf[..n]).is_err() {
-                break;
+#[derive(Clone)]
+struct Shared {
+    fault: Arc<Mutex<Fault>>,
+    open: Open,
+    requests: Arc<AtomicU64>,
+    injected: Arc<AtomicU64>,
+    target: String,
+}
+
+/// Connections in progress (so a fault can cut them), by id.
+type Open = Arc<Mutex<std::collections::HashMap<u64, TcpStream>>>;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+impl Shared {
+    fn fault(&self) -> Fault {
+        *self.fault.lock().unwrap()
+    }
+
+    fn track(&self, stream: &TcpStream) -> u64 {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        if let Ok(clone) = stream.try_clone() {
+            self.open.lock().unwrap().insert(id, clone);
+        }
+        id
+    }
+
+    fn serve(&self, client: TcpStream) {
+        if self.fault() == Fault::Refuse {
+            reset(&client); // like a closed port
+            return;
+        }
+        let id = self.track(&client);
+        self.serve_request(client);
+        self.open.lock().unwrap().remove(&id);
+    }
+
+    fn serve_request(&self, mut client: TcpStream) {
+        let Some((head, rest)) = read_head(&mut client) else {
+            return;
+        };
+        let n = self.requests.fetch_add(1, Ordering::SeqCst) + 1;
+        match self.fault() {
+            Fault::Refuse => {}
+            Fault::Stall => {
+                let mut sink = [0u8; 64 * 1024];
+                while matches!(client.read(&mut sink), Ok(k) if k > 0) {}
+            }
+            Fault::Fail503Every(every) if every > 0 && n % every == 0 => {
+                self.injected.fetch_add(1, Ordering::SeqCst);
+                drain_body(&mut client, &head, rest.len());
+                let _ = client.write_all(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                let _ = client.shutdown(Shutdown::Both);
+            }
+            fault => self.forward(client, &head, &rest, fault),
+        }
+    }
+
+    fn forward(&self, client: TcpStream, head: &[u8], rest: &[u8], fault: Fault) {
+        if let Fault::Delay(d) = fault {
+            std::thread::sleep(d);
+        }
+        let Ok(server) = TcpStream::connect(&self.target) else {
+            reset(&client);
+            return;
+        };
+        let id = self.track(&server);
+        self.pipe_request(client, server, head, rest, fault);
+        self.open.lock().unwrap().remove(&id);
+    }
+
+    fn pipe_request(
+        &self,
+        client: TcpStream,
+        mut server: TcpStream,
+        head: &[u8],
+        rest: &[u8],
+        fault: Fault,
+    ) {
+        if server.write_all(&with_connection_close(head)).is_err()
+            || server.write_all(rest).is_err()
+        {
+            return;
+        }
+        let limit = match fault {
+            Fault::CutResponseAfter(n) => Some(n),
+            _ => None,
+        };
+        let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+        std::thread::spawn(move || pipe(c2, s2, None, false));
+        pipe(server, client, limit, true);
+    }
+}
+
+/// Closes `stream` with a TCP reset (SO_LINGER 0) when it is dropped, as a dead or closed endpoint does.
+fn reset(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own, with a correctly sized linger struct.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Reads up to the end of an HTTP head (`\r\n\r\n`); returns the head and any bytes read past it.
+fn read_head(stream: &mut TcpStream) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            let rest = buf.split_off(end + 4);
+            return Some((buf, rest));
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The head with any `Connection` header replaced by `Connection: close`.
+fn with_connection_close(head: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(head);
+    let mut lines: Vec<&str> = text
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .collect();
+    lines.retain(|l| !l.is_empty());
+    let mut out = lines[0].to_string() + "\r\nConnection: close";
+    for line in &lines[1..] {
+        out.push_str("\r\n");
+        out.push_str(line);
+    }
+    out.push_str("\r\n\r\n");
+    out.into_bytes()
+}
+
+/// Reads and drops the request body (by Content-Length) so the client sees the answer, not a reset.
+fn drain_body(stream: &mut TcpStream, head: &[u8], already: usize) {
+    let text = String::from_utf8_lossy(head).to_ascii_lowercase();
+    let length = text
+        .split("\r\n")
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut left = length.saturating_sub(already);
+    let mut chunk = [0u8; 64 * 1024];
+    while left > 0 {
+        match stream.read(&mut chunk[..left.min(64 * 1024)]) {
+            Ok(0) | Err(_) => return,
+            Ok(k) => left -= k,
+        }
+    }
+}
+
+/// Copies `from` to `to` until EOF (or `limit` bytes, then cuts both). A response's head gets `Connection: close`.
+fn pipe(mut from: TcpStream, mut to: TcpStream, limit: Option<usize>, response: bool) {
+    let mut sent = 0usize;
+    let mut pending_head = response.then(Vec::new);
+    let mut buf = [0u8; 64 * 1024];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        let mut data = buf[..n].to_vec();
+        if let Some(head) = pending_head.as_mut() {
+            head.extend_from_slice(&data);
+            let Some(end) = find(head, b"\r\n\r\n") else {
+                continue;
+            };
+            let body = head.split_off(end + 4);
+            data = with_connection_close(head);
+            data.extend_from_slice(&body);
+            pending_head = None;
+        }
+        if let Some(limit) = limit {
+            if sent + data.len() >= limit {
+                let _ = to.write_all(&data[..limit - sent]);
+                let _ = to.shutdown(Shutdown::Both);
+                let _ = from.shutdown(Shutdown::Both);
+                return;
             }
         }
-        let _ = to.shutdown(Shutdown::Write);
-    });
+        sent += data.len();
+        if to.write_all(&data).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
 }

@@ -1,0 +1,662 @@
+//! Provider health, retries and per-attempt timeouts: every provider's object_store client is wrapped in a
+//! [`Guarded`] store, so each request zmount makes — from the mount, the storage API or a heal — is governed the
+//! same way.
+//!
+//! * **Retry.** object_store's own retry is switched off; here each request gets `[settings.retry]` attempts with
+//!   exponential backoff and jitter. Only outages are retried (connection errors, timeouts, 5xx, 429): an answer
+//!   such as "not found", "forbidden" or "precondition failed" cannot change by asking again.
+//! * **Timeouts.** Every attempt is bounded: `first_byte` until a response begins (GET, HEAD, LIST, DELETE, COPY),
+//!   `total` for a whole upload request. A provider that accepts connections and never answers is down, too.
+//! * **Health.** A circuit breaker per provider ([`Health`]): after `failure_threshold` failed attempts in a row
+//!   it opens, and requests fail at once (so callers go straight to a fallback) for `cooldown`; then a single
+//!   probe request is let through: success closes the breaker, failure opens it again. Retries stop as soon as
+//!   the breaker opens, so a dead provider costs its callers a few milliseconds, not the whole retry schedule.
+//!   State changes are logged once each (warn when a provider goes down, info when it is back).
+
+use crate::config::{FailoverSettings, RetrySettings, TimeoutSettings};
+use async_trait::async_trait;
+use futures::stream::{BoxStream, StreamExt};
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
+};
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Longest wait between two attempts, whatever the backoff computes.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How requests to one provider are retried, timed and judged.
+#[derive(Debug, Clone)]
+pub struct GuardPolicy {
+    pub attempts: u32,
+    pub delay: Duration,
+    pub exponential: bool,
+    pub first_byte: Duration,
+    pub total: Duration,
+    pub failure_threshold: u32,
+    pub cooldown: Duration,
+}
+
+impl GuardPolicy {
+    pub fn new(
+        retry: &RetrySettings,
+        timeouts: &TimeoutSettings,
+        failover: &FailoverSettings,
+    ) -> Self {
+        GuardPolicy {
+            attempts: retry.attempts.max(1),
+            delay: Duration::from_secs_f64(retry.delay.max(0.0)),
+            exponential: retry.exponential,
+            first_byte: timeouts.first_byte(),
+            total: timeouts.total(),
+            failure_threshold: failover.failure_threshold.max(1),
+            cooldown: failover.cooldown(),
+        }
+    }
+
+    /// The wait before attempt `failed + 1`: `delay`, doubled per failure when exponential, capped at
+    /// [`MAX_BACKOFF`], then scaled by a random factor in [0.5, 1) so that many clients retrying together spread out.
+    pub fn backoff(&self, failed: u32) -> Duration {
+        let factor = if self.exponential {
+            2f64.powi(failed.saturating_sub(1).min(30) as i32)
+        } else {
+            1.0
+        };
+        let base = self.delay.mul_f64(factor).min(MAX_BACKOFF);
+        base.mul_f64(0.5 + jitter() / 2.0)
+    }
+}
+
+/// A number in [0, 1) that differs between calls (xorshift over the clock and a counter).
+fn jitter() -> f64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let mut x = COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) ^ nanos;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Breaker {
+    /// Serving; `failures` attempts in a row have failed.
+    Closed { failures: u32 },
+    /// Down: requests fail at once until `until`.
+    Open { until: Instant },
+    /// One probe request is on its way; others fail at once until it answers (or, if it never reports, `until`).
+    Probing { until: Instant },
+}
+
+/// What the outside world can read about a provider's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    Up,
+    Down,
+    Probing,
+}
+
+/// Counters of one provider, since the mount started.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Counters {
+    /// Attempts sent (retries included).
+    pub requests: AtomicU64,
+    /// Attempts that failed with an outage (connection error, timeout, 5xx).
+    pub failures: AtomicU64,
+    /// Attempts refused without asking the provider because its breaker was open.
+    pub refused: AtomicU64,
+    /// Times the breaker opened.
+    pub trips: AtomicU64,
+    /// Reads (blocks, heads, listings) this provider answered for a route whose primary it is not.
+    pub served_as_fallback: AtomicU64,
+    /// Writes this provider took for a route whose primary was down.
+    pub failover_writes: AtomicU64,
+    /// Failover writes copied back to this provider (as primary).
+    pub heals: AtomicU64,
+}
+
+/// Health of one provider: circuit breaker plus counters.
+#[derive(Debug)]
+pub struct Health {
+    name: String,
+    location: String,
+    threshold: u32,
+    cooldown: Duration,
+    state: Mutex<Breaker>,
+    pub counters: Counters,
+}
+
+impl Health {
+    pub fn new(name: &str, location: &str, policy: &GuardPolicy) -> Self {
+        Health {
+            name: name.to_string(),
+            location: location.to_string(),
+            threshold: policy.failure_threshold,
+            cooldown: policy.cooldown,
+            state: Mutex::new(Breaker::Closed { failures: 0 }),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn state(&self) -> HealthState {
+        match *self.state.lock().unwrap() {
+            Breaker::Closed { .. } => HealthState::Up,
+            Breaker::Open { .. } => HealthState::Down,
+            Breaker::Probing { .. } => HealthState::Probing,
+        }
+    }
+
+    /// Whether a request may go to the provider now. After the cool-down, the first caller becomes the probe.
+    pub fn admit(&self) -> bool {
+        let mut state = self.state.lock().unwrap();
+        let now = Instant::now();
+        match *state {
+            Breaker::Closed { .. } => true,
+            Breaker::Open { until } | Breaker::Probing { until } if now >= until => {
+                // A probe that never reported (its caller gave up) is replaced after one more cool-down.
+                *state = Breaker::Probing {
+                    until: now + self.cooldown,
+                };
+                tracing::info!(
+                    "provider `{}` ({}): probing whether it is back",
+                    self.name,
+                    self.location
+                );
+                true
+            }
+            Breaker::Open { .. } | Breaker::Probing { .. } => false,
+        }
+    }
+
+    /// The provider answered (any answer, "not found" included).
+    pub fn succeeded(&self) {
+        let mut state = self.state.lock().unwrap();
+        if !matches!(*state, Breaker::Closed { .. }) {
+            tracing::info!(
+                "provider `{}` ({}) is back; its requests go to it again",
+                self.name,
+                self.location
+            );
+        }
+        *state = Breaker::Closed { failures: 0 };
+    }
+
+    /// An attempt failed with an outage.
+    pub fn failed(&self, error: &dyn fmt::Display) {
+        self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.state.lock().unwrap();
+        let open = Breaker::Open {
+            until: Instant::now() + self.cooldown,
+        };
+        match *state {
+            Breaker::Closed { failures } if failures + 1 >= self.threshold => {
+                *state = open;
+                self.counters.trips.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "provider `{}` ({}) is down after {} failed attempts in a row (last: {error}); its requests go to fallbacks for {:?}",
+                    self.name, self.location, failures + 1, self.cooldown
+                );
+            }
+            Breaker::Closed { failures } => {
+                *state = Breaker::Closed {
+                    failures: failures + 1,
+                }
+            }
+            Breaker::Probing { .. } => {
+                *state = open;
+                tracing::debug!(
+                    "provider `{}`: probe failed ({error}); still down",
+                    self.name
+                );
+            }
+            Breaker::Open { .. } => {}
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        !matches!(*self.state.lock().unwrap(), Breaker::Closed { .. })
+    }
+
+    fn unavailable(&self) -> object_store::Error {
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        outage(format!(
+            "provider is marked down after repeated failures; it is tried again after a cool-down of {:?}",
+            self.cooldown
+        ))
+    }
+}
+
+/// An outage zmount itself detected: a timeout, or a provider whose breaker is open.
+#[derive(Debug)]
+pub struct Outage(pub String);
+
+impl fmt::Display for Outage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Outage {}
+
+fn outage(message: String) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "zmount",
+        source: Box::new(Outage(message)),
+    }
+}
+
+/// True when `error` means the provider could not answer (connection refused or reset, timeout, 5xx, 429), as
+/// opposed to an answer such as "not found". Outages are retried, count against health and trigger failover.
+pub fn is_outage(error: &object_store::Error) -> bool {
+    let object_store::Error::Generic { source, .. } = error else {
+        return false;
+    };
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+    while let Some(err) = cause {
+        if err.is::<Outage>() || err.is::<object_store::client::HttpError>() {
+            return true;
+        }
+        cause = err.source();
+    }
+    http_status(&error.to_string()).is_some_and(|s| s >= 500 || s == 429 || s == 408)
+}
+
+/// The HTTP status object_store put in an error message ("... status code: 503 ..."), if any.
+fn http_status(message: &str) -> Option<u16> {
+    let at = message.find("status code: ")? + "status code: ".len();
+    message.get(at..at + 3)?.parse().ok()
+}
+
+/// An object_store client with retries, timeouts and a circuit breaker (see the module note).
+#[derive(Debug, Clone)]
+pub struct Guarded {
+    inner: Arc<dyn ObjectStore>,
+    health: Arc<Health>,
+    policy: Arc<GuardPolicy>,
+}
+
+impl fmt::Display for Guarded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Guarded({})", self.inner)
+    }
+}
+
+impl Guarded {
+    pub fn new(inner: Arc<dyn ObjectStore>, health: Arc<Health>, policy: GuardPolicy) -> Self {
+        Guarded {
+            inner,
+            health,
+            policy: Arc::new(policy),
+        }
+    }
+
+    /// Runs `op` until it succeeds, answers, or fails with an outage `attempts` times; each attempt bounded by
+    /// `limit`. Stops early (failing at once) when the breaker is open.
+    async fn attempt<T, F, Fut>(&self, limit: Duration, op: F) -> object_store::Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = object_store::Result<T>>,
+    {
+        let mut failed = 0;
+        loop {
+            if !self.health.admit() {
+                return Err(self.health.unavailable());
+            }
+            self.health
+                .counters
+                .requests
+                .fetch_add(1, Ordering::Relaxed);
+            let outcome = match tokio::time::timeout(limit, op()).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(outage(format!("no response within {limit:?}"))),
+            };
+            match outcome {
+                Err(e) if is_outage(&e) => {
+                    self.health.failed(&e);
+                    failed += 1;
+                    if failed >= self.policy.attempts || self.health.is_open() {
+                        return Err(e);
+                    }
+                    tracing::debug!("retrying after: {e}");
+                    tokio::time::sleep(self.policy.backoff(failed)).await;
+                }
+                other => {
+                    self.health.succeeded();
+                    return other;
+                }
+            }
+        }
+    }
+
+    /// Counts failures of a streamed response body against the provider's health.
+    fn watch_body(&self, mut result: GetResult) -> GetResult {
+        if let GetResultPayload::Stream(stream) = result.payload {
+            let health = self.health.clone();
+            result.payload = GetResultPayload::Stream(
+                stream
+                    .inspect_err(move |e| {
+                        if is_outage(e) {
+                            health.failed(e)
+                        }
+                    })
+                    .boxed(),
+            );
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Guarded {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.attempt(self.policy.total, || {
+            self.inner.put_opts(location, payload.clone(), opts.clone())
+        })
+        .await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        let opts = opts.with_retry_policy(Arc::new(PartRetry(self.clone())));
+        let inner = self
+            .attempt(self.policy.first_byte, || {
+                self.inner.put_multipart_opts(location, opts.clone())
+            })
+            .await?;
+        Ok(Box::new(GuardedUpload {
+            inner,
+            store: self.clone(),
+        }))
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        let result = self
+            .attempt(self.policy.first_byte, || {
+                self.inner.get_opts(location, options.clone())
+            })
+            .await?;
+        Ok(self.watch_body(result))
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        let this = self.clone();
+        locations
+            .and_then(move |path| {
+                let this = this.clone();
+                async move {
+                    this.attempt(this.policy.first_byte, || {
+                        let one = futures::stream::iter([Ok(path.clone())]).boxed();
+                        let mut results = this.inner.delete_stream(one);
+                        let path = path.clone();
+                        async move { results.next().await.unwrap_or(Ok(path)) }
+                    })
+                    .await
+                }
+            })
+            .boxed()
+    }
+
+    /// Retries until the first entry (or the end) arrives; a failure later in a long listing is returned as is.
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let (this, prefix) = (self.clone(), prefix.cloned());
+        futures::stream::once(async move {
+            let first = this
+                .attempt(this.policy.first_byte, || {
+                    let mut listing = this.inner.list(prefix.as_ref());
+                    async move {
+                        match listing.next().await {
+                            Some(Err(e)) => Err(e),
+                            first => Ok((first, listing)),
+                        }
+                    }
+                })
+                .await;
+            match first {
+                // An ended listing must not be polled again.
+                Ok((None, _)) => futures::stream::empty().boxed(),
+                Ok((Some(first), rest)) => futures::stream::iter([first]).chain(rest).boxed(),
+                Err(e) => futures::stream::iter([Err(e)]).boxed(),
+            }
+        })
+        .flatten()
+        .boxed()
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.attempt(self.policy.first_byte, || {
+            self.inner.list_with_delimiter(prefix)
+        })
+        .await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.attempt(self.policy.total, || {
+            self.inner.copy_opts(from, to, options.clone())
+        })
+        .await
+    }
+}
+
+/// Decides whether a failed multipart part is sent again (object_store asks after each failed part attempt).
+#[derive(Debug)]
+struct PartRetry(Guarded);
+
+#[async_trait]
+impl object_store::retry::RetryPolicy for PartRetry {
+    async fn retry(&self, context: object_store::retry::RetryContext) -> bool {
+        let store = &self.0;
+        store
+            .health
+            .failed(&format_args!("part upload failed: {:?}", context.failure));
+        let attempt = context.attempt as u32;
+        if attempt >= store.policy.attempts || store.health.is_open() {
+            return false;
+        }
+        tokio::time::sleep(store.policy.backoff(attempt)).await;
+        store.health.admit()
+    }
+}
+
+/// A multipart upload whose completion is retried and whose parts count toward the provider's health.
+#[derive(Debug)]
+struct GuardedUpload {
+    inner: Box<dyn MultipartUpload>,
+    store: Guarded,
+}
+
+#[async_trait]
+impl MultipartUpload for GuardedUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        let part = self.inner.put_part(data);
+        let health = self.store.health.clone();
+        Box::pin(async move {
+            let outcome = part.await;
+            if outcome.is_ok() {
+                health.succeeded();
+            }
+            outcome
+        })
+    }
+
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        let mut failed = 0;
+        loop {
+            if !self.store.health.admit() {
+                return Err(self.store.health.unavailable());
+            }
+            let limit = self.store.policy.total;
+            let outcome = match tokio::time::timeout(limit, self.inner.complete()).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(outage(format!("no response within {limit:?}"))),
+            };
+            match outcome {
+                Err(e) if is_outage(&e) && failed + 1 < self.store.policy.attempts => {
+                    self.store.health.failed(&e);
+                    failed += 1;
+                    tokio::time::sleep(self.store.policy.backoff(failed)).await;
+                }
+                other => {
+                    if other.is_ok() {
+                        self.store.health.succeeded();
+                    }
+                    return other;
+                }
+            }
+        }
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        self.inner.abort().await
+    }
+}
+
+/// Bytes of a whole small object, for tests of this module.
+#[cfg(test)]
+fn payload(text: &str) -> PutPayload {
+    PutPayload::from(bytes::Bytes::from(text.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+    use object_store::ObjectStoreExt;
+
+    fn policy(threshold: u32, cooldown: Duration) -> GuardPolicy {
+        GuardPolicy {
+            attempts: 3,
+            delay: Duration::from_millis(1),
+            exponential: true,
+            first_byte: Duration::from_secs(5),
+            total: Duration::from_secs(5),
+            failure_threshold: threshold,
+            cooldown,
+        }
+    }
+
+    #[test]
+    fn breaker_opens_after_threshold_failures_and_closes_after_a_good_probe() {
+        let p = policy(3, Duration::from_millis(50));
+        let h = Health::new("s3", "http://x", &p);
+        h.failed(&"boom");
+        h.failed(&"boom");
+        assert_eq!(
+            h.state(),
+            HealthState::Up,
+            "two failures are below the threshold"
+        );
+        h.succeeded();
+        for _ in 0..3 {
+            h.failed(&"boom");
+        }
+        assert_eq!(h.state(), HealthState::Down);
+        assert!(!h.admit(), "requests fail fast while the breaker is open");
+        assert_eq!(h.counters.trips.load(Ordering::Relaxed), 1);
+        std::thread::sleep(Duration::from_millis(60)); // let the cool-down pass (the clock is the thing tested)
+        assert!(h.admit(), "after the cool-down one probe goes through");
+        assert_eq!(h.state(), HealthState::Probing);
+        assert!(!h.admit(), "only one probe at a time");
+        h.failed(&"still down");
+        assert_eq!(
+            h.state(),
+            HealthState::Down,
+            "a failed probe opens it again"
+        );
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(h.admit());
+        h.succeeded();
+        assert_eq!(h.state(), HealthState::Up);
+        assert!(h.admit());
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_with_jitter_and_is_capped() {
+        let mut p = policy(3, Duration::from_secs(1));
+        p.delay = Duration::from_millis(100);
+        for failed in 1..=4u32 {
+            let base = 100.0 * 2f64.powi(failed as i32 - 1);
+            let d = p.backoff(failed).as_secs_f64() * 1000.0;
+            assert!(
+                d >= base * 0.5 && d < base,
+                "attempt {failed}: {d} ms vs base {base}"
+            );
+        }
+        assert!(p.backoff(40) <= MAX_BACKOFF);
+        p.exponential = false;
+        assert!(p.backoff(4) < Duration::from_millis(100));
+    }
+
+    #[test]
+    fn outages_are_told_apart_from_answers() {
+        let not_found = object_store::Error::NotFound {
+            path: "a".into(),
+            source: "gone".into(),
+        };
+        assert!(!is_outage(&not_found));
+        assert!(is_outage(&outage("no response within 1s".into())));
+        let status = |text: &str| object_store::Error::Generic {
+            store: "S3",
+            source: text.to_string().into(),
+        };
+        assert!(is_outage(&status(
+            "Server returned non-2xx status code: 503 Service Unavailable: "
+        )));
+        assert!(!is_outage(&status(
+            "Server returned non-2xx status code: 400 Bad Request: nope"
+        )));
+    }
+
+    #[tokio::test]
+    async fn answers_pass_through_and_a_down_provider_fails_fast() {
+        let p = policy(1, Duration::from_secs(60));
+        let health = Arc::new(Health::new("mem", "memory", &p));
+        let store = Guarded::new(Arc::new(InMemory::new()), health.clone(), p);
+        store.put(&Path::from("a"), payload("hi")).await.unwrap();
+        assert_eq!(
+            store
+                .get(&Path::from("a"))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap(),
+            "hi"
+        );
+        let missing = store.head(&Path::from("b")).await.unwrap_err();
+        assert!(matches!(missing, object_store::Error::NotFound { .. }));
+        assert_eq!(health.state(), HealthState::Up, "not found is an answer");
+        health.failed(&"connection refused");
+        let e = store.head(&Path::from("a")).await.unwrap_err();
+        assert!(is_outage(&e), "{e}");
+        assert_eq!(health.counters.refused.load(Ordering::Relaxed), 1);
+    }
+}

@@ -1,0 +1,186 @@
+//! Failover between a route's providers: which provider a read asks first, where a write goes when the primary is
+//! down, and the heal that copies failover writes back to their primary.
+//!
+//! Reads ask the route's providers in order (primary, then fallbacks) and take the first that holds the object.
+//! "Not found" and "unavailable" both move on to the next provider; when none has the object, an answer ("not
+//! found") beats an outage, so a file can be created while its primary is down. A path with a pending heal is read
+//! from the fallback that holds its newest bytes first.
+//!
+//! Writes on a `write = "failover"` route that find the primary unavailable go to the first fallback that takes
+//! them. A heal record (`<cache_dir>/heal/<id>.json`, written and fsynced before the write is acknowledged) says
+//! which fallback holds the file; [`Heals`] keeps them in memory too. A heal pass copies each file back to the
+//! primary once it answers, checks the size, then removes the fallback copy (unless `keep_fallback_copy`).
+//!
+//! Lock order: `Heals::pending` (std mutex, never held across an await) may be taken while holding `Heals::heal`
+//! (the tokio mutex that serializes a heal of a path with writes to that path), never the other way round.
+
+use super::{Result, StorageError};
+use crate::providers::Provider;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// A file written to a fallback because its primary was down.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HealRecord {
+    /// Mount path.
+    pub path: String,
+    /// The fallback provider holding the file.
+    pub holder: String,
+    /// The primary it belongs on.
+    pub primary: String,
+    /// When the failover write finished (seconds since the epoch): a primary copy newer than this was written
+    /// by someone else after the outage and is not overwritten.
+    pub written_at: i64,
+    #[serde(skip)]
+    file: PathBuf,
+}
+
+/// The pending heals, on disk and in memory.
+#[derive(Debug)]
+pub struct Heals {
+    dir: PathBuf,
+    pending: Mutex<HashMap<String, HealRecord>>,
+    /// Held by a heal of a path and by writes to a path with a pending heal, so a heal never copies old bytes
+    /// over a newer write.
+    pub(super) heal: tokio::sync::Mutex<()>,
+}
+
+static NEXT_RECORD: AtomicU64 = AtomicU64::new(0);
+
+impl Heals {
+    /// Loads the records in `dir` (a previous mount's pending heals).
+    pub fn open(dir: &Path) -> Heals {
+        let mut pending = HashMap::new();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let file = entry.path();
+            if file.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let record = std::fs::read(&file)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<HealRecord>(&b).ok());
+            if let Some(mut record) = record {
+                record.file = file;
+                pending.insert(record.path.clone(), record);
+            }
+        }
+        Heals {
+            dir: dir.to_path_buf(),
+            pending: Mutex::new(pending),
+            heal: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The fallback that holds the newest bytes of `path`, if a heal is pending.
+    pub fn holder_of(&self, path: &str) -> Option<String> {
+        self.pending
+            .lock()
+            .unwrap()
+            .get(path)
+            .map(|r| r.holder.clone())
+    }
+
+    pub fn is_pending(&self, path: &str) -> bool {
+        self.pending.lock().unwrap().contains_key(path)
+    }
+
+    pub fn records(&self) -> Vec<HealRecord> {
+        self.pending.lock().unwrap().values().cloned().collect()
+    }
+
+    /// Durably records that `holder` has the newest bytes of `path`.
+    pub fn record(&self, path: &str, holder: &str, primary: &str) -> std::io::Result<()> {
+        let id = NEXT_RECORD.fetch_add(1, Ordering::Relaxed);
+        let now = chrono::Utc::now();
+        let file = self.dir.join(format!(
+            "{}-{}-{id}.json",
+            now.timestamp_nanos_opt().unwrap_or_default(),
+            std::process::id()
+        ));
+        let record = HealRecord {
+            path: path.to_string(),
+            holder: holder.to_string(),
+            primary: primary.to_string(),
+            written_at: now.timestamp(),
+            file: file.clone(),
+        };
+        std::fs::create_dir_all(&self.dir)?;
+        crate::write::write_durably(&file, &serde_json::to_vec(&record)?)?;
+        if let Some(old) = self
+            .pending
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), record)
+        {
+            let _ = std::fs::remove_file(old.file);
+        }
+        Ok(())
+    }
+
+    /// Forgets the heal of `path` (done, or made moot by a newer write or a delete).
+    pub fn forget(&self, path: &str) -> Option<HealRecord> {
+        let record = self.pending.lock().unwrap().remove(path)?;
+        let _ = std::fs::remove_file(&record.file);
+        Some(record)
+    }
+
+    /// Moves the record of `from` to `to` (a rename inside the holder).
+    pub fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        match self.forget(from) {
+            Some(record) => self.record(to, &record.holder, &record.primary),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What one heal pass did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HealReport {
+    /// Paths copied back to their primary.
+    pub healed: Vec<String>,
+    /// Paths whose heal must wait (primary still down, or a copy failed).
+    pub waiting: Vec<String>,
+}
+
+/// Asks providers in order until one answers with the object; "not found" and "unavailable" move on. When no
+/// provider has it, "not found" wins over an outage (see the module note).
+pub async fn first_holder<'a, T, F, Fut>(
+    order: &[&'a std::sync::Arc<Provider>],
+    primary: &str,
+    path: &str,
+    mut op: F,
+) -> Result<(T, &'a std::sync::Arc<Provider>)>
+where
+    F: FnMut(&'a std::sync::Arc<Provider>) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let (mut missing, mut down) = (None, None);
+    for provider in order {
+        match op(provider).await {
+            Ok(value) => {
+                if provider.name != primary {
+                    provider
+                        .health
+                        .counters
+                        .served_as_fallback
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("{path}: served by fallback `{}`", provider.name);
+                }
+                return Ok((value, provider));
+            }
+            Err(e) if e.is_not_found() => {
+                missing.get_or_insert(e);
+            }
+            Err(e) if e.is_unavailable() => {
+                down.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(missing.or(down).unwrap_or_else(|| StorageError::NoRoute {
+        path: path.to_string(),
+    }))
+}
