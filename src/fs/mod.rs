@@ -17,6 +17,7 @@ pub use write_ops::DIR_MARKER;
 
 use crate::cache::{disk::DiskCache, BlockCache};
 use crate::config::{Config, MountSettings};
+use crate::providers::guard::with_alternative;
 use crate::providers::Provider;
 use crate::read::{ObjectVersion, ReadState, Reader};
 use crate::routing::is_within;
@@ -293,13 +294,16 @@ impl Filesystem {
     /// cannot be reached are left out when an answering fallback stands in for them, else the check fails.
     async fn dir_exists(&self, path: &str) -> FsResult<bool> {
         let providers = self.providers_under(path);
-        let checks = providers.iter().map(|provider| async move {
-            let mut listing = provider.store.list(Some(&provider.key_for(path)));
-            match futures::StreamExt::next(&mut listing).await {
-                Some(Ok(_)) => Ok(true),
-                None | Some(Err(object_store::Error::NotFound { .. })) => Ok(false),
-                Some(Err(e)) => Err(StorageError::from_store(provider, path, e)),
-            }
+        let checks = providers.iter().map(|provider| {
+            let check = async move {
+                let mut listing = provider.store.list(Some(&provider.key_for(path)));
+                match futures::StreamExt::next(&mut listing).await {
+                    Some(Ok(_)) => Ok(true),
+                    None | Some(Err(object_store::Error::NotFound { .. })) => Ok(false),
+                    Some(Err(e)) => Err(StorageError::from_store(provider, path, e)),
+                }
+            };
+            with_alternative(self.stands_in(path, provider), check)
         });
         let found = futures::future::join_all(checks).await;
         if found.iter().any(|r| matches!(r, Ok(true))) {
@@ -311,6 +315,14 @@ impl Filesystem {
     }
 
     /// Fails when providers that did not answer hold entries of `dir` that no answering fallback stands in for.
+    /// Whether a listing of `dir` can do without `provider` (a fallback stands in for every route it serves there).
+    fn stands_in(&self, dir: &str, provider: &Provider) -> bool {
+        self.storage
+            .router()
+            .uncovered(dir, &[provider.name.as_str()])
+            .is_none()
+    }
+
     /// Returns the outage that was tolerated, if any.
     fn check_covered<T>(
         &self,
@@ -397,7 +409,12 @@ impl Filesystem {
     /// files only that provider has, so it is not cached (and `rmdir` does not trust it).
     async fn list_dir(&self, path: &str) -> FsResult<(Vec<DirEntry>, Option<StorageError>)> {
         let providers = self.providers_under(path);
-        let listings = futures::future::join_all(providers.iter().map(|p| list_one(p, path))).await;
+        let listings = futures::future::join_all(
+            providers
+                .iter()
+                .map(|p| with_alternative(self.stands_in(path, p), list_one(p, path))),
+        )
+        .await;
         let mut outcome = Outcome::of(&providers, listings)?;
         let partial = self.check_covered(path, &mut outcome)?;
         let router = self.storage.router();

@@ -12,6 +12,9 @@
 //!   probe request is let through: success closes the breaker, failure opens it again. Retries stop as soon as
 //!   the breaker opens, so a dead provider costs its callers a few milliseconds, not the whole retry schedule.
 //!   State changes are logged once each (warn when a provider goes down, info when it is back).
+//!   Failing fast only helps a caller that has somewhere else to go: a request made without an alternative (see
+//!   [`with_alternative`]) still gets one attempt while the breaker is open, so a route without fallbacks works
+//!   again as soon as its provider does, not one cool-down later.
 
 use crate::config::{FailoverSettings, RetrySettings, TimeoutSettings};
 use async_trait::async_trait;
@@ -27,6 +30,20 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+tokio::task_local! {
+    static ALTERNATIVE: bool;
+}
+
+/// Runs `fut` saying whether its caller can go to another provider when this one is down (then a down provider
+/// fails at once). Without this, requests to a down provider still get one attempt.
+pub async fn with_alternative<F: Future>(has_alternative: bool, fut: F) -> F::Output {
+    ALTERNATIVE.scope(has_alternative, fut).await
+}
+
+fn has_alternative() -> bool {
+    ALTERNATIVE.try_with(|a| *a).unwrap_or(false)
+}
 
 /// Longest wait between two attempts, whatever the backoff computes.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -308,7 +325,8 @@ impl Guarded {
     {
         let mut failed = 0;
         loop {
-            if !self.health.admit() {
+            let last_try = !self.health.admit();
+            if last_try && (failed > 0 || has_alternative()) {
                 return Err(self.health.unavailable());
             }
             self.health
@@ -323,7 +341,7 @@ impl Guarded {
                 Err(e) if is_outage(&e) => {
                     self.health.failed(&e);
                     failed += 1;
-                    if failed >= self.policy.attempts || self.health.is_open() {
+                    if last_try || failed >= self.policy.attempts || self.health.is_open() {
                         return Err(e);
                     }
                     tracing::debug!("retrying after: {e}");
@@ -510,7 +528,7 @@ impl MultipartUpload for GuardedUpload {
     async fn complete(&mut self) -> object_store::Result<PutResult> {
         let mut failed = 0;
         loop {
-            if !self.store.health.admit() {
+            if !self.store.health.admit() && (failed > 0 || has_alternative()) {
                 return Err(self.store.health.unavailable());
             }
             let limit = self.store.policy.total;
@@ -655,8 +673,22 @@ mod tests {
         assert!(matches!(missing, object_store::Error::NotFound { .. }));
         assert_eq!(health.state(), HealthState::Up, "not found is an answer");
         health.failed(&"connection refused");
-        let e = store.head(&Path::from("a")).await.unwrap_err();
-        assert!(is_outage(&e), "{e}");
+        let e = with_alternative(true, store.head(&Path::from("a")))
+            .await
+            .unwrap_err();
+        assert!(
+            is_outage(&e),
+            "with a fallback to go to, a down provider fails at once: {e}"
+        );
         assert_eq!(health.counters.refused.load(Ordering::Relaxed), 1);
+        store
+            .head(&Path::from("a"))
+            .await
+            .expect("without one, it is tried (and here answers)");
+        assert_eq!(
+            health.state(),
+            HealthState::Up,
+            "an answer closes the breaker"
+        );
     }
 }

@@ -13,6 +13,7 @@
 
 use crate::cache::{BlockCache, BlockKey, BLOCK_SIZE};
 use crate::fs::error::{FsError, FsResult};
+use crate::providers::guard::with_alternative;
 use crate::providers::Provider;
 use crate::storage::StorageError;
 use bytes::{Bytes, BytesMut};
@@ -252,8 +253,10 @@ impl Reader {
 async fn block(cache: &BlockCache, object: &ObjectVersion, index: u64) -> FsResult<Bytes> {
     loop {
         let copy = object.current();
+        let fetch = fetch_block(object, &copy, index);
+        let has_next = copy.next < object.others.len();
         let outcome = cache
-            .get_or_fetch(block_key(&copy, index), fetch_block(object, &copy, index))
+            .get_or_fetch(block_key(&copy, index), with_alternative(has_next, fetch))
             .await;
         match outcome {
             Err(e)

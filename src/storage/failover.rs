@@ -15,6 +15,7 @@
 //! (the tokio mutex that serializes a heal of a path with writes to that path), never the other way round.
 
 use super::{Result, StorageError};
+use crate::providers::guard::with_alternative;
 use crate::providers::Provider;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -158,8 +159,9 @@ where
     Fut: std::future::Future<Output = Result<T>>,
 {
     let (mut missing, mut down) = (None, None);
-    for provider in order {
-        match op(provider).await {
+    for (i, provider) in order.iter().enumerate() {
+        let has_next = i + 1 < order.len();
+        match with_alternative(has_next, op(provider)).await {
             Ok(value) => {
                 if provider.name != primary {
                     provider

@@ -172,8 +172,9 @@ impl Storage {
             targets.truncate(1);
         }
         let mut outage = None;
-        for provider in targets {
-            match op(provider).await {
+        let last = targets.len() - 1;
+        for (i, provider) in targets.into_iter().enumerate() {
+            match crate::providers::guard::with_alternative(i < last, op(provider)).await {
                 Ok(info) => {
                     self.after_write(path, route, provider).await?;
                     return Ok(info);
@@ -653,7 +654,11 @@ impl Storage {
             let provider = &self.providers[*name];
             let key = (!prefix.is_empty() || !provider.prefix.is_empty())
                 .then(|| provider.key_for(&prefix));
-            provider.store.list(key.as_ref()).try_collect::<Vec<_>>()
+            let covered = self.router.uncovered(&prefix, &[name]).is_none();
+            crate::providers::guard::with_alternative(
+                covered,
+                provider.store.list(key.as_ref()).try_collect::<Vec<_>>(),
+            )
         }))
         .await;
         // Each path once, from the provider that ranks first for it in read order.

@@ -3,6 +3,7 @@
 //! provider so tests can check what really landed where.
 #![allow(dead_code)]
 
+pub mod killable;
 pub mod mount;
 pub mod proxy;
 

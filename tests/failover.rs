@@ -1,0 +1,327 @@
+//! Failover and retry against real servers and a real mount: the primary is killed, stalled, taken down or made
+//! flaky (a private Azurite, or the fault-injecting proxy in front of SeaweedFS), and every byte must survive.
+
+mod common;
+
+use common::killable::Azurite;
+use common::mount::{run, sha256, Mount};
+use common::proxy::{Fault, Proxy};
+use common::{pattern, provider_toml, scratch, server, unique, Case, ObjectStoreExt};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use zmount::providers::Provider;
+use zmount::{Config, Storage};
+
+/// How long a test waits for something the mount does in the background (a heal, a breaker closing).
+const BACKGROUND_DEADLINE: Duration = Duration::from_secs(90);
+
+/// Settings for these tests: few retries, short timeouts and cool-down, frequent heal passes, small read-ahead
+/// (so that most of a file is fetched after the fault, not before).
+const SETTINGS: &str = r#"
+[settings.retry]
+attempts = 2
+delay = 0.05
+[settings.timeouts]
+connect = 1
+read = 2
+first_byte = 2
+[settings.failover]
+failure_threshold = 2
+cooldown = 1
+heal_interval = 0.3
+[settings.mount]
+read_ahead = "2MiB"
+memory_cache_size = "4MiB"
+"#;
+
+/// A mount whose default route is `primary` with fallback `backup`, given both provider tables.
+fn mount(dir: &Path, primary: &str, backup: &str, route: &str, settings: &str) -> Mount {
+    let text = format!(
+        "[settings]\ncache_dir = {:?}\n{settings}\n{primary}{backup}[default]\nprovider = \"primary\"\nfallback = [\"backup\"]\n{route}\n",
+        dir.join("cache")
+    );
+    Mount::start(dir, &text)
+}
+
+/// A provider (by config table) reached directly, to check or seed what is really stored, bypassing faults.
+fn direct(dir: &Path, table: &str, name: &str) -> Arc<Provider> {
+    common::set_secret_env();
+    let text = format!("{table}[default]\nprovider = {name:?}\n");
+    let config = Config::parse(&text, &dir.join("direct.toml")).unwrap_or_else(|e| panic!("{e}"));
+    Storage::new(&config)
+        .unwrap()
+        .provider(name)
+        .unwrap()
+        .clone()
+}
+
+async fn put(provider: &Provider, path: &str, data: &[u8]) {
+    provider
+        .store
+        .put(
+            &provider.key_for(path),
+            bytes::Bytes::copy_from_slice(data).into(),
+        )
+        .await
+        .unwrap();
+}
+
+fn sha_of(data: &[u8]) -> String {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), data).unwrap();
+    sha256(file.path())
+}
+
+/// Reads `len` bytes of `file` from where it is.
+fn read_exactly(file: &mut std::fs::File, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    file.read_exact(&mut buf).unwrap();
+    buf
+}
+
+/// Polls `done` until it holds or the deadline passes (then fails with `what` and the mount log).
+fn wait_for(mount: &Mount, what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < BACKGROUND_DEADLINE,
+            "{what}: not after {BACKGROUND_DEADLINE:?}\n{}",
+            mount.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The mount's status file (provider health and counters), once written.
+fn status(mount: &Mount) -> serde_json::Value {
+    let file = mount.config.parent().unwrap().join("cache/status.json");
+    std::fs::read(file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn provider_state(mount: &Mount, name: &str) -> String {
+    status(mount)["providers"][name]["state"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_completes_from_the_fallback_when_the_primary_is_killed_mid_file() {
+    let dir = scratch();
+    let mut azurite = Azurite::start();
+    let prefix = unique("kill");
+    let primary = azurite.retarget(&provider_toml(Case::Azure, "primary", &prefix, dir.path()));
+    let backup = provider_toml(Case::S3, "backup", &prefix, dir.path());
+    let data = pattern(24 << 20, 7);
+    put(&direct(dir.path(), &primary, "primary"), "big.bin", &data).await;
+    put(&direct(dir.path(), &backup, "backup"), "big.bin", &data).await;
+    let mnt = mount(dir.path(), &primary, &backup, "", SETTINGS);
+
+    let mut file = std::fs::File::open(mnt.path("big.bin")).unwrap();
+    let mut read = read_exactly(&mut file, 4 << 20);
+    azurite.kill(); // SIGKILL with the reader mid-file
+    file.read_to_end(&mut read)
+        .expect("the read completes from the fallback");
+
+    assert_eq!(read.len(), data.len());
+    assert_eq!(
+        sha_of(&read),
+        sha_of(&data),
+        "bytes from the fallback match"
+    );
+    assert!(
+        mnt.log().contains("continuing from `backup`"),
+        "the switch is logged:\n{}",
+        mnt.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_completes_from_the_fallback_when_the_primary_stalls() {
+    let dir = scratch();
+    let proxy = Proxy::start(server("ZMOUNT_TEST_S3_ENDPOINT").trim_start_matches("http://"));
+    let prefix = unique("stall");
+    let real = provider_toml(Case::S3, "primary", &prefix, dir.path());
+    let primary = real.replace(&server("ZMOUNT_TEST_S3_ENDPOINT"), &proxy.endpoint());
+    let backup = provider_toml(Case::Azure, "backup", &prefix, dir.path());
+    let data = pattern(16 << 20, 3);
+    put(&direct(dir.path(), &real, "primary"), "f.bin", &data).await;
+    put(&direct(dir.path(), &backup, "backup"), "f.bin", &data).await;
+    // The idle-read timeout is long: the stall must be caught by the first-byte timeout.
+    let settings = SETTINGS.replace("read = 2", "read = 30");
+    let mnt = mount(dir.path(), &primary, &backup, "", &settings);
+
+    let mut file = std::fs::File::open(mnt.path("f.bin")).unwrap();
+    let mut read = read_exactly(&mut file, 3 << 20);
+    proxy.set(Fault::Stall); // accepts connections, never answers
+    file.read_to_end(&mut read)
+        .expect("the read completes from the fallback");
+
+    assert_eq!(sha_of(&read), sha_of(&data));
+    assert!(mnt.log().contains("no response within"), "{}", mnt.log());
+    assert!(
+        mnt.log().contains("continuing from `backup`"),
+        "{}",
+        mnt.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_writes_land_on_the_fallback_then_heal_to_the_primary() {
+    let dir = scratch();
+    let proxy = Proxy::start(server("ZMOUNT_TEST_S3_ENDPOINT").trim_start_matches("http://"));
+    let prefix = unique("heal");
+    let real = provider_toml(Case::S3, "primary", &prefix, dir.path());
+    let primary = real.replace(&server("ZMOUNT_TEST_S3_ENDPOINT"), &proxy.endpoint());
+    let backup = provider_toml(Case::Azure, "backup", &prefix, dir.path());
+    let (on_primary, on_backup) = (
+        direct(dir.path(), &real, "primary"),
+        direct(dir.path(), &backup, "backup"),
+    );
+    let mnt = mount(
+        dir.path(),
+        &primary,
+        &backup,
+        "write = \"failover\"",
+        SETTINGS,
+    );
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let files = [
+        ("small.txt", pattern(3 << 20, 1)),
+        ("large.bin", pattern(20 << 20, 2)),
+    ];
+    for (name, data) in &files {
+        std::fs::write(src.join(name), data).unwrap();
+    }
+
+    proxy.set_down(true);
+    for (name, _) in &files {
+        run(
+            "cp",
+            &[
+                src.join(name).to_str().unwrap(),
+                mnt.path(name).to_str().unwrap(),
+            ],
+        );
+    }
+    for (name, data) in &files {
+        let stored = common::read_direct(&on_backup, name).await;
+        assert_eq!(
+            stored.as_deref(),
+            Some(&data[..]),
+            "{name} is on the fallback"
+        );
+        assert_eq!(
+            sha256(&mnt.path(name)),
+            sha_of(data),
+            "{name} reads back during the outage"
+        );
+    }
+    let listed = run("ls", &[mnt.dir.to_str().unwrap()]);
+    assert!(
+        listed.contains("small.txt") && listed.contains("large.bin"),
+        "{listed}"
+    );
+    wait_for(&mnt, "primary marked down", || {
+        provider_state(&mnt, "primary") == "down"
+    });
+
+    proxy.set_down(false);
+    for (name, data) in &files {
+        let name = *name;
+        let mut healed = false;
+        wait_for(&mnt, &format!("{name} healed to the primary"), || {
+            let rt = tokio::runtime::Handle::current();
+            let (p, b) = tokio::task::block_in_place(|| {
+                rt.block_on(async {
+                    (
+                        common::read_direct(&on_primary, name).await,
+                        common::read_direct(&on_backup, name).await,
+                    )
+                })
+            });
+            healed = p.as_deref() == Some(&data[..]);
+            healed && b.is_none()
+        });
+        assert!(healed);
+    }
+    wait_for(&mnt, "primary back up", || {
+        provider_state(&mnt, "primary") == "up"
+    });
+    let heals = status(&mnt)["providers"]["primary"]["counters"]["heals"].as_u64();
+    assert_eq!(heals, Some(2), "{}", status(&mnt));
+
+    let mut after = std::fs::File::create(mnt.path("after.txt")).unwrap();
+    after
+        .write_all(b"written once the primary is back")
+        .unwrap();
+    drop(after);
+    let stored = common::read_direct(&on_primary, "after.txt").await;
+    assert_eq!(
+        stored.as_deref(),
+        Some(&b"written once the primary is back"[..])
+    );
+    assert!(common::read_direct(&on_backup, "after.txt").await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_copied_through_a_flaky_provider_arrives_intact() {
+    let dir = scratch();
+    let proxy = Proxy::start(server("ZMOUNT_TEST_S3_ENDPOINT").trim_start_matches("http://"));
+    let prefix = unique("flaky");
+    let real = provider_toml(Case::S3, "primary", &prefix, dir.path());
+    let primary = real.replace(&server("ZMOUNT_TEST_S3_ENDPOINT"), &proxy.endpoint());
+    let backup = provider_toml(Case::Local, "backup", &prefix, dir.path());
+    // Enough attempts that a request failing six times in a row (1 in 10^6) is not expected in this workload.
+    let settings = "[settings.retry]\nattempts = 6\ndelay = 0.02\n[settings.failover]\nfailure_threshold = 5\n";
+    let mnt = mount(dir.path(), &primary, &backup, "", settings);
+    let src = dir.path().join("tree");
+    let sizes = [0usize, 1, 4096, 100_000, 1 << 20, 3 << 20];
+    let mut expected = Vec::new();
+    for (i, size) in sizes.iter().cycle().take(36).enumerate() {
+        let rel = format!("d{}/sub{}/f{i}.bin", i % 3, i % 2);
+        std::fs::create_dir_all(src.join(&rel).parent().unwrap()).unwrap();
+        std::fs::write(src.join(&rel), pattern(*size, i as u8)).unwrap();
+        expected.push(rel);
+    }
+    std::fs::write(src.join("large.bin"), pattern(20 << 20, 9)).unwrap();
+    expected.push("large.bin".into());
+    proxy.set(Fault::Fail503Every(10));
+
+    run(
+        "cp",
+        &[
+            "-r",
+            src.to_str().unwrap(),
+            mnt.path("tree").to_str().unwrap(),
+        ],
+    );
+    let listing = run("ls", &["-lR", mnt.path("tree").to_str().unwrap()]);
+    let on_primary = direct(dir.path(), &real, "primary");
+    for rel in &expected {
+        let name = rel.rsplit('/').next().unwrap();
+        assert!(listing.contains(name), "{name} listed:\n{listing}");
+        let want = sha256(&src.join(rel));
+        assert_eq!(
+            sha256(&mnt.path(&format!("tree/{rel}"))),
+            want,
+            "{rel} through the mount"
+        );
+        let stored = common::read_direct(&on_primary, &format!("tree/{rel}"))
+            .await
+            .unwrap();
+        assert_eq!(sha_of(&stored), want, "{rel} as stored");
+    }
+    let injected = proxy.injected.load(std::sync::atomic::Ordering::SeqCst);
+    let requests = proxy.requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        injected >= requests / 10 - 1 && injected > 20,
+        "{injected} 503s in {requests} requests"
+    );
+}
