@@ -197,6 +197,11 @@ pub struct FailoverSettings {
     /// After a heal, keep the copy on the fallback instead of removing it.
     #[serde(default)]
     pub keep_fallback_copy: bool,
+    /// Attempts a read makes on a provider before moving on to the next one that may hold the object (the last
+    /// one always gets `retry.attempts`). 1: the fallback is the retry, so a dead primary costs one failed
+    /// attempt, not the backoff schedule. Set it to `retry.attempts` to retry the primary first.
+    #[serde(default = "FailoverSettings::default_primary_read_attempts")]
+    pub primary_read_attempts: u32,
 }
 
 impl FailoverSettings {
@@ -208,6 +213,9 @@ impl FailoverSettings {
     }
     fn default_heal_interval() -> f64 {
         15.0
+    }
+    fn default_primary_read_attempts() -> u32 {
+        1
     }
     pub fn cooldown(&self) -> Duration {
         Duration::from_secs_f64(self.cooldown.max(0.0))
@@ -224,6 +232,7 @@ impl Default for FailoverSettings {
             cooldown: Self::default_cooldown(),
             heal_interval: Self::default_heal_interval(),
             keep_fallback_copy: false,
+            primary_read_attempts: Self::default_primary_read_attempts(),
         }
     }
 }

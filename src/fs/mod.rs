@@ -17,7 +17,7 @@ pub use write_ops::DIR_MARKER;
 
 use crate::cache::{disk::DiskCache, BlockCache};
 use crate::config::{Config, MountSettings};
-use crate::providers::guard::with_alternative;
+use crate::providers::guard::{with_fallback, Fallback};
 use crate::providers::Provider;
 use crate::read::{ObjectVersion, ReadState, Reader};
 use crate::routing::is_within;
@@ -303,7 +303,7 @@ impl Filesystem {
                     Some(Err(e)) => Err(StorageError::from_store(provider, path, e)),
                 }
             };
-            with_alternative(self.stands_in(path, provider), check)
+            with_fallback(self.read_fallback(path, provider), check)
         });
         let found = futures::future::join_all(checks).await;
         if found.iter().any(|r| matches!(r, Ok(true))) {
@@ -316,11 +316,12 @@ impl Filesystem {
 
     /// Fails when providers that did not answer hold entries of `dir` that no answering fallback stands in for.
     /// Whether a listing of `dir` can do without `provider` (a fallback stands in for every route it serves there).
-    fn stands_in(&self, dir: &str, provider: &Provider) -> bool {
-        self.storage
-            .router()
-            .uncovered(dir, &[provider.name.as_str()])
-            .is_none()
+    fn read_fallback(&self, dir: &str, provider: &Provider) -> Fallback {
+        let router = self.storage.router();
+        match router.uncovered(dir, &[provider.name.as_str()]) {
+            None => Fallback::AfterRetries,
+            Some(_) => Fallback::None,
+        }
     }
 
     /// Returns the outage that was tolerated, if any.
@@ -412,7 +413,7 @@ impl Filesystem {
         let listings = futures::future::join_all(
             providers
                 .iter()
-                .map(|p| with_alternative(self.stands_in(path, p), list_one(p, path))),
+                .map(|p| with_fallback(self.read_fallback(path, p), list_one(p, path))),
         )
         .await;
         let mut outcome = Outcome::of(&providers, listings)?;

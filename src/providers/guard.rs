@@ -12,9 +12,13 @@
 //!   probe request is let through: success closes the breaker, failure opens it again. Retries stop as soon as
 //!   the breaker opens, so a dead provider costs its callers a few milliseconds, not the whole retry schedule.
 //!   State changes are logged once each (warn when a provider goes down, info when it is back).
-//!   Failing fast only helps a caller that has somewhere else to go: a request made without an alternative (see
-//!   [`with_alternative`]) still gets one attempt while the breaker is open, so a route without fallbacks works
+//!   Failing fast only helps a caller that has somewhere else to go: a request made without one (see
+//!   [`with_fallback`]) still gets one attempt while the breaker is open, so a route without fallbacks works
 //!   again as soon as its provider does, not one cool-down later.
+//! * **Fast read failover.** A read that another provider can serve with the same bytes makes
+//!   `failover.primary_read_attempts` attempts (default 1) before moving on, instead of waiting out the backoff:
+//!   the fallback is its retry. Writes, listings and "not found" conclusions keep the full retry schedule (a blip
+//!   must not make files vanish from a listing or land on a fallback).
 
 use crate::config::{FailoverSettings, RetrySettings, TimeoutSettings};
 use async_trait::async_trait;
@@ -31,18 +35,31 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Where the caller of a request can go when this provider fails, which decides how hard it is tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// Nowhere: full retries, and one attempt even while the provider is marked down.
+    None,
+    /// Another provider, but only once this one is really down (a write, a listing, a lookup about to conclude
+    /// "not found"): full retries, and none while marked down.
+    AfterRetries,
+    /// Another provider known to hold the same bytes (a block of an open file): `primary_read_attempts`, and none
+    /// while marked down.
+    AtOnce,
+}
+
 tokio::task_local! {
-    static ALTERNATIVE: bool;
+    static FALLBACK: Fallback;
 }
 
-/// Runs `fut` saying whether its caller can go to another provider when this one is down (then a down provider
-/// fails at once). Without this, requests to a down provider still get one attempt.
-pub async fn with_alternative<F: Future>(has_alternative: bool, fut: F) -> F::Output {
-    ALTERNATIVE.scope(has_alternative, fut).await
+/// Runs `fut` saying where its requests can go when their provider fails (see [`Fallback`]). Requests made
+/// outside this have [`Fallback::None`].
+pub async fn with_fallback<F: Future>(fallback: Fallback, fut: F) -> F::Output {
+    FALLBACK.scope(fallback, fut).await
 }
 
-fn has_alternative() -> bool {
-    ALTERNATIVE.try_with(|a| *a).unwrap_or(false)
+fn fallback() -> Fallback {
+    FALLBACK.try_with(|f| *f).unwrap_or(Fallback::None)
 }
 
 /// Longest wait between two attempts, whatever the backoff computes.
@@ -52,6 +69,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct GuardPolicy {
     pub attempts: u32,
+    /// Attempts of a read that another provider can serve.
+    pub read_attempts: u32,
     pub delay: Duration,
     pub exponential: bool,
     pub first_byte: Duration,
@@ -68,6 +87,9 @@ impl GuardPolicy {
     ) -> Self {
         GuardPolicy {
             attempts: retry.attempts.max(1),
+            read_attempts: failover
+                .primary_read_attempts
+                .clamp(1, retry.attempts.max(1)),
             delay: Duration::from_secs_f64(retry.delay.max(0.0)),
             exponential: retry.exponential,
             first_byte: timeouts.first_byte(),
@@ -323,10 +345,15 @@ impl Guarded {
         F: Fn() -> Fut,
         Fut: Future<Output = object_store::Result<T>>,
     {
+        let fallback = fallback();
+        let attempts = match fallback {
+            Fallback::AtOnce => self.policy.read_attempts,
+            Fallback::None | Fallback::AfterRetries => self.policy.attempts,
+        };
         let mut failed = 0;
         loop {
             let last_try = !self.health.admit();
-            if last_try && (failed > 0 || has_alternative()) {
+            if last_try && (failed > 0 || fallback != Fallback::None) {
                 return Err(self.health.unavailable());
             }
             self.health
@@ -341,7 +368,7 @@ impl Guarded {
                 Err(e) if is_outage(&e) => {
                     self.health.failed(&e);
                     failed += 1;
-                    if last_try || failed >= self.policy.attempts || self.health.is_open() {
+                    if last_try || failed >= attempts || self.health.is_open() {
                         return Err(e);
                     }
                     tracing::debug!("retrying after: {e}");
@@ -528,7 +555,7 @@ impl MultipartUpload for GuardedUpload {
     async fn complete(&mut self) -> object_store::Result<PutResult> {
         let mut failed = 0;
         loop {
-            if !self.store.health.admit() && (failed > 0 || has_alternative()) {
+            if !self.store.health.admit() && (failed > 0 || fallback() != Fallback::None) {
                 return Err(self.store.health.unavailable());
             }
             let limit = self.store.policy.total;
@@ -572,6 +599,7 @@ mod tests {
     fn policy(threshold: u32, cooldown: Duration) -> GuardPolicy {
         GuardPolicy {
             attempts: 3,
+            read_attempts: 1,
             delay: Duration::from_millis(1),
             exponential: true,
             first_byte: Duration::from_secs(5),
@@ -673,7 +701,7 @@ mod tests {
         assert!(matches!(missing, object_store::Error::NotFound { .. }));
         assert_eq!(health.state(), HealthState::Up, "not found is an answer");
         health.failed(&"connection refused");
-        let e = with_alternative(true, store.head(&Path::from("a")))
+        let e = with_fallback(Fallback::AtOnce, store.head(&Path::from("a")))
             .await
             .unwrap_err();
         assert!(

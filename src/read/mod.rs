@@ -13,7 +13,7 @@
 
 use crate::cache::{BlockCache, BlockKey, BLOCK_SIZE};
 use crate::fs::error::{FsError, FsResult};
-use crate::providers::guard::with_alternative;
+use crate::providers::guard::{with_fallback, Fallback};
 use crate::providers::Provider;
 use crate::storage::StorageError;
 use bytes::{Bytes, BytesMut};
@@ -249,19 +249,31 @@ impl Reader {
 }
 
 /// Block `index` from the cache or the current copy; when the copy's provider fails (or the copy is gone), from
-/// the next copy.
+/// the next copy. While another copy may exist, the current one gets `primary_read_attempts`; when no other copy
+/// turns out to exist, it gets the full retry schedule after all.
 async fn block(cache: &BlockCache, object: &ObjectVersion, index: u64) -> FsResult<Bytes> {
+    let mut no_other_copy = false;
     loop {
         let copy = object.current();
         let fetch = fetch_block(object, &copy, index);
-        let has_next = copy.next < object.others.len();
+        let fallback = match copy.next < object.others.len() && !no_other_copy {
+            true => Fallback::AtOnce,
+            false => Fallback::None,
+        };
         let outcome = cache
-            .get_or_fetch(block_key(&copy, index), with_alternative(has_next, fetch))
+            .get_or_fetch(block_key(&copy, index), with_fallback(fallback, fetch))
             .await;
         match outcome {
-            Err(e)
-                if (e.is_unavailable() || e.is_not_found())
-                    && object.switch_from(&copy, &e).await => {}
+            Err(e) if e.is_unavailable() || e.is_not_found() => {
+                if object.switch_from(&copy, &e).await {
+                    continue;
+                }
+                if fallback == Fallback::AtOnce && e.is_unavailable() {
+                    no_other_copy = true; // retry this copy in earnest
+                    continue;
+                }
+                return Err(e);
+            }
             other => return other,
         }
     }

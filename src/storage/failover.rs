@@ -15,7 +15,7 @@
 //! (the tokio mutex that serializes a heal of a path with writes to that path), never the other way round.
 
 use super::{Result, StorageError};
-use crate::providers::guard::with_alternative;
+use crate::providers::guard::{with_fallback, Fallback};
 use crate::providers::Provider;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -146,8 +146,11 @@ pub struct HealReport {
     pub waiting: Vec<String>,
 }
 
-/// Asks providers in order until one answers with the object; "not found" and "unavailable" move on. When no
-/// provider has it, "not found" wins over an outage (see the module note).
+/// Asks providers in order until one answers with the object; "not found" and "unavailable" move on (a provider
+/// that has somewhere to send the caller gets `primary_read_attempts`). Before concluding that no provider has
+/// the object, the providers that failed are asked again with the full retry schedule (unless marked down), so
+/// a passing error never makes a file look missing. When none has it, "not found" wins over an outage (see the
+/// module note).
 pub async fn first_holder<'a, T, F, Fut>(
     order: &[&'a std::sync::Arc<Provider>],
     primary: &str,
@@ -159,9 +162,17 @@ where
     Fut: std::future::Future<Output = Result<T>>,
 {
     let (mut missing, mut down) = (None, None);
-    for (i, provider) in order.iter().enumerate() {
-        let has_next = i + 1 < order.len();
-        match with_alternative(has_next, op(provider)).await {
+    let mut failed = Vec::new();
+    let first_pass = order.iter().enumerate().map(|(i, p)| {
+        let fallback = match i + 1 < order.len() {
+            true => Fallback::AtOnce,
+            false => Fallback::None,
+        };
+        (p, fallback)
+    });
+    let mut queue: std::collections::VecDeque<_> = first_pass.collect();
+    while let Some((provider, fallback)) = queue.pop_front() {
+        match with_fallback(fallback, op(provider)).await {
             Ok(value) => {
                 if provider.name != primary {
                     provider
@@ -177,9 +188,16 @@ where
                 missing.get_or_insert(e);
             }
             Err(e) if e.is_unavailable() => {
+                if fallback == Fallback::AtOnce {
+                    failed.push(provider);
+                }
                 down.get_or_insert(e);
             }
             Err(e) => return Err(e),
+        }
+        if queue.is_empty() && missing.is_some() {
+            // About to conclude "not found": the providers that failed quickly get their full retries first.
+            queue.extend(failed.drain(..).map(|p| (p, Fallback::AfterRetries)));
         }
     }
     Err(missing.or(down).unwrap_or_else(|| StorageError::NoRoute {

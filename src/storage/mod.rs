@@ -17,6 +17,7 @@ pub use info::{
 };
 
 use crate::config::Config;
+use crate::providers::guard::{with_fallback, Fallback};
 use crate::providers::{ClientTuning, Provider};
 use crate::routing::{is_within, normalize, Resolved, Route, Router};
 use bytes::Bytes;
@@ -174,7 +175,11 @@ impl Storage {
         let mut outage = None;
         let last = targets.len() - 1;
         for (i, provider) in targets.into_iter().enumerate() {
-            match crate::providers::guard::with_alternative(i < last, op(provider)).await {
+            let fallback = match i < last {
+                true => Fallback::AfterRetries,
+                false => Fallback::None,
+            };
+            match with_fallback(fallback, op(provider)).await {
                 Ok(info) => {
                     self.after_write(path, route, provider).await?;
                     return Ok(info);
@@ -654,9 +659,12 @@ impl Storage {
             let provider = &self.providers[*name];
             let key = (!prefix.is_empty() || !provider.prefix.is_empty())
                 .then(|| provider.key_for(&prefix));
-            let covered = self.router.uncovered(&prefix, &[name]).is_none();
-            crate::providers::guard::with_alternative(
-                covered,
+            let fallback = match self.router.uncovered(&prefix, &[name]) {
+                None => Fallback::AfterRetries,
+                Some(_) => Fallback::None,
+            };
+            with_fallback(
+                fallback,
                 provider.store.list(key.as_ref()).try_collect::<Vec<_>>(),
             )
         }))
