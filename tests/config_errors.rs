@@ -52,6 +52,31 @@ fn bad_configs_get_exact_messages() {
             "/etc/zmount/mount.toml: default.fallback[1]: no provider named `azure`; defined providers: local, s3",
         ),
         (
+            "failover writes without a fallback",
+            format!("{GOOD_PROVIDERS}\n[[routes]]\nprefix = \"a\"\nprovider = \"s3\"\nwrite = \"failover\"\n"),
+            "/etc/zmount/mount.toml: routes[0].write: `failover` needs at least one provider in `fallback`",
+        ),
+        (
+            "a provider twice in one route",
+            format!("{GOOD_PROVIDERS}\n[default]\nprovider = \"s3\"\nfallback = [\"local\", \"s3\"]\n"),
+            "/etc/zmount/mount.toml: default.fallback[1]: `s3` is already named earlier in this route; each provider may appear once",
+        ),
+        (
+            "failure threshold of zero",
+            format!("[settings.failover]\nfailure_threshold = 0\n{GOOD_PROVIDERS}"),
+            "/etc/zmount/mount.toml: settings.failover.failure_threshold: must be at least 1",
+        ),
+        (
+            "non-positive timeout",
+            format!("[settings.timeouts]\nfirst_byte = 0\n{GOOD_PROVIDERS}"),
+            "/etc/zmount/mount.toml: settings.timeouts.first_byte: must be a positive number of seconds, got 0",
+        ),
+        (
+            "unknown write policy",
+            format!("{GOOD_PROVIDERS}\n[default]\nprovider = \"s3\"\nwrite = \"fallback\"\n"),
+            "/etc/zmount/mount.toml:14:9: default.write: unknown variant `fallback`, expected `primary` or `failover`",
+        ),
+        (
             "missing environment variable",
             "[providers.s3]\nkind = \"s3\"\nbucket = \"b\"\nsecret_key = \"${ZMOUNT_TEST_UNSET_SECRET}\"\n".to_string(),
             "/etc/zmount/mount.toml: providers.s3.secret_key: environment variable `ZMOUNT_TEST_UNSET_SECRET` is not set",

@@ -158,6 +158,10 @@ fn serve(
     }
     runtime.block_on(fs_for_shutdown.background.wait());
     let pending = runtime.block_on(fs_for_shutdown.retry_pending_uploads());
+    let status_file = config.settings.cache_dir.join("status.json");
+    if let Err(e) = fs_for_shutdown.storage().write_status(&status_file) {
+        tracing::debug!("cannot write {}: {e}", status_file.display());
+    }
     if !pending.failed.is_empty() {
         tracing::error!(
             "{} uploads are still pending; their data stays in {} and is uploaded at the next mount with this cache dir",

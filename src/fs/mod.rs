@@ -508,6 +508,7 @@ impl Filesystem {
                 .unwrap_or_default();
             format!("{}-{}", entry.size, mtime.as_nanos())
         });
+        tracing::debug!("open {path}: reading the copy on `{}`", holder.name);
         let object = ObjectVersion::new(path, entry.size, holder, entry.etag, version_tag, others);
         Ok(self.add_handle(Handle::File {
             object,
