@@ -172,6 +172,37 @@ async fn read_completes_from_the_fallback_when_the_primary_stalls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_completes_from_the_fallback_when_primary_responses_are_cut_short() {
+    let dir = scratch();
+    let proxy = Proxy::start(server("ZMOUNT_TEST_S3_ENDPOINT").trim_start_matches("http://"));
+    let prefix = unique("cut");
+    let real = provider_toml(Case::S3, "primary", &prefix, dir.path());
+    let primary = real.replace(&server("ZMOUNT_TEST_S3_ENDPOINT"), &proxy.endpoint());
+    let backup = provider_toml(Case::Azure, "backup", &prefix, dir.path());
+    let data = pattern(12 << 20, 5);
+    put(&direct(dir.path(), &real, "primary"), "f.bin", &data).await;
+    put(&direct(dir.path(), &backup, "backup"), "f.bin", &data).await;
+    let mnt = mount(dir.path(), &primary, &backup, "", SETTINGS);
+
+    let mut file = std::fs::File::open(mnt.path("f.bin")).unwrap();
+    let mut read = read_exactly(&mut file, 3 << 20);
+    proxy.set(Fault::CutResponseAfter(64 * 1024)); // every response ends mid-body
+    file.read_to_end(&mut read)
+        .expect("the read completes from the fallback");
+
+    assert_eq!(
+        sha_of(&read),
+        sha_of(&data),
+        "no truncated block reached the reader"
+    );
+    assert!(
+        mnt.log().contains("continuing from `backup`"),
+        "{}",
+        mnt.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_writes_land_on_the_fallback_then_heal_to_the_primary() {
     let dir = scratch();
     let proxy = Proxy::start(server("ZMOUNT_TEST_S3_ENDPOINT").trim_start_matches("http://"));
@@ -323,5 +354,53 @@ async fn a_tree_copied_through_a_flaky_provider_arrives_intact() {
     assert!(
         injected >= requests / 10 - 1 && injected > 20,
         "{injected} 503s in {requests} requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_fails_rather_than_silently_miss_a_down_provider() {
+    let dir = scratch();
+    let proxy = Proxy::start(server("ZMOUNT_TEST_S3_ENDPOINT").trim_start_matches("http://"));
+    let prefix = unique("partial");
+    let real = provider_toml(Case::S3, "remote", &prefix, dir.path());
+    let remote = real.replace(&server("ZMOUNT_TEST_S3_ENDPOINT"), &proxy.endpoint());
+    let local = provider_toml(Case::Local, "local", &prefix, dir.path());
+    put(
+        &direct(dir.path(), &real, "remote"),
+        "solo/x.txt",
+        b"remote",
+    )
+    .await;
+    put(&direct(dir.path(), &local, "local"), "y.txt", b"local").await;
+    let text = format!(
+        "[settings]\ncache_dir = {:?}\n{SETTINGS}\n{remote}{local}[[routes]]\nprefix = \"solo\"\nprovider = \"remote\"\n\n[default]\nprovider = \"local\"\n",
+        dir.path().join("cache")
+    );
+    let mnt = Mount::start(dir.path(), &text);
+    proxy.set_down(true);
+
+    let ls = std::process::Command::new("ls")
+        .arg(&mnt.dir)
+        .output()
+        .unwrap();
+    assert!(
+        !ls.status.success(),
+        "ls must not show the tree without `remote`'s files"
+    );
+    assert!(
+        String::from_utf8_lossy(&ls.stderr).contains("Input/output error"),
+        "{ls:?}"
+    );
+    assert_eq!(
+        std::fs::read(mnt.path("y.txt")).unwrap(),
+        b"local",
+        "other routes still work"
+    );
+
+    proxy.set_down(false);
+    let listed = run("ls", &[mnt.dir.to_str().unwrap()]);
+    assert!(
+        listed.contains("solo") && listed.contains("y.txt"),
+        "{listed}"
     );
 }
