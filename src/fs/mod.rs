@@ -150,7 +150,10 @@ impl Filesystem {
     /// Copies failover writes back to their primaries (see [`crate::storage::failover`]); healed paths are
     /// looked up again.
     pub async fn heal(&self) -> crate::storage::HealReport {
-        let report = self.storage.heal_pending().await;
+        let report = self
+            .storage
+            .heal_pending(|path| self.open_write_of(path).is_some())
+            .await;
         for path in &report.healed {
             self.changed_on_provider(path);
         }
@@ -314,17 +317,20 @@ impl Filesystem {
         Ok(false)
     }
 
-    /// Fails when providers that did not answer hold entries of `dir` that no answering fallback stands in for.
-    /// Whether a listing of `dir` can do without `provider` (a fallback stands in for every route it serves there).
+    /// How hard a listing of `dir` tries `provider`: a listing that can do without it (see
+    /// [`Storage::listing_complete_without`]) still retries fully, but skips it while it is marked down.
     fn read_fallback(&self, dir: &str, provider: &Provider) -> Fallback {
-        let router = self.storage.router();
-        match router.uncovered(dir, &[provider.name.as_str()]) {
-            None => Fallback::AfterRetries,
-            Some(_) => Fallback::None,
+        match self
+            .storage
+            .listing_complete_without(dir, &[provider.name.as_str()])
+        {
+            true => Fallback::AfterRetries,
+            false => Fallback::None,
         }
     }
 
-    /// Returns the outage that was tolerated, if any.
+    /// Fails when providers that did not answer hold entries of `dir` that no answering fallback stands in for;
+    /// returns the outage that was tolerated, if any.
     fn check_covered<T>(
         &self,
         dir: &str,
@@ -333,12 +339,7 @@ impl Filesystem {
         let Some(outage) = outcome.first_outage.take() else {
             return Ok(None);
         };
-        if self
-            .storage
-            .router()
-            .uncovered(dir, &outcome.failed)
-            .is_some()
-        {
+        if !self.storage.listing_complete_without(dir, &outcome.failed) {
             return Err(FsError::Storage(outage));
         }
         tracing::debug!(

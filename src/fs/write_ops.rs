@@ -356,7 +356,7 @@ impl Filesystem {
                         return Err(FsError::NotEmpty);
                     }
                 }
-                let objects = self.storage.list_objects(&from, None, true).await?;
+                let objects = self.storage.list_all(&from).await?;
                 objects
                     .into_iter()
                     .map(|o| (o.path.clone(), format!("{to}{}", &o.path[from.len()..])))
@@ -368,8 +368,13 @@ impl Filesystem {
             self.check_writable(&dst)?;
             let (_, _, src_provider) = self.storage.resolve(&src)?;
             let (_, _, dst_provider) = self.storage.resolve(&dst)?;
-            // A file whose newest bytes wait on a fallback for their heal is copied by `mv` through the mount.
-            if src_provider.name != dst_provider.name || self.storage.heals().is_pending(&src) {
+            // A file whose newest bytes wait on a fallback for their heal, or a target that has such bytes, is
+            // copied by `mv` through the mount (which writes and deletes with the heal in mind).
+            let heals = self.storage.heals();
+            if src_provider.name != dst_provider.name
+                || heals.is_pending(&src)
+                || heals.is_pending(&dst)
+            {
                 return Err(FsError::CrossDevice);
             }
             plan.push((src_provider.clone(), src, dst));

@@ -491,11 +491,10 @@ impl ObjectStore for Guarded {
         .boxed()
     }
 
+    /// Bounded by `total`: a large directory takes many pages.
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.attempt(self.policy.first_byte, || {
-            self.inner.list_with_delimiter(prefix)
-        })
-        .await
+        self.attempt(self.policy.total, || self.inner.list_with_delimiter(prefix))
+            .await
     }
 
     async fn copy_opts(
@@ -518,7 +517,18 @@ struct PartRetry(Guarded);
 #[async_trait]
 impl object_store::retry::RetryPolicy for PartRetry {
     async fn retry(&self, context: object_store::retry::RetryContext) -> bool {
+        use object_store::retry::RetryFailure;
         let store = &self.0;
+        let outage = match context.failure {
+            RetryFailure::Status(status) => {
+                status.is_server_error() || matches!(status.as_u16(), 408 | 429)
+            }
+            RetryFailure::Transport(_) => true,
+            _ => false,
+        };
+        if !outage {
+            return false; // an answer (4xx): sending the part again cannot change it
+        }
         store
             .health
             .failed(&format_args!("part upload failed: {:?}", context.failure));
@@ -531,7 +541,7 @@ impl object_store::retry::RetryPolicy for PartRetry {
     }
 }
 
-/// A multipart upload whose completion is retried and whose parts count toward the provider's health.
+/// A multipart upload whose parts and completion count toward the provider's health.
 #[derive(Debug)]
 struct GuardedUpload {
     inner: Box<dyn MultipartUpload>,
@@ -552,31 +562,23 @@ impl MultipartUpload for GuardedUpload {
         })
     }
 
+    /// One attempt: object_store's completion consumes the list of parts, so it cannot be sent again. A failed
+    /// completion fails the upload, which the caller restarts (from the staged copy) or fails over.
     async fn complete(&mut self) -> object_store::Result<PutResult> {
-        let mut failed = 0;
-        loop {
-            if !self.store.health.admit() && (failed > 0 || fallback() != Fallback::None) {
-                return Err(self.store.health.unavailable());
-            }
-            let limit = self.store.policy.total;
-            let outcome = match tokio::time::timeout(limit, self.inner.complete()).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(outage(format!("no response within {limit:?}"))),
-            };
-            match outcome {
-                Err(e) if is_outage(&e) && failed + 1 < self.store.policy.attempts => {
-                    self.store.health.failed(&e);
-                    failed += 1;
-                    tokio::time::sleep(self.store.policy.backoff(failed)).await;
-                }
-                other => {
-                    if other.is_ok() {
-                        self.store.health.succeeded();
-                    }
-                    return other;
-                }
-            }
+        let health = &self.store.health;
+        if !health.admit() && fallback() != Fallback::None {
+            return Err(health.unavailable());
         }
+        let limit = self.store.policy.total;
+        let outcome = match tokio::time::timeout(limit, self.inner.complete()).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(outage(format!("no response within {limit:?}"))),
+        };
+        match &outcome {
+            Err(e) if is_outage(e) => health.failed(e),
+            _ => health.succeeded(),
+        }
+        outcome
     }
 
     async fn abort(&mut self) -> object_store::Result<()> {

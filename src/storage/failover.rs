@@ -11,8 +11,8 @@
 //! which fallback holds the file; [`Heals`] keeps them in memory too. A heal pass copies each file back to the
 //! primary once it answers, checks the size, then removes the fallback copy (unless `keep_fallback_copy`).
 //!
-//! Lock order: `Heals::pending` (std mutex, never held across an await) may be taken while holding `Heals::heal`
-//! (the tokio mutex that serializes a heal of a path with writes to that path), never the other way round.
+//! Lock order: a path's lock from [`Heals::lock_of`] (tokio mutex, held across the upload of that path), then
+//! `Heals::pending` or `Heals::locks` (std mutexes, never held across an await, never both at once).
 
 use super::{Result, StorageError};
 use crate::providers::guard::{with_fallback, Fallback};
@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// A file written to a fallback because its primary was down.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -32,9 +32,8 @@ pub struct HealRecord {
     pub holder: String,
     /// The primary it belongs on.
     pub primary: String,
-    /// When the failover write finished (seconds since the epoch): a primary copy newer than this was written
-    /// by someone else after the outage and is not overwritten.
-    pub written_at: i64,
+    /// When the failover write finished (milliseconds since the epoch, local clock).
+    pub written_at_ms: i64,
     #[serde(skip)]
     file: PathBuf,
 }
@@ -44,34 +43,41 @@ pub struct HealRecord {
 pub struct Heals {
     dir: PathBuf,
     pending: Mutex<HashMap<String, HealRecord>>,
-    /// Held by a heal of a path and by writes to a path with a pending heal, so a heal never copies old bytes
-    /// over a newer write.
-    pub(super) heal: tokio::sync::Mutex<()>,
+    /// One lock per path with a heal pending or a write in progress: held by a write (or delete) through its
+    /// upload, and tried by the heal of that path, so a heal never copies old bytes over a newer write.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 static NEXT_RECORD: AtomicU64 = AtomicU64::new(0);
 
 impl Heals {
-    /// Loads the records in `dir` (a previous mount's pending heals).
+    /// Loads the records in `dir` (a previous mount's pending heals). Record files are named by creation time,
+    /// so when a crash left two for one path, the newer wins and the older is removed.
     pub fn open(dir: &Path) -> Heals {
-        let mut pending = HashMap::new();
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let file = entry.path();
-            if file.extension().and_then(|e| e.to_str()) != Some("json") {
-                continue;
-            }
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|f| f.extension().and_then(|e| e.to_str()) == Some("json"))
+            .collect();
+        files.sort();
+        let mut pending: HashMap<String, HealRecord> = HashMap::new();
+        for file in files {
             let record = std::fs::read(&file)
                 .ok()
                 .and_then(|b| serde_json::from_slice::<HealRecord>(&b).ok());
             if let Some(mut record) = record {
                 record.file = file;
-                pending.insert(record.path.clone(), record);
+                if let Some(older) = pending.insert(record.path.clone(), record) {
+                    let _ = std::fs::remove_file(older.file);
+                }
             }
         }
         Heals {
             dir: dir.to_path_buf(),
             pending: Mutex::new(pending),
-            heal: tokio::sync::Mutex::new(()),
+            locks: Mutex::default(),
         }
     }
 
@@ -88,8 +94,29 @@ impl Heals {
         self.pending.lock().unwrap().contains_key(path)
     }
 
+    /// Providers holding pending heals at or below directory `dir`: a listing of `dir` cannot do without them.
+    pub fn holders_under(&self, dir: &str) -> Vec<String> {
+        let pending = self.pending.lock().unwrap();
+        let mut holders: Vec<String> = pending
+            .values()
+            .filter(|r| crate::routing::is_within(&r.path, dir))
+            .map(|r| r.holder.clone())
+            .collect();
+        holders.sort();
+        holders.dedup();
+        holders
+    }
+
     pub fn records(&self) -> Vec<HealRecord> {
         self.pending.lock().unwrap().values().cloned().collect()
+    }
+
+    /// The lock of `path` (see [`Heals::locks`]).
+    pub fn lock_of(&self, path: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap();
+        // Locks nobody holds or waits for are dropped, so the map stays as small as the work in flight.
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        locks.entry(path.to_string()).or_default().clone()
     }
 
     /// Durably records that `holder` has the newest bytes of `path`.
@@ -97,7 +124,7 @@ impl Heals {
         let id = NEXT_RECORD.fetch_add(1, Ordering::Relaxed);
         let now = chrono::Utc::now();
         let file = self.dir.join(format!(
-            "{}-{}-{id}.json",
+            "{:020}-{}-{id:06}.json",
             now.timestamp_nanos_opt().unwrap_or_default(),
             std::process::id()
         ));
@@ -105,35 +132,42 @@ impl Heals {
             path: path.to_string(),
             holder: holder.to_string(),
             primary: primary.to_string(),
-            written_at: now.timestamp(),
+            written_at_ms: now.timestamp_millis(),
             file: file.clone(),
         };
         std::fs::create_dir_all(&self.dir)?;
         crate::write::write_durably(&file, &serde_json::to_vec(&record)?)?;
-        if let Some(old) = self
+        let old = self
             .pending
             .lock()
             .unwrap()
-            .insert(path.to_string(), record)
-        {
+            .insert(path.to_string(), record);
+        if let Some(old) = old {
             let _ = std::fs::remove_file(old.file);
         }
         Ok(())
     }
 
-    /// Forgets the heal of `path` (done, or made moot by a newer write or a delete).
+    /// Forgets the heal of `path` (made moot by a newer write or a delete).
     pub fn forget(&self, path: &str) -> Option<HealRecord> {
         let record = self.pending.lock().unwrap().remove(path)?;
         let _ = std::fs::remove_file(&record.file);
         Some(record)
     }
 
-    /// Moves the record of `from` to `to` (a rename inside the holder).
-    pub fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
-        match self.forget(from) {
-            Some(record) => self.record(to, &record.holder, &record.primary),
-            None => Ok(()),
+    /// Forgets `record` if it is still the pending heal of its path (a newer failover write replaces it).
+    pub fn forget_done(&self, record: &HealRecord) -> bool {
+        let mut pending = self.pending.lock().unwrap();
+        if pending
+            .get(&record.path)
+            .is_some_and(|r| r.file == record.file)
+        {
+            pending.remove(&record.path);
+            drop(pending);
+            let _ = std::fs::remove_file(&record.file);
+            return true;
         }
+        false
     }
 }
 

@@ -120,19 +120,18 @@ impl Storage {
         &self.heals
     }
 
-    /// The providers a read of `path` asks, in order: the holder of a pending heal first, then the route's
-    /// primary and fallbacks.
+    /// The providers a read of `path` asks, in order: the route's primary, then its fallbacks — or, while a
+    /// heal of `path` is pending, only the fallback holding its newest bytes (every other copy is older).
     pub fn read_order(&self, path: &str, route: &Route) -> Vec<&Arc<Provider>> {
-        let holder = self.heals.holder_of(path);
-        let mut order: Vec<&Arc<Provider>> = Vec::new();
-        for name in holder.as_deref().into_iter().chain(route.providers()) {
-            if let Some(p) = self.providers.get(name) {
-                if !order.iter().any(|o| o.name == p.name) {
-                    order.push(p);
-                }
+        if let Some(holder) = self.heals.holder_of(path) {
+            if let Some(p) = self.providers.get(&holder) {
+                return vec![p];
             }
         }
-        order
+        route
+            .providers()
+            .filter_map(|name| self.providers.get(name))
+            .collect()
     }
 
     /// Where a write of the route goes, in order: the primary, then (for `write = "failover"`) every writable
@@ -153,20 +152,23 @@ impl Storage {
 
     /// Runs the write `op` on the route's write targets in order until one takes it; a write that lands on a
     /// fallback is recorded for healing, and one that lands on the primary makes a pending heal moot.
+    /// `restartable`: `op` may run again (on a fallback). `exclusive`: hold the path's lock (see
+    /// [`Heals::lock_of`]) through the upload, so no heal of the path runs meanwhile.
     async fn write_routed<'a, F, Fut>(
         &'a self,
         path: &str,
         route: &Route,
-        restartable: bool,
+        (restartable, exclusive): (bool, bool),
         mut op: F,
     ) -> Result<FileInfo>
     where
         F: FnMut(&'a Arc<Provider>) -> Fut,
         Fut: std::future::Future<Output = Result<FileInfo>>,
     {
-        let _heal_guard = match self.heals.is_pending(path) {
-            true => Some(self.heals.heal.lock().await),
-            false => None,
+        let lock = exclusive.then(|| self.heals.lock_of(path));
+        let _exclusive = match &lock {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
         };
         let mut targets = self.write_targets(route);
         if !restartable {
@@ -281,7 +283,7 @@ impl Storage {
         self.check_size(&path, &resolved, data.len() as u64)?;
         let attributes = self.upload_attributes(&path, &options)?;
         let size = data.len() as u64;
-        self.write_routed(&path, resolved.route, true, |provider| {
+        self.write_routed(&path, resolved.route, (true, true), |provider| {
             let opts = PutOptions {
                 attributes: attributes.clone(),
                 ..Default::default()
@@ -311,9 +313,25 @@ impl Storage {
     where
         S: futures::Stream<Item = std::io::Result<Bytes>> + Unpin,
     {
+        self.upload_stream_as(path, stream, options, true).await
+    }
+
+    /// [`Storage::upload_stream`] fed by a program's writes as they happen: it does not hold the path's lock
+    /// (the program may unlink the file meanwhile), so the caller must not start it while a heal of `path` is
+    /// pending, and heals skip files open for writing.
+    pub(crate) async fn upload_stream_as<S>(
+        &self,
+        path: &str,
+        stream: S,
+        options: UploadOptions,
+        exclusive: bool,
+    ) -> Result<FileInfo>
+    where
+        S: futures::Stream<Item = std::io::Result<Bytes>> + Unpin,
+    {
         let (path, resolved, _) = self.resolve(path)?;
         let mut stream = Some(stream);
-        self.write_routed(&path, resolved.route, false, |provider| {
+        self.write_routed(&path, resolved.route, (false, exclusive), |provider| {
             let stream = stream.take().expect("a stream is written once");
             self.upload_stream_to(provider, &path, &resolved, stream, options.clone())
         })
@@ -333,7 +351,7 @@ impl Storage {
         F: Fn() -> S,
     {
         let (path, resolved, _) = self.resolve(path)?;
-        self.write_routed(&path, resolved.route, true, |provider| {
+        self.write_routed(&path, resolved.route, (true, true), |provider| {
             self.upload_stream_to(provider, &path, &resolved, make(), options.clone())
         })
         .await
@@ -484,10 +502,8 @@ impl Storage {
     /// when the primary cannot be reached; a fallback that cannot be reached is logged.
     pub async fn delete(&self, path: &str) -> Result<()> {
         let (path, resolved, provider) = self.resolve(path)?;
-        let _heal_guard = match self.heals.is_pending(&path) {
-            true => Some(self.heals.heal.lock().await),
-            false => None,
-        };
+        let lock = self.heals.lock_of(&path);
+        let _exclusive = lock.lock().await;
         delete_one(provider, &path).await?;
         self.heals.forget(&path);
         self.forget_fallback_copies(&path, resolved.route).await;
@@ -539,17 +555,26 @@ impl Storage {
     }
 
     /// Copies every pending failover write back to its primary (see [`failover`]); the ones that cannot be
-    /// copied yet stay pending.
-    pub async fn heal_pending(&self) -> HealReport {
+    /// copied yet stay pending. Paths `busy` names (open for writing) and paths being written are left for the
+    /// next pass.
+    pub async fn heal_pending(&self, busy: impl Fn(&str) -> bool) -> HealReport {
         let mut report = HealReport::default();
         for record in self.heals.records() {
-            let _guard = self.heals.heal.lock().await;
-            if !self.heals.is_pending(&record.path) {
-                continue; // made moot by a write or delete while this pass waited
+            let lock = self.heals.lock_of(&record.path);
+            let Ok(_exclusive) = lock.try_lock() else {
+                report.waiting.push(record.path);
+                continue;
+            };
+            if busy(&record.path) {
+                report.waiting.push(record.path);
+                continue;
+            }
+            if self.heals.holder_of(&record.path).as_deref() != Some(record.holder.as_str()) {
+                continue; // made moot, or replaced by a newer failover write, while this pass ran
             }
             match self.heal_one(&record).await {
                 Ok(()) => {
-                    self.heals.forget(&record.path);
+                    self.heals.forget_done(&record);
                     report.healed.push(record.path);
                 }
                 Err(e) => {
@@ -580,17 +605,15 @@ impl Storage {
             head: true,
             ..Default::default()
         };
-        let on_primary = primary
-            .store
-            .get_opts(&primary.key_for(path), head.clone())
-            .await;
+        let on_primary = primary.store.get_opts(&primary.key_for(path), head).await;
         match on_primary {
-            Ok(meta) if meta.meta.last_modified.timestamp() > record.written_at => {
-                tracing::info!(
-                    "{path}: `{}` has a newer copy than the failover write; not copied back",
-                    primary.name
+            Ok(meta) if meta.meta.last_modified.timestamp_millis() > record.written_at_ms => {
+                // Written on the primary by someone else after the failover write: a conflict. The primary's copy
+                // stays; the fallback's is kept too (never deleted on the strength of two clocks), and logged.
+                tracing::warn!(
+                    "{path}: `{}` has a copy newer than the failover write; keeping both: the failover write stays on `{}` ({}) at {}",
+                    primary.name, holder.name, holder.location, holder.key_for(path)
                 );
-                self.remove_fallback_copy(path, &holder.name).await;
                 return Ok(());
             }
             Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
@@ -642,12 +665,29 @@ impl Storage {
         self.list_objects(prefix, limit, false).await
     }
 
+    /// Every object at or below `prefix`, markers included, failing unless every provider answered (for moving
+    /// a whole directory, which must not leave files behind).
+    pub async fn list_all(&self, prefix: &str) -> Result<Vec<FileInfo>> {
+        self.list_inner(prefix, None, true, true).await
+    }
+
     /// Like [`Storage::list`]; `with_markers` also returns the mount's directory markers ([`DIR_MARKER`]).
     pub async fn list_objects(
         &self,
         prefix: &str,
         limit: Option<usize>,
         with_markers: bool,
+    ) -> Result<Vec<FileInfo>> {
+        self.list_inner(prefix, limit, with_markers, false).await
+    }
+
+    /// `complete`: fail when any provider does not answer, even one a fallback stands in for.
+    async fn list_inner(
+        &self,
+        prefix: &str,
+        limit: Option<usize>,
+        with_markers: bool,
+        complete: bool,
     ) -> Result<Vec<FileInfo>> {
         let prefix = normalize(prefix).map_err(|e| StorageError::Invalid {
             path: prefix.to_string(),
@@ -659,9 +699,9 @@ impl Storage {
             let provider = &self.providers[*name];
             let key = (!prefix.is_empty() || !provider.prefix.is_empty())
                 .then(|| provider.key_for(&prefix));
-            let fallback = match self.router.uncovered(&prefix, &[name]) {
-                None => Fallback::AfterRetries,
-                Some(_) => Fallback::None,
+            let fallback = match self.listing_complete_without(&prefix, &[name]) {
+                true => Fallback::AfterRetries,
+                false => Fallback::None,
             };
             with_fallback(
                 fallback,
@@ -705,7 +745,7 @@ impl Storage {
             }
         }
         if let Some(e) = first_error {
-            if self.router.uncovered(&prefix, &failed).is_some() {
+            if complete || !self.listing_complete_without(&prefix, &failed) {
                 return Err(e);
             }
             tracing::warn!("listing {prefix:?} without {failed:?}: {e}");
@@ -715,6 +755,15 @@ impl Storage {
             .map(|(_, info)| info)
             .take(limit.unwrap_or(usize::MAX))
             .collect())
+    }
+
+    /// Whether a listing of directory `dir` shows every file although the providers `failed` did not answer: a
+    /// fallback answered for every route they are primary of there, and none of them holds a pending heal there
+    /// (the only copy of a failover write).
+    pub fn listing_complete_without(&self, dir: &str, failed: &[&str]) -> bool {
+        let holders = self.heals.holders_under(dir);
+        self.router.uncovered(dir, failed).is_none()
+            && !failed.iter().any(|f| holders.iter().any(|h| h == f))
     }
 
     /// Where `provider` stands in the read order of `path` (0 = asked first), or None when no route sends

@@ -54,6 +54,11 @@ impl SequentialUpload {
                 *len += data.len();
                 chunks.push(data);
                 if *len >= crate::storage::UPLOAD_PART_SIZE {
+                    if storage.heals().is_pending(path) {
+                        // The upload must hold the path's lock against its heal: commit uploads the staged copy.
+                        *self = SequentialUpload::Off;
+                        return;
+                    }
                     let chunks = std::mem::take(chunks);
                     *self = Self::begin(storage.clone(), path.to_string(), options);
                     for chunk in chunks {
@@ -79,7 +84,7 @@ impl SequentialUpload {
         });
         let task = tokio::spawn(async move {
             storage
-                .upload_stream(&path, Box::pin(chunks), options)
+                .upload_stream_as(&path, Box::pin(chunks), options, false)
                 .await
         });
         SequentialUpload::Uploading { tx, task }
