@@ -404,3 +404,45 @@ async fn a_listing_fails_rather_than_silently_miss_a_down_provider() {
         "{listed}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_write_is_read_from_its_fallback_until_healed_even_after_a_remount() {
+    let dir = scratch();
+    let proxy = Proxy::start(server("ZMOUNT_TEST_S3_ENDPOINT").trim_start_matches("http://"));
+    let prefix = unique("pending");
+    let real = provider_toml(Case::S3, "primary", &prefix, dir.path());
+    let primary = real.replace(&server("ZMOUNT_TEST_S3_ENDPOINT"), &proxy.endpoint());
+    let backup = provider_toml(Case::Azure, "backup", &prefix, dir.path());
+    let on_primary = direct(dir.path(), &real, "primary");
+    put(&on_primary, "doc.txt", b"old version on the primary").await;
+    // No heal pass during the test: the failover write stays pending.
+    let settings = SETTINGS.replace("heal_interval = 0.3", "heal_interval = 3600");
+    let route = "write = \"failover\"";
+    let mut mnt = mount(dir.path(), &primary, &backup, route, &settings);
+    proxy.set_down(true);
+    std::fs::write(
+        mnt.path("doc.txt"),
+        b"new version, written during the outage",
+    )
+    .unwrap();
+    proxy.set_down(false);
+    assert!(mnt.stop_with(libc::SIGTERM).success(), "{}", mnt.log());
+
+    let mnt = mount(dir.path(), &primary, &backup, route, &settings);
+    assert_eq!(
+        std::fs::read(mnt.path("doc.txt")).unwrap(),
+        b"new version, written during the outage",
+        "the primary answers, but its copy is older than the pending failover write"
+    );
+    let stored = common::read_direct(&on_primary, "doc.txt").await;
+    assert_eq!(
+        stored.as_deref(),
+        Some(&b"old version on the primary"[..]),
+        "not healed yet"
+    );
+    let listed = run("ls", &["-l", mnt.dir.to_str().unwrap()]);
+    assert!(
+        listed.contains(" 38 "),
+        "size of the new version listed: {listed}"
+    );
+}
