@@ -193,6 +193,7 @@ async fn metadata_round_trips_with_lowercase_keys(case: Case) {
     let options = UploadOptions {
         content_type: Some("application/x-report".into()),
         metadata,
+        ..Default::default()
     };
     ctx.storage
         .upload("q4.report", Bytes::from_static(b"%PDF"), options)

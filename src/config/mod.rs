@@ -435,6 +435,12 @@ pub struct RouteConfig {
     /// once). `fsync` still waits for the upload, and unmounting waits for the queue.
     #[serde(default)]
     pub write_back: bool,
+    /// User metadata every new file of the route gets (keys lowercased).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Tags every new file of the route gets.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// The file's top level, before provider tables are typed.

@@ -27,6 +27,10 @@ pub enum FsError {
     Exists,
     #[error("cannot move between providers")]
     CrossDevice,
+    #[error("no such extended attribute")]
+    NoAttribute,
+    #[error("extended attribute {0} is read-only")]
+    ReadOnlyAttribute(String),
     #[error("local I/O error: {0}")]
     Local(#[from] std::io::Error),
     #[error(transparent)]
@@ -55,6 +59,8 @@ impl FsError {
             FsError::Exists => libc::EEXIST,
             // A rename whose source and target live on different providers: `mv` then copies and deletes.
             FsError::CrossDevice => libc::EXDEV,
+            FsError::NoAttribute => libc::ENODATA,
+            FsError::ReadOnlyAttribute(_) => libc::EPERM,
             FsError::Local(e) => match e.raw_os_error() {
                 Some(code) => code,
                 None => libc::EIO,
@@ -103,7 +109,10 @@ impl FsError {
     pub fn is_noteworthy(&self) -> bool {
         !matches!(
             self,
-            FsError::NotFound | FsError::NotADirectory | FsError::IsADirectory
+            FsError::NotFound
+                | FsError::NotADirectory
+                | FsError::IsADirectory
+                | FsError::NoAttribute
         ) && !matches!(self, FsError::Storage(StorageError::NotFound { .. }))
     }
 }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod inode;
 pub mod posix;
 mod write_ops;
+pub mod xattr;
 
 pub use write_ops::DIR_MARKER;
 

@@ -7,6 +7,9 @@ use object_store::{Attribute, Attributes};
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// The metadata keys that carry POSIX attributes (not shown as user metadata).
+pub const KEYS: [&str; 4] = ["mode", "uid", "gid", "mtime"];
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Posix {
     /// Permission bits (0o7777).

@@ -14,7 +14,7 @@ use super::posix::Posix;
 use super::{Attr, Filesystem, Handle};
 use crate::routing::is_within;
 use crate::storage::FileInfo;
-use crate::write::Staged;
+use crate::write::{FileAttrs, Staged};
 use bytes::Bytes;
 use object_store::ObjectStoreExt;
 use std::sync::Arc;
@@ -27,7 +27,7 @@ fn parent_of(path: &str) -> &str {
 }
 
 impl Filesystem {
-    fn check_writable(&self, path: &str) -> FsResult<Option<u64>> {
+    pub(super) fn check_writable(&self, path: &str) -> FsResult<Option<u64>> {
         if self.read_only {
             return Err(FsError::ReadOnly);
         }
@@ -103,7 +103,14 @@ impl Filesystem {
             gid: Some(gid),
             mtime: None,
         };
-        let (_, fh) = self.register_write(Staged::empty(&self.staging_dir, &path, posix)?);
+        let (_, resolved, _) = self.storage.resolve(&path)?;
+        let attrs = FileAttrs {
+            posix,
+            metadata: resolved.route.metadata.clone(),
+            tags: resolved.route.tags.clone(),
+            content_type: None,
+        };
+        let (_, fh) = self.register_write(Staged::empty(&self.staging_dir, &path, attrs)?);
         let entry = self.file_entry(0, None, posix);
         let ino = self.inodes.record(&path, entry.clone());
         self.changed(&path);
@@ -127,7 +134,10 @@ impl Filesystem {
             return Ok(self.add_handle(Handle::Write { staged }));
         }
         let staged = if truncate {
-            Staged::empty(&self.staging_dir, &path, entry.posix.unwrap_or_default())?
+            // The bytes go; what the object carries besides (xattrs) stays, as on a local filesystem.
+            let posix = entry.posix.unwrap_or_default();
+            let attrs = FileAttrs::of_object(&self.storage, &path, posix).await?;
+            Staged::empty(&self.staging_dir, &path, attrs)?
         } else {
             Staged::from_object(
                 &self.staging_dir,
@@ -175,7 +185,7 @@ impl Filesystem {
         self.commit(staged).await
     }
 
-    async fn commit(&self, staged: &Arc<Staged>) -> FsResult<()> {
+    pub(super) async fn commit(&self, staged: &Arc<Staged>) -> FsResult<()> {
         if let Some(info) = staged.commit(&self.storage).await? {
             self.inodes.record(
                 &staged.path,
@@ -209,7 +219,9 @@ impl Filesystem {
             }
             None => {
                 let staged = if size == 0 {
-                    Staged::empty(&self.staging_dir, &path, entry.posix.unwrap_or_default())?
+                    let posix = entry.posix.unwrap_or_default();
+                    let attrs = FileAttrs::of_object(&self.storage, &path, posix).await?;
+                    Staged::empty(&self.staging_dir, &path, attrs)?
                 } else {
                     let posix = entry.posix.unwrap_or_default();
                     Staged::from_object(&self.staging_dir, &path, &self.storage, posix).await?
@@ -222,6 +234,32 @@ impl Filesystem {
         };
         let ino = self.inodes.record(&path, entry.clone());
         Ok(self.attr(ino, &entry))
+    }
+
+    /// Uploads a closed file again with its attributes changed by `change` (and `posix` as its mode/owner/times):
+    /// object stores cannot change metadata in place through object_store, so this costs a GET and a PUT of the
+    /// whole object.
+    pub(super) async fn rewrite_closed(
+        &self,
+        path: &str,
+        entry: &Entry,
+        posix: Posix,
+        change: impl FnOnce(&mut FileAttrs),
+    ) -> FsResult<()> {
+        let staged = Staged::from_object(&self.staging_dir, path, &self.storage, posix).await?;
+        staged.change_attrs(change).await; // also marks it for upload
+        let info = staged.commit(&self.storage).await?;
+        self.changed(path);
+        let entry = match info {
+            Some(info) => Entry {
+                etag: info.etag,
+                source: Some(info.provider),
+                ..entry.clone()
+            },
+            None => entry.clone(),
+        };
+        self.inodes.record(path, entry);
+        Ok(())
     }
 
     /// `chmod`, `chown`, `touch`: stored with the object. With the file open for writing they ride along with its
@@ -245,22 +283,7 @@ impl Filesystem {
                 staged.set_posix(changes).await;
                 self.commit(&staged).await?;
             }
-            None => {
-                let staged =
-                    Staged::from_object(&self.staging_dir, &path, &self.storage, posix).await?;
-                staged.set_posix(Posix::default()).await; // mark for upload with the new metadata
-                let info = staged.commit(&self.storage).await?;
-                self.changed(&path);
-                let entry = match info {
-                    Some(info) => Entry {
-                        etag: info.etag,
-                        source: Some(info.provider),
-                        ..entry.clone()
-                    },
-                    None => entry.clone(),
-                };
-                self.inodes.record(&path, entry);
-            }
+            None => self.rewrite_closed(&path, &entry, posix, |_| {}).await?,
         }
         let (_, entry, _) = self.path_of(ino)?;
         let entry = Entry {

@@ -5,6 +5,7 @@
 use crate::fs::error::FsError;
 use crate::fs::inode::Kind;
 use crate::fs::posix::Posix;
+use crate::fs::xattr::SetMode;
 use crate::fs::{Attr, Filesystem};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, OpenFlags,
@@ -65,6 +66,17 @@ fn file_type(kind: Kind) -> FileType {
     match kind {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
+    }
+}
+
+/// An xattr value (or name list): its size when the caller asks for the size (0), ERANGE when it does not fit.
+fn xattr_reply(reply: fuser::ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(value);
     }
 }
 
@@ -426,20 +438,63 @@ impl fuser::Filesystem for FuseAdapter {
     fn getxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
+        ino: INodeNo,
+        name: &OsStr,
+        size: u32,
         reply: fuser::ReplyXattr,
     ) {
-        reply.error(Errno::from_i32(libc::ENODATA)); // no extended attributes yet
+        let name = name_or_reply!(name, reply);
+        self.spawn(move |fs| async move {
+            match fs.getxattr(ino.0, &name).await {
+                Ok(value) => xattr_reply(reply, size, &value),
+                Err(e) => reply.error(errno("getxattr", &e)),
+            }
+        });
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
-        if size == 0 {
-            reply.size(0)
-        } else {
-            reply.data(&[])
-        }
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        self.spawn(move |fs| async move {
+            match fs.listxattr(ino.0).await {
+                Ok(names) => {
+                    let list: Vec<u8> = names.iter().flat_map(|n| n.bytes().chain([0])).collect();
+                    xattr_reply(reply, size, &list)
+                }
+                Err(e) => reply.error(errno("listxattr", &e)),
+            }
+        });
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let name = name_or_reply!(name, reply);
+        let mode = match flags {
+            libc::XATTR_CREATE => SetMode::CreateOnly,
+            libc::XATTR_REPLACE => SetMode::ReplaceOnly,
+            _ => SetMode::Any,
+        };
+        let value = value.to_vec();
+        self.spawn(move |fs| async move {
+            empty_reply(
+                reply,
+                "setxattr",
+                fs.setxattr(ino.0, &name, &value, mode).await,
+            )
+        });
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_or_reply!(name, reply);
+        self.spawn(move |fs| async move {
+            empty_reply(reply, "removexattr", fs.removexattr(ino.0, &name).await)
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -172,6 +172,7 @@ impl ObjectStore for LocalStore {
         mut opts: PutOptions,
     ) -> Result<PutResult> {
         let attributes = std::mem::take(&mut opts.attributes);
+        opts.tags = Default::default(); // tags live in the attributes' mirror (crate::storage::TAGS_MIRROR_KEY)
         let result = self.inner.put_opts(location, payload, opts).await?;
         let file = self.file_of(location)?;
         tokio::task::spawn_blocking(move || {
@@ -187,6 +188,7 @@ impl ObjectStore for LocalStore {
         mut opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
         let attributes = std::mem::take(&mut opts.attributes);
+        opts.tags = Default::default();
         let upload = self.inner.put_multipart_opts(location, opts).await?;
         Ok(Box::new(LocalUpload {
             upload,

@@ -147,6 +147,12 @@ impl Provider {
         ObjectPath::parse(&key).unwrap_or_else(|_| ObjectPath::from(key.as_str()))
     }
 
+    /// Whether objects here can carry tags: S3, Wasabi and Azure natively; local through zmount's tag mirror
+    /// (see [`crate::storage::TAGS_MIRROR_KEY`]); GCS has none that object_store can write.
+    pub fn supports_tags(&self) -> bool {
+        self.kind != "gcs"
+    }
+
     /// The mount path of an object key, or None when the key is outside this provider's prefix.
     pub fn path_of(&self, key: &ObjectPath) -> Option<String> {
         let key = key.as_ref();

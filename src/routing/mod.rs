@@ -19,6 +19,9 @@ pub struct Route {
     pub write: WritePolicy,
     pub max_file_size: Option<ByteSize>,
     pub write_back: bool,
+    /// Metadata and tags new files get.
+    pub metadata: std::collections::BTreeMap<String, String>,
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 impl Route {
@@ -29,6 +32,12 @@ impl Route {
             write: c.write,
             max_file_size: c.max_file_size,
             write_back: c.write_back,
+            metadata: c
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect(),
+            tags: c.tags.clone(),
         }
     }
 

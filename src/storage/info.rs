@@ -15,6 +15,8 @@ pub struct FileInfo {
     pub etag: Option<String>,
     /// User metadata; keys are lowercase on every provider (see [`normalize_metadata_key`]).
     pub metadata: BTreeMap<String, String>,
+    /// Tags (S3, Wasabi, Azure, local; see [`TAGS_MIRROR_KEY`]).
+    pub tags: BTreeMap<String, String>,
     /// Public URL (CDN, or a local provider's `base_url`) when one is configured; signed URLs come from `get_url`.
     pub url: Option<String>,
     /// Name of the provider that holds it.
@@ -27,6 +29,42 @@ pub struct UploadOptions {
     /// Detected from the file name when not given.
     pub content_type: Option<String>,
     pub metadata: BTreeMap<String, String>,
+    /// Stored as the provider's own tags (where it has them) and mirrored in [`TAGS_MIRROR_KEY`].
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Metadata entry that mirrors an object's tags: object_store writes provider tags but cannot read them back, so
+/// zmount reads the mirror. Hidden from [`FileInfo::metadata`]; tags set by other tools directly on the provider
+/// are not seen.
+pub const TAGS_MIRROR_KEY: &str = "zmount_tags";
+
+/// Tags as one metadata value (`k=v&k2=v2`, form-encoded).
+pub fn encode_tags(tags: &BTreeMap<String, String>) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(tags)
+        .finish()
+}
+
+pub fn decode_tags(value: &str) -> BTreeMap<String, String> {
+    url::form_urlencoded::parse(value.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// Tag keys: like metadata keys, but case is kept (providers keep it) and `-`, `.`, `:` are allowed.
+pub fn check_tag(key: &str, value: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "_-.:/ +=@".contains(c);
+    if key.is_empty() || key.len() > 128 || !key.chars().all(allowed) {
+        return Err(format!(
+            "tag key {key:?}: use 1-128 ASCII letters, digits and _-.:/+=@ or space"
+        ));
+    }
+    if value.len() > 256 || !value.chars().all(allowed) {
+        return Err(format!(
+            "tag value {value:?}: use up to 256 ASCII letters, digits and _-.:/+=@ or space"
+        ));
+    }
+    Ok(())
 }
 
 /// Metadata keys come back lowercase from every server, so zmount lowercases them on the way in: what you read is

@@ -13,7 +13,8 @@ mod info;
 pub use error::{Result, StorageError};
 pub use failover::{HealRecord, HealReport};
 pub use info::{
-    check_metadata_value, guess_content_type, normalize_metadata_key, FileInfo, UploadOptions,
+    check_metadata_value, check_tag, decode_tags, encode_tags, guess_content_type,
+    normalize_metadata_key, FileInfo, UploadOptions, TAGS_MIRROR_KEY,
 };
 
 use crate::config::Config;
@@ -281,15 +282,17 @@ impl Storage {
     ) -> Result<FileInfo> {
         let (path, resolved, _) = self.resolve(path)?;
         self.check_size(&path, &resolved, data.len() as u64)?;
-        let attributes = self.upload_attributes(&path, &options)?;
+        let (attributes, tags) = self.upload_attributes(&path, &options)?;
         let size = data.len() as u64;
         self.write_routed(&path, resolved.route, (true, true), |provider| {
             let opts = PutOptions {
                 attributes: attributes.clone(),
+                tags: tags.clone(),
                 ..Default::default()
             };
             let (data, path, options) = (data.clone(), path.clone(), options.clone());
             async move {
+                Self::check_tags_supported(provider, &path, &options)?;
                 let result = provider
                     .store
                     .put_opts(&provider.key_for(&path), PutPayload::from(data), opts)
@@ -368,10 +371,12 @@ impl Storage {
     where
         S: futures::Stream<Item = std::io::Result<Bytes>> + Unpin,
     {
-        let attributes = self.upload_attributes(path, &options)?;
+        let (attributes, tags) = self.upload_attributes(path, &options)?;
+        Self::check_tags_supported(provider, path, &options)?;
         let limit = self.size_limit(resolved);
         let opts = object_store::PutMultipartOptions {
             attributes,
+            tags,
             ..Default::default()
         };
         let key = provider.key_for(path);
@@ -629,6 +634,7 @@ impl Storage {
         let options = UploadOptions {
             content_type: Some(info.content_type),
             metadata: info.metadata,
+            tags: info.tags,
         };
         let holder_ = holder.clone();
         let chunks = source
@@ -805,7 +811,12 @@ impl Storage {
         }
     }
 
-    fn upload_attributes(&self, path: &str, options: &UploadOptions) -> Result<Attributes> {
+    /// The attributes (content type, metadata, tag mirror) and provider tags of an upload, validated.
+    fn upload_attributes(
+        &self,
+        path: &str,
+        options: &UploadOptions,
+    ) -> Result<(Attributes, object_store::TagSet)> {
         let invalid = |reason| StorageError::Invalid {
             path: path.to_string(),
             what: "metadata",
@@ -821,9 +832,9 @@ impl Storage {
         for (key, value) in &options.metadata {
             let key = normalize_metadata_key(key).map_err(invalid)?;
             check_metadata_value(&key, value).map_err(invalid)?;
-            if !seen.insert(key.clone()) {
+            if key == TAGS_MIRROR_KEY || !seen.insert(key.clone()) {
                 return Err(invalid(format!(
-                    "metadata key {key:?} given twice (keys are case-insensitive)"
+                    "metadata key {key:?} is reserved or given twice (keys are case-insensitive)"
                 )));
             }
             attributes.insert(
@@ -831,7 +842,34 @@ impl Storage {
                 AttributeValue::from(value.clone()),
             );
         }
-        Ok(attributes)
+        let mut tags = object_store::TagSet::default();
+        for (key, value) in &options.tags {
+            check_tag(key, value).map_err(invalid)?;
+            tags.push(key, value);
+        }
+        if !options.tags.is_empty() {
+            attributes.insert(
+                Attribute::Metadata(TAGS_MIRROR_KEY.into()),
+                AttributeValue::from(encode_tags(&options.tags)),
+            );
+        }
+        Ok((attributes, tags))
+    }
+
+    /// Refuses tags on a provider that has none (GCS through object_store).
+    fn check_tags_supported(
+        provider: &Provider,
+        path: &str,
+        options: &UploadOptions,
+    ) -> Result<()> {
+        if options.tags.is_empty() || provider.supports_tags() {
+            return Ok(());
+        }
+        Err(StorageError::NotSupported {
+            provider: provider.name.clone(),
+            path: path.to_string(),
+            what: "object tags".into(),
+        })
     }
 
     fn uploaded_info(
@@ -856,6 +894,7 @@ impl Storage {
             last_modified: chrono::Utc::now(),
             etag,
             metadata,
+            tags: options.tags,
             provider: provider.name.clone(),
             path,
         }
@@ -870,9 +909,13 @@ impl Storage {
     ) -> FileInfo {
         let mut content_type = None;
         let mut metadata = BTreeMap::new();
+        let mut tags = BTreeMap::new();
         for (key, value) in attributes.into_iter().flat_map(|a| a.iter()) {
             match key {
                 Attribute::ContentType => content_type = Some(value.to_string()),
+                Attribute::Metadata(k) if k.eq_ignore_ascii_case(TAGS_MIRROR_KEY) => {
+                    tags = decode_tags(value);
+                }
                 Attribute::Metadata(k) => {
                     metadata.insert(k.to_ascii_lowercase(), value.to_string());
                 }
@@ -886,6 +929,7 @@ impl Storage {
             last_modified: meta.last_modified,
             etag: meta.e_tag.clone(),
             metadata,
+            tags,
             provider: provider.name.clone(),
             path,
         }

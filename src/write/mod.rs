@@ -34,8 +34,8 @@ const UPLOAD_CHUNK: usize = crate::storage::UPLOAD_PART_SIZE;
 pub struct Staged {
     /// Mount path of the object it becomes.
     pub path: String,
-    /// Mode, owner and times stored with the object (as user metadata) when it is uploaded.
-    posix: std::sync::Mutex<Posix>,
+    /// Mode, owner, times, user metadata, tags and content type stored with the object when it is uploaded.
+    attrs: std::sync::Mutex<FileAttrs>,
     local: PathBuf,
     inner: tokio::sync::Mutex<StagedInner>,
 }
@@ -47,6 +47,55 @@ struct StagedInner {
     dirty: bool,
     /// The multipart upload fed by sequential writes, if this file is still being written front to back.
     sequential: SequentialUpload,
+}
+
+/// What an object gets besides its bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileAttrs {
+    pub posix: Posix,
+    /// User metadata, lowercase keys (the POSIX keys live in `posix`).
+    pub metadata: std::collections::BTreeMap<String, String>,
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// None: guessed from the name at upload.
+    pub content_type: Option<String>,
+}
+
+impl FileAttrs {
+    pub fn with_posix(posix: Posix) -> Self {
+        FileAttrs {
+            posix,
+            ..Default::default()
+        }
+    }
+
+    /// What the object at `path` carries now (the defaults with `posix` when there is none), with `posix` merged
+    /// over its stored POSIX attributes.
+    pub async fn of_object(storage: &Storage, path: &str, posix: Posix) -> FsResult<FileAttrs> {
+        match storage.get_info(path).await {
+            Ok(info) => Ok(FileAttrs {
+                posix,
+                metadata: info
+                    .metadata
+                    .into_iter()
+                    .filter(|(k, _)| !crate::fs::posix::KEYS.contains(&k.as_str()))
+                    .collect(),
+                tags: info.tags,
+                content_type: Some(info.content_type),
+            }),
+            Err(e) if e.is_not_found() => Ok(FileAttrs::with_posix(posix)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn upload_options(&self) -> UploadOptions {
+        let mut metadata = self.metadata.clone();
+        metadata.extend(self.posix.to_metadata());
+        UploadOptions {
+            content_type: self.content_type.clone(),
+            metadata,
+            tags: self.tags.clone(),
+        }
+    }
 }
 
 static NEXT_STAGING_ID: AtomicU64 = AtomicU64::new(0);
@@ -81,18 +130,20 @@ fn staging_file(dir: &Path) -> FsResult<(PathBuf, std::fs::File)> {
 
 impl Staged {
     /// An empty staged file (create, or open with O_TRUNC): uploaded on close even if nothing is written.
-    pub fn empty(dir: &Path, path: &str, posix: Posix) -> FsResult<Staged> {
+    pub fn empty(dir: &Path, path: &str, attrs: FileAttrs) -> FsResult<Staged> {
         let (local, file) = staging_file(dir)?;
-        Ok(Staged::new(path, local, file, 0, true, posix))
+        Ok(Staged::new(path, local, file, 0, true, attrs))
     }
 
-    /// A staged copy of the object's current bytes (open for writing without O_TRUNC).
+    /// A staged copy of the object's current bytes and attributes (open for writing without O_TRUNC), with
+    /// `posix` as its mode/owner/times.
     pub async fn from_object(
         dir: &Path,
         path: &str,
         storage: &Storage,
         posix: Posix,
     ) -> FsResult<Staged> {
+        let attrs = FileAttrs::of_object(storage, path, posix).await?;
         let (local, file) = staging_file(dir)?;
         let file = Arc::new(file);
         let mut stream = storage.download_stream(path).await?;
@@ -107,7 +158,7 @@ impl Staged {
         }
         let file = Arc::try_unwrap(file)
             .map_err(|_| FsError::Invalid("staging file still shared".into()))?;
-        Ok(Staged::new(path, local, file, size, false, posix))
+        Ok(Staged::new(path, local, file, size, false, attrs))
     }
 
     fn new(
@@ -116,7 +167,7 @@ impl Staged {
         file: std::fs::File,
         size: u64,
         dirty: bool,
-        posix: Posix,
+        attrs: FileAttrs,
     ) -> Staged {
         // Only a file written from empty can be streamed: anything else is uploaded whole from the staged copy.
         let sequential = if size == 0 {
@@ -133,7 +184,7 @@ impl Staged {
         LIVE.lock().unwrap().push(local.clone());
         Staged {
             path: path.to_string(),
-            posix: std::sync::Mutex::new(posix),
+            attrs: std::sync::Mutex::new(attrs),
             local,
             inner: tokio::sync::Mutex::new(inner),
         }
@@ -144,23 +195,29 @@ impl Staged {
     }
 
     pub fn posix(&self) -> Posix {
-        *self.posix.lock().unwrap()
+        self.attrs.lock().unwrap().posix
+    }
+
+    pub fn attrs(&self) -> FileAttrs {
+        self.attrs.lock().unwrap().clone()
     }
 
     /// Changes the mode/owner/times the object gets; the file is uploaded again at the next commit.
     pub async fn set_posix(&self, changes: Posix) {
+        self.change_attrs(|a| a.posix = a.posix.merged(changes))
+            .await;
+    }
+
+    /// Changes what the object gets besides its bytes; the file is uploaded again at the next commit.
+    pub async fn change_attrs(&self, change: impl FnOnce(&mut FileAttrs)) {
         let mut inner = self.inner.lock().await;
-        let mut posix = self.posix.lock().unwrap();
-        *posix = posix.merged(changes);
+        change(&mut self.attrs.lock().unwrap());
         inner.sequential.abandon(); // a streamed upload already carries the old metadata
         inner.dirty = true;
     }
 
     fn upload_options(&self) -> UploadOptions {
-        UploadOptions {
-            metadata: self.posix().to_metadata(),
-            ..Default::default()
-        }
+        self.attrs.lock().unwrap().upload_options()
     }
 
     /// Writes `data` at `offset`; `limit` is the route's largest file size (EFBIG past it).
@@ -241,7 +298,7 @@ impl Staged {
         tokio::task::spawn_blocking(move || file.sync_data())
             .await
             .map_err(join_error)??;
-        write_record(&self.local, &self.path, self.posix().to_metadata())?;
+        write_record(&self.local, &self.path, &self.upload_options())?;
         Ok(true)
     }
 
@@ -341,27 +398,26 @@ fn record_of(local: &Path) -> PathBuf {
 struct Record {
     /// Mount path the staged data becomes.
     path: String,
-    /// User metadata the object gets (mode, owner, times).
+    /// User metadata the object gets (mode, owner, times included).
     #[serde(default)]
     metadata: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    tags: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    content_type: Option<String>,
 }
 
 /// Writes (atomically, durably) the record saying `local` holds acknowledged data for `path`.
-fn write_record(
-    local: &Path,
-    path: &str,
-    metadata: std::collections::BTreeMap<String, String>,
-) -> FsResult<()> {
-    let record = record_of(local);
-    if record.exists() {
-        return Ok(());
-    }
+/// Rewritten at every commit, so attribute changes made since the last one are in it too.
+fn write_record(local: &Path, path: &str, options: &UploadOptions) -> FsResult<()> {
     let body = serde_json::to_vec(&Record {
         path: path.to_string(),
-        metadata,
+        metadata: options.metadata.clone(),
+        tags: options.tags.clone(),
+        content_type: options.content_type.clone(),
     })
     .expect("a record serializes");
-    Ok(write_durably(&record, &body)?)
+    Ok(write_durably(&record_of(local), &body)?)
 }
 
 /// Writes `body` to `file` so that after a crash the file is either absent or complete: a `.tmp` sibling is
@@ -430,7 +486,8 @@ pub async fn replay(dir: &Path, storage: &Storage, skip: impl Fn(&str) -> bool) 
                 || file_chunks(file.clone(), size),
                 UploadOptions {
                     metadata: record.metadata.clone(),
-                    ..Default::default()
+                    tags: record.tags.clone(),
+                    content_type: record.content_type.clone(),
                 },
             )
             .await

@@ -1,0 +1,179 @@
+//! Metadata, tags and object facts as extended attributes, driven by the real `getfattr`/`setfattr` programs
+//! through a real mount, and checked on the provider directly. One body per behaviour, run on every provider.
+
+mod common;
+
+use common::mount::{mount_for, run};
+use common::{server, Case, GCS_WRITE_SKIP};
+use std::process::Command;
+
+fn getfattr(file: &std::path::Path) -> String {
+    run(
+        "getfattr",
+        &[
+            "-d",
+            "-m",
+            "^user\\.",
+            "--absolute-names",
+            file.to_str().unwrap(),
+        ],
+    )
+}
+
+/// Runs setfattr with `args` expecting failure; returns its stderr.
+fn setfattr_fails(args: &[&str]) -> String {
+    let out = Command::new("setfattr").args(args).output().unwrap();
+    assert!(!out.status.success(), "setfattr {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// The object's tags as the S3 server itself reports them (GetObjectTagging).
+fn s3_tagging(bucket: &str, key: &str) -> String {
+    let user = format!(
+        "{}:{}",
+        server("ZMOUNT_TEST_S3_ACCESS_KEY"),
+        server("ZMOUNT_TEST_S3_SECRET_KEY")
+    );
+    let url = format!(
+        "{}/{bucket}/{key}?tagging=",
+        server("ZMOUNT_TEST_S3_ENDPOINT")
+    );
+    run(
+        "curl",
+        &[
+            "-sf",
+            "--user",
+            &user,
+            "--aws-sigv4",
+            "aws:amz:us-east-1:s3",
+            &url,
+        ],
+    )
+}
+
+async fn metadata_and_tags_round_trip_as_xattrs(case: Case) {
+    if case == Case::Gcs {
+        println!("SKIP gcs::metadata_and_tags_round_trip_as_xattrs: {GCS_WRITE_SKIP}");
+        return;
+    }
+    let (ctx, mnt) = mount_for(case, "xattr", "");
+    let file = mnt.path("doc.txt");
+    let f = file.to_str().unwrap();
+    std::fs::write(&file, b"hello").unwrap();
+    run("setfattr", &["-n", "user.meta.Owner", "-v", "alice", f]);
+    run("setfattr", &["-n", "user.tag.project", "-v", "apollo", f]);
+    run(
+        "setfattr",
+        &["-n", "user.zmount.content_type", "-v", "text/x-note", f],
+    );
+
+    let dump = getfattr(&file);
+    assert!(
+        dump.contains("user.meta.owner=\"alice\""),
+        "keys are lowercase: {dump}"
+    );
+    assert!(dump.contains("user.tag.project=\"apollo\""), "{dump}");
+    assert!(
+        dump.contains(&format!("user.zmount.provider=\"{}\"", ctx.provider.name)),
+        "{dump}"
+    );
+    assert!(
+        dump.contains("user.zmount.content_type=\"text/x-note\""),
+        "{dump}"
+    );
+    let info = ctx.storage.get_info("doc.txt").await.unwrap();
+    assert_eq!(
+        info.metadata.get("owner").map(String::as_str),
+        Some("alice"),
+        "on the provider"
+    );
+    assert_eq!(info.tags.get("project").map(String::as_str), Some("apollo"));
+    assert_eq!(info.content_type, "text/x-note");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        b"hello",
+        "the bytes are untouched"
+    );
+    if matches!(case, Case::S3 | Case::Wasabi) {
+        let bucket = server(if case == Case::S3 {
+            "ZMOUNT_TEST_S3_BUCKET"
+        } else {
+            "ZMOUNT_TEST_WASABI_BUCKET"
+        });
+        let tagging = s3_tagging(&bucket, ctx.provider.key_for("doc.txt").as_ref());
+        assert!(
+            tagging.contains("<Key>project</Key>") && tagging.contains("<Value>apollo</Value>"),
+            "{tagging}"
+        );
+    }
+
+    // Appending keeps what the object carries.
+    let mut append = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap();
+    std::io::Write::write_all(&mut append, b", world").unwrap();
+    drop(append);
+    assert!(getfattr(&file).contains("user.meta.owner=\"alice\""));
+
+    run("setfattr", &["-x", "user.meta.owner", f]);
+    assert!(!getfattr(&file).contains("user.meta.owner"));
+    assert!(ctx
+        .storage
+        .get_info("doc.txt")
+        .await
+        .unwrap()
+        .metadata
+        .get("owner")
+        .is_none());
+    let err = setfattr_fails(&["-n", "user.zmount.etag", "-v", "x", f]);
+    assert!(
+        err.contains("Operation not permitted"),
+        "read-only facts: {err}"
+    );
+    let err = setfattr_fails(&["-n", "user.meta.bad-key", "-v", "x", f]);
+    assert!(err.contains("Invalid argument"), "{err}");
+    let err = setfattr_fails(&["-n", "trusted.other", "-v", "x", f]);
+    assert!(!err.is_empty());
+}
+
+async fn new_files_get_the_route_defaults(case: Case) {
+    if case == Case::Gcs {
+        println!("SKIP gcs::new_files_get_the_route_defaults: {GCS_WRITE_SKIP}");
+        return;
+    }
+    let (ctx, mnt) = mount_for(case, "xattrdefaults", "");
+    drop(mnt);
+    // Same provider and prefix, with defaults on the default route.
+    let config = ctx.dir.path().join("mount.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = format!("{text}metadata = {{ team = \"ops\" }}\ntags = {{ tier = \"hot\" }}\n");
+    std::fs::write(&config, text).unwrap();
+    let mnt = common::mount::Mount::start_at(&config, &ctx.dir.path().join("mnt"), &[]);
+    std::fs::write(mnt.path("new.txt"), b"x").unwrap();
+    let info = ctx.storage.get_info("new.txt").await.unwrap();
+    assert_eq!(info.metadata.get("team").map(String::as_str), Some("ops"));
+    assert_eq!(info.tags.get("tier").map(String::as_str), Some("hot"));
+}
+
+async fn tags_are_refused_where_the_provider_has_none(case: Case) {
+    if case != Case::Gcs {
+        return; // every other provider stores tags (see the round-trip test)
+    }
+    let (ctx, mnt) = mount_for(case, "xattrgcs", "");
+    ctx.seed("seeded.txt", b"seeded").await;
+    let f = mnt.path("seeded.txt");
+    let err = setfattr_fails(&["-n", "user.tag.k", "-v", "v", f.to_str().unwrap()]);
+    assert!(err.contains("Operation not supported"), "{err}");
+    assert!(getfattr(&f).contains("user.zmount.provider=\"gcs\""));
+    assert!(
+        mnt.log().contains("has no object tags"),
+        "the refusal is logged"
+    );
+}
+
+for_each_provider!(
+    metadata_and_tags_round_trip_as_xattrs,
+    new_files_get_the_route_defaults,
+    tags_are_refused_where_the_provider_has_none
+);
