@@ -12,6 +12,7 @@ pub mod providers;
 pub mod read;
 pub mod routing;
 pub mod storage;
+pub mod transfer;
 pub mod write;
 
 pub use config::Config;

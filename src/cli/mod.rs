@@ -4,6 +4,10 @@
 mod check;
 mod explain;
 mod mount;
+mod progress;
+mod search;
+mod transfer;
+mod url;
 
 pub use mount::is_mounted;
 
@@ -47,6 +51,61 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<String>,
     },
+    /// Print a URL for a file: CDN, signed (S3/Wasabi/GCS/Azure) or base_url (local)
+    Url {
+        config: PathBuf,
+        path: String,
+        /// Lifetime of a signed URL, in seconds
+        #[arg(long, default_value_t = 3600)]
+        expires: u64,
+    },
+    /// Print the files whose tags and metadata match (path and provider), across all providers
+    Search {
+        config: PathBuf,
+        /// Tag that must be present, KEY=VALUE (repeatable)
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Metadata that must be present, KEY=VALUE (repeatable; keys are case-insensitive)
+        #[arg(long = "meta")]
+        meta: Vec<String>,
+        /// Only below this folder
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Copy objects from one provider to another, verified; resumable (a rerun skips what is done)
+    Migrate {
+        config: PathBuf,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        /// Only paths matching this glob (`*` crosses `/`)
+        #[arg(long)]
+        pattern: Option<String>,
+        /// Delete each source object once its copy is verified
+        #[arg(long)]
+        delete_source: bool,
+        /// Print the plan only
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Make the target provider match the source: copy new and changed objects, optionally delete extras
+    Sync {
+        config: PathBuf,
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        target: String,
+        /// Only paths matching this glob (`*` crosses `/`)
+        #[arg(long)]
+        pattern: Option<String>,
+        /// Delete objects on the target that the source does not have
+        #[arg(long)]
+        delete: bool,
+        /// Print the plan only
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn init_logging(verbose: u8) {
@@ -75,13 +134,58 @@ pub fn main() -> ExitCode {
             runtime.block_on(check::run(&config, &providers))
         }
         Some(Command::Explain { config, paths }) => explain::run(&config, &paths),
+        Some(Command::Url {
+            config,
+            path,
+            expires,
+        }) => runtime.block_on(url::run(&config, &path, expires)),
+        Some(Command::Search {
+            config,
+            tags,
+            meta,
+            prefix,
+        }) => runtime.block_on(search::run(&config, &tags, &meta, &prefix)),
+        Some(Command::Migrate {
+            config,
+            from,
+            to,
+            pattern,
+            delete_source,
+            dry_run,
+        }) => {
+            let options = transfer::Options {
+                pattern,
+                dry_run,
+                delete_source,
+                delete_extra: false,
+            };
+            let kind = transfer::Kind::Migrate;
+            runtime.block_on(transfer::run(&config, kind, &from, &to, &options))
+        }
+        Some(Command::Sync {
+            config,
+            source,
+            target,
+            pattern,
+            delete,
+            dry_run,
+        }) => {
+            let options = transfer::Options {
+                pattern,
+                dry_run,
+                delete_source: false,
+                delete_extra: delete,
+            };
+            let kind = transfer::Kind::Sync;
+            runtime.block_on(transfer::run(&config, kind, &source, &target, &options))
+        }
         None => match (cli.config, cli.mountpoint) {
             (Some(config), Some(mountpoint)) => {
                 drop(runtime); // the mount builds its own runtime after any daemonizing
                 mount::run(&config, &mountpoint, &cli.mount)
             }
             _ => {
-                eprintln!("usage: zmount CONFIG MOUNTPOINT | zmount check CONFIG | zmount explain CONFIG PATH...");
+                eprintln!("usage: zmount CONFIG MOUNTPOINT, or zmount COMMAND (see zmount --help)");
                 ExitCode::from(2)
             }
         },
