@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod fs;
 pub mod fuse;
+pub mod metrics;
 pub mod providers;
 pub mod read;
 pub mod routing;

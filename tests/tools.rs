@@ -353,3 +353,90 @@ async fn sync_copies_only_changes_and_deletes_extras() {
         Some(&b"same"[..])
     );
 }
+
+/// Metric name (with labels) → value, checking that every line is valid text exposition format.
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    let mut typed = std::collections::BTreeSet::new();
+    let mut samples = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            typed.insert(parts.next().unwrap().to_string());
+            assert!(
+                matches!(parts.next(), Some("counter" | "gauge" | "histogram")),
+                "{line}"
+            );
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line}"));
+        let name = series.split('{').next().unwrap();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+        assert!(
+            typed.contains(name) || typed.contains(family),
+            "sample before its TYPE: {line}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "{line}"
+            );
+        }
+        samples.insert(series.to_string(), value);
+    }
+    samples
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_and_move_when_files_are_read() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let (ctx, mnt) =
+        common::mount::mount_for_with(Case::S3, "metrics", "", &["--metrics-addr", &addr]);
+    ctx.seed("data.bin", &pattern(3 << 20, 1)).await;
+    let url = format!("http://{addr}/metrics");
+    let scrape =
+        || async { parse_metrics(&reqwest::get(&url).await.unwrap().text().await.unwrap()) };
+    let before = scrape().await;
+    assert_eq!(
+        std::fs::read(mnt.path("data.bin")).unwrap(),
+        pattern(3 << 20, 1)
+    );
+    let after = scrape().await;
+    let gets = "zmount_provider_requests_total{provider=\"s3\",op=\"get\"}";
+    assert!(
+        after[gets] > before[gets],
+        "GETs counted: {} -> {}",
+        before[gets],
+        after[gets]
+    );
+    let read = "zmount_provider_read_bytes_total{provider=\"s3\"}";
+    assert!(
+        after[read] - before[read] >= (3 << 20) as f64,
+        "bytes counted"
+    );
+    assert!(after["zmount_cache_misses_total"] > before["zmount_cache_misses_total"]);
+    let count = "zmount_provider_request_duration_seconds_count{provider=\"s3\"}";
+    assert!(after[count] > before[count]);
+    assert_eq!(after["zmount_provider_up{provider=\"s3\"}"], 1.0);
+    assert!(after.contains_key("zmount_uploads_pending"));
+    let hits = "zmount_cache_hits_total{tier=\"memory\"}";
+    assert_eq!(std::fs::read(mnt.path("data.bin")).unwrap().len(), 3 << 20);
+    assert!(
+        scrape().await[hits] > after[hits],
+        "a second read hits the cache"
+    );
+}

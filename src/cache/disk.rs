@@ -15,6 +15,8 @@ use std::sync::Mutex;
 pub struct DiskCache {
     dir: PathBuf,
     cap: u64,
+    /// Blocks removed to make room, since the mount started.
+    pub evictions: std::sync::atomic::AtomicU64,
     /// File name → size on disk, least recently used first out.
     state: Mutex<DiskState>,
 }
@@ -50,6 +52,7 @@ impl DiskCache {
         let cache = DiskCache {
             dir,
             cap,
+            evictions: Default::default(),
             state: Mutex::new(DiskState {
                 lru: LruCache::unbounded(),
                 total: 0,
@@ -131,6 +134,8 @@ impl DiskCache {
             state.lru.put(name.to_string(), size);
             state.total += size;
         }
+        self.evictions
+            .fetch_add(evict.len() as u64, std::sync::atomic::Ordering::Relaxed);
         for old in evict {
             let _ = std::fs::remove_file(self.path_of(&old));
         }

@@ -8,6 +8,7 @@ pub mod disk;
 use crate::fs::error::{FsError, FsResult};
 use bytes::Bytes;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Block size: 1 MiB. Large enough that a sequential read is a few hundred requests per GiB, small enough that a
@@ -57,7 +58,19 @@ impl BlockKey {
     }
 }
 
+/// What the cache did, since the mount started (for metrics).
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub memory_hits: AtomicU64,
+    pub disk_hits: AtomicU64,
+    /// Blocks fetched from a provider.
+    pub misses: AtomicU64,
+    /// Blocks dropped from the memory tier to make room.
+    pub memory_evictions: Arc<AtomicU64>,
+}
+
 pub struct BlockCache {
+    pub stats: CacheStats,
     memory: moka::future::Cache<BlockKey, Bytes>,
     disk: Option<Arc<disk::DiskCache>>,
     /// Blocks waiting to be written to disk hold memory: when the disk falls this far behind, new blocks skip the
@@ -70,11 +83,19 @@ const MAX_PENDING_DISK_WRITES: usize = 16;
 
 impl BlockCache {
     pub fn new(memory_bytes: u64, disk: Option<disk::DiskCache>) -> Self {
+        let stats = CacheStats::default();
+        let evictions = stats.memory_evictions.clone();
         let memory = moka::future::Cache::builder()
             .max_capacity(memory_bytes)
             .weigher(|_k: &BlockKey, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
+            .eviction_listener(move |_k, _v, cause| {
+                if cause.was_evicted() {
+                    evictions.fetch_add(1, Ordering::Relaxed);
+                }
+            })
             .build();
         BlockCache {
+            stats,
             memory,
             disk: disk.map(Arc::new),
             disk_writes: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_DISK_WRITES)),
@@ -89,8 +110,12 @@ impl BlockCache {
         let disk = self.disk.clone();
         let disk_key = key.clone();
         let disk_writes = self.disk_writes.clone();
-        self.memory
-            .try_get_with(key, async move {
+        let stats = &self.stats;
+        let loaded = std::sync::atomic::AtomicBool::new(false);
+        let result = self
+            .memory
+            .try_get_with(key, async {
+                loaded.store(true, Ordering::Relaxed);
                 if let Some(disk) = &disk {
                     let (d, k) = (disk.clone(), disk_key.clone());
                     if let Some(hit) = tokio::task::spawn_blocking(move || d.get(&k))
@@ -98,9 +123,11 @@ impl BlockCache {
                         .ok()
                         .flatten()
                     {
+                        stats.disk_hits.fetch_add(1, Ordering::Relaxed);
                         return Ok(hit);
                     }
                 }
+                stats.misses.fetch_add(1, Ordering::Relaxed);
                 let data = fetch.await?;
                 if let (Some(disk), Ok(permit)) = (disk, disk_writes.try_acquire_owned()) {
                     let stored = data.clone();
@@ -113,7 +140,17 @@ impl BlockCache {
                 Ok(data)
             })
             .await
-            .map_err(FsError::Shared)
+            .map_err(FsError::Shared);
+        if !loaded.load(Ordering::Relaxed) && result.is_ok() {
+            stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    pub fn disk_evictions(&self) -> u64 {
+        self.disk
+            .as_ref()
+            .map_or(0, |d| d.evictions.load(Ordering::Relaxed))
     }
 
     pub fn contains(&self, key: &BlockKey) -> bool {

@@ -24,6 +24,9 @@ pub struct MountArgs {
     /// Detach and run in the background once the mount is up (logs to <cache_dir>/zmount.log)
     #[arg(long)]
     pub daemon: bool,
+    /// Serve Prometheus metrics at this address, e.g. 127.0.0.1:9464
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
 }
 
 /// How long `--daemon` waits for the background process to mount before giving up.
@@ -123,6 +126,12 @@ fn serve(
         );
     }
     spawn_maintenance(fs.clone(), config, runtime);
+    if let Some(addr) = &args.metrics_addr {
+        runtime
+            .block_on(crate::metrics::serve(addr, fs.clone()))
+            .map_err(|e| format!("cannot serve metrics at {addr}: {e}"))?;
+        tracing::info!("metrics at http://{addr}/metrics");
+    }
     let fs_for_shutdown = fs.clone();
     let mut options = fuser::Config::default();
     options.mount_options = vec![

@@ -161,6 +161,11 @@ impl Filesystem {
         report
     }
 
+    /// Uploads whose data waits in the journal for a retry.
+    pub fn journaled_uploads(&self) -> usize {
+        crate::write::journaled(&self.staging_dir)
+    }
+
     pub fn storage(&self) -> &Arc<Storage> {
         &self.storage
     }

@@ -144,11 +144,56 @@ pub enum HealthState {
     Probing,
 }
 
+/// Kinds of request, for counts and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Get,
+    Head,
+    Put,
+    Part,
+    List,
+    Delete,
+    Copy,
+}
+
+impl Op {
+    pub const ALL: [Op; 7] = [
+        Op::Get,
+        Op::Head,
+        Op::Put,
+        Op::Part,
+        Op::List,
+        Op::Delete,
+        Op::Copy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        ["get", "head", "put", "part", "list", "delete", "copy"][self as usize]
+    }
+}
+
+/// Upper bounds (seconds) of the request-latency histogram buckets: from a fast local answer to a slow upload.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
 /// Counters of one provider, since the mount started.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Counters {
     /// Attempts sent (retries included).
     pub requests: AtomicU64,
+    /// Attempts by kind (indexed by [`Op`]).
+    #[serde(skip)]
+    pub by_op: [AtomicU64; 7],
+    /// Body bytes received and sent.
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
+    /// Attempts by latency bucket ([`LATENCY_BUCKETS`], cumulative counts computed when exported; the last slot
+    /// counts attempts slower than every bound), and the sum of latencies in microseconds.
+    #[serde(skip)]
+    pub latency: [AtomicU64; 13],
+    #[serde(skip)]
+    pub latency_sum_us: AtomicU64,
     /// Attempts that failed with an outage (connection error, timeout, 5xx).
     pub failures: AtomicU64,
     /// Attempts refused without asking the provider because its breaker was open.
@@ -161,6 +206,21 @@ pub struct Counters {
     pub failover_writes: AtomicU64,
     /// Failover writes copied back to this provider (as primary).
     pub heals: AtomicU64,
+}
+
+impl Counters {
+    fn record(&self, op: Op, took: Duration) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.by_op[op as usize].fetch_add(1, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
 }
 
 /// Health of one provider: circuit breaker plus counters.
@@ -340,7 +400,7 @@ impl Guarded {
 
     /// Runs `op` until it succeeds, answers, or fails with an outage `attempts` times; each attempt bounded by
     /// `limit`. Stops early (failing at once) when the breaker is open.
-    async fn attempt<T, F, Fut>(&self, limit: Duration, op: F) -> object_store::Result<T>
+    async fn attempt<T, F, Fut>(&self, kind: Op, limit: Duration, op: F) -> object_store::Result<T>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = object_store::Result<T>>,
@@ -356,14 +416,12 @@ impl Guarded {
             if last_try && (failed > 0 || fallback != Fallback::None) {
                 return Err(self.health.unavailable());
             }
-            self.health
-                .counters
-                .requests
-                .fetch_add(1, Ordering::Relaxed);
+            let started = std::time::Instant::now();
             let outcome = match tokio::time::timeout(limit, op()).await {
                 Ok(outcome) => outcome,
                 Err(_) => Err(outage(format!("no response within {limit:?}"))),
             };
+            self.health.counters.record(kind, started.elapsed());
             match outcome {
                 Err(e) if is_outage(&e) => {
                     self.health.failed(&e);
@@ -388,10 +446,13 @@ impl Guarded {
             let health = self.health.clone();
             result.payload = GetResultPayload::Stream(
                 stream
-                    .inspect_err(move |e| {
-                        if is_outage(e) {
-                            health.failed(e)
+                    .inspect(move |chunk| match chunk {
+                        Ok(bytes) => {
+                            let read = &health.counters.bytes_read;
+                            read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                         }
+                        Err(e) if is_outage(e) => health.failed(e),
+                        Err(_) => {}
                     })
                     .boxed(),
             );
@@ -408,7 +469,11 @@ impl ObjectStore for Guarded {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        self.attempt(self.policy.total, || {
+        self.health
+            .counters
+            .bytes_written
+            .fetch_add(payload.content_length() as u64, Ordering::Relaxed);
+        self.attempt(Op::Put, self.policy.total, || {
             self.inner.put_opts(location, payload.clone(), opts.clone())
         })
         .await
@@ -421,7 +486,7 @@ impl ObjectStore for Guarded {
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
         let opts = opts.with_retry_policy(Arc::new(PartRetry(self.clone())));
         let inner = self
-            .attempt(self.policy.first_byte, || {
+            .attempt(Op::Put, self.policy.first_byte, || {
                 self.inner.put_multipart_opts(location, opts.clone())
             })
             .await?;
@@ -436,8 +501,9 @@ impl ObjectStore for Guarded {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
+        let op = if options.head { Op::Head } else { Op::Get };
         let result = self
-            .attempt(self.policy.first_byte, || {
+            .attempt(op, self.policy.first_byte, || {
                 self.inner.get_opts(location, options.clone())
             })
             .await?;
@@ -453,7 +519,7 @@ impl ObjectStore for Guarded {
             .and_then(move |path| {
                 let this = this.clone();
                 async move {
-                    this.attempt(this.policy.first_byte, || {
+                    this.attempt(Op::Delete, this.policy.first_byte, || {
                         let one = futures::stream::iter([Ok(path.clone())]).boxed();
                         let mut results = this.inner.delete_stream(one);
                         let path = path.clone();
@@ -470,7 +536,7 @@ impl ObjectStore for Guarded {
         let (this, prefix) = (self.clone(), prefix.cloned());
         futures::stream::once(async move {
             let first = this
-                .attempt(this.policy.first_byte, || {
+                .attempt(Op::List, this.policy.first_byte, || {
                     let mut listing = this.inner.list(prefix.as_ref());
                     async move {
                         match listing.next().await {
@@ -493,8 +559,10 @@ impl ObjectStore for Guarded {
 
     /// Bounded by `total`: a large directory takes many pages.
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.attempt(self.policy.total, || self.inner.list_with_delimiter(prefix))
-            .await
+        self.attempt(Op::List, self.policy.total, || {
+            self.inner.list_with_delimiter(prefix)
+        })
+        .await
     }
 
     async fn copy_opts(
@@ -503,7 +571,7 @@ impl ObjectStore for Guarded {
         to: &Path,
         options: CopyOptions,
     ) -> object_store::Result<()> {
-        self.attempt(self.policy.total, || {
+        self.attempt(Op::Copy, self.policy.total, || {
             self.inner.copy_opts(from, to, options.clone())
         })
         .await
@@ -551,10 +619,19 @@ struct GuardedUpload {
 #[async_trait]
 impl MultipartUpload for GuardedUpload {
     fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        let len = data.content_length() as u64;
         let part = self.inner.put_part(data);
         let health = self.store.health.clone();
         Box::pin(async move {
+            let started = std::time::Instant::now();
             let outcome = part.await;
+            health.counters.record(Op::Part, started.elapsed());
+            if outcome.is_ok() {
+                health
+                    .counters
+                    .bytes_written
+                    .fetch_add(len, Ordering::Relaxed);
+            }
             if outcome.is_ok() {
                 health.succeeded();
             }

@@ -513,6 +513,16 @@ pub async fn replay(dir: &Path, storage: &Storage, skip: impl Fn(&str) -> bool) 
     outcome
 }
 
+/// Journal records in `dir`: acknowledged files not yet uploaded (in progress or waiting for a retry).
+pub fn journaled(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .filter(|e| e.path().extension().and_then(|x| x.to_str()) == Some("json"))
+            .count()
+    })
+}
+
 /// Removes staged data that no journal record claims and no open file uses: bytes a program wrote but never
 /// closed or fsynced before the previous mount stopped. Called once, before the mount serves requests.
 pub fn discard_unacknowledged(dir: &Path) -> usize {
