@@ -196,3 +196,18 @@ provider = \"s3\"
         blocks[2]
     );
 }
+
+#[test]
+fn help_lists_every_command() {
+    let out = zmount(&["--help"]);
+    assert!(out.status.success());
+    let help = text(&out);
+    for command in ["check", "explain", "url", "search", "migrate", "sync"] {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{command} "))),
+            "{command} missing from --help:\n{help}"
+        );
+    }
+    assert!(help.contains("--metrics-addr"), "{help}");
+}

@@ -74,9 +74,12 @@ enum Command {
     },
     /// Copy objects from one provider to another, verified; resumable (a rerun skips what is done)
     Migrate {
+        /// mount.toml naming the providers
         config: PathBuf,
+        /// Provider to copy from
         #[arg(long)]
         from: String,
+        /// Provider to copy to
         #[arg(long)]
         to: String,
         /// Only paths matching this glob (`*` crosses `/`)
@@ -91,9 +94,12 @@ enum Command {
     },
     /// Make the target provider match the source: copy new and changed objects, optionally delete extras
     Sync {
+        /// mount.toml naming the providers
         config: PathBuf,
+        /// Provider whose objects are the reference
         #[arg(long)]
         source: String,
+        /// Provider made to match it
         #[arg(long)]
         target: String,
         /// Only paths matching this glob (`*` crosses `/`)
