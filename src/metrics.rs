@@ -4,24 +4,39 @@
 //! no web framework is needed.
 
 use crate::fs::Filesystem;
-use crate::providers::guard::{HealthState, Op, LATENCY_BUCKETS};
+use crate::providers::guard::{Counters, HealthState, Op, LATENCY_BUCKETS};
+use crate::providers::Provider;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long a client may take to send its request before the connection is dropped.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request head read; what the request says does not matter, only that it was received.
+const MAX_REQUEST: usize = 16 * 1024;
 
 /// Binds `addr` and answers every request with the metrics of `fs`.
 pub async fn serve(addr: &str, fs: Arc<Filesystem>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tokio::spawn(async move {
         loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                continue;
+            let mut conn = match listener.accept().await {
+                Ok((conn, _)) => conn,
+                Err(e) => {
+                    // Out of descriptors or similar: wait instead of spinning.
+                    tracing::warn!("metrics: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let fs = fs.clone();
             tokio::spawn(async move {
-                let mut request = [0u8; 4096];
-                let _ = conn.read(&mut request).await; // the request line and headers; nothing in them matters
+                let request = tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut conn));
+                if request.await.is_err() {
+                    return;
+                }
                 let body = render(&fs);
                 let head = format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -36,88 +51,106 @@ pub async fn serve(addr: &str, fs: Arc<Filesystem>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// One metric family: HELP and TYPE lines, then its samples.
+/// Reads to the end of the request head, so that closing afterwards does not reset the connection.
+async fn read_request(conn: &mut tokio::net::TcpStream) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while head.len() < MAX_REQUEST && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped, as the text format requires.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// One metric family: HELP and TYPE lines (its samples follow).
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// Counters exported one sample per provider: name, help, value.
+type PerProvider = (&'static str, &'static str, fn(&Counters) -> u64);
+
+const PER_PROVIDER: [PerProvider; 8] = [
+    (
+        "zmount_provider_errors_total",
+        "Requests that failed with an outage (connection error, timeout, 5xx).",
+        |c| c.failures.load(Ordering::Relaxed),
+    ),
+    (
+        "zmount_provider_refused_total",
+        "Requests not sent because the provider was marked down.",
+        |c| c.refused.load(Ordering::Relaxed),
+    ),
+    (
+        "zmount_provider_read_bytes_total",
+        "Body bytes received from a provider.",
+        |c| c.bytes_read.load(Ordering::Relaxed),
+    ),
+    (
+        "zmount_provider_written_bytes_total",
+        "Body bytes sent to a provider.",
+        |c| c.bytes_written.load(Ordering::Relaxed),
+    ),
+    (
+        "zmount_provider_down_total",
+        "Times a provider was marked down (breaker trips).",
+        |c| c.trips.load(Ordering::Relaxed),
+    ),
+    (
+        "zmount_failover_reads_total",
+        "Reads a provider served as a fallback.",
+        |c| c.served_as_fallback.load(Ordering::Relaxed),
+    ),
+    (
+        "zmount_failover_writes_total",
+        "Writes a provider took as a fallback.",
+        |c| c.failover_writes.load(Ordering::Relaxed),
+    ),
+    (
+        "zmount_heals_total",
+        "Failover writes copied back to this provider.",
+        |c| c.heals.load(Ordering::Relaxed),
+    ),
+];
+
 /// The metrics text.
 pub fn render(fs: &Filesystem) -> String {
     let mut out = String::new();
-    let providers: Vec<_> = fs.storage().providers().cloned().collect();
+    let providers: Vec<Arc<Provider>> = fs.storage().providers().cloned().collect();
+    let name = "zmount_provider_requests_total";
     family(
         &mut out,
-        "zmount_provider_requests_total",
+        name,
         "counter",
         "Requests sent to a provider (retries included), by kind.",
     );
     for p in &providers {
         for op in Op::ALL {
             let n = p.health.counters.by_op[op as usize].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "zmount_provider_requests_total{{provider=\"{}\",op=\"{}\"}} {n}",
-                p.name,
-                op.name()
-            );
+            let (provider, op) = (label(&p.name), op.name());
+            let _ = writeln!(out, "{name}{{provider=\"{provider}\",op=\"{op}\"}} {n}");
         }
     }
-    let simple: [(&str, &str, fn(&crate::providers::guard::Counters) -> u64); 8] = [
-        (
-            "zmount_provider_errors_total",
-            "Requests that failed with an outage (connection error, timeout, 5xx).",
-            |c| c.failures.load(Ordering::Relaxed),
-        ),
-        (
-            "zmount_provider_refused_total",
-            "Requests not sent because the provider was marked down.",
-            |c| c.refused.load(Ordering::Relaxed),
-        ),
-        (
-            "zmount_provider_read_bytes_total",
-            "Body bytes received from a provider.",
-            |c| c.bytes_read.load(Ordering::Relaxed),
-        ),
-        (
-            "zmount_provider_written_bytes_total",
-            "Body bytes sent to a provider.",
-            |c| c.bytes_written.load(Ordering::Relaxed),
-        ),
-        (
-            "zmount_provider_down_total",
-            "Times a provider was marked down (breaker trips).",
-            |c| c.trips.load(Ordering::Relaxed),
-        ),
-        (
-            "zmount_failover_reads_total",
-            "Reads a provider served as a fallback.",
-            |c| c.served_as_fallback.load(Ordering::Relaxed),
-        ),
-        (
-            "zmount_failover_writes_total",
-            "Writes a provider took as a fallback.",
-            |c| c.failover_writes.load(Ordering::Relaxed),
-        ),
-        (
-            "zmount_heals_total",
-            "Failover writes copied back to this provider.",
-            |c| c.heals.load(Ordering::Relaxed),
-        ),
-    ];
-    for (name, help, get) in simple {
+    for (name, help, get) in PER_PROVIDER {
         family(&mut out, name, "counter", help);
         for p in &providers {
-            let _ = writeln!(
-                out,
-                "{name}{{provider=\"{}\"}} {}",
-                p.name,
-                get(&p.health.counters)
-            );
+            let (provider, n) = (label(&p.name), get(&p.health.counters));
+            let _ = writeln!(out, "{name}{{provider=\"{provider}\"}} {n}");
         }
     }
+    let name = "zmount_provider_up";
     family(
         &mut out,
-        "zmount_provider_up",
+        name,
         "gauge",
         "1 when the provider serves, 0 when marked down (0.5 while probing).",
     );
@@ -127,36 +160,30 @@ pub fn render(fs: &Filesystem) -> String {
             HealthState::Probing => "0.5",
             HealthState::Down => "0",
         };
-        let _ = writeln!(out, "zmount_provider_up{{provider=\"{}\"}} {up}", p.name);
+        let _ = writeln!(out, "{name}{{provider=\"{}\"}} {up}", label(&p.name));
     }
     latency(&mut out, &providers);
     cache(&mut out, fs);
+    let name = "zmount_uploads_pending";
     family(
         &mut out,
-        "zmount_uploads_pending",
+        name,
         "gauge",
-        "Files closed but not yet on their provider (queued or staged for retry).",
+        "Files acknowledged (closed or fsynced) but not yet on their provider.",
     );
-    let _ = writeln!(
-        out,
-        "zmount_uploads_pending {}",
-        fs.background.pending() + fs.journaled_uploads()
-    );
+    let _ = writeln!(out, "{name} {}", fs.journaled_uploads());
+    let name = "zmount_heals_pending";
     family(
         &mut out,
-        "zmount_heals_pending",
+        name,
         "gauge",
         "Failover writes waiting to be copied back to their primary.",
     );
-    let _ = writeln!(
-        out,
-        "zmount_heals_pending {}",
-        fs.storage().heals().records().len()
-    );
+    let _ = writeln!(out, "{name} {}", fs.storage().heals().records().len());
     out
 }
 
-fn latency(out: &mut String, providers: &[Arc<crate::providers::Provider>]) {
+fn latency(out: &mut String, providers: &[Arc<Provider>]) {
     let name = "zmount_provider_request_duration_seconds";
     family(
         out,
@@ -166,30 +193,30 @@ fn latency(out: &mut String, providers: &[Arc<crate::providers::Provider>]) {
     );
     for p in providers {
         let c = &p.health.counters;
+        let provider = label(&p.name);
         let mut cumulative = 0;
         for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
             cumulative += c.latency[i].load(Ordering::Relaxed);
             let _ = writeln!(
                 out,
-                "{name}_bucket{{provider=\"{}\",le=\"{bound}\"}} {cumulative}",
-                p.name
+                "{name}_bucket{{provider=\"{provider}\",le=\"{bound}\"}} {cumulative}"
             );
         }
         cumulative += c.latency[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
         let _ = writeln!(
             out,
-            "{name}_bucket{{provider=\"{}\",le=\"+Inf\"}} {cumulative}",
-            p.name
+            "{name}_bucket{{provider=\"{provider}\",le=\"+Inf\"}} {cumulative}"
         );
         let sum = c.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{provider=\"{}\"}} {sum}", p.name);
-        let _ = writeln!(out, "{name}_count{{provider=\"{}\"}} {cumulative}", p.name);
+        let _ = writeln!(out, "{name}_sum{{provider=\"{provider}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{provider=\"{provider}\"}} {cumulative}");
     }
 }
 
 fn cache(out: &mut String, fs: &Filesystem) {
     let cache = fs.block_cache();
     let s = &cache.stats;
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
     family(
         out,
         "zmount_cache_hits_total",
@@ -199,12 +226,12 @@ fn cache(out: &mut String, fs: &Filesystem) {
     let _ = writeln!(
         out,
         "zmount_cache_hits_total{{tier=\"memory\"}} {}",
-        s.memory_hits.load(Ordering::Relaxed)
+        load(&s.memory_hits)
     );
     let _ = writeln!(
         out,
         "zmount_cache_hits_total{{tier=\"disk\"}} {}",
-        s.disk_hits.load(Ordering::Relaxed)
+        load(&s.disk_hits)
     );
     family(
         out,
@@ -212,11 +239,7 @@ fn cache(out: &mut String, fs: &Filesystem) {
         "counter",
         "Blocks fetched from a provider.",
     );
-    let _ = writeln!(
-        out,
-        "zmount_cache_misses_total {}",
-        s.misses.load(Ordering::Relaxed)
-    );
+    let _ = writeln!(out, "zmount_cache_misses_total {}", load(&s.misses));
     family(
         out,
         "zmount_cache_evictions_total",
@@ -226,7 +249,7 @@ fn cache(out: &mut String, fs: &Filesystem) {
     let _ = writeln!(
         out,
         "zmount_cache_evictions_total{{tier=\"memory\"}} {}",
-        s.memory_evictions.load(Ordering::Relaxed)
+        load(&s.memory_evictions)
     );
     let _ = writeln!(
         out,
@@ -240,4 +263,12 @@ fn cache(out: &mut String, fs: &Filesystem) {
         "Bytes the disk cache holds.",
     );
     let _ = writeln!(out, "zmount_cache_disk_bytes {}", cache.disk_used());
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(super::label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 }

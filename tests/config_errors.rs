@@ -77,6 +77,11 @@ fn bad_configs_get_exact_messages() {
             "/etc/zmount/mount.toml:14:9: default.write: unknown variant `fallback`, expected `primary` or `failover`",
         ),
         (
+            "route metadata with a key providers cannot carry",
+            format!("{GOOD_PROVIDERS}\n[default]\nprovider = \"s3\"\nmetadata = {{ \"original-name\" = \"x\" }}\n"),
+            "/etc/zmount/mount.toml: default.metadata.original-name: metadata key \"original-name\" is not portable across providers: use ASCII letters, digits and `_`, starting with a letter",
+        ),
+        (
             "missing environment variable",
             "[providers.s3]\nkind = \"s3\"\nbucket = \"b\"\nsecret_key = \"${ZMOUNT_TEST_UNSET_SECRET}\"\n".to_string(),
             "/etc/zmount/mount.toml: providers.s3.secret_key: environment variable `ZMOUNT_TEST_UNSET_SECRET` is not set",

@@ -440,3 +440,32 @@ async fn metrics_parse_as_prometheus_text_and_move_when_files_are_read() {
         "a second read hits the cache"
     );
 }
+
+#[test]
+fn migrate_refuses_providers_that_overlap() {
+    let dir = scratch();
+    set_secret_env();
+    let prefix = unique("overlap");
+    let outer = provider_toml(Case::S3, "outer", &prefix, dir.path());
+    let inner = provider_toml(Case::S3, "inner", &format!("{prefix}/sub"), dir.path());
+    let path = dir.path().join("mount.toml");
+    std::fs::write(
+        &path,
+        format!("{outer}{inner}[default]\nprovider = \"outer\"\n"),
+    )
+    .unwrap();
+    for (from, to) in [("outer", "inner"), ("inner", "outer")] {
+        let out = zmount(&[
+            "sync",
+            path.to_str().unwrap(),
+            "--source",
+            from,
+            "--target",
+            to,
+            "--delete",
+        ]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("one contains the other"), "{err}");
+    }
+}

@@ -177,3 +177,51 @@ for_each_provider!(
     new_files_get_the_route_defaults,
     tags_are_refused_where_the_provider_has_none
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_with_metadata_zmount_cannot_send_back_can_still_be_rewritten() {
+    let (ctx, mnt) = mount_for(Case::S3, "foreign", "");
+    let mut attributes = object_store::Attributes::new();
+    attributes.insert(
+        object_store::Attribute::Metadata("original-filename".into()),
+        "a.txt".into(),
+    );
+    attributes.insert(
+        object_store::Attribute::Metadata("owner".into()),
+        "ann".into(),
+    );
+    let opts = object_store::PutOptions {
+        attributes,
+        ..Default::default()
+    };
+    let key = ctx.provider.key_for("foreign.txt");
+    ctx.provider
+        .store
+        .put_opts(
+            &key,
+            bytes::Bytes::from_static(b"from another tool").into(),
+            opts,
+        )
+        .await
+        .unwrap();
+    let mut append = std::fs::OpenOptions::new()
+        .append(true)
+        .open(mnt.path("foreign.txt"))
+        .unwrap();
+    std::io::Write::write_all(&mut append, b", edited").unwrap();
+    drop(append); // close: the upload must succeed
+    assert_eq!(
+        std::fs::read(mnt.path("foreign.txt")).unwrap(),
+        b"from another tool, edited"
+    );
+    let info = ctx.storage.get_info("foreign.txt").await.unwrap();
+    assert_eq!(
+        info.metadata.get("owner").map(String::as_str),
+        Some("ann"),
+        "portable metadata kept"
+    );
+    assert!(
+        mnt.log().contains("original-filename"),
+        "the dropped key is logged"
+    );
+}

@@ -49,18 +49,13 @@ pub async fn run(config_path: &Path, tags: &[String], meta: &[String], prefix: &
             info
         }
     });
-    let mut results: Vec<Result<FileInfo, _>> = checks.buffer_unordered(IN_FLIGHT).collect().await;
+    let results: Vec<Result<FileInfo, _>> = checks.buffer_unordered(IN_FLIGHT).collect().await;
     progress.finish();
-    results.sort_by(|a, b| match (a, b) {
-        (Ok(a), Ok(b)) => a.path.cmp(&b.path),
-        _ => std::cmp::Ordering::Equal,
-    });
+    let mut found = Vec::new();
     let mut failed = false;
     for result in results {
         match result {
-            Ok(info) if matches(&info, &tags, &meta) => {
-                println!("{}\t{}", info.path, info.provider)
-            }
+            Ok(info) if matches(&info, &tags, &meta) => found.push(info),
             Ok(_) => {}
             Err(e) if e.is_not_found() => {} // deleted since it was listed
             Err(e) => {
@@ -68,6 +63,10 @@ pub async fn run(config_path: &Path, tags: &[String], meta: &[String], prefix: &
                 failed = true;
             }
         }
+    }
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    for info in found {
+        println!("{}\t{}", info.path, info.provider);
     }
     if failed {
         ExitCode::FAILURE

@@ -80,8 +80,11 @@ async fn prepare(
         })
     };
     let (source, target) = (provider(from)?, provider(to)?);
-    if source.name == target.name {
-        return Err("source and target are the same provider".into());
+    if source.name == target.name || transfer::overlap(&source, &target) {
+        return Err(format!(
+            "`{}` and `{}` are the same storage or one contains the other; copying between them could delete what it copies",
+            source.name, target.name
+        ));
     }
     if target.read_only {
         return Err(format!("provider `{}` is read_only", target.name));
@@ -197,10 +200,12 @@ async fn run_step(
         Step::Copy(item) => {
             let copied = transfer::copy_verified(source, target, &item.path, &|_| {}).await;
             let outcome = match copied {
-                Ok(bytes) if delete_source => delete(source, &item.path)
-                    .await
-                    .map(|_| Outcome::Copied(bytes, true)),
-                Ok(bytes) => Ok(Outcome::Copied(bytes, false)),
+                Ok(version) if delete_source => {
+                    transfer::delete_if_unchanged(source, &item.path, &version)
+                        .await
+                        .map(|_| Outcome::Copied(version.size, true))
+                }
+                Ok(version) => Ok(Outcome::Copied(version.size, false)),
                 Err(e) => Err(e),
             };
             (item.path, outcome)
@@ -208,9 +213,16 @@ async fn run_step(
         Step::Skip(item) if delete_source => {
             // Copied by an earlier run that stopped before deleting: compare, then delete.
             let outcome = match transfer::same_bytes(source, target, &item.path).await {
-                Ok(true) => delete(source, &item.path)
-                    .await
-                    .map(|_| Outcome::Skipped(true)),
+                Ok(true) => {
+                    let listed = transfer::Version {
+                        size: item.size,
+                        etag: item.etag.clone(),
+                        last_modified: item.last_modified,
+                    };
+                    transfer::delete_if_unchanged(source, &item.path, &listed)
+                        .await
+                        .map(|_| Outcome::Skipped(true))
+                }
                 Ok(false) => Err(StorageError::Invalid {
                     path: item.path.clone(),
                     what: "copy",

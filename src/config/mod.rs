@@ -595,11 +595,43 @@ impl Config {
             }
             seen.push(name);
         }
+        self.check_route_attributes(key, route)?;
         if route.write == WritePolicy::Failover && route.fallback.is_empty() {
             return Err(ConfigError::new(
                 &self.file,
                 format!("{key}.write"),
                 "`failover` needs at least one provider in `fallback`".to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A route's default `metadata` and `tags` must be what every upload accepts, so new files never fail late.
+    fn check_route_attributes(&self, key: &str, route: &RouteConfig) -> Result<(), ConfigError> {
+        use crate::storage::{
+            check_metadata_value, check_tag, normalize_metadata_key, TAGS_MIRROR_KEY,
+        };
+        for (k, v) in &route.metadata {
+            let checked = normalize_metadata_key(k).and_then(|lower| {
+                let reserved =
+                    ["mode", "uid", "gid", "mtime", TAGS_MIRROR_KEY].contains(&lower.as_str());
+                match reserved {
+                    true => Err(format!("`{lower}` is kept by zmount itself")),
+                    false => check_metadata_value(&lower, v),
+                }
+            });
+            checked.map_err(|m| ConfigError::new(&self.file, format!("{key}.metadata.{k}"), m))?;
+        }
+        for (k, v) in &route.tags {
+            check_tag(k, v)
+                .map_err(|m| ConfigError::new(&self.file, format!("{key}.tags.{k}"), m))?;
+        }
+        let primary_kind = self.providers.get(&route.provider).map(|p| p.kind());
+        if !route.tags.is_empty() && primary_kind == Some("gcs") {
+            return Err(ConfigError::new(
+                &self.file,
+                format!("{key}.tags"),
+                format!("provider `{}` (gcs) has no object tags", route.provider),
             ));
         }
         Ok(())

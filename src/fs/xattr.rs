@@ -89,21 +89,28 @@ impl Filesystem {
         let facts = Facts {
             provider: info.provider.clone(),
             etag: info.etag.clone(),
-            attrs: FileAttrs::of_object(&self.storage, &path, entry.posix.unwrap_or_default())
-                .await?,
+            attrs: FileAttrs::of_info(&self.storage, info, entry.posix.unwrap_or_default()),
         };
         Ok(Some((path, facts)))
     }
 
     /// The value of extended attribute `name` (ENODATA when the file has none by that name).
     pub async fn getxattr(&self, ino: Ino, name: &str) -> FsResult<Vec<u8>> {
-        let (Some(name), Some((path, facts))) = (parse(name), self.facts(ino).await?) else {
+        let Some(name) = parse(name) else {
+            return Err(FsError::NoAttribute); // e.g. security.* or system.posix_acl_*: answered without a request
+        };
+        let Some((path, facts)) = self.facts(ino).await? else {
             return Err(FsError::NoAttribute);
         };
         let value = match name {
             Name::Meta(key) => facts.attrs.metadata.get(&key.to_ascii_lowercase()).cloned(),
             Name::Tag(key) => facts.attrs.tags.get(key).cloned(),
-            Name::ContentType => facts.attrs.content_type,
+            Name::ContentType => Some(
+                facts
+                    .attrs
+                    .content_type
+                    .unwrap_or_else(|| crate::storage::guess_content_type(&path)),
+            ),
             Name::Provider => Some(facts.provider),
             Name::Etag => facts.etag,
             Name::Url => self.storage.get_url(&path, URL_LIFETIME).await.ok(),
@@ -127,7 +134,7 @@ impl Filesystem {
         if facts.etag.is_some() {
             names.push(ETAG.into());
         }
-        if self.storage.get_url(&path, URL_LIFETIME).await.is_ok() {
+        if self.storage.can_make_url(&path) {
             names.push(URL.into());
         }
         Ok(names)

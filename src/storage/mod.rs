@@ -800,6 +800,13 @@ impl Storage {
         Ok(url.to_string())
     }
 
+    /// Whether [`Storage::get_url`] can give a URL for `path` (without making one, which may take a request).
+    pub fn can_make_url(&self, path: &str) -> bool {
+        self.resolve(path).is_ok_and(|(path, _, provider)| {
+            self.public_url(provider, &path).is_some() || provider.signer.is_some()
+        })
+    }
+
     fn check_size(&self, path: &str, resolved: &Resolved<'_>, size: u64) -> Result<()> {
         match self.size_limit(resolved) {
             Some(limit) if size > limit => Err(StorageError::TooLarge {

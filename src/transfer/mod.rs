@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 pub struct Item {
     pub path: String,
     pub size: u64,
+    pub etag: Option<String>,
     pub last_modified: DateTime<Utc>,
 }
 
@@ -52,6 +53,7 @@ pub async fn inventory(
                 let item = Item {
                     path: path.clone(),
                     size: meta.size,
+                    etag: meta.e_tag.clone(),
                     last_modified: meta.last_modified,
                 };
                 (path, item)
@@ -74,19 +76,38 @@ pub fn already_there(source: &Item, target: Option<&Item>) -> bool {
     target.is_some_and(|t| t.size == source.size && t.last_modified >= source.last_modified)
 }
 
-/// Copies `path` from `from` to `to` with its attributes, then verifies it; returns the bytes copied.
+/// The version of a source object a copy was made from: deleting the source is safe only while it is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub size: u64,
+    pub etag: Option<String>,
+    pub last_modified: DateTime<Utc>,
+}
+
+impl Version {
+    fn of(meta: &object_store::ObjectMeta) -> Self {
+        Version {
+            size: meta.size,
+            etag: meta.e_tag.clone(),
+            last_modified: meta.last_modified,
+        }
+    }
+}
+
+/// Copies `path` from `from` to `to` with its attributes, then verifies it; returns the version copied.
 /// `on_bytes` is told of every chunk read, for progress.
 pub async fn copy_verified(
     from: &Provider,
     to: &Provider,
     path: &str,
     on_bytes: &(dyn Fn(u64) + Sync),
-) -> Result<u64, StorageError> {
+) -> Result<Version, StorageError> {
     let source = from
         .store
         .get(&from.key_for(path))
         .await
         .map_err(|e| StorageError::from_store(from, path, e))?;
+    let version = Version::of(&source.meta);
     let size = source.meta.size;
     let (attributes, tags) = carried(&source.attributes, to);
     let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
@@ -115,7 +136,56 @@ pub async fn copy_verified(
             ),
         });
     }
-    Ok(size)
+    Ok(version)
+}
+
+/// Deletes the source object only if it is still `version` (not rewritten since it was copied).
+pub async fn delete_if_unchanged(
+    provider: &Provider,
+    path: &str,
+    version: &Version,
+) -> Result<(), StorageError> {
+    let key = provider.key_for(path);
+    let fail = |e| StorageError::from_store(provider, path, e);
+    let now = match provider.store.head(&key).await {
+        Ok(meta) => Version::of(&meta),
+        Err(object_store::Error::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(fail(e)),
+    };
+    if now != *version {
+        return Err(StorageError::Precondition {
+            provider: provider.name.clone(),
+            path: path.to_string(),
+            message: "changed after it was copied; the source is kept".into(),
+        });
+    }
+    match provider.store.delete(&key).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(fail(e)),
+    }
+}
+
+/// Whether `a` and `b` are the same storage or one holds the other (same kind and location with one prefix at or
+/// below the other; for local providers, one folder at or inside the other): copying between them could delete
+/// what it copies.
+pub fn overlap(a: &Provider, b: &Provider) -> bool {
+    if a.kind != b.kind {
+        return false;
+    }
+    let root = |p: &Provider| {
+        let base = match p.kind {
+            "local" => p.location.trim_end_matches('/').to_string(),
+            _ => format!("{}//", p.location),
+        };
+        match p.prefix.is_empty() {
+            true => base,
+            false => format!("{base}/{}", p.prefix),
+        }
+    };
+    let (ra, rb) = (root(a), root(b));
+    let within =
+        |x: &str, y: &str| x == y || x.starts_with(&format!("{}/", y.trim_end_matches('/')));
+    within(&ra, &rb) || within(&rb, &ra)
 }
 
 /// Whether both providers hold the same bytes at `path` (size and SHA-256 of a full read of each).
@@ -153,17 +223,19 @@ fn carried(attributes: &Attributes, to: &Provider) -> (Attributes, TagSet) {
     let mut tags = TagSet::default();
     for (key, value) in attributes.iter() {
         match key {
+            // A target without tags gets no tag mirror either (its files could not be written back with it).
+            Attribute::Metadata(k) if k.eq_ignore_ascii_case(TAGS_MIRROR_KEY) => {
+                if to.supports_tags() {
+                    kept.insert(key.clone(), value.clone());
+                    for (tk, tv) in decode_tags(value) {
+                        tags.push(&tk, &tv);
+                    }
+                }
+            }
             Attribute::ContentType | Attribute::Metadata(_) => {
                 kept.insert(key.clone(), value.clone());
             }
             _ => {}
-        }
-        if let Attribute::Metadata(k) = key {
-            if k.eq_ignore_ascii_case(TAGS_MIRROR_KEY) && to.supports_tags() {
-                for (tk, tv) in decode_tags(value) {
-                    tags.push(&tk, &tv);
-                }
-            }
         }
     }
     (kept, tags)

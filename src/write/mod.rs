@@ -72,18 +72,50 @@ impl FileAttrs {
     /// over its stored POSIX attributes.
     pub async fn of_object(storage: &Storage, path: &str, posix: Posix) -> FsResult<FileAttrs> {
         match storage.get_info(path).await {
-            Ok(info) => Ok(FileAttrs {
-                posix,
-                metadata: info
-                    .metadata
-                    .into_iter()
-                    .filter(|(k, _)| !crate::fs::posix::KEYS.contains(&k.as_str()))
-                    .collect(),
-                tags: info.tags,
-                content_type: Some(info.content_type),
-            }),
+            Ok(info) => Ok(FileAttrs::of_info(storage, info, posix)),
             Err(e) if e.is_not_found() => Ok(FileAttrs::with_posix(posix)),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// What `info` describes, keeping only what every upload accepts: metadata written by other tools with keys
+    /// or values zmount cannot send back (e.g. `original-filename`, UTF-8 values), and tags on a provider without
+    /// tags, are dropped with a warning instead of failing every later write of the file.
+    pub fn of_info(storage: &Storage, info: crate::storage::FileInfo, posix: Posix) -> FileAttrs {
+        let path = &info.path;
+        let mut metadata = std::collections::BTreeMap::new();
+        for (key, value) in info.metadata {
+            if crate::fs::posix::KEYS.contains(&key.as_str()) {
+                continue;
+            }
+            let portable = crate::storage::normalize_metadata_key(&key)
+                .and_then(|k| crate::storage::check_metadata_value(&k, &value));
+            match portable {
+                Ok(()) => {
+                    metadata.insert(key, value);
+                }
+                Err(why) => tracing::warn!(
+                    "{path}: metadata `{key}` is not kept when the file is rewritten: {why}"
+                ),
+            }
+        }
+        let tag_support = storage
+            .resolve(path)
+            .is_ok_and(|(_, _, provider)| provider.supports_tags());
+        if !tag_support && !info.tags.is_empty() {
+            tracing::warn!(
+                "{path}: its provider has no tags; they are not kept when the file is rewritten"
+            );
+        }
+        FileAttrs {
+            posix,
+            metadata,
+            tags: if tag_support {
+                info.tags
+            } else {
+                Default::default()
+            },
+            content_type: Some(info.content_type),
         }
     }
 
@@ -319,6 +351,7 @@ impl Staged {
             Ok(info) => {
                 inner.dirty = false;
                 let _ = std::fs::remove_file(record_of(&self.local));
+                drop_superseded(&self.local, &self.path);
                 Ok(Some(info))
             }
             Err(e) => {
@@ -457,6 +490,7 @@ pub async fn replay(dir: &Path, storage: &Storage, skip: impl Fn(&str) -> bool) 
             _ => {}
         }
     }
+    records.sort(); // oldest first (names start with the staging time), so the newest bytes of a path land last
     for record_path in records {
         let local = record_path.with_extension("");
         let Some(record) = std::fs::read(&record_path)
@@ -511,6 +545,36 @@ pub async fn replay(dir: &Path, storage: &Storage, skip: impl Fn(&str) -> bool) 
         }
     }
     outcome
+}
+
+/// After `path` was uploaded from `local`: journal records of older, failed uploads of the same path (not owned by
+/// a live file) are dropped, so a later retry cannot put their older bytes over the newer ones.
+fn drop_superseded(local: &Path, path: &str) {
+    let Some(dir) = local.parent() else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let record = entry.path();
+        if record.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let data = record.with_extension("");
+        if data == local || is_live(&data) {
+            continue;
+        }
+        let same_path = std::fs::read(&record)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+            .is_some_and(|r| r.path == path);
+        if same_path {
+            tracing::info!(
+                "journal: an older pending upload of {path} is superseded by a newer one; dropped"
+            );
+            let _ = std::fs::remove_file(&record);
+            let _ = std::fs::remove_file(&data);
+        }
+    }
 }
 
 /// Journal records in `dir`: acknowledged files not yet uploaded (in progress or waiting for a retry).
