@@ -8,6 +8,7 @@
 //!   ranged KEY            1 MiB ranged GETs, 32 in flight (like read-ahead) -> MiB/s
 //!   random KEY N          N random 4 KiB ranged GETs, one at a time  -> IOPS
 //!   list PREFIX           list every key below PREFIX                -> seconds, count
+//!   wait-size KEY BYTES   poll (HEAD every 20 ms) until KEY holds BYTES bytes (a write is complete on the server)
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -50,7 +51,20 @@ async fn main() {
         "ranged" => ranged(&provider, &rest[0]).await,
         "random" => random(&provider, &rest[0], rest[1].parse().unwrap()).await,
         "list" => list(&provider, &rest[0]).await,
+        "wait-size" => wait_size(&provider, &rest[0], rest[1].parse().unwrap()).await,
         other => fail(&format!("unknown command {other}")),
+    }
+}
+
+async fn wait_size(p: &Provider, key: &str, bytes: u64) {
+    let location = p.key_for(key);
+    loop {
+        match p.store.head(&location).await {
+            Ok(meta) if meta.size == bytes => return,
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => fail(&e),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 
