@@ -55,6 +55,12 @@ fn parse(name: &str) -> Option<Name<'_>> {
     }
 }
 
+/// Whether zmount serves extended attribute `name` at all. Others (`security.selinux`, `system.posix_acl_access`,
+/// which `ls -l` asks for every file) can be answered ENODATA at once, without touching a provider.
+pub fn serves(name: &str) -> bool {
+    parse(name).is_some()
+}
+
 /// How `setxattr` may treat an existing attribute (XATTR_CREATE / XATTR_REPLACE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetMode {

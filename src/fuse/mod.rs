@@ -444,6 +444,10 @@ impl fuser::Filesystem for FuseAdapter {
         reply: fuser::ReplyXattr,
     ) {
         let name = name_or_reply!(name, reply);
+        if !crate::fs::xattr::serves(&name) {
+            // `ls -l` asks every file for security/ACL attributes: answered here, without a task per request.
+            return reply.error(errno("getxattr", &FsError::NoAttribute));
+        }
         self.spawn(move |fs| async move {
             match fs.getxattr(ino.0, &name).await {
                 Ok(value) => xattr_reply(reply, size, &value),
