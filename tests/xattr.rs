@@ -225,3 +225,32 @@ async fn a_file_with_metadata_zmount_cannot_send_back_can_still_be_rewritten() {
         "the dropped key is logged"
     );
 }
+
+/// `ls -l` asks every file for `security.selinux` and `system.posix_acl_access`; answering ENOTSUP (not ENODATA)
+/// makes it stop asking for the rest of the filesystem, so a long listing costs no request per file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_zmount_does_not_serve_are_unsupported_not_missing() {
+    let (_ctx, mnt) = mount_for(Case::Local, "foreignns", "");
+    std::fs::write(mnt.path("f.txt"), b"x").unwrap();
+    let probe = r#"
+import errno, os, sys
+for name in ["security.selinux", "system.posix_acl_access", "trusted.x", "user.other"]:
+    try:
+        os.getxattr(sys.argv[1], name)
+        print(name, "present")
+    except OSError as e:
+        print(name, errno.errorcode[e.errno])
+try:
+    os.getxattr(sys.argv[1], "user.meta.absent")
+except OSError as e:
+    print("user.meta.absent", errno.errorcode[e.errno])
+"#;
+    let out = run(
+        "python3",
+        &["-c", probe, mnt.path("f.txt").to_str().unwrap()],
+    );
+    assert_eq!(
+        out,
+        "security.selinux ENOTSUP\nsystem.posix_acl_access ENOTSUP\ntrusted.x ENOTSUP\nuser.other ENOTSUP\nuser.meta.absent ENODATA\n"
+    );
+}

@@ -11,7 +11,7 @@ SIZE_MIB="${2:-1024}"
 SMALL="${3:-1000}"
 MANY="${4:-10000}"
 FIO_SECONDS=5
-TOOLS_UNDER_TEST="native zmount rclone-off rclone-full s3fs"
+TOOLS_UNDER_TEST="${BENCH_TOOLS:-native zmount rclone-off rclone-full s3fs}" # a subset, for quick looks
 
 missing=()
 for pair in rclone:rclone s3fs:s3fs fio:fio; do

@@ -29,6 +29,9 @@ pub enum FsError {
     CrossDevice,
     #[error("no such extended attribute")]
     NoAttribute,
+    /// An extended attribute namespace zmount does not serve (security.*, system.*, trusted.*).
+    #[error("extended attributes of this namespace are not supported")]
+    ForeignAttribute,
     #[error("extended attribute {0} is read-only")]
     ReadOnlyAttribute(String),
     #[error("local I/O error: {0}")]
@@ -60,6 +63,9 @@ impl FsError {
             // A rename whose source and target live on different providers: `mv` then copies and deletes.
             FsError::CrossDevice => libc::EXDEV,
             FsError::NoAttribute => libc::ENODATA,
+            // ENOTSUP rather than ENODATA: tools such as `ls -l` then stop asking for the rest of the filesystem
+            // (they remember "unsupported" per device), where ENODATA would cost two requests per file.
+            FsError::ForeignAttribute => libc::ENOTSUP,
             FsError::ReadOnlyAttribute(_) => libc::EPERM,
             FsError::Local(e) => match e.raw_os_error() {
                 Some(code) => code,
@@ -113,6 +119,7 @@ impl FsError {
                 | FsError::NotADirectory
                 | FsError::IsADirectory
                 | FsError::NoAttribute
+                | FsError::ForeignAttribute
         ) && !matches!(self, FsError::Storage(StorageError::NotFound { .. }))
     }
 }

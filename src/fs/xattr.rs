@@ -56,7 +56,7 @@ fn parse(name: &str) -> Option<Name<'_>> {
 }
 
 /// Whether zmount serves extended attribute `name` at all. Others (`security.selinux`, `system.posix_acl_access`,
-/// which `ls -l` asks for every file) can be answered ENODATA at once, without touching a provider.
+/// which `ls -l` asks for) are answered ENOTSUP at once, without touching a provider.
 pub fn serves(name: &str) -> bool {
     parse(name).is_some()
 }
@@ -103,7 +103,7 @@ impl Filesystem {
     /// The value of extended attribute `name` (ENODATA when the file has none by that name).
     pub async fn getxattr(&self, ino: Ino, name: &str) -> FsResult<Vec<u8>> {
         let Some(name) = parse(name) else {
-            return Err(FsError::NoAttribute); // e.g. security.* or system.posix_acl_*: answered without a request
+            return Err(FsError::ForeignAttribute); // e.g. security.* or system.posix_acl_*
         };
         let Some((path, facts)) = self.facts(ino).await? else {
             return Err(FsError::NoAttribute);

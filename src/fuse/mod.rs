@@ -445,8 +445,8 @@ impl fuser::Filesystem for FuseAdapter {
     ) {
         let name = name_or_reply!(name, reply);
         if !crate::fs::xattr::serves(&name) {
-            // `ls -l` asks every file for security/ACL attributes: answered here, without a task per request.
-            return reply.error(errno("getxattr", &FsError::NoAttribute));
+            // `ls -l` asks for security/ACL attributes: answered here, without a task per request.
+            return reply.error(errno("getxattr", &FsError::ForeignAttribute));
         }
         self.spawn(move |fs| async move {
             match fs.getxattr(ino.0, &name).await {
