@@ -6,9 +6,11 @@
 //! No data loss: the staged file is fsynced before upload and is only removed after the upload succeeded. When the
 //! upload fails, `close`/`fsync` return EIO, the staged data stays on disk and is logged with provider and path.
 //!
-//! Crash safety: when a program's `close`/`fsync` acknowledges data, a journal record (`<id>.json`, the mount path
-//! the data belongs to) is written and fsynced beside the staged data before the upload starts, and removed only
-//! after the upload succeeded. [`replay`] runs when a mount starts with the same cache dir: every recorded file
+//! Crash safety: `close`/`fsync` acknowledge data once it is on the provider (the upload succeeded) or, on a
+//! write-back route, once it is durable locally: the staged data fsynced and a journal record (`<id>.json`, the
+//! mount path the data belongs to, its attributes) written and fsynced beside it. A failed upload also makes its
+//! data durable that way before the error is returned, so it is retried. Records are removed only after the
+//! upload succeeded. [`replay`] runs when a mount starts with the same cache dir: every recorded file
 //! is uploaded (or kept for a later try), so nothing acknowledged is lost to a crash or a `kill -9`.
 //!
 //! Lock order: `Staged::inner` only; it is held across the upload so writes cannot interleave with it.
@@ -338,9 +340,12 @@ impl Staged {
     /// acknowledged here is on the provider, and until then safe on local disk.
     pub async fn commit(&self, storage: &Storage) -> FsResult<Option<FileInfo>> {
         let mut inner = self.inner.lock().await;
-        if !self.make_durable(&inner).await? {
+        if !inner.dirty {
             return Ok(None);
         }
+        // No fsync or journal record before the upload: until `close`/`fsync` returns, nothing is acknowledged,
+        // and once the upload succeeded the bytes are on the provider. Only a failed upload, whose data is kept
+        // and retried, needs them durable here (below); write-back routes make them durable before acknowledging.
         let size = inner.size;
         let result = match inner.sequential.finish().await {
             Some(Ok(info)) if info.size == size => Ok(info),
@@ -355,6 +360,7 @@ impl Staged {
                 Ok(Some(info))
             }
             Err(e) => {
+                self.make_durable(&inner).await?;
                 tracing::error!(
                     "upload of {} failed; its data is kept at {}: {e}",
                     self.path,
