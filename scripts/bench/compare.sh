@@ -194,7 +194,7 @@ echo "$TABLE"
   echo
   echo "- $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, $(uname -sr)"
   echo "- SeaweedFS $("$HOME/.cache/zmount-test-servers/venv/bin/weed" version 2>/dev/null | head -1 | awk '{ print $3 }') (\`weed mini\`, see scripts/test-servers.sh)"
-  echo "- zmount $(git rev-parse --short HEAD), rclone $(rclone version | head -1 | awk '{ print $2 }'), s3fs $(s3fs --version 2>&1 | head -1 | awk '{ print $4 }'), fio $(fio --version)"
+  echo "- zmount $(git rev-parse --short HEAD), rclone $(rclone version | head -1 | awk '{ print $2 }'), s3fs $(s3fs --version 2>&1 | head -1 | grep -o 'V[0-9.]*'), fio $(fio --version)"
   echo
   echo "## Flags"
   echo
