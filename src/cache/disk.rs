@@ -88,6 +88,20 @@ impl DiskCache {
         self.state.lock().unwrap().total
     }
 
+    /// Bytes `range` of a cached block (fewer at its end), without reading the rest of it: a small random read
+    /// must not cost a whole block read from disk.
+    pub fn get_range(&self, key: &BlockKey, range: std::ops::Range<usize>) -> Option<Bytes> {
+        let name = key.file_name();
+        self.state.lock().unwrap().lru.get(&name)?;
+        match read_block_range(&self.path_of(&name), key, range) {
+            Some(data) => Some(data),
+            None => {
+                self.forget(&name);
+                None
+            }
+        }
+    }
+
     pub fn get(&self, key: &BlockKey) -> Option<Bytes> {
         let name = key.file_name();
         self.state.lock().unwrap().lru.get(&name)?;
@@ -163,6 +177,32 @@ fn write_block(path: &Path, header: &[u8], data: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Opens a block file and checks that it holds `key`; returns it positioned at the data, and the data's offset.
+fn open_block(path: &Path, key: &BlockKey) -> Option<(std::fs::File, u64)> {
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 4];
+    file.read_exact(&mut len).ok()?;
+    let mut header = vec![0u8; u32::from_le_bytes(len) as usize];
+    file.read_exact(&mut header).ok()?;
+    (header == key.header()).then_some((file, 4 + header.len() as u64))
+}
+
+fn read_block_range(path: &Path, key: &BlockKey, range: std::ops::Range<usize>) -> Option<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let (file, start) = open_block(path, key)?;
+    let mut data = vec![0u8; range.len()];
+    let mut filled = 0;
+    while filled < data.len() {
+        match file.read_at(&mut data[filled..], start + (range.start + filled) as u64) {
+            Ok(0) => break, // the block's end
+            Ok(n) => filled += n,
+            Err(_) => return None,
+        }
+    }
+    data.truncate(filled);
+    Some(Bytes::from(data))
+}
+
 fn read_block(path: &Path, key: &BlockKey) -> Option<Bytes> {
     let mut file = std::fs::File::open(path).ok()?;
     let mut len = [0u8; 4];
@@ -183,6 +223,23 @@ mod tests {
 
     fn key(i: u64) -> BlockKey {
         BlockKey::new("p", "obj", "etag", i)
+    }
+
+    #[test]
+    fn ranges_are_read_without_the_rest_of_the_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        let block: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        cache.put(&key(1), &block);
+        assert_eq!(cache.get_range(&key(1), 100..4196).as_deref(), Some(&block[100..4196]));
+        assert_eq!(
+            cache.get_range(&key(1), 4900..6000).as_deref(),
+            Some(&block[4900..]),
+            "short at the block's end"
+        );
+        assert!(cache.get_range(&key(2), 0..10).is_none(), "not cached");
+        let other = BlockKey::new("p", "obj", "other-etag", 1);
+        assert!(cache.get_range(&other, 0..10).is_none(), "another version's block is never served");
     }
 
     #[test]

@@ -153,6 +153,21 @@ impl BlockCache {
             .map_or(0, |d| d.evictions.load(Ordering::Relaxed))
     }
 
+    /// Bytes `range` of a block that is in the disk tier but not in memory, read without loading the whole block
+    /// (which a random small read would otherwise cost); None when the block is not on disk.
+    pub async fn disk_range(&self, key: &BlockKey, range: std::ops::Range<usize>) -> Option<Bytes> {
+        let disk = self.disk.clone()?;
+        let key = key.clone();
+        let hit = tokio::task::spawn_blocking(move || disk.get_range(&key, range))
+            .await
+            .ok()
+            .flatten();
+        if hit.is_some() {
+            self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        hit
+    }
+
     pub fn contains(&self, key: &BlockKey) -> bool {
         self.memory.contains_key(key)
     }

@@ -180,10 +180,22 @@ impl Reader {
             self.spawn_read_ahead(object, index);
         }
         if first == last {
+            let from = (offset - first * BLOCK_SIZE) as usize;
+            let to = (end - first * BLOCK_SIZE) as usize;
+            // A random read of a block on disk but not in memory: just these bytes (a 4 KiB read must not cost a
+            // 1 MiB one). Sequential readers take the whole block into memory, as they will read all of it.
+            let random = state.lock().unwrap().window == 0;
+            let key = block_key(&object.current(), first);
+            if random && !self.cache.contains(&key) {
+                if let Some(bytes) = self.cache.disk_range(&key, from..to).await {
+                    if bytes.len() == to - from {
+                        return Ok(bytes);
+                    }
+                }
+            }
             // The common case (the kernel reads at most 128 KiB at a time): a zero-copy slice of one block.
             let block = self.block(object, first).await?;
-            let from = (offset - first * BLOCK_SIZE) as usize;
-            let to = ((end - first * BLOCK_SIZE) as usize).min(block.len());
+            let to = to.min(block.len());
             return Ok(block.slice(from.min(to)..to));
         }
         let blocks =
