@@ -231,7 +231,10 @@ mod tests {
         let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
         let block: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
         cache.put(&key(1), &block);
-        assert_eq!(cache.get_range(&key(1), 100..4196).as_deref(), Some(&block[100..4196]));
+        assert_eq!(
+            cache.get_range(&key(1), 100..4196).as_deref(),
+            Some(&block[100..4196])
+        );
         assert_eq!(
             cache.get_range(&key(1), 4900..6000).as_deref(),
             Some(&block[4900..]),
@@ -239,7 +242,10 @@ mod tests {
         );
         assert!(cache.get_range(&key(2), 0..10).is_none(), "not cached");
         let other = BlockKey::new("p", "obj", "other-etag", 1);
-        assert!(cache.get_range(&other, 0..10).is_none(), "another version's block is never served");
+        assert!(
+            cache.get_range(&other, 0..10).is_none(),
+            "another version's block is never served"
+        );
     }
 
     #[test]

@@ -184,12 +184,13 @@ impl Reader {
             let to = (end - first * BLOCK_SIZE) as usize;
             // A random read of a block on disk but not in memory: just these bytes (a 4 KiB read must not cost a
             // 1 MiB one). Sequential readers take the whole block into memory, as they will read all of it.
-            let random = state.lock().unwrap().window == 0;
-            let key = block_key(&object.current(), first);
-            if random && !self.cache.contains(&key) {
-                if let Some(bytes) = self.cache.disk_range(&key, from..to).await {
-                    if bytes.len() == to - from {
-                        return Ok(bytes);
+            if state.lock().unwrap().window == 0 {
+                let key = block_key(&object.current(), first);
+                if !self.cache.contains(&key) {
+                    if let Some(bytes) = self.cache.disk_range(&key, from..to).await {
+                        if bytes.len() == to - from {
+                            return Ok(bytes);
+                        }
                     }
                 }
             }

@@ -365,7 +365,7 @@ impl Storage {
         provider: &Arc<Provider>,
         path: &str,
         resolved: &Resolved<'_>,
-        mut stream: S,
+        stream: S,
         options: UploadOptions,
     ) -> Result<FileInfo>
     where
@@ -373,51 +373,19 @@ impl Storage {
     {
         let (attributes, tags) = self.upload_attributes(path, &options)?;
         Self::check_tags_supported(provider, path, &options)?;
-        let limit = self.size_limit(resolved);
         let opts = object_store::PutMultipartOptions {
             attributes,
             tags,
             ..Default::default()
         };
-        let key = provider.key_for(path);
-        let fail = |e| StorageError::from_store(provider, path, e);
-        let upload = provider
-            .store
-            .put_multipart_opts(&key, opts)
-            .await
-            .map_err(fail)?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART_SIZE);
-        let mut size = 0u64;
-        let outcome: Result<()> = async {
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| StorageError::Invalid {
-                    path: path.to_string(),
-                    what: "upload source",
-                    reason: e.to_string(),
-                })?;
-                size += chunk.len() as u64;
-                if let Some(limit) = limit.filter(|l| size > *l) {
-                    return Err(StorageError::TooLarge {
-                        path: path.to_string(),
-                        size,
-                        limit,
-                    });
-                }
-                writer
-                    .wait_for_capacity(UPLOAD_CONCURRENCY)
-                    .await
-                    .map_err(fail)?;
-                writer.put(chunk);
-            }
-            Ok(())
-        }
-        .await;
-        if let Err(e) = outcome {
-            let _ = writer.abort().await;
-            return Err(e);
-        }
-        let result = writer.finish().await.map_err(fail)?;
-        Ok(self.uploaded_info(provider, path.to_string(), size, result.e_tag, options))
+        let chunks = stream.map_err(|e| StorageError::Invalid {
+            path: path.to_string(),
+            what: "upload source",
+            reason: e.to_string(),
+        });
+        let limit = self.size_limit(resolved);
+        let (size, etag) = put_multipart(provider, path, opts, chunks, limit).await?;
+        Ok(self.uploaded_info(provider, path.to_string(), size, etag, options))
     }
 
     /// Runs the read `op` on the providers that may hold `path`, in read order, until one has the object.
@@ -957,6 +925,52 @@ impl Storage {
             .as_ref()
             .map(|base| format!("{}/{encoded}", base.trim_end_matches('/')))
     }
+}
+
+/// Streams `chunks` into a multipart upload of `path` on `provider`, at most [`UPLOAD_CONCURRENCY`] parts in
+/// flight, refusing to grow past `limit`; any error aborts the upload, so no partial object appears. Returns the
+/// size and ETag of the object written.
+pub(crate) async fn put_multipart<S>(
+    provider: &Provider,
+    path: &str,
+    opts: object_store::PutMultipartOptions,
+    mut chunks: S,
+    limit: Option<u64>,
+) -> Result<(u64, Option<String>)>
+where
+    S: futures::Stream<Item = Result<Bytes>> + Unpin,
+{
+    let fail = |e| StorageError::from_store(provider, path, e);
+    let upload = provider
+        .store
+        .put_multipart_opts(&provider.key_for(path), opts)
+        .await
+        .map_err(fail)?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART_SIZE);
+    let mut size = 0u64;
+    let outcome: Result<()> = async {
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            size += chunk.len() as u64;
+            if let Some(limit) = limit.filter(|l| size > *l) {
+                let path = path.to_string();
+                return Err(StorageError::TooLarge { path, size, limit });
+            }
+            writer
+                .wait_for_capacity(UPLOAD_CONCURRENCY)
+                .await
+                .map_err(fail)?;
+            writer.put(chunk);
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = outcome {
+        let _ = writer.abort().await;
+        return Err(e);
+    }
+    let result = writer.finish().await.map_err(fail)?;
+    Ok((size, result.e_tag))
 }
 
 /// Deletes one object; "not found" counts as done.

@@ -12,14 +12,12 @@
 //! last-modified time not older than the source's — it was written after the source last changed.
 
 use crate::providers::Provider;
-use crate::storage::{
-    decode_tags, StorageError, TAGS_MIRROR_KEY, UPLOAD_CONCURRENCY, UPLOAD_PART_SIZE,
-};
+use crate::storage::{decode_tags, StorageError, TAGS_MIRROR_KEY, UPLOAD_PART_SIZE};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use object_store::{
-    Attribute, Attributes, ObjectStoreExt, PutMultipartOptions, PutOptions, TagSet, WriteMultipart,
+    Attribute, Attributes, ObjectStoreExt, PutMultipartOptions, PutOptions, TagSet,
 };
 use std::collections::BTreeMap;
 
@@ -273,28 +271,6 @@ async fn write(
         tags,
         ..Default::default()
     };
-    let upload = to
-        .store
-        .put_multipart_opts(&key, opts)
-        .await
-        .map_err(fail)?;
-    let mut writer = WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART_SIZE);
-    let copied: Result<(), StorageError> = async {
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk?;
-            writer
-                .wait_for_capacity(UPLOAD_CONCURRENCY)
-                .await
-                .map_err(fail)?;
-            writer.put(chunk);
-        }
-        Ok(())
-    }
-    .await;
-    if let Err(e) = copied {
-        let _ = writer.abort().await;
-        return Err(e);
-    }
-    writer.finish().await.map_err(fail)?;
+    crate::storage::put_multipart(to, path, opts, chunks, None).await?;
     Ok(())
 }
