@@ -3,16 +3,8 @@
 
 mod common;
 
-use common::{provider_toml, scratch, server, set_secret_env, unique, Case};
-use std::process::{Command, Output};
-
-fn zmount(args: &[&str]) -> Output {
-    set_secret_env();
-    Command::new(env!("CARGO_BIN_EXE_zmount"))
-        .args(args)
-        .output()
-        .expect("run zmount")
-}
+use common::{provider_toml, scratch, server, unique, zmount, Case};
+use std::process::Output;
 
 fn text(out: &Output) -> String {
     format!(

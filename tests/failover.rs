@@ -45,6 +45,16 @@ fn mount(dir: &Path, primary: &str, backup: &str, route: &str, settings: &str) -
     Mount::start(dir, &text)
 }
 
+/// An S3 provider table named `name` under a fresh prefix, reached through a fault-injecting proxy: the proxy, the
+/// table that goes through it, the table that reaches the server directly (for seeding and checking), the prefix.
+fn s3_behind_proxy(dir: &Path, test: &str, name: &str) -> (Proxy, String, String, String) {
+    let proxy = Proxy::start(server("ZMOUNT_TEST_S3_ENDPOINT").trim_start_matches("http://"));
+    let prefix = unique(test);
+    let real = provider_toml(Case::S3, name, &prefix, dir);
+    let proxied = real.replace(&server("ZMOUNT_TEST_S3_ENDPOINT"), &proxy.endpoint());
+    (proxy, proxied, real, prefix)
+}
+
 /// A provider (by config table) reached directly, to check or seed what is really stored, bypassing faults.
 fn direct(dir: &Path, table: &str, name: &str) -> Arc<Provider> {
     common::set_secret_env();
@@ -144,10 +154,7 @@ async fn read_completes_from_the_fallback_when_the_primary_is_killed_mid_file() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_completes_from_the_fallback_when_the_primary_stalls() {
     let dir = scratch();
-    let proxy = Proxy::start(server("ZMOUNT_TEST_S3_ENDPOINT").trim_start_matches("http://"));
-    let prefix = unique("stall");
-    let real = provider_toml(Case::S3, "primary", &prefix, dir.path());
-    let primary = real.replace(&server("ZMOUNT_TEST_S3_ENDPOINT"), &proxy.endpoint());
+    let (proxy, primary, real, prefix) = s3_behind_proxy(dir.path(), "stall", "primary");
     let backup = provider_toml(Case::Azure, "backup", &prefix, dir.path());
     let data = pattern(16 << 20, 3);
     put(&direct(dir.path(), &real, "primary"), "f.bin", &data).await;
@@ -174,10 +181,7 @@ async fn read_completes_from_the_fallback_when_the_primary_stalls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_completes_from_the_fallback_when_primary_responses_are_cut_short() {
     let dir = scratch();
-    let proxy = Proxy::start(server("ZMOUNT_TEST_S3_ENDPOINT").trim_start_matches("http://"));
-    let prefix = unique("cut");
-    let real = provider_toml(Case::S3, "primary", &prefix, dir.path());
-    let primary = real.replace(&server("ZMOUNT_TEST_S3_ENDPOINT"), &proxy.endpoint());
+    let (proxy, primary, real, prefix) = s3_behind_proxy(dir.path(), "cut", "primary");
     let backup = provider_toml(Case::Azure, "backup", &prefix, dir.path());
     let data = pattern(12 << 20, 5);
     put(&direct(dir.path(), &real, "primary"), "f.bin", &data).await;
@@ -205,10 +209,7 @@ async fn read_completes_from_the_fallback_when_primary_responses_are_cut_short()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_writes_land_on_the_fallback_then_heal_to_the_primary() {
     let dir = scratch();
-    let proxy = Proxy::start(server("ZMOUNT_TEST_S3_ENDPOINT").trim_start_matches("http://"));
-    let prefix = unique("heal");
-    let real = provider_toml(Case::S3, "primary", &prefix, dir.path());
-    let primary = real.replace(&server("ZMOUNT_TEST_S3_ENDPOINT"), &proxy.endpoint());
+    let (proxy, primary, real, prefix) = s3_behind_proxy(dir.path(), "heal", "primary");
     let backup = provider_toml(Case::Azure, "backup", &prefix, dir.path());
     let (on_primary, on_backup) = (
         direct(dir.path(), &real, "primary"),
@@ -304,10 +305,7 @@ async fn failover_writes_land_on_the_fallback_then_heal_to_the_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tree_copied_through_a_flaky_provider_arrives_intact() {
     let dir = scratch();
-    let proxy = Proxy::start(server("ZMOUNT_TEST_S3_ENDPOINT").trim_start_matches("http://"));
-    let prefix = unique("flaky");
-    let real = provider_toml(Case::S3, "primary", &prefix, dir.path());
-    let primary = real.replace(&server("ZMOUNT_TEST_S3_ENDPOINT"), &proxy.endpoint());
+    let (proxy, primary, real, prefix) = s3_behind_proxy(dir.path(), "flaky", "primary");
     let backup = provider_toml(Case::Local, "backup", &prefix, dir.path());
     // Enough attempts that a request failing six times in a row (1 in 10^6) is not expected in this workload.
     let settings = "[settings.retry]\nattempts = 6\ndelay = 0.02\n[settings.failover]\nfailure_threshold = 5\n";
@@ -360,10 +358,7 @@ async fn a_tree_copied_through_a_flaky_provider_arrives_intact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listing_fails_rather_than_silently_miss_a_down_provider() {
     let dir = scratch();
-    let proxy = Proxy::start(server("ZMOUNT_TEST_S3_ENDPOINT").trim_start_matches("http://"));
-    let prefix = unique("partial");
-    let real = provider_toml(Case::S3, "remote", &prefix, dir.path());
-    let remote = real.replace(&server("ZMOUNT_TEST_S3_ENDPOINT"), &proxy.endpoint());
+    let (proxy, remote, real, prefix) = s3_behind_proxy(dir.path(), "partial", "remote");
     let local = provider_toml(Case::Local, "local", &prefix, dir.path());
     put(
         &direct(dir.path(), &real, "remote"),
@@ -408,10 +403,7 @@ async fn a_listing_fails_rather_than_silently_miss_a_down_provider() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_write_is_read_from_its_fallback_until_healed_even_after_a_remount() {
     let dir = scratch();
-    let proxy = Proxy::start(server("ZMOUNT_TEST_S3_ENDPOINT").trim_start_matches("http://"));
-    let prefix = unique("pending");
-    let real = provider_toml(Case::S3, "primary", &prefix, dir.path());
-    let primary = real.replace(&server("ZMOUNT_TEST_S3_ENDPOINT"), &proxy.endpoint());
+    let (proxy, primary, real, prefix) = s3_behind_proxy(dir.path(), "pending", "primary");
     let backup = provider_toml(Case::Azure, "backup", &prefix, dir.path());
     let on_primary = direct(dir.path(), &real, "primary");
     put(&on_primary, "doc.txt", b"old version on the primary").await;

@@ -3,20 +3,14 @@
 mod common;
 
 use bytes::Bytes;
-use common::{pattern, provider_toml, scratch, set_secret_env, unique, Case, ObjectStoreExt};
+use common::{
+    pattern, provider_toml, scratch, set_secret_env, unique, zmount, Case, ObjectStoreExt,
+};
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use zmount::{Config, Storage, UploadOptions};
-
-fn zmount(args: &[&str]) -> Output {
-    set_secret_env();
-    Command::new(env!("CARGO_BIN_EXE_zmount"))
-        .args(args)
-        .output()
-        .expect("run zmount")
-}
 
 fn stdout(out: &Output) -> String {
     assert!(

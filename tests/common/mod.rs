@@ -79,6 +79,15 @@ pub fn unique(test: &str) -> String {
     )
 }
 
+/// Runs the `zmount` binary with `args` (secrets in the environment), waiting for it to end.
+pub fn zmount(args: &[&str]) -> std::process::Output {
+    set_secret_env();
+    std::process::Command::new(env!("CARGO_BIN_EXE_zmount"))
+        .args(args)
+        .output()
+        .expect("run zmount")
+}
+
 /// A throwaway folder for configs, local provider roots and credentials.
 pub fn scratch() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
