@@ -8,11 +8,13 @@ pub mod cli;
 pub mod config;
 pub mod fs;
 pub mod fuse;
+pub mod images;
 pub mod metrics;
 pub mod providers;
 pub mod read;
 pub mod routing;
 pub mod storage;
+pub mod tasks;
 pub mod transfer;
 pub mod write;
 

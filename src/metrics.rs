@@ -164,6 +164,7 @@ pub fn render(fs: &Filesystem) -> String {
     }
     latency(&mut out, &providers);
     cache(&mut out, fs);
+    images(&mut out, fs);
     let name = "zmount_uploads_pending";
     family(
         &mut out,
@@ -210,6 +211,29 @@ fn latency(out: &mut String, providers: &[Arc<Provider>]) {
         let sum = c.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum{{provider=\"{provider}\"}} {sum}");
         let _ = writeln!(out, "{name}_count{{provider=\"{provider}\"}} {cumulative}");
+    }
+}
+
+/// Image work (routes with `transforms`/`variants`): one counter family, by outcome.
+fn images(out: &mut String, fs: &Filesystem) {
+    let Some(images) = &fs.images else {
+        return;
+    };
+    let c = &images.counters;
+    family(
+        out,
+        "zmount_images_total",
+        "counter",
+        "Image work by outcome: variants written, files transformed, files skipped (not usable images), jobs failed.",
+    );
+    for (outcome, n) in [
+        ("variant", &c.variants),
+        ("transformed", &c.transformed),
+        ("skipped", &c.skipped),
+        ("failed", &c.failed),
+    ] {
+        let n = n.load(Ordering::Relaxed);
+        let _ = writeln!(out, "zmount_images_total{{outcome=\"{outcome}\"}} {n}");
     }
 }
 

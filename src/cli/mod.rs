@@ -8,6 +8,7 @@ mod progress;
 mod search;
 mod transfer;
 mod url;
+mod variants;
 
 pub use mount::is_mounted;
 
@@ -91,6 +92,14 @@ enum Command {
         /// Print the plan only
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Transform images and write their variants now, as the mount does after each upload (routes with
+    /// `transforms`/`variants`)
+    Variants {
+        config: PathBuf,
+        /// Files: a path, a folder (every file below it), or a glob (`*` also crosses `/`)
+        #[arg(required = true)]
+        targets: Vec<String>,
     },
     /// Make the target provider match the source: copy new and changed objects, optionally delete extras
     Sync {
@@ -184,6 +193,9 @@ pub fn main() -> ExitCode {
             };
             let kind = transfer::Kind::Sync;
             runtime.block_on(transfer::run(&config, kind, &source, &target, &options))
+        }
+        Some(Command::Variants { config, targets }) => {
+            runtime.block_on(variants::run(&config, &targets))
         }
         None => match (cli.config, cli.mountpoint) {
             (Some(config), Some(mountpoint)) => {

@@ -117,6 +117,7 @@ fn serve(
                 .map_err(|e| format!("cannot open the cache: {e}"))?,
         )
     };
+    fs.connect_images();
     let replay = runtime.block_on(fs.replay_journal());
     if !replay.uploaded.is_empty() || !replay.failed.is_empty() {
         tracing::warn!(
@@ -166,6 +167,9 @@ fn serve(
             .map_err(|e| format!("unmounting {}: {e}", mountpoint.display()))?;
     }
     runtime.block_on(fs_for_shutdown.background.wait());
+    if let Some(images) = &fs_for_shutdown.images {
+        runtime.block_on(images.wait());
+    }
     let pending = runtime.block_on(fs_for_shutdown.retry_pending_uploads());
     let status_file = config.settings.cache_dir.join("status.json");
     if let Err(e) = fs_for_shutdown.storage().write_status(&status_file) {

@@ -8,10 +8,12 @@
 //! so a config behaves the same from any working directory.
 
 mod error;
+mod images;
 mod secret;
 mod size;
 
 pub use error::ConfigError;
+pub use images::{Fit, ImageSettings, OutputFormat, RouteImages, Transform};
 pub use secret::{expand_env, Redactor, Secret};
 pub use size::{parse_size, ByteSize};
 
@@ -56,6 +58,8 @@ pub struct Settings {
     pub cdn: CdnSettings,
     #[serde(default)]
     pub mount: MountSettings,
+    #[serde(default)]
+    pub images: ImageSettings,
 }
 
 impl Settings {
@@ -79,6 +83,7 @@ impl Default for Settings {
             failover: FailoverSettings::default(),
             cdn: CdnSettings::default(),
             mount: MountSettings::default(),
+            images: ImageSettings::default(),
         }
     }
 }
@@ -441,6 +446,13 @@ pub struct RouteConfig {
     /// Tags every new file of the route gets.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// Applied to each image file of the route itself after it is written (see `src/images`).
+    pub transforms: Option<Transform>,
+    /// Named sizes/formats written as separate objects beside each image (`photo.<name>.jpg`).
+    #[serde(default)]
+    pub variants: BTreeMap<String, Transform>,
+    /// Folder the variants go under instead of beside the original (`<folder>/<original's path>`).
+    pub variants_under: Option<String>,
 }
 
 /// The file's top level, before provider tables are typed.
@@ -552,6 +564,12 @@ impl Config {
                 );
             }
         }
+        if self.settings.images.workers == 0 || self.settings.images.max_pixels == 0 {
+            return err(
+                "settings.images".into(),
+                "`workers` and `max_pixels` must be at least 1".into(),
+            );
+        }
         if self.settings.cdn.enabled && self.settings.cdn.domain.is_none() {
             return err(
                 "settings.cdn.domain".into(),
@@ -596,6 +614,12 @@ impl Config {
             seen.push(name);
         }
         self.check_route_attributes(key, route)?;
+        images::check_route_images(
+            route.transforms.as_ref(),
+            &route.variants,
+            route.variants_under.as_deref(),
+        )
+        .map_err(|(field, m)| ConfigError::new(&self.file, format!("{key}.{field}"), m))?;
         if route.write == WritePolicy::Failover && route.fallback.is_empty() {
             return Err(ConfigError::new(
                 &self.file,

@@ -87,6 +87,8 @@ pub struct Filesystem {
     open_writes: Mutex<HashMap<String, std::sync::Weak<crate::write::Staged>>>,
     /// Uploads queued by write-back routes.
     pub background: write_ops::BackgroundUploads,
+    /// Image transforms and variants, when a route has them.
+    pub images: Option<Arc<crate::images::ImageWorker>>,
 }
 
 impl Filesystem {
@@ -103,6 +105,14 @@ impl Filesystem {
             .time_to_live(Duration::from_secs_f64(settings.attr_ttl.max(0.0)))
             .build();
         let mounted_at = SystemTime::now();
+        let has_images = config
+            .routes
+            .iter()
+            .chain(&config.default)
+            .any(|r| crate::config::RouteImages::of(r).is_some());
+        let images = has_images.then(|| {
+            crate::images::ImageWorker::new(storage.clone(), config.settings.images.clone())
+        });
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Ok(Filesystem {
@@ -121,6 +131,7 @@ impl Filesystem {
             staging_dir: config.settings.cache_dir.join("staging"),
             open_writes: Mutex::new(HashMap::new()),
             background: write_ops::BackgroundUploads::new(),
+            images,
         })
     }
 
@@ -144,6 +155,9 @@ impl Filesystem {
         .await;
         for path in &outcome.uploaded {
             self.changed_on_provider(path);
+            if let Some(images) = &self.images {
+                images.submit(path);
+            }
         }
         outcome
     }
@@ -176,6 +190,18 @@ impl Filesystem {
         self.negative.invalidate(path);
         self.listings
             .invalidate(path.rsplit_once('/').map_or("", |(p, _)| p));
+    }
+
+    /// Lets image jobs tell the mount's caches about the files they write (call once the filesystem is shared).
+    pub fn connect_images(self: &Arc<Self>) {
+        if let Some(images) = &self.images {
+            let fs = Arc::downgrade(self);
+            images.set_on_change(move |path| {
+                if let Some(fs) = fs.upgrade() {
+                    fs.changed_on_provider(path);
+                }
+            });
+        }
     }
 
     pub fn attr_ttl(&self) -> Duration {

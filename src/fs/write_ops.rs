@@ -12,6 +12,7 @@ use super::error::{FsError, FsResult};
 use super::inode::{Entry, Ino, Kind};
 use super::posix::Posix;
 use super::{Attr, Filesystem, Handle};
+use crate::images::ImageWorker;
 use crate::routing::is_within;
 use crate::storage::FileInfo;
 use crate::write::{FileAttrs, Staged};
@@ -169,7 +170,9 @@ impl Filesystem {
         let (_, resolved, _) = self.storage.resolve(&staged.path)?;
         if resolved.route.write_back {
             if staged.stage_durably().await? {
-                self.background.upload(self.storage.clone(), staged.clone());
+                let images = self.images.clone();
+                self.background
+                    .upload(self.storage.clone(), staged.clone(), images);
             }
             return Ok(());
         }
@@ -192,6 +195,9 @@ impl Filesystem {
                 self.file_entry(info.size, Some(&info), staged.posix()),
             );
             self.changed(&staged.path);
+            if let Some(images) = &self.images {
+                images.submit(&staged.path);
+            }
         }
         Ok(())
     }
@@ -417,6 +423,10 @@ impl Filesystem {
         self.gone(&from);
         self.changed(&to);
         self.listings.invalidate_all();
+        // A program that writes a temporary name and renames it into place (rsync, editors) gets variants too.
+        if let (Some(images), Kind::File) = (&self.images, attr.kind) {
+            images.submit(&to);
+        }
         Ok(())
     }
 }
@@ -424,8 +434,7 @@ impl Filesystem {
 /// Uploads queued by write-back `close`s: many in flight, counted so unmount can wait for all of them.
 pub struct BackgroundUploads {
     permits: Arc<tokio::sync::Semaphore>,
-    in_flight: Arc<std::sync::atomic::AtomicUsize>,
-    idle: Arc<tokio::sync::Notify>,
+    in_flight: crate::tasks::InFlight,
 }
 
 impl BackgroundUploads {
@@ -436,48 +445,44 @@ impl BackgroundUploads {
     pub fn new() -> Self {
         BackgroundUploads {
             permits: Arc::new(tokio::sync::Semaphore::new(Self::CONCURRENCY)),
-            in_flight: Arc::default(),
-            idle: Arc::default(),
+            in_flight: Default::default(),
         }
     }
 
-    fn upload(&self, storage: Arc<crate::storage::Storage>, staged: Arc<Staged>) {
-        use std::sync::atomic::Ordering;
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        let (permits, in_flight, idle) = (
-            self.permits.clone(),
-            self.in_flight.clone(),
-            self.idle.clone(),
-        );
+    /// Queues the upload of `staged`; once it is on the provider, `images` (if any) gets the path.
+    fn upload(
+        &self,
+        storage: Arc<crate::storage::Storage>,
+        staged: Arc<Staged>,
+        images: Option<Arc<ImageWorker>>,
+    ) {
+        let running = self.in_flight.start();
+        let permits = self.permits.clone();
         tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
-            if let Err(e) = staged.commit(&storage).await {
-                tracing::warn!(
+            match staged.commit(&storage).await {
+                Ok(Some(_)) => {
+                    if let Some(images) = images {
+                        images.submit(&staged.path);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(
                     "background upload of {} failed, kept for retry: {e}",
                     staged.path
-                );
+                ),
             }
             drop(staged);
-            if in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-                idle.notify_waiters();
-            }
+            drop(running);
         });
     }
 
     pub fn pending(&self) -> usize {
-        self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
+        self.in_flight.pending()
     }
 
     /// Waits until every queued upload has finished (or failed and been kept), reporting progress.
     pub async fn wait(&self) {
-        loop {
-            let notified = self.idle.notified();
-            let pending = self.pending();
-            if pending == 0 {
-                return;
-            }
-            tracing::warn!("waiting for {pending} background uploads to finish");
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), notified).await;
-        }
+        self.in_flight.wait("background uploads").await
     }
 }

@@ -22,6 +22,8 @@ pub struct Route {
     /// Metadata and tags new files get.
     pub metadata: std::collections::BTreeMap<String, String>,
     pub tags: std::collections::BTreeMap<String, String>,
+    /// Image transforms and variants (see `src/images`); `None` when the route has neither.
+    pub images: Option<crate::config::RouteImages>,
 }
 
 impl Route {
@@ -38,6 +40,7 @@ impl Route {
                 .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
                 .collect(),
             tags: c.tags.clone(),
+            images: crate::config::RouteImages::of(c),
         }
     }
 

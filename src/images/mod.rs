@@ -1,0 +1,317 @@
+//! Image transforms and variants of a route: after an image's upload completes, the stored file itself is
+//! transformed (`transforms`) and each configured variant is written as its own object (`variants`).
+//!
+//! This module owns what one image job does ([`process`]), how variants are named ([`variant_path`]) and what they
+//! carry; [`worker`] runs jobs in the background of a mount with bounded concurrency; `zmount variants` runs the
+//! same jobs on demand. Image work never touches the original's upload: it starts after that upload succeeded,
+//! and a failure is logged, counted and left at that.
+//!
+//! Loop guards: variants and transformed files are written through [`Storage`], never through the mount's write
+//! path, so they do not start jobs of their own; a file named like a variant of its route (`photo.thumbnail.jpg`),
+//! a file under the route's `variants_under` folder or an object carrying [`VARIANT_KEY`] is never treated as an
+//! original; a stored file whose bytes are the ones a transform produced (their SHA-256 is in
+//! [`TRANSFORMED_KEY`]) is not transformed again.
+
+pub mod codec;
+pub mod worker;
+
+pub use codec::ImageError;
+pub use worker::{ImageCounters, ImageWorker};
+
+use crate::config::{ImageSettings, OutputFormat, RouteImages, Transform};
+use crate::storage::{normalize_metadata_key, FileInfo, Storage, UploadOptions};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+
+/// Metadata a variant carries: which variant it is (`thumbnail`) and the path of its original.
+pub const VARIANT_KEY: &str = "variant";
+pub const VARIANT_OF_KEY: &str = "variant_of";
+/// Metadata of a transformed stored file: SHA-256 (hex) of the bytes the transform wrote.
+pub const TRANSFORMED_KEY: &str = "zmount_transformed";
+
+/// What one job did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// The stored file was replaced by its transformed version.
+    pub transformed: bool,
+    /// Paths of the variants written.
+    pub variants: Vec<String>,
+    /// Why nothing was done, when nothing was (not an image route, a variant itself, already done, changed).
+    pub nothing_because: Option<&'static str>,
+}
+
+impl Report {
+    fn nothing(why: &'static str) -> Report {
+        Report {
+            nothing_because: Some(why),
+            ..Report::default()
+        }
+    }
+}
+
+/// The path of variant `name` of `original` in output `format`: `dir/photo.jpg` → `dir/photo.thumbnail.jpg`,
+/// or `<under>/dir/photo.thumbnail.jpg` with `variants_under`. The original's extension is kept when the format
+/// is unchanged (`.JPEG` stays `.JPEG`); otherwise the format's own (`jpg`, `png`, `webp`).
+pub fn variant_path(
+    original: &str,
+    name: &str,
+    format: OutputFormat,
+    same_format: bool,
+    under: Option<&str>,
+) -> String {
+    let (dir, file) = original.rsplit_once('/').unwrap_or(("", original));
+    let (stem, ext) = match file.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() && same_format => (stem, ext),
+        Some((stem, _)) if !stem.is_empty() => (stem, format.extension()),
+        _ => (file, format.extension()),
+    };
+    let name = format!("{stem}.{name}.{ext}");
+    let rel = if dir.is_empty() {
+        name
+    } else {
+        format!("{dir}/{name}")
+    };
+    match under {
+        Some(under) => format!("{under}/{rel}"),
+        None => rel,
+    }
+}
+
+/// Whether `path` is (named like) a variant of its route rather than an original.
+pub fn is_variant(path: &str, images: &RouteImages) -> bool {
+    if let Some(under) = &images.variants_under {
+        if path
+            .strip_prefix(under.as_str())
+            .is_some_and(|rest| rest.starts_with('/'))
+        {
+            return true;
+        }
+    }
+    let file = path.rsplit('/').next().unwrap_or(path);
+    let stem = file.rsplit_once('.').map_or(file, |(stem, _)| stem);
+    stem.rsplit_once('.')
+        .is_some_and(|(_, last)| images.variants.contains_key(last))
+}
+
+/// Runs the route's image work for `path`: transforms the stored file (when configured and not done yet) and
+/// writes every variant. `Ok` with `nothing_because` when there is nothing to do.
+pub async fn process(
+    storage: &Storage,
+    limits: &ImageSettings,
+    path: &str,
+) -> Result<Report, ImageError> {
+    let Some(images) = storage
+        .router()
+        .resolve(path)
+        .and_then(|r| r.route.images.clone())
+    else {
+        return Ok(Report::nothing("its route has no image options"));
+    };
+    if is_variant(path, &images) {
+        return Ok(Report::nothing("it is named like a variant"));
+    }
+    let info = storage.get_info(path).await?;
+    if info.metadata.contains_key(VARIANT_KEY) {
+        return Ok(Report::nothing("it is a variant"));
+    }
+    if info.size > limits.max_memory.0 {
+        return Err(ImageError::TooMuchMemory {
+            needed: info.size,
+            limit: limits.max_memory.0,
+        });
+    }
+    let data = storage.download(path).await?;
+    let digest = sha256_hex(&data);
+    let transforms = images
+        .transforms
+        .clone()
+        .filter(|_| info.metadata.get(TRANSFORMED_KEY) != Some(&digest));
+    if transforms.is_none() && images.variants.is_empty() {
+        return Ok(Report::nothing("it is already transformed"));
+    }
+    let (limits_owned, images_owned, original) = (limits.clone(), images.clone(), path.to_string());
+    let rendered = tokio::task::spawn_blocking(move || {
+        render(
+            &data,
+            &limits_owned,
+            transforms.as_ref(),
+            &images_owned,
+            &original,
+        )
+    })
+    .await
+    .map_err(|e| ImageError::Corrupt(format!("image task failed: {e}")))??;
+    let mut report = Report::default();
+    if let Some((bytes, format)) = rendered.stored {
+        // A newer write of the file wins: it starts its own job.
+        let now = storage.get_info(path).await?;
+        if now.etag != info.etag {
+            return Ok(Report::nothing("it changed while being transformed"));
+        }
+        let mut metadata = carried_metadata(&info);
+        metadata.insert(TRANSFORMED_KEY.into(), sha256_hex(&bytes));
+        let options = upload_options(storage, path, &info, metadata, format);
+        storage.upload(path, Bytes::from(bytes), options).await?;
+        report.transformed = true;
+    }
+    for variant in rendered.variants {
+        let mut metadata = carried_metadata(&info);
+        metadata.remove("mtime");
+        metadata.remove(TRANSFORMED_KEY);
+        metadata.insert(VARIANT_KEY.into(), variant.name.clone());
+        metadata.insert(VARIANT_OF_KEY.into(), path.to_string());
+        let options = upload_options(storage, &variant.path, &info, metadata, variant.format);
+        storage
+            .upload(&variant.path, Bytes::from(variant.bytes), options)
+            .await?;
+        report.variants.push(variant.path);
+    }
+    Ok(report)
+}
+
+/// One variant, encoded.
+struct RenderedVariant {
+    name: String,
+    path: String,
+    format: OutputFormat,
+    bytes: Vec<u8>,
+}
+
+struct Rendered {
+    /// The transformed stored file, when it changes.
+    stored: Option<(Vec<u8>, OutputFormat)>,
+    variants: Vec<RenderedVariant>,
+}
+
+/// Decodes once, then encodes the transformed original and every variant (variants come from the decoded
+/// original, not from the transformed one, so they lose no extra quality).
+fn render(
+    data: &[u8],
+    limits: &ImageSettings,
+    transforms: Option<&Transform>,
+    images: &RouteImages,
+    path: &str,
+) -> Result<Rendered, ImageError> {
+    let decoded = codec::decode(data, limits)?;
+    let mut stored = None;
+    if let Some(t) = transforms {
+        let resized = codec::resize(&decoded.image, t);
+        let format = t.format.unwrap_or(decoded.format);
+        let changes = (resized.width(), resized.height())
+            != (decoded.image.width(), decoded.image.height())
+            || format != decoded.format
+            || t.quality.is_some();
+        if changes {
+            stored = Some((codec::encode(&resized, format, t.quality)?, format));
+        }
+    }
+    let mut variants = Vec::new();
+    for (name, t) in &images.variants {
+        let format = t.format.unwrap_or(decoded.format);
+        let image = codec::resize(&decoded.image, t);
+        variants.push(RenderedVariant {
+            name: name.clone(),
+            path: variant_path(
+                path,
+                name,
+                format,
+                format == decoded.format,
+                images.variants_under.as_deref(),
+            ),
+            format,
+            bytes: codec::encode(&image, format, t.quality)?,
+        });
+    }
+    Ok(Rendered { stored, variants })
+}
+
+/// The original's metadata that every provider accepts back (foreign keys such as `original-filename` are not).
+fn carried_metadata(info: &FileInfo) -> BTreeMap<String, String> {
+    info.metadata
+        .iter()
+        .filter(|(k, v)| {
+            normalize_metadata_key(k)
+                .and_then(|k| crate::storage::check_metadata_value(&k, v))
+                .is_ok()
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn upload_options(
+    storage: &Storage,
+    target: &str,
+    original: &FileInfo,
+    metadata: BTreeMap<String, String>,
+    format: OutputFormat,
+) -> UploadOptions {
+    let tags_kept = storage
+        .resolve(target)
+        .is_ok_and(|(_, _, provider)| provider.supports_tags());
+    UploadOptions {
+        content_type: Some(codec::content_type(format).to_string()),
+        metadata,
+        tags: if tags_kept {
+            original.tags.clone()
+        } else {
+            BTreeMap::new()
+        },
+    }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn images(under: Option<&str>) -> RouteImages {
+        RouteImages {
+            transforms: None,
+            variants: [("thumbnail".to_string(), Transform::default())].into(),
+            variants_under: under.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn variant_names() {
+        let jpeg = OutputFormat::Jpeg;
+        assert_eq!(
+            variant_path("a/photo.jpg", "thumbnail", jpeg, true, None),
+            "a/photo.thumbnail.jpg"
+        );
+        assert_eq!(
+            variant_path("photo.JPEG", "small", jpeg, true, None),
+            "photo.small.JPEG"
+        );
+        assert_eq!(
+            variant_path(
+                "a/photo.png",
+                "small",
+                OutputFormat::Webp,
+                false,
+                Some("thumbs")
+            ),
+            "thumbs/a/photo.small.webp"
+        );
+        assert_eq!(
+            variant_path("a/.hidden", "small", jpeg, false, None),
+            "a/.hidden.small.jpg"
+        );
+    }
+
+    #[test]
+    fn variants_are_recognised() {
+        assert!(is_variant("a/photo.thumbnail.jpg", &images(None)));
+        assert!(!is_variant("a/photo.jpg", &images(None)));
+        assert!(!is_variant("a/photo.medium.jpg", &images(None)));
+        assert!(is_variant("thumbs/a/photo.jpg", &images(Some("thumbs"))));
+        assert!(!is_variant("thumbsup/a.jpg", &images(Some("thumbs"))));
+    }
+}
