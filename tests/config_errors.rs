@@ -74,7 +74,7 @@ fn bad_configs_get_exact_messages() {
         (
             "unknown write policy",
             format!("{GOOD_PROVIDERS}\n[default]\nprovider = \"s3\"\nwrite = \"fallback\"\n"),
-            "/etc/zmount/mount.toml:14:9: default.write: unknown variant `fallback`, expected `primary` or `failover`",
+            "/etc/zmount/mount.toml:14:9: default.write: unknown value `fallback`; expected `primary` or `failover`",
         ),
         (
             "route metadata with a key providers cannot carry",
@@ -150,6 +150,31 @@ fn bad_configs_get_exact_messages() {
             "azure without credentials",
             "[providers.az]\nkind = \"azure\"\ncontainer = \"docs\"\n".to_string(),
             "provider `az` (azure) could not be set up: needs `connection_string`, or `account` and `key`",
+        ),
+        (
+            "variant size without a height",
+            format!("{GOOD_PROVIDERS}\n[default]\nprovider = \"s3\"\n[default.variants]\nthumb = \"150\"\n"),
+            "/etc/zmount/mount.toml:15:9: default.variants.thumb: size \"150\": expected WIDTHxHEIGHT, like \"150x150\"",
+        ),
+        (
+            "quality for lossless output",
+            format!("{GOOD_PROVIDERS}\n[default]\nprovider = \"s3\"\nvariants.m = {{ resize = \"4x3\", format = \"webp\", quality = 80 }}\n"),
+            "/etc/zmount/mount.toml: default.variants.m: `quality` applies to JPEG output only (PNG and WebP are written lossless)",
+        ),
+        (
+            "unknown transform key",
+            format!("{GOOD_PROVIDERS}\n[default]\nprovider = \"s3\"\ntransforms = {{ size = \"10x10\" }}\n"),
+            "/etc/zmount/mount.toml:14:16: default.transforms.size: unknown key; expected one of: resize, fit, format, quality",
+        ),
+        (
+            "unknown output format",
+            format!("{GOOD_PROVIDERS}\n[default]\nprovider = \"s3\"\ntransforms = {{ format = \"gif\" }}\n"),
+            "/etc/zmount/mount.toml:14:25: default.transforms.format: unknown value `gif`; expected one of `jpeg`, `jpg`, `png`, `webp`",
+        ),
+        (
+            "variant name unfit for file names",
+            format!("{GOOD_PROVIDERS}\n[default]\nprovider = \"s3\"\nvariants = {{ \"Big One\" = \"10x10\" }}\n"),
+            "/etc/zmount/mount.toml: default.variants.Big One: variant name \"Big One\": use 1-32 lowercase letters, digits, `_` or `-` (it becomes part of file names)",
         ),
     ];
     let mut failures = Vec::new();

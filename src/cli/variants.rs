@@ -82,11 +82,13 @@ async fn matching(storage: &Storage, target: &str) -> Result<Vec<String>, String
 }
 
 fn wants_images(storage: &Storage, path: &str) -> bool {
-    storage
-        .router()
-        .resolve(path)
-        .and_then(|r| r.route.images.as_ref())
-        .is_some_and(|images| !is_variant(path, images))
+    let is_dir_marker = path.rsplit('/').next() == Some(crate::storage::DIR_MARKER);
+    !is_dir_marker
+        && storage
+            .router()
+            .resolve(path)
+            .and_then(|r| r.route.images.as_ref())
+            .is_some_and(|images| !is_variant(path, images))
 }
 
 /// Prints one line per file and a total; fails when a file could not be processed for a reason other than

@@ -91,5 +91,13 @@ pub fn describe_serde_error(path: &str, message: &str) -> (String, String) {
     } else {
         path.to_string()
     };
-    (path, message.replace("invalid type: ", "wrong type: "))
+    // serde calls enum values "variants", which reads like image variants here.
+    let message = match message.strip_prefix("unknown variant `") {
+        Some(rest) => format!(
+            "unknown value `{}",
+            rest.replace("`, expected", "`; expected")
+        ),
+        None => message.replace("invalid type: ", "wrong type: "),
+    };
+    (path, message)
 }

@@ -196,7 +196,7 @@ impl Filesystem {
             );
             self.changed(&staged.path);
             if let Some(images) = &self.images {
-                images.submit(&staged.path);
+                images.uploaded(&staged.path, info.size);
             }
         }
         Ok(())
@@ -461,9 +461,9 @@ impl BackgroundUploads {
         tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
             match staged.commit(&storage).await {
-                Ok(Some(_)) => {
+                Ok(Some(info)) => {
                     if let Some(images) = images {
-                        images.submit(&staged.path);
+                        images.uploaded(&staged.path, info.size);
                     }
                 }
                 Ok(None) => {}

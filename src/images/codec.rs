@@ -182,8 +182,13 @@ pub fn encode(
                 .encode_image(&rgb)
                 .map_err(fail)?;
         }
+        // Stored images are written once and read many times: worth the slower, smaller setting.
         OutputFormat::Png => image
-            .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+            .write_with_encoder(image::codecs::png::PngEncoder::new_with_quality(
+                &mut out,
+                image::codecs::png::CompressionType::Best,
+                image::codecs::png::FilterType::Adaptive,
+            ))
             .map_err(fail)?,
         OutputFormat::Webp => {
             let eight_bit = match image.color().has_alpha() {
@@ -282,6 +287,29 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(err, ImageError::Corrupt(_)), "{err}");
+    }
+
+    /// A JPEG stored 80×60 whose EXIF says "rotate 90° clockwise" (orientation 6) is 60×80 upright.
+    #[test]
+    fn exif_orientation_is_applied() {
+        use image::ImageEncoder;
+        let tiff: Vec<u8> = [
+            &b"MM\0*"[..],
+            &8u32.to_be_bytes(),
+            &1u16.to_be_bytes(),
+            &[0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0],
+            &0u32.to_be_bytes(),
+        ]
+        .concat();
+        let mut jpeg = Vec::new();
+        let mut encoder = image::codecs::jpeg::JpegEncoder::new(&mut jpeg);
+        encoder.set_exif_metadata(tiff).unwrap();
+        let pixels = vec![128u8; 80 * 60 * 3];
+        encoder
+            .write_image(&pixels, 80, 60, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let decoded = decode(&jpeg, &ImageSettings::default()).unwrap();
+        assert_eq!((decoded.image.width(), decoded.image.height()), (60, 80));
     }
 
     #[test]

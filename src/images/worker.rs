@@ -72,7 +72,15 @@ impl ImageWorker {
             .is_some_and(|images| !super::is_variant(path, images))
     }
 
-    /// Queues `path` (an upload of it just completed); returns at once.
+    /// An upload of `path` with `size` bytes completed. Empty files are no images: programs that `dup2` their
+    /// output (shell redirections) close, and so upload, the still-empty file once before writing it.
+    pub fn uploaded(self: &Arc<Self>, path: &str, size: u64) {
+        if size > 0 {
+            self.submit(path);
+        }
+    }
+
+    /// Queues `path`; returns at once.
     pub fn submit(self: &Arc<Self>, path: &str) {
         if !self.wants(path) {
             return;

@@ -66,6 +66,28 @@ impl Mount {
         self.dir.join(rel)
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("mounted").id()
+    }
+
+    /// Waits until the daemon's log has a line containing `needle` (the daemon is busy in the background);
+    /// returns that line.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + MOUNT_DEADLINE;
+        loop {
+            let log = self.log();
+            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?} within {MOUNT_DEADLINE:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -140,11 +162,22 @@ pub fn mount_for(case: Case, test: &str, settings: &str) -> (Ctx, Mount) {
 
 /// [`mount_for`] with extra `zmount` arguments (e.g. `--read-only`).
 pub fn mount_for_with(case: Case, test: &str, settings: &str, args: &[&str]) -> (Ctx, Mount) {
+    mount_with_route(case, test, settings, "", args)
+}
+
+/// [`mount_for_with`] whose `[default]` route also gets `route` (TOML keys and `[default.x]` tables).
+pub fn mount_with_route(
+    case: Case,
+    test: &str,
+    settings: &str,
+    route: &str,
+    args: &[&str],
+) -> (Ctx, Mount) {
     let ctx = Ctx::new(case, test);
     let name = ctx.provider.name.clone();
     let dir = ctx.dir.path();
     let text = format!(
-        "{FAST_SETTINGS}[settings]\ncache_dir = {:?}\n{settings}\n{}[default]\nprovider = {name:?}\n",
+        "{FAST_SETTINGS}[settings]\ncache_dir = {:?}\n{settings}\n{}[default]\nprovider = {name:?}\n{route}\n",
         dir.join("cache"),
         provider_toml(case, &name, &ctx.provider.prefix, dir),
     );
