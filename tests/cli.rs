@@ -194,7 +194,9 @@ fn help_lists_every_command() {
     let out = zmount(&["--help"]);
     assert!(out.status.success());
     let help = text(&out);
-    for command in ["check", "explain", "url", "search", "migrate", "sync"] {
+    for command in [
+        "check", "explain", "url", "search", "migrate", "sync", "variants",
+    ] {
         assert!(
             help.lines()
                 .any(|l| l.trim_start().starts_with(&format!("{command} "))),

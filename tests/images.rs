@@ -149,7 +149,8 @@ fn xattr(file: &Path, name: &str) -> String {
 
 /// Every variant of a PNG and of a rotated JPEG has the configured box (aspect kept, or exactly the box for
 /// `cover`), the configured format and the original's metadata plus which variant it is; the originals are
-/// untouched; `zmount search` finds variants by metadata; `zmount variants` writes deleted ones again.
+/// untouched; a file moved into place from a hidden temporary name gets variants (the temporary name none);
+/// `zmount search` finds variants by metadata; `zmount variants` writes deleted ones again.
 async fn variants_have_the_configured_sizes_and_formats(case: Case) {
     let (ctx, mnt) = mount_with_route(case, "img-variants", "", VARIANTS, &[]);
     let (photo, portrait) = (png(800, 600), rotated_jpeg(800, 600));
@@ -198,6 +199,17 @@ async fn variants_have_the_configured_sizes_and_formats(case: Case) {
         listed,
         ["pics/photo.thumbnail.png", "pics/portrait.thumbnail.jpg"]
     );
+
+    // Written under a temporary hidden name and moved into place (as rsync and editors do).
+    cp_into(&ctx, &mnt, "pics", &[(".incoming.png", &photo)]);
+    let (temp, moved) = (mnt.path("pics/.incoming.png"), mnt.path("pics/moved.png"));
+    run("mv", &[temp.to_str().unwrap(), moved.to_str().unwrap()]);
+    let bytes = wait_for_object(&ctx, "pics/moved.thumbnail.png").await;
+    assert_eq!(format_and_size(&bytes), (ImageFormat::Png, 150, 113));
+    assert!(ctx
+        .read_direct("pics/.incoming.thumbnail.png")
+        .await
+        .is_none());
 
     std::fs::remove_file(&thumb).unwrap();
     std::fs::remove_file(mnt.path("pics/portrait.medium.webp")).unwrap();

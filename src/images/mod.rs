@@ -110,7 +110,15 @@ pub async fn process(
     if is_variant(path, &images) {
         return Ok(Report::nothing("it is named like a variant"));
     }
-    let info = storage.get_info(path).await?;
+    if is_hidden(path) {
+        return Ok(Report::nothing(
+            "hidden files (temporary files of rsync, editors) are left alone",
+        ));
+    }
+    let info = match storage.get_info(path).await {
+        Err(e) if e.is_not_found() => return Ok(Report::nothing("it no longer exists")),
+        other => other?,
+    };
     if info.metadata.contains_key(VARIANT_KEY) {
         return Ok(Report::nothing("it is a variant"));
     }
@@ -141,13 +149,12 @@ pub async fn process(
     })
     .await
     .map_err(|e| ImageError::Corrupt(format!("image task failed: {e}")))??;
+    // A file renamed or written again meanwhile has a job of its own; its older bytes get nothing.
+    if !unchanged(storage, path, &info).await? {
+        return Ok(Report::nothing("it changed or moved while being processed"));
+    }
     let mut report = Report::default();
     if let Some((bytes, format)) = rendered.stored {
-        // A newer write of the file wins: it starts its own job.
-        let now = storage.get_info(path).await?;
-        if now.etag != info.etag {
-            return Ok(Report::nothing("it changed while being transformed"));
-        }
         let mut metadata = carried_metadata(&info);
         metadata.insert(TRANSFORMED_KEY.into(), sha256_hex(&bytes));
         let options = upload_options(storage, path, &info, metadata, format);
@@ -167,6 +174,22 @@ pub async fn process(
         report.variants.push(variant.path);
     }
     Ok(report)
+}
+
+async fn unchanged(storage: &Storage, path: &str, before: &FileInfo) -> Result<bool, ImageError> {
+    match storage.get_info(path).await {
+        Ok(now) => Ok(now.etag == before.etag && now.size == before.size),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Names starting with `.`: rsync and editors write such temporary files and rename them into place (the rename
+/// starts the job for the final name).
+fn is_hidden(path: &str) -> bool {
+    path.rsplit('/')
+        .next()
+        .is_some_and(|name| name.starts_with('.'))
 }
 
 /// One variant, encoded.

@@ -69,7 +69,7 @@ impl ImageWorker {
         let resolved = self.storage.router().resolve(path);
         resolved
             .and_then(|r| r.route.images.as_ref())
-            .is_some_and(|images| !super::is_variant(path, images))
+            .is_some_and(|images| !super::is_variant(path, images) && !super::is_hidden(path))
     }
 
     /// An upload of `path` with `size` bytes completed. Empty files are no images: programs that `dup2` their
