@@ -1,20 +1,12 @@
 //! `zmount explain CONFIG PATH...`: which rule routes each path, to which provider and fallbacks, under which
 //! object key. Makes routing precedence inspectable without touching any provider.
 
-use crate::storage::Storage;
 use std::path::Path;
 use std::process::ExitCode;
 
 pub fn run(config_path: &Path, paths: &[String]) -> ExitCode {
-    let Some(config) = super::load_config(config_path) else {
+    let Some((_config, storage)) = super::load_storage(config_path) else {
         return ExitCode::FAILURE;
-    };
-    let storage = match Storage::new(&config) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("zmount: {e}");
-            return ExitCode::FAILURE;
-        }
     };
     let mut status = ExitCode::SUCCESS;
     for (i, path) in paths.iter().enumerate() {

@@ -225,6 +225,18 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
     }
 }
 
+/// Loads a config and builds its storage, printing the error the way every subcommand does.
+fn load_storage(path: &std::path::Path) -> Option<(crate::Config, crate::Storage)> {
+    let config = load_config(path)?;
+    match crate::Storage::new(&config) {
+        Ok(storage) => Some((config, storage)),
+        Err(e) => {
+            eprintln!("zmount: {e}");
+            None
+        }
+    }
+}
+
 /// Loads a config, printing the error the way every subcommand does.
 fn load_config(path: &std::path::Path) -> Option<crate::Config> {
     match crate::Config::load(path) {

@@ -3,7 +3,7 @@
 //! no metadata, so each candidate gets a HEAD, at most [`IN_FLIGHT`] at once; progress goes to stderr.
 
 use super::progress::Progress;
-use crate::storage::{FileInfo, Storage};
+use crate::storage::FileInfo;
 use futures::StreamExt;
 use std::path::Path;
 use std::process::ExitCode;
@@ -12,9 +12,6 @@ use std::process::ExitCode;
 const IN_FLIGHT: usize = 32;
 
 pub async fn run(config_path: &Path, tags: &[String], meta: &[String], prefix: &str) -> ExitCode {
-    let Some(config) = super::load_config(config_path) else {
-        return ExitCode::FAILURE;
-    };
     let (tags, meta) = match (pairs(tags, "--tag"), pairs(meta, "--meta")) {
         (Ok(t), Ok(m)) => (t, m),
         (Err(e), _) | (_, Err(e)) => {
@@ -26,12 +23,8 @@ pub async fn run(config_path: &Path, tags: &[String], meta: &[String], prefix: &
         .into_iter()
         .map(|(k, v)| (k.to_ascii_lowercase(), v))
         .collect();
-    let storage = match Storage::new(&config) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("zmount: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some((_, storage)) = super::load_storage(config_path) else {
+        return ExitCode::FAILURE;
     };
     let candidates = match storage.list(prefix, None).await {
         Ok(list) => list,

@@ -11,15 +11,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 pub async fn run(config_path: &Path, targets: &[String]) -> ExitCode {
-    let Some(config) = super::load_config(config_path) else {
+    let Some((config, storage)) = super::load_storage(config_path) else {
         return ExitCode::FAILURE;
-    };
-    let storage = match Storage::new(&config) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("zmount: {e}");
-            return ExitCode::FAILURE;
-        }
     };
     let mut paths = Vec::new();
     for target in targets {
