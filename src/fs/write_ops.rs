@@ -408,6 +408,7 @@ impl Filesystem {
             }
             plan.push((src_provider.clone(), src, dst));
         }
+        let mut moved = Vec::with_capacity(plan.len());
         for (provider, src, dst) in plan {
             provider
                 .store
@@ -418,14 +419,16 @@ impl Filesystem {
                 self.storage.forget_fallback_copies(&src, route.route).await;
             }
             self.changed(&dst);
+            moved.push(dst);
         }
         self.inodes.rename(&from, &to);
         self.gone(&from);
         self.changed(&to);
         self.listings.invalidate_all();
-        // A program that writes a temporary name and renames it into place (rsync, editors) gets variants too.
-        if let (Some(images), Kind::File) = (&self.images, attr.kind) {
-            images.submit(&to);
+        // A program that writes a temporary name and renames it into place (rsync, editors) gets variants too,
+        // and so do the files of a folder moved into an image route.
+        if let Some(images) = &self.images {
+            moved.iter().for_each(|dst| images.submit(dst));
         }
         Ok(())
     }

@@ -62,24 +62,13 @@ pub fn decode(bytes: &[u8], limits: &ImageSettings) -> Result<Decoded, ImageErro
             limit: memory,
         });
     }
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| ImageError::Corrupt(e.to_string()))?;
-    let format = match reader.format() {
-        Some(ImageFormat::Jpeg) => OutputFormat::Jpeg,
-        Some(ImageFormat::Png) => OutputFormat::Png,
-        Some(ImageFormat::WebP) => OutputFormat::Webp,
-        Some(other) => {
-            return Err(ImageError::NotAnImage(format!(
-                "{other:?} is not read (JPEG, PNG and WebP are)"
-            )))
-        }
-        None => {
-            return Err(ImageError::NotAnImage(
-                "the content is not JPEG, PNG or WebP".into(),
-            ))
-        }
-    };
+    let format = sniff(bytes)?;
+    let mut reader = ImageReader::new(Cursor::new(bytes));
+    reader.set_format(match format {
+        OutputFormat::Jpeg => ImageFormat::Jpeg,
+        OutputFormat::Png => ImageFormat::Png,
+        OutputFormat::Webp => ImageFormat::WebP,
+    });
     let mut decoder_limits = Limits::default();
     decoder_limits.max_alloc = Some(memory);
     reader.limits(decoder_limits);
@@ -105,6 +94,24 @@ pub fn decode(bytes: &[u8], limits: &ImageSettings) -> Result<Decoded, ImageErro
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| classify(e, memory))?;
     image.apply_orientation(orientation);
     Ok(Decoded { image, format })
+}
+
+/// Bytes needed to tell the format from the start of a file (WebP's signature is the longest, 12 bytes).
+pub const SIGNATURE_BYTES: u64 = 16;
+
+/// The format the first bytes of a file announce.
+pub fn sniff(start: &[u8]) -> Result<OutputFormat, ImageError> {
+    match image::guess_format(start) {
+        Ok(ImageFormat::Jpeg) => Ok(OutputFormat::Jpeg),
+        Ok(ImageFormat::Png) => Ok(OutputFormat::Png),
+        Ok(ImageFormat::WebP) => Ok(OutputFormat::Webp),
+        Ok(other) => Err(ImageError::NotAnImage(format!(
+            "{other:?} is not read (JPEG, PNG and WebP are)"
+        ))),
+        Err(_) => Err(ImageError::NotAnImage(
+            "the content is not JPEG, PNG or WebP".into(),
+        )),
+    }
 }
 
 fn classify(e: image::ImageError, memory: u64) -> ImageError {

@@ -128,6 +128,11 @@ pub async fn process(
             limit: limits.max_memory.0,
         });
     }
+    // A large file that is no image is recognised from its first bytes, not downloaded whole.
+    let start = storage
+        .download_range(path, 0..info.size.min(codec::SIGNATURE_BYTES))
+        .await?;
+    codec::sniff(&start)?;
     let data = storage.download(path).await?;
     let digest = sha256_hex(&data);
     let transforms = images
