@@ -149,7 +149,7 @@ fn xattr(file: &Path, name: &str) -> String {
 
 /// Every variant of a PNG and of a rotated JPEG has the configured box (aspect kept, or exactly the box for
 /// `cover`), the configured format and the original's metadata plus which variant it is; the originals are
-/// untouched; a file moved into place from a hidden temporary name gets variants (the temporary name none);
+/// untouched, and so is a user's file where a variant would go; a file moved into place from a hidden temporary name gets variants (the temporary name none);
 /// `zmount search` finds variants by metadata; `zmount variants` writes deleted ones again.
 async fn variants_have_the_configured_sizes_and_formats(case: Case) {
     let (ctx, mnt) = mount_with_route(case, "img-variants", "", VARIANTS, &[]);
@@ -200,6 +200,17 @@ async fn variants_have_the_configured_sizes_and_formats(case: Case) {
         ["pics/photo.thumbnail.png", "pics/portrait.thumbnail.jpg"]
     );
 
+    // A user's own file where a variant would go is never written over.
+    let own = b"my own thumbnail, not zmount's";
+    cp_into(&ctx, &mnt, "pics", &[("own.thumbnail.png", own)]);
+    cp_into(&ctx, &mnt, "pics", &[("own.png", &photo)]);
+    mnt.wait_for_log("variant not written: pics/own.thumbnail.png is another file");
+    assert_eq!(
+        std::fs::read(mnt.path("pics/own.thumbnail.png")).unwrap(),
+        own
+    );
+    assert!(ctx.read_direct("pics/own.medium.webp").await.is_some());
+
     // Written under a temporary hidden name and moved into place (as rsync and editors do).
     cp_into(&ctx, &mnt, "pics", &[(".incoming.png", &photo)]);
     let (temp, moved) = (mnt.path("pics/.incoming.png"), mnt.path("pics/moved.png"));
@@ -226,8 +237,12 @@ async fn variants_have_the_configured_sizes_and_formats(case: Case) {
         stdout.contains("pics/portrait.jpg\t3 variant(s)"),
         "{stdout}"
     );
+    let processed: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split('\t').next())
+        .collect();
     assert!(
-        !stdout.contains("thumbnail"),
+        processed.iter().all(|p| !p.contains(".thumbnail.")),
         "variants were taken as originals: {stdout}"
     );
     for (path, format, w, h) in [
@@ -240,7 +255,7 @@ async fn variants_have_the_configured_sizes_and_formats(case: Case) {
 }
 
 /// `transforms` replace the stored file by its transformed version (here: fit in 200×200, as JPEG), marked so it
-/// is not transformed twice; variants under `variants_under` come from the original as written.
+/// is not transformed twice; variants under `variants_under` take the transform's format.
 async fn transforms_rewrite_the_stored_file(case: Case) {
     let route = r#"transforms = { resize = "200x200", format = "jpeg", quality = 80 }
 variants_under = "thumbs"
@@ -249,8 +264,8 @@ small = "50x50"
 "#;
     let (ctx, mnt) = mount_with_route(case, "img-transforms", "", route, &[]);
     cp_into(&ctx, &mnt, "up", &[("big.png", &png(800, 600))]);
-    let small = wait_for_object(&ctx, "thumbs/up/big.small.png").await;
-    assert_eq!(format_and_size(&small), (ImageFormat::Png, 50, 38));
+    let small = wait_for_object(&ctx, "thumbs/up/big.small.jpg").await;
+    assert_eq!(format_and_size(&small), (ImageFormat::Jpeg, 50, 38));
     let stored = ctx.read_direct("up/big.png").await.unwrap();
     assert_eq!(format_and_size(&stored), (ImageFormat::Jpeg, 200, 150));
     let file = mnt.path("up/big.png");
@@ -265,6 +280,8 @@ small = "50x50"
         "transformed twice? {stdout}"
     );
     assert_eq!(ctx.read_direct("up/big.png").await.unwrap(), stored);
+    let small = ctx.read_direct("thumbs/up/big.small.jpg").await.unwrap();
+    assert_eq!(format_and_size(&small), (ImageFormat::Jpeg, 50, 38));
 }
 
 /// A corrupt JPEG, a text file named `.jpg`, a PNG announcing 100000×100000 pixels and one announcing 5000×5000
@@ -311,13 +328,33 @@ async fn bad_images_are_skipped_and_kept(case: Case) {
             bytes
         );
     }
-    let status = std::fs::read_to_string(format!("/proc/{}/status", mnt.pid())).unwrap();
-    let peak_kib: u64 = status
+    let peak_kib = peak_rss_kib(mnt.pid());
+    assert!(peak_kib < 150 * 1024, "daemon peak RSS {peak_kib} KiB");
+}
+
+/// A large image that is accepted (5000×4000, 60 MB decoded) is processed within `max_memory`: the daemon's peak
+/// memory stays below its baseline plus the limit.
+async fn accepted_images_stay_within_max_memory(case: Case) {
+    let settings = "[settings.images]\nmax_memory = \"160MiB\"\n";
+    let (ctx, mnt) = mount_with_route(case, "img-memory", settings, VARIANTS, &[]);
+    cp_into(&ctx, &mnt, "pics", &[("large.png", &png(5000, 4000))]);
+    let thumb = wait_for_object(&ctx, "pics/large.thumbnail.png").await;
+    assert_eq!(format_and_size(&thumb), (ImageFormat::Png, 150, 120));
+    mnt.wait_for_log("image pics/large.png: 3 variant(s) written");
+    let peak_kib = peak_rss_kib(mnt.pid());
+    assert!(
+        peak_kib < (64 + 160) * 1024,
+        "daemon peak RSS {peak_kib} KiB"
+    );
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
-    assert!(peak_kib < 150 * 1024, "daemon peak RSS {peak_kib} KiB");
+        .unwrap()
 }
 
 macro_rules! local_and_s3 {
@@ -345,4 +382,5 @@ local_and_s3!(
     variants_have_the_configured_sizes_and_formats,
     transforms_rewrite_the_stored_file,
     bad_images_are_skipped_and_kept,
+    accepted_images_stay_within_max_memory,
 );

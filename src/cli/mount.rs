@@ -167,10 +167,11 @@ fn serve(
             .map_err(|e| format!("unmounting {}: {e}", mountpoint.display()))?;
     }
     runtime.block_on(fs_for_shutdown.background.wait());
+    let pending = runtime.block_on(fs_for_shutdown.retry_pending_uploads());
+    // Last: uploads finishing above queue image work too.
     if let Some(images) = &fs_for_shutdown.images {
         runtime.block_on(images.wait());
     }
-    let pending = runtime.block_on(fs_for_shutdown.retry_pending_uploads());
     let status_file = config.settings.cache_dir.join("status.json");
     if let Err(e) = fs_for_shutdown.storage().write_status(&status_file) {
         tracing::debug!("cannot write {}: {e}", status_file.display());

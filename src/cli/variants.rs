@@ -103,6 +103,12 @@ fn summarize(mut results: Vec<(&String, Result<Report, ImageError>)>) -> ExitCod
                     ""
                 };
                 println!("{path}\t{what}{} variant(s)", report.variants.len());
+                for other in &report.not_overwritten {
+                    println!("{path}\tnot written over {other}: another file, not a variant of it");
+                }
+                if let Some(why) = report.not_transformed_because {
+                    println!("{path}\tnot transformed: {why}");
+                }
             }
             Err(e) if e.is_bad_input() => {
                 skipped += 1;

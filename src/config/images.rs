@@ -94,6 +94,10 @@ pub struct Transform {
     pub quality: Option<u8>,
 }
 
+/// Largest `cover` box: `cover` enlarges images smaller than its box, and enlarging needs about 16 bytes per output
+/// pixel while it runs (256 MiB at this size). `inside` never enlarges, so its boxes have no such limit.
+const MAX_COVER_PIXELS: u64 = 4096 * 4096;
+
 /// The table form, strictly typed.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -165,6 +169,13 @@ impl Transform {
     pub fn check(&self) -> Result<(), String> {
         if self.resize.is_none() && self.format.is_none() && self.quality.is_none() {
             return Err("nothing to do: give `resize`, `format` or `quality`".into());
+        }
+        if let (Fit::Cover, Some((w, h))) = (self.fit, self.resize) {
+            if w as u64 * h as u64 > MAX_COVER_PIXELS {
+                return Err(format!(
+                    "a `cover` box may have at most {MAX_COVER_PIXELS} pixels (4096x4096): it can enlarge images"
+                ));
+            }
         }
         if let Some(q) = self.quality {
             if !(1..=100).contains(&q) {

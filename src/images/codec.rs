@@ -4,24 +4,28 @@
 use crate::config::{Fit, ImageSettings, OutputFormat, Transform};
 use image::imageops::FilterType;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
+use std::borrow::Cow;
 use std::io::Cursor;
 
 /// JPEG quality when a transform gives none: visually lossless for photos at a third of quality 100's size.
 pub const DEFAULT_JPEG_QUALITY: u8 = 85;
 
-/// Why an image was not processed. The first four are the file's fault (logged and skipped); the rest are ours.
+/// Why an image was not processed: the file's fault (logged and skipped, see [`ImageError::is_bad_input`]), or a
+/// provider's, an encoder's or ours.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("not an image: {0}")]
     NotAnImage(String),
     #[error("corrupt image: {0}")]
     Corrupt(String),
+    #[error("unsupported image: {0}")]
+    Unsupported(String),
     #[error("refused: {width}x{height} is {} pixels, over settings.images.max_pixels = {limit}", *width as u64 * *height as u64)]
     TooManyPixels { width: u32, height: u32, limit: u64 },
-    #[error(
-        "refused: needs {needed} bytes of memory, over settings.images.max_memory = {limit} bytes"
-    )]
+    #[error("refused: processing it needs about {needed} bytes of memory, over settings.images.max_memory = {limit} bytes")]
     TooMuchMemory { needed: u64, limit: u64 },
+    #[error("refused: the file is {size} bytes, over settings.images.max_memory = {limit} bytes")]
+    FileTooLarge { size: u64, limit: u64 },
     #[error("refused by {0}")]
     Refused(String),
     #[error("cannot encode {format:?}: {message}")]
@@ -31,6 +35,8 @@ pub enum ImageError {
     },
     #[error("{0}")]
     Storage(#[from] crate::storage::StorageError),
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ImageError {
@@ -42,23 +48,34 @@ impl ImageError {
                 | ImageError::Corrupt(_)
                 | ImageError::TooManyPixels { .. }
                 | ImageError::TooMuchMemory { .. }
+                | ImageError::FileTooLarge { .. }
+                | ImageError::Unsupported(_)
                 | ImageError::Refused(_)
         )
     }
 }
 
-/// A decoded image, upright (EXIF orientation applied), and the format it came in.
+/// A decoded image, upright (EXIF orientation applied), the format it came in, and what it carries that
+/// re-encoding must keep or respect.
 pub struct Decoded {
     pub image: DynamicImage,
     pub format: OutputFormat,
+    /// Colour profile, written into every output (without it, wide-gamut photos look washed out).
+    pub icc: Option<Vec<u8>>,
+    /// An animated PNG or WebP: outputs would keep only the first frame.
+    pub animated: bool,
 }
 
 /// Decodes `bytes`, refusing before decoding any pixel when the header announces more than the limits allow.
+/// Memory: the file, the decoded pixels and one more copy of them (rotation, conversion, cropping) must fit in
+/// `max_memory`; resizing down adds only the output, and upscaling (`cover` of a small image) is bounded by the
+/// box limit checked at load.
 pub fn decode(bytes: &[u8], limits: &ImageSettings) -> Result<Decoded, ImageError> {
     let memory = limits.max_memory.0;
-    if bytes.len() as u64 > memory {
-        return Err(ImageError::TooMuchMemory {
-            needed: bytes.len() as u64,
+    let file = bytes.len() as u64;
+    if file > memory {
+        return Err(ImageError::FileTooLarge {
+            size: file,
             limit: memory,
         });
     }
@@ -81,19 +98,46 @@ pub fn decode(bytes: &[u8], limits: &ImageSettings) -> Result<Decoded, ImageErro
             limit: limits.max_pixels,
         });
     }
-    if decoder.total_bytes() > memory {
+    let needed = file.saturating_add(decoder.total_bytes().saturating_mul(2));
+    if needed > memory {
         return Err(ImageError::TooMuchMemory {
-            needed: decoder.total_bytes(),
+            needed,
             limit: memory,
         });
     }
-    // A broken EXIF block is not worth losing the image over: it is shown as stored.
+    // A broken EXIF block or colour profile is not worth losing the image over: it is used as stored.
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let icc = decoder.icc_profile().ok().flatten();
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| classify(e, memory))?;
     image.apply_orientation(orientation);
-    Ok(Decoded { image, format })
+    Ok(Decoded {
+        image,
+        format,
+        icc,
+        animated: is_animated(bytes, format),
+    })
+}
+
+/// APNG announces itself with an `acTL` chunk before the image data; animated WebP with a flag in its `VP8X`
+/// header.
+fn is_animated(bytes: &[u8], format: OutputFormat) -> bool {
+    match format {
+        OutputFormat::Png => {
+            let head = &bytes[..bytes.len().min(64 << 10)];
+            let data_at = find(head, b"IDAT").unwrap_or(head.len());
+            find(&head[..data_at], b"acTL").is_some()
+        }
+        OutputFormat::Webp => {
+            bytes.get(12..16) == Some(b"VP8X") && bytes.get(20).is_some_and(|f| f & 0x02 != 0)
+        }
+        OutputFormat::Jpeg => false,
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Bytes needed to tell the format from the start of a file (WebP's signature is the longest, 12 bytes).
@@ -119,7 +163,7 @@ fn classify(e: image::ImageError, memory: u64) -> ImageError {
         image::ImageError::Limits(l) => ImageError::Refused(format!(
             "the decoder's memory limit (settings.images.max_memory = {memory} bytes): {l}"
         )),
-        image::ImageError::Unsupported(u) => ImageError::NotAnImage(u.to_string()),
+        image::ImageError::Unsupported(u) => ImageError::Unsupported(u.to_string()),
         other => ImageError::Corrupt(other.to_string()),
     }
 }
@@ -135,47 +179,56 @@ pub fn fit_inside(width: u32, height: u32, box_w: u32, box_h: u32) -> (u32, u32)
     (scaled(width, box_w), scaled(height, box_h))
 }
 
-/// Applies one transform's resize (format and quality are the encoder's business).
-pub fn resize(image: &DynamicImage, transform: &Transform) -> DynamicImage {
+/// Applies one transform's resize (format and quality are the encoder's business). Reductions average the
+/// source pixels each output pixel covers (sharp, no aliasing, no buffer beyond the output); only `cover` of an
+/// image smaller than its box enlarges, by interpolation.
+pub fn resize<'a>(image: &'a DynamicImage, transform: &Transform) -> Cow<'a, DynamicImage> {
     let Some((box_w, box_h)) = transform.resize else {
-        return image.clone();
+        return Cow::Borrowed(image);
     };
     let (w, h) = (image.width(), image.height());
     match transform.fit {
         Fit::Inside => {
             let (nw, nh) = fit_inside(w, h, box_w, box_h);
-            if (nw, nh) == (w, h) {
-                image.clone()
-            } else {
-                scale_to(image, nw, nh)
+            match (nw, nh) == (w, h) {
+                true => Cow::Borrowed(image),
+                false => Cow::Owned(image.thumbnail_exact(nw, nh)),
             }
         }
         Fit::Cover => {
-            let scale = f64::max(box_w as f64 / w as f64, box_h as f64 / h as f64);
-            let nw = ((w as f64 * scale).ceil() as u32).max(box_w);
-            let nh = ((h as f64 * scale).ceil() as u32).max(box_h);
-            let scaled = scale_to(image, nw, nh);
-            scaled.crop_imm((nw - box_w) / 2, (nh - box_h) / 2, box_w, box_h)
+            // Crop the centred region with the box's aspect ratio first, then scale only that to the box.
+            let (cw, ch) = cover_region(w, h, box_w, box_h);
+            let region = image.crop_imm((w - cw) / 2, (h - ch) / 2, cw, ch);
+            Cow::Owned(if (cw, ch) == (box_w, box_h) {
+                region
+            } else if cw >= box_w {
+                region.thumbnail_exact(box_w, box_h)
+            } else {
+                region.resize_exact(box_w, box_h, FilterType::CatmullRom)
+            })
         }
     }
 }
 
-/// High-quality scaling that stays fast for big reductions: a cheap box reduction to twice the target first
-/// (Lanczos' cost grows with the reduction factor), then Lanczos3 for the last step.
-fn scale_to(image: &DynamicImage, width: u32, height: u32) -> DynamicImage {
-    if image.width() >= width * 4 && image.height() >= height * 4 {
-        let rough = image.thumbnail_exact(width * 2, height * 2);
-        return rough.resize_exact(width, height, FilterType::Lanczos3);
+/// The largest centred region of a `width`×`height` image with the aspect ratio of `box_w`×`box_h`.
+pub fn cover_region(width: u32, height: u32, box_w: u32, box_h: u32) -> (u32, u32) {
+    let (w, h, bw, bh) = (width as u64, height as u64, box_w as u64, box_h as u64);
+    if w * bh > h * bw {
+        (((h * bw + bh / 2) / bh).clamp(1, w) as u32, height)
+    } else {
+        (width, ((w * bh + bw / 2) / bw).clamp(1, h) as u32)
     }
-    image.resize_exact(width, height, FilterType::Lanczos3)
 }
 
-/// Encodes in `format`; JPEG output of an image with transparency is flattened onto white.
+/// Encodes in `format` with colour profile `icc`; JPEG output of an image with transparency is flattened onto
+/// white.
 pub fn encode(
     image: &DynamicImage,
     format: OutputFormat,
     quality: Option<u8>,
+    icc: Option<&[u8]>,
 ) -> Result<Vec<u8>, ImageError> {
+    use image::codecs::{jpeg, png, webp};
     let mut out = Vec::new();
     let fail = |e: image::ImageError| ImageError::Encode {
         format,
@@ -183,31 +236,38 @@ pub fn encode(
     };
     match format {
         OutputFormat::Jpeg => {
-            let rgb = flatten_on_white(image);
             let quality = quality.unwrap_or(DEFAULT_JPEG_QUALITY);
-            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
-                .encode_image(&rgb)
-                .map_err(fail)?;
+            let rgb = DynamicImage::ImageRgb8(flatten_on_white(image));
+            let encoder = with_icc(jpeg::JpegEncoder::new_with_quality(&mut out, quality), icc);
+            rgb.write_with_encoder(encoder).map_err(fail)?;
         }
         // Stored images are written once and read many times: worth the slower, smaller setting.
-        OutputFormat::Png => image
-            .write_with_encoder(image::codecs::png::PngEncoder::new_with_quality(
-                &mut out,
-                image::codecs::png::CompressionType::Best,
-                image::codecs::png::FilterType::Adaptive,
-            ))
-            .map_err(fail)?,
+        OutputFormat::Png => {
+            let (best, adaptive) = (png::CompressionType::Best, png::FilterType::Adaptive);
+            let encoder = with_icc(
+                png::PngEncoder::new_with_quality(&mut out, best, adaptive),
+                icc,
+            );
+            image.write_with_encoder(encoder).map_err(fail)?;
+        }
         OutputFormat::Webp => {
             let eight_bit = match image.color().has_alpha() {
                 true => DynamicImage::ImageRgba8(image.to_rgba8()),
                 false => DynamicImage::ImageRgb8(image.to_rgb8()),
             };
-            eight_bit
-                .write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut out))
-                .map_err(fail)?;
+            let encoder = with_icc(webp::WebPEncoder::new_lossless(&mut out), icc);
+            eight_bit.write_with_encoder(encoder).map_err(fail)?;
         }
     }
     Ok(out)
+}
+
+/// An encoder that writes `icc` as the output's colour profile (where the encoder can).
+fn with_icc<E: image::ImageEncoder>(mut encoder: E, icc: Option<&[u8]>) -> E {
+    if let Some(icc) = icc {
+        let _ = encoder.set_icc_profile(icc.to_vec());
+    }
+    encoder
 }
 
 fn flatten_on_white(image: &DynamicImage) -> image::RgbImage {
@@ -239,7 +299,7 @@ mod tests {
         let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(width, height, |x, y| {
             image::Rgb([x as u8, y as u8, 7])
         }));
-        encode(&img, OutputFormat::Png, None).unwrap()
+        encode(&img, OutputFormat::Png, None, None).unwrap()
     }
 
     #[test]
@@ -323,7 +383,7 @@ mod tests {
     fn every_output_format_decodes_back() {
         let decoded = decode(&png(32, 16), &ImageSettings::default()).unwrap();
         for format in [OutputFormat::Jpeg, OutputFormat::Png, OutputFormat::Webp] {
-            let bytes = encode(&decoded.image, format, Some(90)).unwrap();
+            let bytes = encode(&decoded.image, format, Some(90), None).unwrap();
             let back = decode(&bytes, &ImageSettings::default()).unwrap();
             assert_eq!(back.format, format);
             assert_eq!((back.image.width(), back.image.height()), (32, 16));

@@ -36,6 +36,10 @@ pub struct Report {
     pub transformed: bool,
     /// Paths of the variants written.
     pub variants: Vec<String>,
+    /// Variant paths holding a file that is not this original's variant: left alone.
+    pub not_overwritten: Vec<String>,
+    /// Why the stored file was not transformed although the route has `transforms` (e.g. it is animated).
+    pub not_transformed_because: Option<&'static str>,
     /// Why nothing was done, when nothing was (not an image route, a variant itself, already done, changed).
     pub nothing_because: Option<&'static str>,
 }
@@ -50,18 +54,17 @@ impl Report {
 }
 
 /// The path of variant `name` of `original` in output `format`: `dir/photo.jpg` → `dir/photo.thumbnail.jpg`,
-/// or `<under>/dir/photo.thumbnail.jpg` with `variants_under`. The original's extension is kept when the format
-/// is unchanged (`.JPEG` stays `.JPEG`); otherwise the format's own (`jpg`, `png`, `webp`).
+/// or `<under>/dir/photo.thumbnail.jpg` with `variants_under`. The original's extension is kept when it names the
+/// output format (`.JPEG` stays `.JPEG`); otherwise the format's own (`jpg`, `png`, `webp`).
 pub fn variant_path(
     original: &str,
     name: &str,
     format: OutputFormat,
-    same_format: bool,
     under: Option<&str>,
 ) -> String {
     let (dir, file) = original.rsplit_once('/').unwrap_or(("", original));
     let (stem, ext) = match file.rsplit_once('.') {
-        Some((stem, ext)) if !stem.is_empty() && same_format => (stem, ext),
+        Some((stem, ext)) if !stem.is_empty() && names_format(ext, format) => (stem, ext),
         Some((stem, _)) if !stem.is_empty() => (stem, format.extension()),
         _ => (file, format.extension()),
     };
@@ -74,6 +77,15 @@ pub fn variant_path(
     match under {
         Some(under) => format!("{under}/{rel}"),
         None => rel,
+    }
+}
+
+fn names_format(ext: &str, format: OutputFormat) -> bool {
+    let ext = ext.to_ascii_lowercase();
+    match format {
+        OutputFormat::Jpeg => ext == "jpg" || ext == "jpeg",
+        OutputFormat::Png => ext == "png",
+        OutputFormat::Webp => ext == "webp",
     }
 }
 
@@ -93,8 +105,17 @@ pub fn is_variant(path: &str, images: &RouteImages) -> bool {
         .is_some_and(|(_, last)| images.variants.contains_key(last))
 }
 
+/// Names starting with `.`: rsync and editors write such temporary files and rename them into place (the rename
+/// starts the job for the final name).
+pub fn is_hidden(path: &str) -> bool {
+    path.rsplit('/')
+        .next()
+        .is_some_and(|name| name.starts_with('.'))
+}
+
 /// Runs the route's image work for `path`: transforms the stored file (when configured and not done yet) and
-/// writes every variant. `Ok` with `nothing_because` when there is nothing to do.
+/// writes every variant. `Ok` with `nothing_because` when there is nothing to do. Works from the file as it is
+/// stored now: right after an upload, the bytes just written.
 pub async fn process(
     storage: &Storage,
     limits: &ImageSettings,
@@ -123,8 +144,8 @@ pub async fn process(
         return Ok(Report::nothing("it is a variant"));
     }
     if info.size > limits.max_memory.0 {
-        return Err(ImageError::TooMuchMemory {
-            needed: info.size,
+        return Err(ImageError::FileTooLarge {
+            size: info.size,
             limit: limits.max_memory.0,
         });
     }
@@ -134,45 +155,59 @@ pub async fn process(
         .await?;
     codec::sniff(&start)?;
     let data = storage.download(path).await?;
-    let digest = sha256_hex(&data);
     let transforms = images
         .transforms
         .clone()
-        .filter(|_| info.metadata.get(TRANSFORMED_KEY) != Some(&digest));
+        .filter(|_| info.metadata.get(TRANSFORMED_KEY) != Some(&sha256_hex(&data)));
     if transforms.is_none() && images.variants.is_empty() {
         return Ok(Report::nothing("it is already transformed"));
     }
-    let (limits_owned, images_owned, original) = (limits.clone(), images.clone(), path.to_string());
+    let (limits, images, original) = (limits.clone(), images.clone(), path.to_string());
     let rendered = tokio::task::spawn_blocking(move || {
-        render(
-            &data,
-            &limits_owned,
-            transforms.as_ref(),
-            &images_owned,
-            &original,
-        )
+        render(data, &limits, transforms.as_ref(), &images, &original)
     })
     .await
-    .map_err(|e| ImageError::Corrupt(format!("image task failed: {e}")))??;
-    // A file renamed or written again meanwhile has a job of its own; its older bytes get nothing.
-    if !unchanged(storage, path, &info).await? {
-        return Ok(Report::nothing("it changed or moved while being processed"));
-    }
-    let mut report = Report::default();
+    .map_err(|e| ImageError::Internal(format!("image task failed: {e}")))??;
+    store(storage, path, &info, rendered).await
+}
+
+/// Writes what [`render`] made: the transformed file only if the stored one is still the version that was read,
+/// variants only where no other file is in the way.
+async fn store(
+    storage: &Storage,
+    path: &str,
+    info: &FileInfo,
+    rendered: Rendered,
+) -> Result<Report, ImageError> {
+    let mut report = Report {
+        not_transformed_because: rendered.not_transformed_because,
+        ..Report::default()
+    };
     if let Some((bytes, format)) = rendered.stored {
-        let mut metadata = carried_metadata(&info);
+        let mut metadata = carried_metadata(info);
         metadata.insert(TRANSFORMED_KEY.into(), sha256_hex(&bytes));
-        let options = upload_options(storage, path, &info, metadata, format);
-        storage.upload(path, Bytes::from(bytes), options).await?;
-        report.transformed = true;
+        let options = upload_options(storage, path, info, metadata, format);
+        let bytes = Bytes::from(bytes);
+        match storage
+            .upload_if_unchanged(path, bytes, options, info)
+            .await?
+        {
+            Some(_) => report.transformed = true,
+            // A newer write (or a rename, a delete) has a job of its own; these older bytes get nothing.
+            None => return Ok(Report::nothing("it changed or moved while being processed")),
+        }
     }
     for variant in rendered.variants {
-        let mut metadata = carried_metadata(&info);
+        if !may_write_variant(storage, &variant.path, path).await? {
+            report.not_overwritten.push(variant.path);
+            continue;
+        }
+        let mut metadata = carried_metadata(info);
         metadata.remove("mtime");
         metadata.remove(TRANSFORMED_KEY);
         metadata.insert(VARIANT_KEY.into(), variant.name.clone());
         metadata.insert(VARIANT_OF_KEY.into(), path.to_string());
-        let options = upload_options(storage, &variant.path, &info, metadata, variant.format);
+        let options = upload_options(storage, &variant.path, info, metadata, variant.format);
         storage
             .upload(&variant.path, Bytes::from(variant.bytes), options)
             .await?;
@@ -181,20 +216,20 @@ pub async fn process(
     Ok(report)
 }
 
-async fn unchanged(storage: &Storage, path: &str, before: &FileInfo) -> Result<bool, ImageError> {
-    match storage.get_info(path).await {
-        Ok(now) => Ok(now.etag == before.etag && now.size == before.size),
-        Err(e) if e.is_not_found() => Ok(false),
+/// A variant path may be written when nothing is there or this original's earlier variant is: never over a
+/// user's own file (or another original's variant) that happens to have the name.
+async fn may_write_variant(
+    storage: &Storage,
+    variant: &str,
+    original: &str,
+) -> Result<bool, ImageError> {
+    match storage.get_info(variant).await {
+        Ok(existing) => {
+            Ok(existing.metadata.get(VARIANT_OF_KEY).map(String::as_str) == Some(original))
+        }
+        Err(e) if e.is_not_found() => Ok(true),
         Err(e) => Err(e.into()),
     }
-}
-
-/// Names starting with `.`: rsync and editors write such temporary files and rename them into place (the rename
-/// starts the job for the final name).
-fn is_hidden(path: &str) -> bool {
-    path.rsplit('/')
-        .next()
-        .is_some_and(|name| name.starts_with('.'))
 }
 
 /// One variant, encoded.
@@ -208,49 +243,61 @@ struct RenderedVariant {
 struct Rendered {
     /// The transformed stored file, when it changes.
     stored: Option<(Vec<u8>, OutputFormat)>,
+    not_transformed_because: Option<&'static str>,
     variants: Vec<RenderedVariant>,
 }
 
-/// Decodes once, then encodes the transformed original and every variant (variants come from the decoded
-/// original, not from the transformed one, so they lose no extra quality).
+/// Decodes once (the file's bytes are freed right after), then encodes the transformed file and every variant
+/// from the decoded image (variants do not inherit the transform's re-compression).
 fn render(
-    data: &[u8],
+    data: Bytes,
     limits: &ImageSettings,
     transforms: Option<&Transform>,
     images: &RouteImages,
     path: &str,
 ) -> Result<Rendered, ImageError> {
-    let decoded = codec::decode(data, limits)?;
+    let decoded = codec::decode(&data, limits)?;
+    drop(data);
+    let icc = decoded.icc.as_deref();
     let mut stored = None;
+    let mut not_transformed_because = None;
     if let Some(t) = transforms {
-        let resized = codec::resize(&decoded.image, t);
-        let format = t.format.unwrap_or(decoded.format);
-        let changes = (resized.width(), resized.height())
-            != (decoded.image.width(), decoded.image.height())
-            || format != decoded.format
-            || t.quality.is_some();
-        if changes {
-            stored = Some((codec::encode(&resized, format, t.quality)?, format));
+        if decoded.animated {
+            not_transformed_because = Some("animated images keep all their frames");
+        } else {
+            let resized = codec::resize(&decoded.image, t);
+            let format = t.format.unwrap_or(decoded.format);
+            let changes = (resized.width(), resized.height())
+                != (decoded.image.width(), decoded.image.height())
+                || format != decoded.format
+                || (t.quality.is_some() && format == OutputFormat::Jpeg);
+            if changes {
+                stored = Some((codec::encode(&resized, format, t.quality, icc)?, format));
+            }
         }
     }
+    // Variants without a format of their own follow the route's: the transform's format when it sets one (so
+    // they are named the same whether made from the original or, later, from the transformed file).
+    let route_format = transforms
+        .or(images.transforms.as_ref())
+        .and_then(|t| t.format)
+        .unwrap_or(decoded.format);
     let mut variants = Vec::new();
     for (name, t) in &images.variants {
-        let format = t.format.unwrap_or(decoded.format);
+        let format = t.format.unwrap_or(route_format);
         let image = codec::resize(&decoded.image, t);
         variants.push(RenderedVariant {
             name: name.clone(),
-            path: variant_path(
-                path,
-                name,
-                format,
-                format == decoded.format,
-                images.variants_under.as_deref(),
-            ),
+            path: variant_path(path, name, format, images.variants_under.as_deref()),
             format,
-            bytes: codec::encode(&image, format, t.quality)?,
+            bytes: codec::encode(&image, format, t.quality, icc)?,
         });
     }
-    Ok(Rendered { stored, variants })
+    Ok(Rendered {
+        stored,
+        not_transformed_because,
+        variants,
+    })
 }
 
 /// The original's metadata that every provider accepts back (foreign keys such as `original-filename` are not).
@@ -311,25 +358,24 @@ mod tests {
     fn variant_names() {
         let jpeg = OutputFormat::Jpeg;
         assert_eq!(
-            variant_path("a/photo.jpg", "thumbnail", jpeg, true, None),
+            variant_path("a/photo.jpg", "thumbnail", jpeg, None),
             "a/photo.thumbnail.jpg"
         );
         assert_eq!(
-            variant_path("photo.JPEG", "small", jpeg, true, None),
+            variant_path("photo.JPEG", "small", jpeg, None),
             "photo.small.JPEG"
         );
         assert_eq!(
-            variant_path(
-                "a/photo.png",
-                "small",
-                OutputFormat::Webp,
-                false,
-                Some("thumbs")
-            ),
+            variant_path("a/photo.png", "small", OutputFormat::Webp, Some("thumbs")),
             "thumbs/a/photo.small.webp"
         );
+        // A PNG whose stored bytes are JPEG now (a transform converted it): the name follows the bytes.
         assert_eq!(
-            variant_path("a/.hidden", "small", jpeg, false, None),
+            variant_path("a/big.png", "small", jpeg, None),
+            "a/big.small.jpg"
+        );
+        assert_eq!(
+            variant_path("a/.hidden", "small", jpeg, None),
             "a/.hidden.small.jpg"
         );
     }

@@ -143,6 +143,14 @@ impl ImageWorker {
                     self.changed(path);
                 }
                 report.variants.iter().for_each(|v| self.changed(v));
+                for other in &report.not_overwritten {
+                    tracing::warn!(
+                        "image {path}: variant not written: {other} is another file, not a variant of it"
+                    );
+                }
+                if let Some(why) = report.not_transformed_because {
+                    tracing::info!("image {path}: not transformed: {why}");
+                }
                 tracing::info!(
                     "image {path}: {}{} variant(s) written",
                     if report.transformed {

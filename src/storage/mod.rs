@@ -280,11 +280,49 @@ impl Storage {
         data: Bytes,
         options: UploadOptions,
     ) -> Result<FileInfo> {
+        self.put_bytes(path, data, options, true).await
+    }
+
+    /// [`Storage::upload`], only while the object at `path` is still the version `expected` describes (same ETag,
+    /// size and modification time); `Ok(None)` when it changed or is gone. The check and the upload happen under
+    /// the path's write lock, so no write or delete through this process comes between them (other clients of
+    /// the provider can, in the moment between the check and the upload).
+    pub async fn upload_if_unchanged(
+        &self,
+        path: &str,
+        data: Bytes,
+        options: UploadOptions,
+        expected: &FileInfo,
+    ) -> Result<Option<FileInfo>> {
+        let clean = self.resolve(path)?.0;
+        let lock = self.heals.lock_of(&clean);
+        let _held = lock.lock().await;
+        let now = match self.get_info(&clean).await {
+            Ok(now) => now,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let same = (&now.etag, now.size, now.last_modified)
+            == (&expected.etag, expected.size, expected.last_modified);
+        if !same {
+            return Ok(None);
+        }
+        self.put_bytes(&clean, data, options, false).await.map(Some)
+    }
+
+    /// `exclusive`: take the path's write lock (false when the caller holds it).
+    async fn put_bytes(
+        &self,
+        path: &str,
+        data: Bytes,
+        options: UploadOptions,
+        exclusive: bool,
+    ) -> Result<FileInfo> {
         let (path, resolved, _) = self.resolve(path)?;
         self.check_size(&path, &resolved, data.len() as u64)?;
         let (attributes, tags) = self.upload_attributes(&path, &options)?;
         let size = data.len() as u64;
-        self.write_routed(&path, resolved.route, (true, true), |provider| {
+        self.write_routed(&path, resolved.route, (true, exclusive), |provider| {
             let opts = PutOptions {
                 attributes: attributes.clone(),
                 tags: tags.clone(),
