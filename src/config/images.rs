@@ -18,8 +18,8 @@ pub struct ImageSettings {
     /// any pixel is decoded. 100 megapixels covers current camera sensors; decompression bombs claim far more.
     #[serde(default = "ImageSettings::default_max_pixels")]
     pub max_pixels: u64,
-    /// Most memory one image may take to decode (the file itself, and the decoded pixels). Peak use per image is
-    /// about twice this while it is rotated or converted.
+    /// Most memory one image may take: its file plus twice its decoded pixels (one copy while it is rotated,
+    /// converted or cropped). Checked from the header, before decoding; resized outputs are small beside it.
     #[serde(default = "ImageSettings::default_max_memory")]
     pub max_memory: ByteSize,
     /// Images processed at once. Image work is CPU-bound: two keeps a small machine responsive.
@@ -31,8 +31,9 @@ impl ImageSettings {
     fn default_max_pixels() -> u64 {
         100_000_000
     }
+    /// A 100-megapixel RGB photo: 300 MB decoded, twice, plus its file.
     fn default_max_memory() -> ByteSize {
-        ByteSize(512 << 20)
+        ByteSize(1 << 30)
     }
     fn default_workers() -> usize {
         2
