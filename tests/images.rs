@@ -332,6 +332,31 @@ async fn bad_images_are_skipped_and_kept(case: Case) {
     assert!(peak_kib < 150 * 1024, "daemon peak RSS {peak_kib} KiB");
 }
 
+/// On a write-back route (uploads in the background), a file written twice in a row ends with the variants of its
+/// last version: a write that lands while the first job runs gets a job of its own after it.
+async fn the_last_write_gets_the_variants(case: Case) {
+    let route = format!("write_back = true\n{VARIANTS}");
+    let (ctx, mnt) = mount_with_route(case, "img-last", "", &route, &[]);
+    for (w, h) in [(800, 600), (640, 640), (300, 600)] {
+        cp_into(&ctx, &mnt, "pics", &[("again.png", &png(w, h))]);
+    }
+    let deadline = Instant::now() + IMAGE_DEADLINE;
+    loop {
+        let thumb = ctx.read_direct("pics/again.thumbnail.png").await;
+        let size = thumb.map(|b| format_and_size(&b));
+        if size == Some((ImageFormat::Png, 75, 150)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "thumbnail is {size:?}, not the last version's"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let medium = ctx.read_direct("pics/again.medium.webp").await.unwrap();
+    assert_eq!(format_and_size(&medium), (ImageFormat::WebP, 150, 300));
+}
+
 /// A large image that is accepted (5000×4000, 60 MB decoded) is processed within `max_memory`: the daemon's peak
 /// memory stays below its baseline plus the limit.
 async fn accepted_images_stay_within_max_memory(case: Case) {
@@ -383,4 +408,5 @@ local_and_s3!(
     transforms_rewrite_the_stored_file,
     bad_images_are_skipped_and_kept,
     accepted_images_stay_within_max_memory,
+    the_last_write_gets_the_variants,
 );
