@@ -410,6 +410,8 @@ impl Filesystem {
         }
         let mut moved = Vec::with_capacity(plan.len());
         for (provider, src, dst) in plan {
+            // No write, delete, heal or image transform of either path lands in the middle of the move.
+            let _held = self.storage.lock_paths(&[&src, &dst]).await;
             provider
                 .store
                 .rename(&provider.key_for(&src), &provider.key_for(&dst))

@@ -3,8 +3,8 @@
 //!
 //! This module owns what one image job does ([`process`]), how variants are named ([`variant_path`]) and what they
 //! carry; [`worker`] runs jobs in the background of a mount with bounded concurrency; `zmount variants` runs the
-//! same jobs on demand. Image work never touches the original's upload: it starts after that upload succeeded,
-//! and a failure is logged, counted and left at that.
+//! same jobs on demand. Image work never delays or fails the original's upload: it starts after that upload
+//! succeeded, and a failure is logged, counted and left at that (the file stays as written).
 //!
 //! Loop guards: variants and transformed files are written through [`Storage`], never through the mount's write
 //! path, so they do not start jobs of their own; a file named like a variant of its route (`photo.thumbnail.jpg`),
@@ -148,6 +148,9 @@ pub async fn process(
             size: info.size,
             limit: limits.max_memory.0,
         });
+    }
+    if info.size == 0 {
+        return Err(ImageError::NotAnImage("the file is empty".into()));
     }
     // A large file that is no image is recognised from its first bytes, not downloaded whole.
     let start = storage

@@ -11,8 +11,9 @@
 //! which fallback holds the file; [`Heals`] keeps them in memory too. A heal pass copies each file back to the
 //! primary once it answers, checks the size, then removes the fallback copy (unless `keep_fallback_copy`).
 //!
-//! Lock order: a path's lock from [`Heals::lock_of`] (tokio mutex, held across the upload of that path), then
-//! `Heals::pending` or `Heals::locks` (std mutexes, never held across an await, never both at once).
+//! Lock order: a path's lock from [`Heals::lock_of`] (tokio mutex, held across the upload of that path; a rename
+//! holds two, taken in path order by `Storage::lock_paths`), then `Heals::pending` or `Heals::locks` (std mutexes,
+//! never held across an await, never both at once).
 
 use super::{Result, StorageError};
 use crate::providers::guard::{with_fallback, Fallback};

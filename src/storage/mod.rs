@@ -283,6 +283,20 @@ impl Storage {
         self.put_bytes(path, data, options, true).await
     }
 
+    /// Holds the write locks of `paths` (see [`Heals::lock_of`]) until the guards drop: writes, deletes, heals and
+    /// conditional uploads of those paths through this storage wait meanwhile. Taken in path order, so two callers
+    /// never wait for each other in a circle.
+    pub async fn lock_paths(&self, paths: &[&str]) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
+        let mut sorted = paths.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut guards = Vec::with_capacity(sorted.len());
+        for path in sorted {
+            guards.push(self.heals.lock_of(path).lock_owned().await);
+        }
+        guards
+    }
+
     /// [`Storage::upload`], only while the object at `path` is still the version `expected` describes (same ETag,
     /// size and modification time); `Ok(None)` when it changed or is gone. The check and the upload happen under
     /// the path's write lock, so no write or delete through this process comes between them (other clients of
