@@ -359,28 +359,30 @@ mod tests {
 
     #[test]
     fn variant_names() {
-        let jpeg = OutputFormat::Jpeg;
-        assert_eq!(
-            variant_path("a/photo.jpg", "thumbnail", jpeg, None),
-            "a/photo.thumbnail.jpg"
-        );
-        assert_eq!(
-            variant_path("photo.JPEG", "small", jpeg, None),
-            "photo.small.JPEG"
-        );
-        assert_eq!(
-            variant_path("a/photo.png", "small", OutputFormat::Webp, Some("thumbs")),
-            "thumbs/a/photo.small.webp"
-        );
-        // A PNG whose stored bytes are JPEG now (a transform converted it): the name follows the bytes.
-        assert_eq!(
-            variant_path("a/big.png", "small", jpeg, None),
-            "a/big.small.jpg"
-        );
-        assert_eq!(
-            variant_path("a/.hidden", "small", jpeg, None),
-            "a/.hidden.small.jpg"
-        );
+        use OutputFormat::{Jpeg, Webp};
+        let cases = [
+            (
+                "a/photo.jpg",
+                "thumbnail",
+                Jpeg,
+                None,
+                "a/photo.thumbnail.jpg",
+            ),
+            ("photo.JPEG", "small", Jpeg, None, "photo.small.JPEG"),
+            (
+                "a/photo.png",
+                "small",
+                Webp,
+                Some("thumbs"),
+                "thumbs/a/photo.small.webp",
+            ),
+            // A PNG whose stored bytes are JPEG now (a transform converted it): the name follows the bytes.
+            ("a/big.png", "small", Jpeg, None, "a/big.small.jpg"),
+            ("a/.hidden", "small", Jpeg, None, "a/.hidden.small.jpg"),
+        ];
+        for (original, name, format, under, expected) in cases {
+            assert_eq!(variant_path(original, name, format, under), expected);
+        }
     }
 
     #[test]
