@@ -150,7 +150,8 @@ fn xattr(file: &Path, name: &str) -> String {
 /// Every variant of a PNG and of a rotated JPEG has the configured box (aspect kept, or exactly the box for
 /// `cover`), the configured format and the original's metadata plus which variant it is; the originals are
 /// untouched, and so is a user's file where a variant would go; a file moved into place from a hidden temporary name gets variants (the temporary name none);
-/// `zmount search` finds variants by metadata; `zmount variants` writes deleted ones again.
+/// `zmount search` finds variants by metadata; `zmount variants` writes deleted ones again, but not over a user's
+/// file copied onto a variant's name.
 async fn variants_have_the_configured_sizes_and_formats(case: Case) {
     let (ctx, mnt) = mount_with_route(case, "img-variants", "", VARIANTS, &[]);
     let (photo, portrait) = (png(800, 600), rotated_jpeg(800, 600));
@@ -252,6 +253,20 @@ async fn variants_have_the_configured_sizes_and_formats(case: Case) {
         let bytes = ctx.read_direct(path).await.expect(path);
         assert_eq!(format_and_size(&bytes), (format, w, h), "{path}");
     }
+
+    // A user's file copied over a variant is the user's: the next run leaves it alone.
+    let mine = png(10, 10);
+    cp_into(&ctx, &mnt, "pics", &[("photo.square.png", &mine)]);
+    let out = zmount(&["variants", config, "pics/photo.png"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("not written over pics/photo.square.png"),
+        "{stdout}"
+    );
+    assert_eq!(
+        ctx.read_direct("pics/photo.square.png").await.unwrap(),
+        mine
+    );
 }
 
 /// `transforms` replace the stored file by its transformed version (here: fit in 200×200, as JPEG), marked so it

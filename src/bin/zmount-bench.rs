@@ -7,8 +7,9 @@
 //!   get KEY               streamed GET of the whole object           -> MiB/s
 //!   ranged KEY            1 MiB ranged GETs, 32 in flight (like read-ahead) -> MiB/s
 //!   random KEY N          N random 4 KiB ranged GETs, one at a time  -> IOPS
-//!   list PREFIX           list every key below PREFIX                -> seconds, count
+//!   list PREFIX           list every key below PREFIX                -> seconds, count, bytes
 //!   wait-size KEY BYTES   poll (HEAD every 20 ms) until KEY holds BYTES bytes (a write is complete on the server)
+//!   photo FILE W H SEED   write a photo-like W×H JPEG (gradients and grain, quality 90) to the local FILE
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -52,6 +53,10 @@ async fn main() {
         "random" => random(&provider, &rest[0], rest[1].parse().unwrap()).await,
         "list" => list(&provider, &rest[0]).await,
         "wait-size" => wait_size(&provider, &rest[0], rest[1].parse().unwrap()).await,
+        "photo" => {
+            let n = |i: usize| rest[i].parse().unwrap();
+            photo(&rest[0], n(1), n(2), n(3))
+        }
         other => fail(&format!("unknown command {other}")),
     }
 }
@@ -66,6 +71,28 @@ async fn wait_size(p: &Provider, key: &str, bytes: u64) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// A JPEG that compresses like a photo: smooth gradients (sky, shading) plus per-pixel grain (sensor noise), so
+/// decoding and encoding cost what real photos cost (a flat test pattern would be unrealistically cheap).
+fn photo(file: &str, width: u32, height: u32, seed: u32) {
+    let mut state = seed.wrapping_mul(2_654_435_761).max(1);
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let grain = (state % 24) as i32 - 12;
+        let base = [
+            (x * 200 / width) as i32 + 30,
+            (y * 180 / height) as i32 + 40,
+            ((x + y) * 120 / (width + height)) as i32 + 90,
+        ];
+        image::Rgb(base.map(|c| (c + grain).clamp(0, 255) as u8))
+    });
+    let out = std::fs::File::create(file).unwrap_or_else(|e| fail(&e));
+    let mut encoder =
+        image::codecs::jpeg::JpegEncoder::new_with_quality(std::io::BufWriter::new(out), 90);
+    encoder.encode_image(&img).unwrap_or_else(|e| fail(&e));
 }
 
 fn fail(message: &dyn std::fmt::Display) -> ! {
@@ -181,11 +208,13 @@ async fn random(p: &Provider, key: &str, n: usize) {
 
 async fn list(p: &Provider, prefix: &str) {
     let started = Instant::now();
-    let count = p
+    let (count, bytes) = p
         .store
         .list(Some(&p.key_for(prefix)))
-        .try_fold(0usize, |n, _| async move { Ok(n + 1) })
+        .try_fold((0usize, 0u64), |(n, b), m| async move {
+            Ok((n + 1, b + m.size))
+        })
         .await
         .unwrap_or_else(|e| fail(&e));
-    println!("{:.3} {count}", started.elapsed().as_secs_f64());
+    println!("{:.3} {count} {bytes}", started.elapsed().as_secs_f64());
 }

@@ -637,18 +637,9 @@ impl Config {
         };
         for (k, v) in &route.metadata {
             let checked = normalize_metadata_key(k).and_then(|lower| {
-                use crate::images::{TRANSFORMED_KEY, VARIANT_KEY, VARIANT_OF_KEY};
-                let kept = [
-                    "mode",
-                    "uid",
-                    "gid",
-                    "mtime",
-                    TAGS_MIRROR_KEY,
-                    VARIANT_KEY,
-                    VARIANT_OF_KEY,
-                    TRANSFORMED_KEY,
-                ];
-                let reserved = kept.contains(&lower.as_str());
+                let reserved = crate::fs::posix::KEYS.contains(&lower.as_str())
+                    || crate::images::MARKER_KEYS.contains(&lower.as_str())
+                    || lower == TAGS_MIRROR_KEY;
                 match reserved {
                     true => Err(format!("`{lower}` is kept by zmount itself")),
                     false => check_metadata_value(&lower, v),

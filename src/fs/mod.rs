@@ -171,6 +171,9 @@ impl Filesystem {
             .await;
         for path in &report.healed {
             self.changed_on_provider(path);
+            if let Some(images) = &self.images {
+                images.submit(path); // transforms wait for the primary's copy
+            }
         }
         report
     }

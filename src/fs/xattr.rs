@@ -190,6 +190,7 @@ impl Filesystem {
             Name::Meta(key) => {
                 let key = normalize_metadata_key(key).map_err(invalid)?;
                 let reserved = crate::fs::posix::KEYS.contains(&key.as_str())
+                    || crate::images::MARKER_KEYS.contains(&key.as_str())
                     || key == crate::storage::TAGS_MIRROR_KEY;
                 if reserved {
                     return Err(invalid(format!(

@@ -28,6 +28,8 @@ pub const VARIANT_KEY: &str = "variant";
 pub const VARIANT_OF_KEY: &str = "variant_of";
 /// Metadata of a transformed stored file: SHA-256 (hex) of the bytes the transform wrote.
 pub const TRANSFORMED_KEY: &str = "zmount_transformed";
+/// The metadata keys image work writes: not settable by users, dropped when a file's bytes are replaced.
+pub const MARKER_KEYS: [&str; 3] = [VARIANT_KEY, VARIANT_OF_KEY, TRANSFORMED_KEY];
 
 /// What one job did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -150,7 +152,7 @@ pub async fn process(
         });
     }
     if info.size == 0 {
-        return Err(ImageError::NotAnImage("the file is empty".into()));
+        return Ok(Report::nothing("it is empty"));
     }
     // A large file that is no image is recognised from its first bytes, not downloaded whole.
     let start = storage
@@ -165,13 +167,23 @@ pub async fn process(
     if transforms.is_none() && images.variants.is_empty() {
         return Ok(Report::nothing("it is already transformed"));
     }
+    // Only the primary's copy is replaced: a copy read from a fallback during an outage may be older than the
+    // primary's (the heal submits the file again once the primary has it).
+    let primary = storage.resolve(path)?.1.route.provider.clone();
+    let on_fallback = transforms.is_some() && info.provider != primary;
+    let transforms = transforms.filter(|_| !on_fallback);
     let (limits, images, original) = (limits.clone(), images.clone(), path.to_string());
     let rendered = tokio::task::spawn_blocking(move || {
         render(data, &limits, transforms.as_ref(), &images, &original)
     })
     .await
     .map_err(|e| ImageError::Internal(format!("image task failed: {e}")))??;
-    store(storage, path, &info, rendered).await
+    let mut report = store(storage, path, &info, rendered).await?;
+    if on_fallback {
+        report.not_transformed_because =
+            Some("its newest copy is on a fallback; it is transformed once healed to the primary");
+    }
+    Ok(report)
 }
 
 /// Writes what [`render`] made: the transformed file only if the stored one is still the version that was read,
@@ -186,53 +198,74 @@ async fn store(
         not_transformed_because: rendered.not_transformed_because,
         ..Report::default()
     };
+    let changed = || Ok(Report::nothing("it changed or moved while being processed"));
     if let Some((bytes, format)) = rendered.stored {
         let mut metadata = carried_metadata(info);
         metadata.insert(TRANSFORMED_KEY.into(), sha256_hex(&bytes));
         let options = upload_options(storage, path, info, metadata, format);
         let bytes = Bytes::from(bytes);
+        // A newer write (or a rename, a delete) has a job of its own; these older bytes get nothing.
         match storage
-            .upload_if_unchanged(path, bytes, options, info)
+            .upload_if_unchanged(path, bytes, options, Some(info))
             .await?
         {
             Some(_) => report.transformed = true,
-            // A newer write (or a rename, a delete) has a job of its own; these older bytes get nothing.
-            None => return Ok(Report::nothing("it changed or moved while being processed")),
+            None => return changed(),
         }
+    } else if !still_there(storage, path, info).await? {
+        return changed();
     }
     for variant in rendered.variants {
-        if !may_write_variant(storage, &variant.path, path).await? {
+        let Some(existing) = replaceable(storage, &variant.path, path).await? else {
             report.not_overwritten.push(variant.path);
             continue;
-        }
+        };
         let mut metadata = carried_metadata(info);
         metadata.remove("mtime");
         metadata.remove(TRANSFORMED_KEY);
         metadata.insert(VARIANT_KEY.into(), variant.name.clone());
         metadata.insert(VARIANT_OF_KEY.into(), path.to_string());
         let options = upload_options(storage, &variant.path, info, metadata, variant.format);
-        storage
-            .upload(&variant.path, Bytes::from(variant.bytes), options)
+        let bytes = Bytes::from(variant.bytes);
+        let written = storage
+            .upload_if_unchanged(&variant.path, bytes, options, existing.as_ref())
             .await?;
-        report.variants.push(variant.path);
+        match written {
+            Some(_) => report.variants.push(variant.path),
+            None => report.not_overwritten.push(variant.path),
+        }
     }
     Ok(report)
 }
 
-/// A variant path may be written when nothing is there or this original's earlier variant is: never over a
-/// user's own file (or another original's variant) that happens to have the name.
-async fn may_write_variant(
+/// Whether `path` still holds the version `info` describes.
+async fn still_there(storage: &Storage, path: &str, info: &FileInfo) -> Result<bool, ImageError> {
+    match storage.get_info(path).await {
+        Ok(now) => Ok((now.etag, now.size) == (info.etag.clone(), info.size)),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What a variant path holds, when a variant of `original` may replace it: nothing (`Some(None)`), this
+/// original's earlier variant, or the variant of an original that no longer exists (left behind by a rename).
+/// `None` when it holds anything else (a user's own file, another original's variant): never replaced.
+async fn replaceable(
     storage: &Storage,
     variant: &str,
     original: &str,
-) -> Result<bool, ImageError> {
-    match storage.get_info(variant).await {
-        Ok(existing) => {
-            Ok(existing.metadata.get(VARIANT_OF_KEY).map(String::as_str) == Some(original))
-        }
-        Err(e) if e.is_not_found() => Ok(true),
-        Err(e) => Err(e.into()),
-    }
+) -> Result<Option<Option<FileInfo>>, ImageError> {
+    let existing = match storage.get_info(variant).await {
+        Ok(existing) => existing,
+        Err(e) if e.is_not_found() => return Ok(Some(None)),
+        Err(e) => return Err(e.into()),
+    };
+    let Some(owner) = existing.metadata.get(VARIANT_OF_KEY) else {
+        return Ok(None);
+    };
+    let orphan =
+        owner != original && matches!(storage.get_info(owner).await, Err(e) if e.is_not_found());
+    Ok((owner == original || orphan).then_some(Some(existing)))
 }
 
 /// One variant, encoded.

@@ -104,7 +104,11 @@ impl ImageWorker {
             let _permit = this.permits.acquire().await;
             this.set_state(&path, JobState::Running);
             loop {
-                this.run(&path).await;
+                // A panic must not leave the path marked running (its later submits would be swallowed).
+                let run = std::panic::AssertUnwindSafe(this.run(&path));
+                if futures::FutureExt::catch_unwind(run).await.is_err() {
+                    this.failed(&path, &ImageError::Internal("the job panicked".into()));
+                }
                 if !this.again(&path) {
                     break;
                 }

@@ -297,28 +297,27 @@ impl Storage {
         guards
     }
 
-    /// [`Storage::upload`], only while the object at `path` is still the version `expected` describes (same ETag,
-    /// size and modification time); `Ok(None)` when it changed or is gone. The check and the upload happen under
-    /// the path's write lock, so no write or delete through this process comes between them (other clients of
-    /// the provider can, in the moment between the check and the upload).
+    /// [`Storage::upload`], only while `path` holds what `expected` describes: that version (same ETag, size
+    /// and modification time), or nothing at all for `None`. `Ok(None)` when it differs. The check and the upload
+    /// happen under the path's write lock, so no write, delete or rename through this process comes between them
+    /// (other clients of the provider can, in the moment between the check and the upload).
     pub async fn upload_if_unchanged(
         &self,
         path: &str,
         data: Bytes,
         options: UploadOptions,
-        expected: &FileInfo,
+        expected: Option<&FileInfo>,
     ) -> Result<Option<FileInfo>> {
         let clean = self.resolve(path)?.0;
         let lock = self.heals.lock_of(&clean);
         let _held = lock.lock().await;
         let now = match self.get_info(&clean).await {
-            Ok(now) => now,
-            Err(e) if e.is_not_found() => return Ok(None),
+            Ok(now) => Some(now),
+            Err(e) if e.is_not_found() => None,
             Err(e) => return Err(e),
         };
-        let same = (&now.etag, now.size, now.last_modified)
-            == (&expected.etag, expected.size, expected.last_modified);
-        if !same {
+        let version = |i: &FileInfo| (i.etag.clone(), i.size, i.last_modified);
+        if now.as_ref().map(version) != expected.map(version) {
             return Ok(None);
         }
         self.put_bytes(&clean, data, options, false).await.map(Some)

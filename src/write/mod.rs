@@ -166,7 +166,9 @@ impl Staged {
     /// An empty staged file (create, or open with O_TRUNC): uploaded on close even if nothing is written.
     pub fn empty(dir: &Path, path: &str, attrs: FileAttrs) -> FsResult<Staged> {
         let (local, file) = staging_file(dir)?;
-        Ok(Staged::new(path, local, file, 0, true, attrs))
+        let staged = Staged::new(path, local, file, 0, true, attrs);
+        staged.bytes_changed();
+        Ok(staged)
     }
 
     /// A staged copy of the object's current bytes and attributes (open for writing without O_TRUNC), with
@@ -254,6 +256,15 @@ impl Staged {
         self.attrs.lock().unwrap().upload_options()
     }
 
+    /// The bytes are the user's now, not image work's output: a user's file written over a variant is never
+    /// replaced by the next variant, and new bytes of a transformed file are transformed again.
+    fn bytes_changed(&self) {
+        let mut attrs = self.attrs.lock().unwrap();
+        attrs
+            .metadata
+            .retain(|key, _| !crate::images::MARKER_KEYS.contains(&key.as_str()));
+    }
+
     /// Writes `data` at `offset`; `limit` is the route's largest file size (EFBIG past it).
     pub async fn write(
         &self,
@@ -266,6 +277,7 @@ impl Staged {
         if limit.is_some_and(|l| end > l) {
             return Err(FsError::TooLarge);
         }
+        self.bytes_changed();
         let mut inner = self.inner.lock().await;
         let file = inner.file.clone();
         let len = data.len() as u32;
@@ -305,6 +317,7 @@ impl Staged {
         if limit.is_some_and(|l| size > l) {
             return Err(FsError::TooLarge);
         }
+        self.bytes_changed();
         let mut inner = self.inner.lock().await;
         let file = inner.file.clone();
         tokio::task::spawn_blocking(move || file.set_len(size))
@@ -347,7 +360,12 @@ impl Staged {
         // and once the upload succeeded the bytes are on the provider. Only a failed upload, whose data is kept
         // and retried, needs them durable here (below); write-back routes make them durable before acknowledging.
         let size = inner.size;
-        let result = match inner.sequential.finish().await {
+        // A streamed upload completes under the path's write lock, like every other upload: a conditional
+        // replace (an image transform) can then never land between its check and its upload.
+        let held = storage.lock_paths(&[&self.path]).await;
+        let streamed = inner.sequential.finish().await;
+        drop(held);
+        let result = match streamed {
             Some(Ok(info)) if info.size == size => Ok(info),
             // Not streamed, or the stream failed: upload the staged copy (a second attempt in the latter case).
             _ => self.upload_staged(&inner, storage).await,
