@@ -301,10 +301,18 @@ small = "50x50"
 
 /// A corrupt JPEG, a text file named `.jpg`, a PNG announcing 100000×100000 pixels and one announcing 5000×5000
 /// 16-bit RGBA (200 MB decoded, over a 64 MiB `max_memory`) are each skipped with a log line naming the file and
-/// the reason; none gets a variant, all are kept byte for byte, and the daemon's memory stays small.
+/// the reason; none gets a variant, all are kept byte for byte, the daemon's memory stays small, and the metrics
+/// count them as skipped.
 async fn bad_images_are_skipped_and_kept(case: Case) {
     let settings = "[settings.images]\nmax_memory = \"64MiB\"\n";
-    let (ctx, mnt) = mount_with_route(case, "img-bad", settings, VARIANTS, &[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let args = ["--metrics-addr", addr.as_str()];
+    let (ctx, mnt) = mount_with_route(case, "img-bad", settings, VARIANTS, &args);
     let mut corrupt = Vec::new();
     corrupt.extend_from_slice(&[0xFF, 0xD8, 0xFF, 0xDB, 0x00, 0x43, 0x00]);
     corrupt.extend((0..4000u32).map(|i| (i * 7919 % 251) as u8));
@@ -345,6 +353,19 @@ async fn bad_images_are_skipped_and_kept(case: Case) {
     }
     let peak_kib = peak_rss_kib(mnt.pid());
     assert!(peak_kib < 150 * 1024, "daemon peak RSS {peak_kib} KiB");
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (outcome, n) in [("skipped", 4), ("variant", 0), ("failed", 0)] {
+        let line = format!("zmount_images_total{{outcome=\"{outcome}\"}} {n}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in:\n{metrics}"
+        );
+    }
 }
 
 /// On a write-back route (uploads in the background), a file written twice in a row ends with the variants of its
