@@ -5,10 +5,12 @@
 mod common;
 
 use common::mount::{mount_with_route, run, sha256, Mount};
-use common::{zmount, Case, Ctx};
+use common::proxy::{Fault, Proxy};
+use common::{provider_toml, server, unique, zmount, Case, Ctx};
 use image::{GenericImageView, ImageEncoder, ImageFormat};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use zmount::Config;
 
 /// How long background image work may take before a test fails (it takes well under a second here).
 const IMAGE_DEADLINE: Duration = Duration::from_secs(30);
@@ -416,6 +418,43 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap()
+}
+
+/// `close` does not wait for image work: with the provider the variants go to stalled (it accepts requests and
+/// never answers), `cp` of an image returns while its job is still waiting, and the variant arrives once the
+/// provider answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_does_not_wait_for_image_work() {
+    common::set_secret_env();
+    let dir = common::scratch();
+    let proxy = Proxy::start(server("ZMOUNT_TEST_S3_ENDPOINT").trim_start_matches("http://"));
+    let (fast_prefix, slow_prefix) = (unique("img-close"), unique("img-close-thumbs"));
+    let slow_real = provider_toml(Case::S3, "slow", &slow_prefix, dir.path());
+    let slow = slow_real.replace(&server("ZMOUNT_TEST_S3_ENDPOINT"), &proxy.endpoint());
+    let text = format!(
+        "[settings]\ncache_dir = {:?}\n[settings.timeouts]\nfirst_byte = 60.0\n{}{slow}\
+         [[routes]]\nprefix = \"thumbs\"\nprovider = \"slow\"\n\
+         [default]\nprovider = \"s3\"\nvariants_under = \"thumbs\"\n[default.variants]\nsmall = \"50x50\"\n",
+        dir.path().join("cache"),
+        provider_toml(Case::S3, "s3", &fast_prefix, dir.path()),
+    );
+    let mnt = Mount::start(dir.path(), &text);
+    let ctx = Ctx::new(Case::S3, "img-close-src");
+    proxy.set(Fault::Stall);
+    cp_into(&ctx, &mnt, "pics", &[("photo.png", &png(400, 300))]);
+    assert!(
+        !mnt.log().contains("image pics/photo.png:"),
+        "close waited for the image job:\n{}",
+        mnt.log()
+    );
+    proxy.set(Fault::None);
+    mnt.wait_for_log("image pics/photo.png: 1 variant(s) written");
+    let direct = format!("{slow_real}[default]\nprovider = \"slow\"\n");
+    let config = Config::parse(&direct, &dir.path().join("direct.toml")).unwrap();
+    let storage = zmount::Storage::new(&config).unwrap();
+    let provider = storage.provider("slow").unwrap();
+    let small = common::read_direct(provider, "thumbs/pics/photo.small.png").await;
+    assert_eq!(format_and_size(&small.unwrap()), (ImageFormat::Png, 50, 38));
 }
 
 macro_rules! local_and_s3 {
