@@ -507,11 +507,10 @@ pub async fn replay(dir: &Path, storage: &Storage, skip: impl Fn(&str) -> bool) 
     let mut records = Vec::new();
     for entry in entries.flatten() {
         let name = entry.path();
-        match name.extension().and_then(|e| e.to_str()) {
-            Some("json") => records.push(name),
-            // Data files are read through their records; `.tmp` is a record being written right now (leftovers
-            // are removed at start-up by `discard_unacknowledged`).
-            _ => {}
+        // Data files are read through their records; `.tmp` is a record being written right now (leftovers are
+        // removed at start-up by `discard_unacknowledged`).
+        if name.extension().and_then(|e| e.to_str()) == Some("json") {
+            records.push(name);
         }
     }
     records.sort(); // oldest first (names start with the staging time), so the newest bytes of a path land last

@@ -132,7 +132,7 @@ impl Shared {
                 let mut sink = [0u8; 64 * 1024];
                 while matches!(client.read(&mut sink), Ok(k) if k > 0) {}
             }
-            Fault::Fail503Every(every) if every > 0 && n % every == 0 => {
+            Fault::Fail503Every(every) if every > 0 && n.is_multiple_of(every) => {
                 self.injected.fetch_add(1, Ordering::SeqCst);
                 drain_body(&mut client, &head, rest.len());
                 let _ = client.write_all(
