@@ -420,25 +420,43 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// A mount whose variants go (via `variants_under = "thumbs"`) to an S3 provider `slow` reached through a fault
+/// proxy, while originals go to S3 directly. Returns the proxy, the mount and the `slow` table without the proxy.
+fn mount_with_slow_variants(dir: &Path, settings: &str) -> (Proxy, Mount, String) {
+    common::set_secret_env();
+    let proxy = Proxy::start(server("ZMOUNT_TEST_S3_ENDPOINT").trim_start_matches("http://"));
+    let (fast_prefix, slow_prefix) = (unique("img-slow"), unique("img-slow-thumbs"));
+    let slow_real = provider_toml(Case::S3, "slow", &slow_prefix, dir);
+    let slow = slow_real.replace(&server("ZMOUNT_TEST_S3_ENDPOINT"), &proxy.endpoint());
+    let text = format!(
+        "[settings]\ncache_dir = {:?}\n{settings}\n{}{slow}\
+         [[routes]]\nprefix = \"thumbs\"\nprovider = \"slow\"\n\
+         [default]\nprovider = \"s3\"\nvariants_under = \"thumbs\"\n[default.variants]\nsmall = \"50x50\"\n",
+        dir.join("cache"),
+        provider_toml(Case::S3, "s3", &fast_prefix, dir),
+    );
+    (proxy, Mount::start(dir, &text), slow_real)
+}
+
+/// The variant of `pics/photo.png` (400×300) as the `slow` provider really stores it, checked to be 50×38 PNG.
+async fn assert_slow_variant(dir: &Path, slow_real: &str) {
+    let direct = format!("{slow_real}[default]\nprovider = \"slow\"\n");
+    let config = Config::parse(&direct, &dir.join("direct.toml")).unwrap();
+    let storage = zmount::Storage::new(&config).unwrap();
+    let provider = storage.provider("slow").unwrap();
+    let small = common::read_direct(provider, "thumbs/pics/photo.small.png").await;
+    let small = small.expect("the variant is on the provider");
+    assert_eq!(format_and_size(&small), (ImageFormat::Png, 50, 38));
+}
+
 /// `close` does not wait for image work: with the provider the variants go to stalled (it accepts requests and
 /// never answers), `cp` of an image returns while its job is still waiting, and the variant arrives once the
 /// provider answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_does_not_wait_for_image_work() {
-    common::set_secret_env();
     let dir = common::scratch();
-    let proxy = Proxy::start(server("ZMOUNT_TEST_S3_ENDPOINT").trim_start_matches("http://"));
-    let (fast_prefix, slow_prefix) = (unique("img-close"), unique("img-close-thumbs"));
-    let slow_real = provider_toml(Case::S3, "slow", &slow_prefix, dir.path());
-    let slow = slow_real.replace(&server("ZMOUNT_TEST_S3_ENDPOINT"), &proxy.endpoint());
-    let text = format!(
-        "[settings]\ncache_dir = {:?}\n[settings.timeouts]\nfirst_byte = 60.0\n{}{slow}\
-         [[routes]]\nprefix = \"thumbs\"\nprovider = \"slow\"\n\
-         [default]\nprovider = \"s3\"\nvariants_under = \"thumbs\"\n[default.variants]\nsmall = \"50x50\"\n",
-        dir.path().join("cache"),
-        provider_toml(Case::S3, "s3", &fast_prefix, dir.path()),
-    );
-    let mnt = Mount::start(dir.path(), &text);
+    let settings = "[settings.timeouts]\nfirst_byte = 60.0\n";
+    let (proxy, mnt, slow_real) = mount_with_slow_variants(dir.path(), settings);
     let ctx = Ctx::new(Case::S3, "img-close-src");
     proxy.set(Fault::Stall);
     cp_into(&ctx, &mnt, "pics", &[("photo.png", &png(400, 300))]);
@@ -449,12 +467,45 @@ async fn close_does_not_wait_for_image_work() {
     );
     proxy.set(Fault::None);
     mnt.wait_for_log("image pics/photo.png: 1 variant(s) written");
-    let direct = format!("{slow_real}[default]\nprovider = \"slow\"\n");
-    let config = Config::parse(&direct, &dir.path().join("direct.toml")).unwrap();
-    let storage = zmount::Storage::new(&config).unwrap();
-    let provider = storage.provider("slow").unwrap();
-    let small = common::read_direct(provider, "thumbs/pics/photo.small.png").await;
-    assert_eq!(format_and_size(&small.unwrap()), (ImageFormat::Png, 50, 38));
+    assert_slow_variant(dir.path(), &slow_real).await;
+}
+
+/// A job that fails because the variants' provider is down is run again at the next maintenance pass after the
+/// provider is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_jobs_run_again_when_the_provider_answers() {
+    let dir = common::scratch();
+    let settings =
+        "[settings.retry]\nattempts = 2\ndelay = 0.05\n[settings.failover]\nheal_interval = 0.3\n";
+    let (proxy, mnt, slow_real) = mount_with_slow_variants(dir.path(), settings);
+    let ctx = Ctx::new(Case::S3, "img-retry-src");
+    proxy.set_down(true);
+    cp_into(&ctx, &mnt, "pics", &[("photo.png", &png(400, 300))]);
+    mnt.wait_for_log("tried again at every maintenance pass");
+    proxy.set_down(false);
+    mnt.wait_for_log("image pics/photo.png: 1 variant(s) written");
+    assert_slow_variant(dir.path(), &slow_real).await;
+}
+
+/// Jobs queued when the daemon is killed (SIGKILL) run at the next mount with the same cache folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_of_a_killed_daemon_run_at_the_next_mount() {
+    let dir = common::scratch();
+    // No maintenance pass within the test: only the start of the next mount can run the job.
+    let settings =
+        "[settings.timeouts]\nfirst_byte = 60.0\n[settings.failover]\nheal_interval = 3600.0\n";
+    let (proxy, mut mnt, slow_real) = mount_with_slow_variants(dir.path(), settings);
+    let ctx = Ctx::new(Case::S3, "img-kill-src");
+    proxy.set(Fault::Stall);
+    cp_into(&ctx, &mnt, "pics", &[("photo.png", &png(400, 300))]);
+    assert!(!mnt.stop_with(libc::SIGKILL).success());
+    let _ = std::process::Command::new("fusermount3")
+        .args(["-uz", mnt.dir.to_str().unwrap()])
+        .status();
+    proxy.set(Fault::None);
+    let again = Mount::start_at(&mnt.config, &mnt.dir, &[]);
+    again.wait_for_log("image pics/photo.png: 1 variant(s) written");
+    assert_slow_variant(dir.path(), &slow_real).await;
 }
 
 macro_rules! local_and_s3 {

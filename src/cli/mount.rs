@@ -118,6 +118,10 @@ fn serve(
         )
     };
     fs.connect_images();
+    if let Some(images) = &fs.images {
+        let _guard = runtime.enter();
+        images.resubmit_pending(); // jobs a killed daemon left
+    }
     let replay = runtime.block_on(fs.replay_journal());
     if !replay.uploaded.is_empty() || !replay.failed.is_empty() {
         tracing::warn!(
@@ -203,6 +207,9 @@ fn spawn_maintenance(
         loop {
             tokio::time::sleep(interval).await;
             fs.heal().await;
+            if let Some(images) = &fs.images {
+                images.resubmit_pending(); // jobs that failed on an outage
+            }
             if let Err(e) = fs.storage().write_status(&status_file) {
                 tracing::debug!("cannot write {}: {e}", status_file.display());
             }

@@ -111,7 +111,11 @@ impl Filesystem {
             .chain(&config.default)
             .any(|r| crate::config::RouteImages::of(r).is_some());
         let images = has_images.then(|| {
-            crate::images::ImageWorker::new(storage.clone(), config.settings.images.clone())
+            crate::images::ImageWorker::new(
+                storage.clone(),
+                config.settings.images.clone(),
+                config.settings.cache_dir.join("images"),
+            )
         });
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };

@@ -40,6 +40,11 @@ pub enum ImageError {
 }
 
 impl ImageError {
+    /// A provider did not answer: worth trying again later.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, ImageError::Storage(e) if e.is_unavailable())
+    }
+
     /// The file itself is the problem (skipped, not retried): as opposed to a provider or encoder failure.
     pub fn is_bad_input(&self) -> bool {
         matches!(

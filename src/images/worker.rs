@@ -4,6 +4,11 @@
 //! One job per path at a time: a path submitted while its job runs is run once more after it (so the last write
 //! always gets its variants, and an older job can never overwrite a newer one's variants); a path submitted while
 //! it waits is not queued twice. Only one lock (`state`), never held across an await.
+//!
+//! Pending jobs are remembered on disk (`<cache_dir>/images/<sha256 of the path>`, holding the path) from submit
+//! until they end: a daemon killed with jobs queued runs them at its next mount, and a job that failed because a
+//! provider did not answer is run again at every maintenance pass (`failover.heal_interval`) until it succeeds.
+//! The files are not fsynced: they survive a killed daemon, not a power cut (`zmount variants` covers that).
 
 use super::{process, ImageError};
 use crate::config::ImageSettings;
@@ -45,11 +50,21 @@ pub struct ImageWorker {
     pub counters: ImageCounters,
     /// Told about every path a job wrote, so the mount's caches show it at once.
     on_change: OnceLock<OnChange>,
+    /// Where pending jobs are remembered.
+    pending_dir: std::path::PathBuf,
 }
 
 impl ImageWorker {
-    pub fn new(storage: Arc<Storage>, limits: ImageSettings) -> Arc<ImageWorker> {
+    pub fn new(
+        storage: Arc<Storage>,
+        limits: ImageSettings,
+        pending_dir: std::path::PathBuf,
+    ) -> Arc<ImageWorker> {
+        if let Err(e) = std::fs::create_dir_all(&pending_dir) {
+            tracing::warn!("cannot create {}: {e}", pending_dir.display());
+        }
         Arc::new(ImageWorker {
+            pending_dir,
             permits: tokio::sync::Semaphore::new(limits.workers),
             storage,
             limits,
@@ -98,6 +113,7 @@ impl ImageWorker {
                 Some(JobState::Queued | JobState::RunningAgain) => return,
             }
         }
+        self.remember(path);
         let running = self.in_flight.start();
         let (this, path) = (self.clone(), path.to_string());
         tokio::spawn(async move {
@@ -106,15 +122,64 @@ impl ImageWorker {
             loop {
                 // A panic must not leave the path marked running (its later submits would be swallowed).
                 let run = std::panic::AssertUnwindSafe(this.run(&path));
-                if futures::FutureExt::catch_unwind(run).await.is_err() {
-                    this.failed(&path, &ImageError::Internal("the job panicked".into()));
-                }
+                let retry = match futures::FutureExt::catch_unwind(run).await {
+                    Ok(retry) => retry,
+                    Err(_) => {
+                        this.failed(&path, &ImageError::Internal("the job panicked".into()));
+                        false
+                    }
+                };
                 if !this.again(&path) {
+                    if !retry {
+                        this.forget(&path);
+                    }
                     break;
                 }
             }
             drop(running);
         });
+    }
+
+    /// Submits every remembered job that is not queued or running (at mount, and at each maintenance pass).
+    pub fn resubmit_pending(self: &Arc<Self>) {
+        let Ok(entries) = std::fs::read_dir(&self.pending_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Ok(path) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            if !self.wants(&path) {
+                let _ = std::fs::remove_file(entry.path()); // its route has no image options any more
+                continue;
+            }
+            let idle = !self.state.lock().unwrap().contains_key(&path);
+            if idle {
+                self.submit(&path);
+            }
+        }
+    }
+
+    fn pending_file(&self, path: &str) -> std::path::PathBuf {
+        let digest = ring::digest::digest(&ring::digest::SHA256, path.as_bytes());
+        let name: String = digest.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        self.pending_dir.join(name)
+    }
+
+    fn remember(&self, path: &str) {
+        if let Err(e) = std::fs::write(self.pending_file(path), path) {
+            tracing::warn!(
+                "image {path}: cannot remember the job in {}: {e}",
+                self.pending_dir.display()
+            );
+        }
+    }
+
+    fn forget(&self, path: &str) {
+        let _ = std::fs::remove_file(self.pending_file(path));
     }
 
     fn set_state(&self, path: &str, state: JobState) {
@@ -132,12 +197,13 @@ impl ImageWorker {
         false
     }
 
-    async fn run(&self, path: &str) {
+    /// Runs one job; true when it should be run again later (a provider did not answer).
+    async fn run(&self, path: &str) -> bool {
         match process(&self.storage, &self.limits, path).await {
             Ok(report) => {
                 if let Some(why) = report.nothing_because {
                     tracing::debug!("image {path}: nothing to do, {why}");
-                    return;
+                    return false;
                 }
                 let c = &self.counters;
                 c.variants
@@ -165,8 +231,12 @@ impl ImageWorker {
                     report.variants.len()
                 );
             }
-            Err(e) => self.failed(path, &e),
+            Err(e) => {
+                self.failed(path, &e);
+                return e.is_outage();
+            }
         }
+        false
     }
 
     fn failed(&self, path: &str, e: &ImageError) {
@@ -175,9 +245,12 @@ impl ImageWorker {
             tracing::warn!("image {path}: skipped, {e}; the file itself is kept as written");
         } else {
             self.counters.failed.fetch_add(1, Ordering::Relaxed);
+            let later = match e.is_outage() {
+                true => "tried again at every maintenance pass",
+                false => "`zmount variants` makes them later",
+            };
             tracing::warn!(
-                "image {path}: variants/transforms not made: {e}; the file itself is kept as written \
-                 (`zmount variants` makes them later)"
+                "image {path}: variants/transforms not made: {e}; the file itself is kept as written ({later})"
             );
         }
     }
