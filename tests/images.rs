@@ -307,12 +307,7 @@ small = "50x50"
 /// count them as skipped.
 async fn bad_images_are_skipped_and_kept(case: Case) {
     let settings = "[settings.images]\nmax_memory = \"64MiB\"\n";
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = common::free_local_addr();
     let args = ["--metrics-addr", addr.as_str()];
     let (ctx, mnt) = mount_with_route(case, "img-bad", settings, VARIANTS, &args);
     let mut corrupt = Vec::new();

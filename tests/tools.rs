@@ -392,12 +392,7 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_as_prometheus_text_and_move_when_files_are_read() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = common::free_local_addr();
     let (ctx, mnt) =
         common::mount::mount_for_with(Case::S3, "metrics", "", &["--metrics-addr", &addr]);
     ctx.seed("data.bin", &pattern(3 << 20, 1)).await;

@@ -88,6 +88,12 @@ pub fn zmount(args: &[&str]) -> std::process::Output {
         .expect("run zmount")
 }
 
+/// `127.0.0.1:<a port nobody listens on>`, for servers the daemon starts (the metrics endpoint).
+pub fn free_local_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    format!("127.0.0.1:{}", listener.local_addr().unwrap().port())
+}
+
 /// A throwaway folder for configs, local provider roots and credentials.
 pub fn scratch() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
