@@ -3,7 +3,8 @@
 //!
 //! One job per path at a time: a path submitted while its job runs is run once more after it (so the last write
 //! always gets its variants, and an older job can never overwrite a newer one's variants); a path submitted while
-//! it waits is not queued twice. Only one lock (`state`), never held across an await.
+//! it waits is not queued twice. Only one lock (`state`), never held across an await (a job's record file is removed
+//! under it; see `again`).
 //!
 //! Pending jobs are remembered on disk (`<cache_dir>/images/<sha256 of the path>`, holding the path) from submit
 //! until they end: a daemon killed with jobs queued runs them at its next mount, and a job that failed because a
@@ -129,10 +130,7 @@ impl ImageWorker {
                         false
                     }
                 };
-                if !this.again(&path) {
-                    if !retry {
-                        this.forget(&path);
-                    }
+                if !this.again(&path, retry) {
                     break;
                 }
             }
@@ -187,13 +185,18 @@ impl ImageWorker {
     }
 
     /// After a run: whether `path` was submitted again meanwhile (then it stays Running); else it is forgotten.
-    fn again(&self, path: &str) -> bool {
+    /// When not, its record is removed too (unless `retry`), under the same lock, so that a submit right after
+    /// cannot have its fresh record removed by this older job.
+    fn again(&self, path: &str, retry: bool) -> bool {
         let mut state = self.state.lock().unwrap();
         if state.get(path) == Some(&JobState::RunningAgain) {
             state.insert(path.to_string(), JobState::Running);
             return true;
         }
         state.remove(path);
+        if !retry {
+            self.forget(path);
+        }
         false
     }
 

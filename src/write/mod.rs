@@ -362,7 +362,10 @@ impl Staged {
         let size = inner.size;
         // A streamed upload completes under the path's write lock, like every other upload: a conditional
         // replace (an image transform) can then never land between its check and its upload.
-        let held = storage.lock_paths(&[&self.path]).await;
+        let held = match inner.sequential.is_uploading() {
+            true => Some(storage.lock_paths(&[&self.path]).await),
+            false => None,
+        };
         let streamed = inner.sequential.finish().await;
         drop(held);
         let result = match streamed {

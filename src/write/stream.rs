@@ -103,6 +103,11 @@ impl SequentialUpload {
         *self = SequentialUpload::Off; // dropping the sender aborts (see `begin`)
     }
 
+    /// Whether a multipart upload is under way (its completion is then `finish`'s work).
+    pub fn is_uploading(&self) -> bool {
+        matches!(self, SequentialUpload::Uploading { .. })
+    }
+
     /// Completes a streamed upload: Some(result) when one was running, None when commit must upload the file.
     pub async fn finish(&mut self) -> Option<crate::storage::Result<FileInfo>> {
         match std::mem::replace(self, SequentialUpload::Off) {
