@@ -38,6 +38,8 @@ pub struct Staged {
     pub path: String,
     /// Mode, owner, times, user metadata, tags and content type stored with the object when it is uploaded.
     attrs: std::sync::Mutex<FileAttrs>,
+    /// Set by the first write or truncation: the image-work markers are gone from `attrs` (see `bytes_changed`).
+    bytes_changed: std::sync::atomic::AtomicBool,
     local: PathBuf,
     inner: tokio::sync::Mutex<StagedInner>,
 }
@@ -221,6 +223,7 @@ impl Staged {
         Staged {
             path: path.to_string(),
             attrs: std::sync::Mutex::new(attrs),
+            bytes_changed: Default::default(),
             local,
             inner: tokio::sync::Mutex::new(inner),
         }
@@ -258,7 +261,14 @@ impl Staged {
 
     /// The bytes are the user's now, not image work's output: a user's file written over a variant is never
     /// replaced by the next variant, and new bytes of a transformed file are transformed again.
+    /// Once per staged file: writes are a hot path.
     fn bytes_changed(&self) {
+        if self
+            .bytes_changed
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
         let mut attrs = self.attrs.lock().unwrap();
         attrs
             .metadata
