@@ -156,6 +156,30 @@ impl DiskCache {
         true
     }
 
+    /// Removes least recently used blocks until at least `bytes` were freed (or the tier is empty): staged writes
+    /// that found the disk full get room before they are refused. Returns the bytes freed.
+    pub fn evict(&self, bytes: u64) -> u64 {
+        let mut evict = Vec::new();
+        let mut freed = 0;
+        {
+            let mut state = self.state.lock().unwrap();
+            while freed < bytes {
+                let Some((old, old_size)) = state.lru.pop_lru() else {
+                    break;
+                };
+                state.total -= old_size;
+                freed += old_size;
+                evict.push(old);
+            }
+        }
+        self.evictions
+            .fetch_add(evict.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        for old in evict {
+            let _ = std::fs::remove_file(self.path_of(&old));
+        }
+        freed
+    }
+
     fn forget(&self, name: &str) {
         let mut state = self.state.lock().unwrap();
         if let Some(size) = state.lru.pop(name) {

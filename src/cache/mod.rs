@@ -172,6 +172,11 @@ impl BlockCache {
         self.memory.contains_key(key)
     }
 
+    /// Frees at least `bytes` of the disk tier if it holds that much (see [`disk::DiskCache::evict`]).
+    pub fn evict_disk(&self, bytes: u64) -> u64 {
+        self.disk.as_ref().map_or(0, |d| d.evict(bytes))
+    }
+
     pub fn disk_used(&self) -> u64 {
         self.disk.as_ref().map_or(0, |d| d.used())
     }

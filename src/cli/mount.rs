@@ -117,7 +117,7 @@ fn serve(
                 .map_err(|e| format!("cannot open the cache: {e}"))?,
         )
     };
-    fs.connect_images();
+    fs.connect();
     if let Some(images) = &fs.images {
         let _guard = runtime.enter();
         images.resubmit_pending(); // jobs a killed daemon left
@@ -170,7 +170,7 @@ fn serve(
             .unmount()
             .map_err(|e| format!("unmounting {}: {e}", mountpoint.display()))?;
     }
-    runtime.block_on(fs_for_shutdown.background.wait());
+    runtime.block_on(fs_for_shutdown.uploads.wait());
     let pending = runtime.block_on(fs_for_shutdown.retry_pending_uploads());
     // Last: uploads finishing above queue image work too.
     if let Some(images) = &fs_for_shutdown.images {

@@ -132,6 +132,17 @@ impl Inodes {
             .map(|n| (ino, n.entry.clone(), age(n.seen)))
     }
 
+    /// `unlink`: the name leaves the table (a file created there next gets a new number), the number stays for
+    /// the handles still open on it.
+    pub fn unlink(&self, path: &str) {
+        let mut t = self.inner.lock().unwrap();
+        if let Some(ino) = t.by_path.remove(path) {
+            if let Some(node) = t.by_ino.get_mut(&ino) {
+                node.seen = None;
+            }
+        }
+    }
+
     /// Marks a path as gone: the next lookup asks the provider again.
     pub fn expire(&self, path: &str) {
         let mut t = self.inner.lock().unwrap();

@@ -6,7 +6,7 @@
 //! over a file of the same name. Attributes, listings and "no such file" answers are trusted for the configured
 //! TTLs, then asked again, so changes made directly on a provider appear after at most that long.
 //!
-//! Lock order: `handles` before `Inodes` (inode.rs); no lock is held across an await.
+//! Lock order: see [`crate::write`] (the one place it is written down).
 
 pub mod error;
 pub mod inode;
@@ -59,9 +59,11 @@ enum Handle {
         object: ObjectVersion,
         state: Mutex<ReadState>,
     },
-    /// Open for writing (or reading a file that is being written in this mount): the staged local copy.
+    /// A file written in this mount or waiting for its upload: reads and writes go to it whatever its name is
+    /// now. `writable`: opened for writing (only such handles publish at `close`).
     Write {
         staged: Arc<crate::write::Staged>,
+        writable: bool,
     },
     Dir {
         entries: Arc<Vec<DirEntry>>,
@@ -82,11 +84,8 @@ pub struct Filesystem {
     reader: Reader,
     mounted_at: SystemTime,
     read_only: bool,
-    staging_dir: std::path::PathBuf,
-    /// Files open for writing, by path, so other opens of the same path share (and read) the staged bytes.
-    open_writes: Mutex<HashMap<String, std::sync::Weak<crate::write::Staged>>>,
-    /// Uploads queued by write-back routes.
-    pub background: write_ops::BackgroundUploads,
+    /// Files written in this mount until their bytes are on the provider; the only publisher of them.
+    pub uploads: Arc<crate::write::Uploads>,
     /// Image transforms and variants, when a route has them.
     pub images: Option<Arc<crate::images::ImageWorker>>,
 }
@@ -96,6 +95,15 @@ impl Filesystem {
         let settings = config.settings.mount.clone();
         let disk = DiskCache::open(&config.settings.cache_dir, config.settings.cache_size.0)?;
         let cache = Arc::new(BlockCache::new(settings.memory_cache_size.0, Some(disk)));
+        let space: crate::write::Space = {
+            let cache = cache.clone();
+            Arc::new(move |bytes| cache.evict_disk(bytes))
+        };
+        let uploads = Arc::new(crate::write::Uploads::new(
+            storage.clone(),
+            &config.settings.cache_dir.join("staging"),
+            Some(space),
+        ));
         let negative = moka::sync::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(Duration::from_secs_f64(settings.negative_ttl.max(0.0)))
@@ -132,9 +140,7 @@ impl Filesystem {
             next_handle: AtomicU64::new(1),
             mounted_at,
             read_only,
-            staging_dir: config.settings.cache_dir.join("staging"),
-            open_writes: Mutex::new(HashMap::new()),
-            background: write_ops::BackgroundUploads::new(),
+            uploads,
             images,
         })
     }
@@ -142,7 +148,11 @@ impl Filesystem {
     /// Before serving: drops staged data no program finished writing, then uploads every file whose data was
     /// acknowledged (close/fsync) but not yet uploaded when the previous mount stopped.
     pub async fn replay_journal(&self) -> crate::write::Replay {
-        let discarded = crate::write::discard_unacknowledged(&self.staging_dir);
+        let aborted = self.storage.abort_orphaned_uploads().await;
+        if aborted > 0 {
+            tracing::warn!("aborted {aborted} multipart uploads the last run left unfinished");
+        }
+        let discarded = self.uploads.recover();
         if discarded > 0 {
             tracing::warn!(
                 "journal: discarded {discarded} staged files that were never closed or fsynced"
@@ -153,17 +163,8 @@ impl Filesystem {
 
     /// Retries journaled uploads whose files are not open in this mount (failed uploads are kept and retried).
     pub async fn retry_pending_uploads(&self) -> crate::write::Replay {
-        let outcome = crate::write::replay(&self.staging_dir, &self.storage, |path| {
-            self.open_write_of(path).is_some()
-        })
-        .await;
-        for path in &outcome.uploaded {
-            self.changed_on_provider(path);
-            if let Some(images) = &self.images {
-                images.submit(path);
-            }
-        }
-        outcome
+        self.storage.abort_orphaned_uploads().await;
+        self.uploads.retry().await
     }
 
     /// Copies failover writes back to their primaries (see [`crate::storage::failover`]); healed paths are
@@ -171,7 +172,7 @@ impl Filesystem {
     pub async fn heal(&self) -> crate::storage::HealReport {
         let report = self
             .storage
-            .heal_pending(|path| self.open_write_of(path).is_some())
+            .heal_pending(|path| self.uploads.get(path).is_some())
             .await;
         for path in &report.healed {
             self.changed_on_provider(path);
@@ -184,7 +185,7 @@ impl Filesystem {
 
     /// Uploads whose data waits in the journal for a retry.
     pub fn journaled_uploads(&self) -> usize {
-        crate::write::journaled(&self.staging_dir)
+        self.uploads.pending()
     }
 
     pub fn storage(&self) -> &Arc<Storage> {
@@ -199,8 +200,15 @@ impl Filesystem {
             .invalidate(path.rsplit_once('/').map_or("", |(p, _)| p));
     }
 
-    /// Lets image jobs tell the mount's caches about the files they write (call once the filesystem is shared).
-    pub fn connect_images(self: &Arc<Self>) {
+    /// Lets the upload queue and image jobs tell the mount's caches about the files they publish (call once the
+    /// filesystem is shared, before the journal is replayed).
+    pub fn connect(self: &Arc<Self>) {
+        let fs = Arc::downgrade(self);
+        self.uploads.on_published(move |done| {
+            if let Some(fs) = fs.upgrade() {
+                fs.published(done);
+            }
+        });
         if let Some(images) = &self.images {
             let fs = Arc::downgrade(self);
             images.set_on_change(move |path| {
@@ -219,12 +227,38 @@ impl Filesystem {
         self.reader.cache()
     }
 
-    /// An entry as the tree shows it now: a file open for writing in this mount has its staged size.
-    async fn current(&self, path: &str, mut entry: Entry) -> Entry {
-        if let Some(staged) = self.open_write_of(path) {
-            entry.size = staged.size().await;
+    /// A version just put on its provider: its attributes are what the tree shows from now on.
+    fn published(&self, done: crate::write::Published) {
+        let posix = done.posix;
+        let entry = Entry {
+            kind: Kind::File,
+            size: done.info.size,
+            mtime: done.modified,
+            etag: done.info.etag.clone(),
+            posix: (!posix.is_empty()).then_some(posix),
+            source: Some(done.info.provider.clone()),
+        };
+        self.inodes.record(&done.path, entry);
+        self.negative.invalidate(&done.path);
+        self.listings
+            .invalidate(done.path.rsplit_once('/').map_or("", |(p, _)| p));
+        if let Some(images) = &self.images {
+            images.uploaded(&done.path, done.info.size);
         }
-        entry
+    }
+
+    /// The entry of a file written here; `known` supplies what the provider said of its last version.
+    fn staged_entry(staged: &crate::write::Staged, known: Option<Entry>) -> Entry {
+        let posix = staged.posix();
+        let known = known.filter(|e| e.kind == Kind::File);
+        Entry {
+            kind: Kind::File,
+            size: staged.size(),
+            mtime: staged.modified(),
+            etag: known.as_ref().and_then(|e| e.etag.clone()),
+            posix: (!posix.is_empty()).then_some(posix),
+            source: known.and_then(|e| e.source),
+        }
     }
 
     fn attr(&self, ino: Ino, entry: &Entry) -> Attr {
@@ -256,9 +290,14 @@ impl Filesystem {
         if name == DIR_MARKER {
             return Err(FsError::NotFound);
         }
+        if let Some(staged) = self.uploads.get(&path) {
+            let known = self.inodes.find(&path).map(|(_, e, _)| e);
+            let entry = Self::staged_entry(&staged, known);
+            return Ok(self.attr(self.inodes.record(&path, entry.clone()), &entry));
+        }
         if let Some((ino, entry, age)) = self.inodes.find(&path) {
-            if age < self.attr_ttl() || self.open_write_of(&path).is_some() {
-                return Ok(self.attr(ino, &self.current(&path, entry).await));
+            if age < self.attr_ttl() {
+                return Ok(self.attr(ino, &entry));
             }
         }
         if self.negative.contains_key(&path) {
@@ -284,15 +323,23 @@ impl Filesystem {
         })
     }
 
-    /// Attributes of `ino`, asking the provider again once they are older than the TTL.
-    pub async fn getattr(&self, ino: Ino) -> FsResult<Attr> {
+    /// Attributes of `ino` (through the open handle `fh` when given: an unlinked open file still has them, with
+    /// no links), asking the provider again once they are older than the TTL.
+    pub async fn getattr(&self, ino: Ino, fh: Option<u64>) -> FsResult<Attr> {
+        if let Some(handle) = fh.and_then(|fh| self.handle(fh).ok()) {
+            if let Handle::Write { staged, .. } = &*handle {
+                let known = self.inodes.get(ino).map(|(_, e, _)| e);
+                let mut attr = self.attr(ino, &Self::staged_entry(staged, known));
+                if staged.path().is_none() {
+                    attr.nlink = 0;
+                }
+                return Ok(attr);
+            }
+        }
         let (path, entry, age) = self.path_of(ino)?;
-        if let Some(staged) = self.open_write_of(&path) {
-            let entry = Entry {
-                size: staged.size().await,
-                ..entry
-            }; // the staged copy is the truth
-            return Ok(self.attr(ino, &entry));
+        if let Some(staged) = self.uploads.get(&path) {
+            // the staged copy is the truth
+            return Ok(self.attr(ino, &Self::staged_entry(&staged, Some(entry))));
         }
         if ino == ROOT || age < self.attr_ttl() {
             return Ok(self.attr(ino, &entry));
@@ -303,6 +350,9 @@ impl Filesystem {
 
     /// What is at `path` now: a directory if any provider holds objects below it, else the routed object.
     async fn stat_path(&self, path: &str) -> FsResult<Entry> {
+        if let Some(staged) = self.uploads.get(path) {
+            return Ok(Self::staged_entry(&staged, None));
+        }
         let (file, dir) = tokio::join!(self.head(path), self.dir_exists(path));
         let result = match (dir, file) {
             (Ok(true), _) => Ok(Entry::dir(self.mounted_at)),
@@ -501,6 +551,15 @@ impl Filesystem {
         for (child, (_, entry)) in files {
             dirs.entry(child).or_insert(entry); // a directory wins over a file of the same name
         }
+        // Files written here: what they are now, also before their first upload.
+        for (child, staged) in self.uploads.children(path) {
+            let known = dirs.remove(&child);
+            if known.as_ref().is_some_and(|e| e.kind == Kind::Dir) {
+                dirs.insert(child, known.unwrap());
+                continue;
+            }
+            dirs.insert(child, Self::staged_entry(&staged, known));
+        }
         let entries = dirs
             .into_iter()
             .filter(|(child, _)| is_within(child, path))
@@ -519,9 +578,12 @@ impl Filesystem {
     /// Opens a file for reading, pinned to the object version it has now (or, while the file is being written
     /// in this mount, to the staged bytes).
     pub async fn open_read(&self, ino: Ino) -> FsResult<u64> {
-        let attr = self.getattr(ino).await?;
-        if let Some(staged) = self.open_write_of(&self.path_of(ino)?.0) {
-            return Ok(self.add_handle(Handle::Write { staged }));
+        let attr = self.getattr(ino, None).await?;
+        if let Some(staged) = self.uploads.open_read(&self.path_of(ino)?.0) {
+            return Ok(self.add_handle(Handle::Write {
+                staged,
+                writable: false,
+            }));
         }
         if attr.kind == Kind::Dir {
             return Err(FsError::IsADirectory);
@@ -560,21 +622,15 @@ impl Filesystem {
         let handle = self.handle(fh)?;
         match &*handle {
             Handle::File { object, state } => self.reader.read(object, state, offset, size).await,
-            Handle::Write { staged } => staged.read(offset, size).await,
+            Handle::Write { staged, .. } => staged.read(offset, size).await,
             Handle::Dir { .. } => Err(FsError::IsADirectory),
         }
     }
 
     pub fn release(&self, fh: u64) {
         let handle = self.handles.lock().unwrap().remove(&fh);
-        if let Some(Handle::Write { staged }) = handle.as_deref() {
-            let path = staged.path.clone();
-            drop(handle);
-            // Forget the path's entry once no handle (and no background upload) holds its staged copy.
-            let mut open = self.open_writes.lock().unwrap();
-            if open.get(&path).is_some_and(|w| w.strong_count() == 0) {
-                open.remove(&path);
-            }
+        if let Some(Handle::Write { staged, .. }) = handle.as_deref() {
+            self.uploads.release(staged);
         }
     }
 

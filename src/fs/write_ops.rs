@@ -6,13 +6,12 @@
 //! directory survives a remount. A rename whose source and target are routed to different providers answers EXDEV:
 //! `mv` then copies and deletes, with progress and errors the user can see.
 //!
-//! Lock order: `handles` before `open_writes` before `Inodes`; none is held across an await.
+//! Lock order: see [`crate::write`] (the one place it is written down).
 
 use super::error::{FsError, FsResult};
 use super::inode::{Entry, Ino, Kind};
 use super::posix::Posix;
 use super::{Attr, Filesystem, Handle};
-use crate::images::ImageWorker;
 use crate::routing::is_within;
 use crate::storage::FileInfo;
 use crate::write::{FileAttrs, Staged};
@@ -52,26 +51,6 @@ impl Filesystem {
         self.negative.insert(path.to_string(), ());
     }
 
-    pub(super) fn open_write_of(&self, path: &str) -> Option<Arc<Staged>> {
-        self.open_writes
-            .lock()
-            .unwrap()
-            .get(path)
-            .and_then(|w| w.upgrade())
-    }
-
-    fn register_write(&self, staged: Staged) -> (Arc<Staged>, u64) {
-        let staged = Arc::new(staged);
-        self.open_writes
-            .lock()
-            .unwrap()
-            .insert(staged.path.clone(), Arc::downgrade(&staged));
-        let fh = self.add_handle(Handle::Write {
-            staged: staged.clone(),
-        });
-        (staged, fh)
-    }
-
     fn file_entry(&self, size: u64, info: Option<&FileInfo>, posix: Posix) -> Entry {
         Entry {
             kind: Kind::File,
@@ -80,6 +59,31 @@ impl Filesystem {
             etag: info.and_then(|i| i.etag.clone()),
             posix: (!posix.is_empty()).then_some(posix),
             source: info.map(|i| i.provider.clone()),
+        }
+    }
+
+    /// The file behind handle `fh`, when it is one written in this mount.
+    fn staged_of(&self, fh: u64) -> FsResult<(Arc<Staged>, bool)> {
+        match &*self.handle(fh)? {
+            Handle::Write { staged, writable } => Ok((staged.clone(), *writable)),
+            _ => Err(FsError::Invalid("not open for writing".into())),
+        }
+    }
+
+    fn add_write_handle(&self, staged: Arc<Staged>) -> u64 {
+        self.add_handle(Handle::Write {
+            staged,
+            writable: true,
+        })
+    }
+
+    /// A write, truncation or attribute change of `staged` failed it: the tree shows the path's previous
+    /// version again.
+    async fn after_failure(&self, staged: &Arc<Staged>, path: Option<String>) {
+        self.uploads.failed(staged).await;
+        if let Some(path) = path {
+            self.changed(&path);
+            self.inodes.expire(&path);
         }
     }
 
@@ -111,14 +115,16 @@ impl Filesystem {
             tags: resolved.route.tags.clone(),
             content_type: None,
         };
-        let (_, fh) = self.register_write(Staged::empty(&self.staging_dir, &path, attrs)?);
+        let staged = self.uploads.create(&path, attrs)?;
+        let fh = self.add_write_handle(staged);
         let entry = self.file_entry(0, None, posix);
         let ino = self.inodes.record(&path, entry.clone());
         self.changed(&path);
         Ok((self.attr(ino, &entry), fh))
     }
 
-    /// Opens an existing file; writers get a staged copy (empty with `truncate`, else the current bytes).
+    /// Opens an existing file; writers share the file written here, or get a working copy (empty with
+    /// `truncate`, else the current bytes).
     pub async fn open(&self, ino: Ino, write: bool, truncate: bool) -> FsResult<u64> {
         if !write {
             return self.open_read(ino).await;
@@ -128,176 +134,143 @@ impl Filesystem {
             return Err(FsError::IsADirectory);
         }
         self.check_writable(&path)?;
-        if let Some(staged) = self.open_write_of(&path) {
-            if truncate {
-                staged.truncate(0, None).await?;
-            }
-            return Ok(self.add_handle(Handle::Write { staged }));
+        let posix = entry.posix.unwrap_or_default();
+        let staged = self.uploads.open(&path, truncate, posix).await?;
+        if truncate {
+            self.changed(&path);
         }
-        let staged = if truncate {
-            // The bytes go; what the object carries besides (xattrs) stays, as on a local filesystem.
-            let posix = entry.posix.unwrap_or_default();
-            let attrs = FileAttrs::of_object(&self.storage, &path, posix).await?;
-            Staged::empty(&self.staging_dir, &path, attrs)?
-        } else {
-            Staged::from_object(
-                &self.staging_dir,
-                &path,
-                &self.storage,
-                entry.posix.unwrap_or_default(),
-            )
-            .await?
-        };
-        Ok(self.register_write(staged).1)
+        Ok(self.add_write_handle(staged))
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: Bytes) -> FsResult<u32> {
-        let handle = self.handle(fh)?;
-        let Handle::Write { staged } = &*handle else {
-            return Err(FsError::Invalid("not open for writing".into()));
+        let (staged, _) = self.staged_of(fh)?;
+        let path = staged.path();
+        let limit = match &path {
+            Some(path) => self.check_writable(path)?,
+            None => None,
         };
-        let limit = self.check_writable(&staged.path)?;
-        staged.write(offset, data, limit, &self.storage).await
+        let written = staged
+            .write(offset, data, limit, &self.storage, self.uploads.space())
+            .await;
+        if written.is_err() {
+            self.after_failure(&staged, path).await;
+        }
+        written
     }
 
-    /// `close`: uploads what was written, so an upload failure is close's error (EIO). On a write-back route it
-    /// only makes the data durable locally (journaled) and queues the upload.
+    /// `close`: publishes what was written (see [`crate::write::queue`]): uploaded now on a write-through route,
+    /// so an upload failure is close's error (EIO), or journaled and queued on a write-back route.
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let handle = self.handle(fh)?;
-        let Handle::Write { staged } = &*handle else {
+        let Handle::Write {
+            staged,
+            writable: true,
+        } = &*handle
+        else {
             return Ok(());
         };
-        let (_, resolved, _) = self.storage.resolve(&staged.path)?;
-        if resolved.route.write_back {
-            if staged.stage_durably().await? {
-                let images = self.images.clone();
-                self.background
-                    .upload(self.storage.clone(), staged.clone(), images);
-            }
-            return Ok(());
-        }
-        self.commit(staged).await
+        self.uploads.close(staged).await
     }
 
     /// `fsync`: the data is on the provider when this returns, on every route.
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
         let handle = self.handle(fh)?;
-        let Handle::Write { staged } = &*handle else {
+        let Handle::Write {
+            staged,
+            writable: true,
+        } = &*handle
+        else {
             return Ok(());
         };
-        self.commit(staged).await
+        self.uploads.commit(staged).await
     }
 
-    pub(super) async fn commit(&self, staged: &Arc<Staged>) -> FsResult<()> {
-        if let Some(info) = staged.commit(&self.storage).await? {
-            self.inodes.record(
-                &staged.path,
-                self.file_entry(info.size, Some(&info), staged.posix()),
-            );
-            self.changed(&staged.path);
-            if let Some(images) = &self.images {
-                images.uploaded(&staged.path, info.size);
+    /// Runs `op` on the file at `path` written here (or a working copy of its object, opened for the purpose),
+    /// then publishes the result as if closed: a change made by path is acknowledged when it returns.
+    async fn change_by_path<F, Fut>(&self, path: &str, posix: Posix, truncate: bool, op: F) -> FsResult<()>
+    where
+        F: FnOnce(Arc<Staged>) -> Fut,
+        Fut: std::future::Future<Output = FsResult<()>>,
+    {
+        let staged = self.uploads.open(path, truncate, posix).await?;
+        let result = match op(staged.clone()).await {
+            Ok(()) => self.uploads.close(&staged).await,
+            Err(e) => {
+                self.after_failure(&staged, Some(path.to_string())).await;
+                Err(e)
             }
-        }
-        Ok(())
+        };
+        self.uploads.release(&staged);
+        result
     }
 
-    /// `truncate`/`ftruncate`: through the open handle when there is one, else stage, cut and upload now.
+    /// `truncate`/`ftruncate`: through the open handle when there is one, else by path (published at once).
     pub async fn set_size(&self, ino: Ino, fh: Option<u64>, size: u64) -> FsResult<Attr> {
         let (path, entry, _) = self.path_of(ino)?;
         if entry.kind == Kind::Dir {
             return Err(FsError::IsADirectory);
         }
         let limit = self.check_writable(&path)?;
-        let handle = fh.and_then(|fh| self.handle(fh).ok());
-        let staged = match handle.as_deref() {
-            Some(Handle::Write { staged }) => Some(staged.clone()),
-            _ => self.open_write_of(&path),
-        };
-        let entry = match staged {
-            Some(staged) => {
-                staged.truncate(size, limit).await?;
-                Entry {
-                    size,
-                    mtime: SystemTime::now(),
-                    ..entry
+        let space = self.uploads.space().clone();
+        match fh.and_then(|fh| self.staged_of(fh).ok()) {
+            Some((staged, _)) => {
+                let path = staged.path();
+                if let Err(e) = staged.truncate(size, limit, &space).await {
+                    self.after_failure(&staged, path).await;
+                    return Err(e);
                 }
             }
             None => {
-                let staged = if size == 0 {
-                    let posix = entry.posix.unwrap_or_default();
-                    let attrs = FileAttrs::of_object(&self.storage, &path, posix).await?;
-                    Staged::empty(&self.staging_dir, &path, attrs)?
-                } else {
-                    let posix = entry.posix.unwrap_or_default();
-                    Staged::from_object(&self.staging_dir, &path, &self.storage, posix).await?
-                };
-                staged.truncate(size, limit).await?;
-                let info = staged.commit(&self.storage).await?;
-                self.changed(&path);
-                self.file_entry(size, info.as_ref(), entry.posix.unwrap_or_default())
+                let posix = entry.posix.unwrap_or_default();
+                self.change_by_path(&path, posix, size == 0, |staged| async move {
+                    staged.truncate(size, limit, &space).await
+                })
+                .await?;
             }
-        };
-        let ino = self.inodes.record(&path, entry.clone());
-        Ok(self.attr(ino, &entry))
+        }
+        self.changed(&path);
+        self.getattr(ino, fh).await
     }
 
-    /// Uploads a closed file again with its attributes changed by `change` (and `posix` as its mode/owner/times):
-    /// object stores cannot change metadata in place through object_store, so this costs a GET and a PUT of the
-    /// whole object.
-    pub(super) async fn rewrite_closed(
+    /// Changes what a closed file carries besides its bytes (`chmod`, `chown`, `touch`, xattrs). A file written
+    /// here takes the change with its bytes: published now when its bytes were already closed, else with its
+    /// next `close`. Any other file is uploaded again with the change (object stores cannot change metadata in
+    /// place through this API): a GET and a PUT of the whole object, as SEMANTICS.md states.
+    pub(super) async fn change_file(
         &self,
         path: &str,
-        entry: &Entry,
         posix: Posix,
-        change: impl FnOnce(&mut FileAttrs),
+        change: impl FnOnce(&mut FileAttrs) + Send,
     ) -> FsResult<()> {
-        let staged = Staged::from_object(&self.staging_dir, path, &self.storage, posix).await?;
-        staged.change_attrs(change).await; // also marks it for upload
-        let info = staged.commit(&self.storage).await?;
-        self.changed(path);
-        let entry = match info {
-            Some(info) => Entry {
-                etag: info.etag,
-                source: Some(info.provider),
-                ..entry.clone()
-            },
-            None => entry.clone(),
-        };
-        self.inodes.record(path, entry);
-        Ok(())
+        self.check_writable(path)?;
+        match self.uploads.get(path) {
+            Some(staged) if staged.handles() > 0 && staged.writing().await => {
+                // Still being written: the change rides along with the upload at its close.
+                staged.change_attrs(change).await
+            }
+            _ => {
+                self.change_by_path(path, posix, false, |staged| async move {
+                    staged.change_attrs(change).await
+                })
+                .await
+            }
+        }
     }
 
-    /// `chmod`, `chown`, `touch`: stored with the object. With the file open for writing they ride along with its
-    /// upload; otherwise the object is uploaded again with the new values (object stores cannot change metadata
-    /// in place through this API) — a full re-upload, which SEMANTICS.md states. Directories keep the defaults.
+    /// `chmod`, `chown`, `touch`: stored with the object (see [`Filesystem::change_file`]). Directories keep the
+    /// defaults.
     pub async fn set_attrs(&self, ino: Ino, fh: Option<u64>, changes: Posix) -> FsResult<Attr> {
         let (path, entry, _) = self.path_of(ino)?;
         if entry.kind == Kind::Dir || changes.is_empty() {
-            return self.getattr(ino).await;
+            return self.getattr(ino, fh).await;
         }
-        self.check_writable(&path)?;
-        let handle = fh.and_then(|fh| self.handle(fh).ok());
-        let open = match handle.as_deref() {
-            Some(Handle::Write { staged }) => Some(staged.clone()),
-            _ => self.open_write_of(&path),
-        };
-        let posix = entry.posix.unwrap_or_default().merged(changes);
-        match open {
-            Some(staged) => {
-                // Uploaded now: the file may be closing, and its last commit may already have run.
-                staged.set_posix(changes).await;
-                self.commit(&staged).await?;
-            }
-            None => self.rewrite_closed(&path, &entry, posix, |_| {}).await?,
-        }
-        let (_, entry, _) = self.path_of(ino)?;
-        let entry = Entry {
-            posix: Some(posix),
-            ..entry
-        };
-        let ino = self.inodes.record(&path, entry.clone());
-        Ok(self.attr(ino, &self.current(&path, entry).await))
+        let posix = entry.posix.unwrap_or_default();
+        self.change_file(&path, posix, move |attrs| {
+            attrs.posix = attrs.posix.merged(changes)
+        })
+        .await?;
+        self.changed(&path);
+        self.getattr(ino, fh).await
     }
 
     pub async fn mkdir(&self, parent: Ino, name: &str) -> FsResult<Attr> {
@@ -322,7 +295,7 @@ impl Filesystem {
         if attr.kind != Kind::Dir {
             return Err(FsError::NotADirectory);
         }
-        if !self.is_empty_dir(&path).await? {
+        if self.uploads.any_under(&path) || !self.is_empty_dir(&path).await? {
             return Err(FsError::NotEmpty);
         }
         let marker = format!("{path}/{DIR_MARKER}");
@@ -355,7 +328,12 @@ impl Filesystem {
             return Err(FsError::IsADirectory);
         }
         self.check_writable(&path)?;
+        // A file written here leaves the tree with its name: its open handles keep it, it is never uploaded,
+        // and no upload of it in flight can land after the delete.
+        let held = self.uploads.hold_for_rename(&path, &path).await;
         self.storage.delete(&path).await?;
+        self.uploads.unlinked(held).await;
+        self.inodes.unlink(&path);
         self.gone(&path);
         Ok(())
     }
@@ -377,6 +355,8 @@ impl Filesystem {
                 "cannot move a directory into itself".into(),
             ));
         }
+        // Files written here move with their names; none of them is uploaded during the move.
+        let held = self.uploads.hold_for_rename(&from, &to).await;
         let moves = match attr.kind {
             Kind::File => vec![(from.clone(), to.clone())],
             Kind::Dir => {
@@ -411,18 +391,24 @@ impl Filesystem {
         let mut moved = Vec::with_capacity(plan.len());
         for (provider, src, dst) in plan {
             // No write, delete, heal or image transform of either path lands in the middle of the move.
-            let _held = self.storage.lock_paths(&[&src, &dst]).await;
-            provider
+            let _locked = self.storage.lock_paths(&[&src, &dst]).await;
+            let renamed = provider
                 .store
                 .rename(&provider.key_for(&src), &provider.key_for(&dst))
-                .await
-                .map_err(|e| crate::storage::StorageError::from_store(&provider, &src, e))?;
+                .await;
+            match renamed {
+                Ok(()) => {}
+                // Only in this mount so far: its name moves below.
+                Err(object_store::Error::NotFound { .. }) if held.holds(&src) => {}
+                Err(e) => return Err(crate::storage::StorageError::from_store(&provider, &src, e).into()),
+            }
             if let Some(route) = self.storage.router().resolve(&src) {
                 self.storage.forget_fallback_copies(&src, route.route).await;
             }
             self.changed(&dst);
             moved.push(dst);
         }
+        self.uploads.renamed(held, &from, &to).await;
         self.inodes.rename(&from, &to);
         self.gone(&from);
         self.changed(&to);
@@ -433,61 +419,5 @@ impl Filesystem {
             moved.iter().for_each(|dst| images.submit(dst));
         }
         Ok(())
-    }
-}
-
-/// Uploads queued by write-back `close`s: many in flight, counted so unmount can wait for all of them.
-pub struct BackgroundUploads {
-    permits: Arc<tokio::sync::Semaphore>,
-    in_flight: crate::tasks::InFlight,
-}
-
-impl BackgroundUploads {
-    /// Uploads in flight at once. 32: enough to hide per-request latency for small files (measured: 1,000 small
-    /// puts reach full speed at 32 in flight), few enough not to flood a provider.
-    const CONCURRENCY: usize = 32;
-
-    pub fn new() -> Self {
-        BackgroundUploads {
-            permits: Arc::new(tokio::sync::Semaphore::new(Self::CONCURRENCY)),
-            in_flight: Default::default(),
-        }
-    }
-
-    /// Queues the upload of `staged`; once it is on the provider, `images` (if any) gets the path.
-    fn upload(
-        &self,
-        storage: Arc<crate::storage::Storage>,
-        staged: Arc<Staged>,
-        images: Option<Arc<ImageWorker>>,
-    ) {
-        let running = self.in_flight.start();
-        let permits = self.permits.clone();
-        tokio::spawn(async move {
-            let _permit = permits.acquire_owned().await;
-            match staged.commit(&storage).await {
-                Ok(Some(info)) => {
-                    if let Some(images) = images {
-                        images.uploaded(&staged.path, info.size);
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(
-                    "background upload of {} failed, kept for retry: {e}",
-                    staged.path
-                ),
-            }
-            drop(staged);
-            drop(running);
-        });
-    }
-
-    pub fn pending(&self) -> usize {
-        self.in_flight.pending()
-    }
-
-    /// Waits until every queued upload has finished (or failed and been kept), reporting progress.
-    pub async fn wait(&self) {
-        self.in_flight.wait("background uploads").await
     }
 }

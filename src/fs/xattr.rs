@@ -82,7 +82,7 @@ impl Filesystem {
         if entry.kind == Kind::Dir {
             return Ok(None);
         }
-        if let Some(staged) = self.open_write_of(&path) {
+        if let Some(staged) = self.uploads.get(&path) {
             let (_, _, primary) = self.storage.resolve(&path)?;
             let facts = Facts {
                 attrs: staged.attrs(),
@@ -225,18 +225,9 @@ impl Filesystem {
                 return Err(FsError::ReadOnlyAttribute(name.to_string()))
             }
         };
-        match self.open_write_of(&path) {
-            // Committed now: the file may be closing, and its last commit may already have run.
-            Some(staged) => {
-                staged.change_attrs(change).await;
-                self.commit(&staged).await
-            }
-            None => {
-                let (_, entry, _) = self.path_of(ino)?;
-                let posix = entry.posix.unwrap_or_default();
-                self.rewrite_closed(&path, &entry, posix, change).await
-            }
-        }
+        let (_, entry, _) = self.path_of(ino)?;
+        let posix = entry.posix.unwrap_or_default();
+        self.change_file(&path, posix, change).await
     }
 }
 

@@ -128,9 +128,9 @@ impl fuser::Filesystem for FuseAdapter {
         });
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         self.spawn(move |fs| async move {
-            match fs.getattr(ino.0).await {
+            match fs.getattr(ino.0, fh.map(|f| f.0)).await {
                 Ok(attr) => reply.attr(&fs.attr_ttl(), &file_attr(&attr)),
                 Err(e) => reply.error(errno("getattr", &e)),
             }
@@ -320,7 +320,7 @@ impl fuser::Filesystem for FuseAdapter {
             let fh = fh.map(|f| f.0);
             let mut result = match size {
                 Some(size) => fs.set_size(ino.0, fh, size).await,
-                None => fs.getattr(ino.0).await,
+                None => fs.getattr(ino.0, fh).await,
             };
             if result.is_ok() && !changes.is_empty() {
                 result = fs.set_attrs(ino.0, fh, changes).await;
@@ -419,8 +419,11 @@ impl fuser::Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.fs.release(fh.0);
-        reply.ok();
+        // On the runtime: the last release of a written file may start its upload.
+        self.spawn(move |fs| async move {
+            fs.release(fh.0);
+            reply.ok();
+        });
     }
 
     fn flush(

@@ -97,6 +97,7 @@ pub fn build(config: &AzureConfig, tuning: &ClientTuning) -> Result<BuiltStore, 
             .map_err(|e| redactor.redact(&e.to_string()))?,
     );
     Ok(BuiltStore {
+        multipart: None,
         store: store.clone(),
         signer: Some(store),
         location: format!("{endpoint} (container {})", config.container),

@@ -53,6 +53,7 @@ pub fn build(config: &GcsConfig, tuning: &ClientTuning) -> Result<BuiltStore, St
             .map_err(|e| redactor.redact(&e.to_string()))?,
     );
     Ok(BuiltStore {
+        multipart: None,
         store: store.clone(),
         signer: Some(store),
         location: format!("{endpoint} (bucket {})", config.bucket),

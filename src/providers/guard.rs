@@ -663,6 +663,91 @@ impl MultipartUpload for GuardedUpload {
     }
 }
 
+/// The provider's low-level multipart API (upload ids the caller can journal), with the same retries, timeouts
+/// and health accounting as every other request.
+pub struct GuardedParts {
+    store: Guarded,
+    inner: Arc<dyn object_store::multipart::MultipartStore>,
+}
+
+impl fmt::Debug for GuardedParts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GuardedParts({})", self.store)
+    }
+}
+
+impl GuardedParts {
+    pub fn new(store: Guarded, inner: Arc<dyn object_store::multipart::MultipartStore>) -> Self {
+        GuardedParts { store, inner }
+    }
+}
+
+#[async_trait]
+impl object_store::multipart::MultipartStore for GuardedParts {
+    async fn create_multipart(&self, path: &Path) -> object_store::Result<object_store::MultipartId> {
+        self.create_multipart_opts(path, Default::default()).await
+    }
+
+    async fn create_multipart_opts(
+        &self,
+        path: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<object_store::MultipartId> {
+        let store = &self.store;
+        store
+            .attempt(Op::Put, store.policy.first_byte, || {
+                self.inner.create_multipart_opts(path, opts.clone())
+            })
+            .await
+    }
+
+    async fn put_part(
+        &self,
+        path: &Path,
+        id: &object_store::MultipartId,
+        part_idx: usize,
+        data: PutPayload,
+    ) -> object_store::Result<object_store::multipart::PartId> {
+        let store = &self.store;
+        let len = data.content_length() as u64;
+        let part = store
+            .attempt(Op::Part, store.policy.total, || {
+                self.inner.put_part(path, id, part_idx, data.clone())
+            })
+            .await?;
+        let written = &store.health.counters.bytes_written;
+        written.fetch_add(len, Ordering::Relaxed);
+        Ok(part)
+    }
+
+    async fn complete_multipart(
+        &self,
+        path: &Path,
+        id: &object_store::MultipartId,
+        parts: Vec<object_store::multipart::PartId>,
+    ) -> object_store::Result<PutResult> {
+        let store = &self.store;
+        store
+            .attempt(Op::Put, store.policy.total, || {
+                self.inner.complete_multipart(path, id, parts.clone())
+            })
+            .await
+    }
+
+    async fn abort_multipart(
+        &self,
+        path: &Path,
+        id: &object_store::MultipartId,
+    ) -> object_store::Result<()> {
+        let store = &self.store;
+        store
+            .attempt(Op::Delete, store.policy.first_byte, || {
+                self.inner.abort_multipart(path, id)
+            })
+            .await
+    }
+}
+
 /// Bytes of a whole small object, for tests of this module.
 #[cfg(test)]
 fn payload(text: &str) -> PutPayload {

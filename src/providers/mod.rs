@@ -61,6 +61,8 @@ impl ClientTuning {
 /// What a kind's builder hands back.
 pub(crate) struct BuiltStore {
     pub store: Arc<dyn ObjectStore>,
+    /// The low-level multipart API, where uploads left open cost the user (S3 and S3-compatible stores).
+    pub multipart: Option<Arc<dyn object_store::multipart::MultipartStore>>,
     pub signer: Option<Arc<dyn Signer>>,
     pub location: String,
     pub redactor: Redactor,
@@ -75,6 +77,10 @@ pub struct Provider {
     pub location: String,
     /// The client, wrapped in [`guard::Guarded`] (retries, timeouts, circuit breaker).
     pub store: Arc<dyn ObjectStore>,
+    /// See [`BuiltStore::multipart`]; uploads through it are journaled in `open_uploads`.
+    pub multipart: Option<Arc<dyn object_store::multipart::MultipartStore>>,
+    /// Where multipart uploads in progress are recorded, so one cut short is aborted later (set by storage).
+    pub open_uploads: Option<Arc<crate::storage::uploads::OpenUploads>>,
     pub signer: Option<Arc<dyn Signer>>,
     pub health: Arc<guard::Health>,
     /// Key prefix, without leading or trailing `/`.
@@ -112,6 +118,7 @@ impl Provider {
                 let store = local::build(c)?;
                 BuiltStore {
                     store,
+                    multipart: None,
                     signer: None,
                     location: c.path.display().to_string(),
                     redactor: Redactor::default(),
@@ -121,11 +128,17 @@ impl Provider {
         let common = config.common();
         let health = Arc::new(guard::Health::new(name, &built.location, &tuning.guard));
         let store = guard::Guarded::new(built.store, health.clone(), tuning.guard.clone());
+        let multipart = built.multipart.map(|inner| {
+            Arc::new(guard::GuardedParts::new(store.clone(), inner))
+                as Arc<dyn object_store::multipart::MultipartStore>
+        });
         Ok(Provider {
             name: name.to_string(),
             kind: config.kind(),
             location: built.location,
             store: Arc::new(store),
+            multipart,
+            open_uploads: None,
             health,
             signer: built.signer,
             prefix: common.prefix.trim_matches('/').to_string(),

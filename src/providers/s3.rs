@@ -51,6 +51,7 @@ pub fn build(config: &S3Config, wasabi: bool, tuning: &ClientTuning) -> Result<B
         endpoint.unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", config.region));
     Ok(BuiltStore {
         store: store.clone(),
+        multipart: Some(store.clone()),
         signer: Some(store),
         location: format!("{endpoint} (bucket {})", config.bucket),
         redactor,

@@ -9,6 +9,7 @@
 mod error;
 pub mod failover;
 mod info;
+pub mod uploads;
 
 pub use error::{Result, StorageError};
 pub use failover::{HealRecord, HealReport};
@@ -50,6 +51,7 @@ pub struct Storage {
     max_file_size: Option<u64>,
     heals: Heals,
     keep_fallback_copy: bool,
+    open_uploads: Arc<uploads::OpenUploads>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -70,13 +72,17 @@ impl Storage {
     pub fn with_tuning(config: &Config, tuning: &ClientTuning) -> Result<Storage> {
         let router = Router::new(config)?;
         let mut providers = BTreeMap::new();
+        let open_uploads = Arc::new(uploads::OpenUploads::new(
+            &config.settings.cache_dir.join("uploads"),
+        ));
         for (name, pc) in &config.providers {
-            let provider =
+            let mut provider =
                 Provider::build(name, pc, tuning).map_err(|message| StorageError::Setup {
                     provider: name.clone(),
                     kind: pc.kind(),
                     message,
                 })?;
+            provider.open_uploads = Some(open_uploads.clone());
             providers.insert(name.clone(), Arc::new(provider));
         }
         let cdn = &config.settings.cdn;
@@ -87,7 +93,15 @@ impl Storage {
             max_file_size: config.settings.max_file_size.map(|s| s.0),
             heals: Heals::open(&config.settings.cache_dir.join("heal")),
             keep_fallback_copy: config.settings.failover.keep_fallback_copy,
+            open_uploads,
         })
+    }
+
+    /// Aborts multipart uploads a previous process (or a failed abort) left open; see [`uploads`].
+    pub async fn abort_orphaned_uploads(&self) -> usize {
+        self.open_uploads
+            .abort_orphans(|name| self.providers.get(name))
+            .await
     }
 
     /// Health and counters of every provider, plus the pending heals, as JSON.
@@ -991,6 +1005,13 @@ pub(crate) async fn put_multipart<S>(
 where
     S: futures::Stream<Item = Result<Bytes>> + Unpin,
 {
+    if let (Some(multipart), Some(journal)) = (&provider.multipart, &provider.open_uploads) {
+        let tuning = (UPLOAD_PART_SIZE, UPLOAD_CONCURRENCY);
+        return uploads::put_journaled(
+            provider, multipart, journal, path, opts, chunks, limit, tuning,
+        )
+        .await;
+    }
     let fail = |e| StorageError::from_store(provider, path, e);
     let upload = provider
         .store

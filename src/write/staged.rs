@@ -1,0 +1,523 @@
+//! One file being written through this mount, or waiting for its upload: the open file that owns its data.
+//!
+//! A [`Staged`] file has a *working copy* (a local file under `<cache_dir>/staging/`, what every read of the file
+//! sees) and at most one *pending* version: bytes a program acknowledged (write-back `close`, or a `close`/`fsync`
+//! whose upload failed) that are not on the provider yet. A pending version is immutable and journaled; while the
+//! working copy still is that version they share the data file, and the first change of the bytes copies it first
+//! ("forks"), so a crash can only ever publish an acknowledged version, never a half-changed one.
+//!
+//! The file's path is the name it has *now*: `rename` changes it, `unlink` clears it (a detached file keeps
+//! serving its open descriptors and is never uploaded). A failed write (ENOSPC, EFBIG, EIO) fails the file: its
+//! working copy is released at once, every later `write`/`fsync`/`close` of it returns that error, and nothing of
+//! it is uploaded. Publishing is [`super::queue`]'s work; this file only keeps the bytes.
+
+use super::journal::Journal;
+use super::stream::SequentialUpload;
+use super::FileAttrs;
+use crate::fs::error::{FsError, FsResult};
+use crate::fs::posix::Posix;
+use crate::storage::{FileInfo, Storage};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// Frees local disk space for staged bytes when the disk is full (the block cache's disk tier); returns the
+/// bytes freed.
+pub type Space = Arc<dyn Fn(u64) -> u64 + Send + Sync>;
+
+pub struct Staged {
+    /// The mount path the file has now; None once unlinked (or replaced by a rename): never uploaded then.
+    path: Mutex<Option<String>>,
+    /// Open file handles (readers and writers) of this file in this mount.
+    handles: AtomicUsize,
+    /// Size of the working copy, readable without waiting for an upload in progress.
+    size: AtomicU64,
+    /// Mode, owner, times, metadata, tags and content type of the working copy.
+    attrs: Mutex<FileAttrs>,
+    /// When the bytes last changed.
+    modified: Mutex<SystemTime>,
+    /// Taken (before `state`) by whatever publishes this file, renames it or unlinks it, so none of them lands
+    /// in the middle of another: an upload always goes to the name the file has when it starts.
+    pub(super) publish: Arc<tokio::sync::Mutex<()>>,
+    pub(super) state: tokio::sync::Mutex<State>,
+    journal: Arc<Journal>,
+}
+
+pub(super) struct State {
+    /// None once the file failed (its space is released then).
+    pub work: Option<Work>,
+    /// The working copy differs from the last acknowledged version (bytes or attributes).
+    pub dirty: bool,
+    /// Why the file failed (errno); every later write, fsync and close returns it.
+    pub failed: Option<i32>,
+    pub pending: Option<Pending>,
+    pub sequential: SequentialUpload,
+    bytes_changed: bool,
+    /// Bytes changed since the last `close`/`fsync` acknowledged a version: the file is mid-write.
+    pub unclosed: bool,
+}
+
+pub(super) struct Work {
+    pub local: PathBuf,
+    pub file: Arc<std::fs::File>,
+    pub size: u64,
+}
+
+/// An acknowledged version not on the provider yet.
+#[derive(Clone, Debug)]
+pub(super) struct Pending {
+    pub local: PathBuf,
+    pub size: u64,
+    pub attrs: FileAttrs,
+    /// Changes each time the pending version is replaced (a newer version, or new attributes).
+    pub generation: u64,
+}
+
+impl State {
+    /// Whether the pending version and the working copy are the same data file.
+    pub fn shares_work(&self) -> bool {
+        matches!((&self.pending, &self.work), (Some(p), Some(w)) if p.local == w.local)
+    }
+
+    pub fn check_failed(&self) -> FsResult<()> {
+        match self.failed {
+            Some(errno) => Err(FsError::Local(std::io::Error::from_raw_os_error(errno))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Staged {
+    fn new(
+        journal: &Arc<Journal>,
+        path: &str,
+        work: Work,
+        dirty: bool,
+        attrs: FileAttrs,
+        pending: Option<Pending>,
+    ) -> Staged {
+        // Only a file written from empty can be streamed: anything else is uploaded whole from the working copy.
+        let sequential = match work.size == 0 && pending.is_none() {
+            true => SequentialUpload::start(),
+            false => SequentialUpload::Off,
+        };
+        let size = work.size;
+        Staged {
+            path: Mutex::new(Some(path.to_string())),
+            handles: AtomicUsize::new(0),
+            size: AtomicU64::new(size),
+            modified: Mutex::new(SystemTime::now()),
+            attrs: Mutex::new(attrs),
+            publish: Default::default(),
+            state: tokio::sync::Mutex::new(State {
+                work: Some(work),
+                dirty,
+                failed: None,
+                pending,
+                sequential,
+                bytes_changed: false,
+                unclosed: false,
+            }),
+            journal: journal.clone(),
+        }
+    }
+
+    /// An empty file (create, or open with O_TRUNC): uploaded on close even if nothing is written.
+    pub fn empty(journal: &Arc<Journal>, path: &str, attrs: FileAttrs) -> FsResult<Staged> {
+        let (local, file) = journal.new_file()?;
+        let work = Work {
+            local,
+            file: Arc::new(file),
+            size: 0,
+        };
+        let staged = Staged::new(journal, path, work, true, attrs, None);
+        staged.state.try_lock().expect("new").bytes_changed = true;
+        staged.drop_markers();
+        Ok(staged)
+    }
+
+    /// A working copy of the object's current bytes and attributes (open for writing without O_TRUNC), with
+    /// `posix` as its mode/owner/times.
+    pub async fn from_object(
+        journal: &Arc<Journal>,
+        path: &str,
+        storage: &Storage,
+        posix: Posix,
+    ) -> FsResult<Staged> {
+        let attrs = FileAttrs::of_object(storage, path, posix).await?;
+        let (local, file) = journal.new_file()?;
+        let file = Arc::new(file);
+        let filled: FsResult<u64> = async {
+            let mut stream = storage.download_stream(path).await?;
+            let mut size = 0u64;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                let (f, at) = (file.clone(), size);
+                size += chunk.len() as u64;
+                blocking(move || f.write_all_at(&chunk, at)).await?;
+            }
+            Ok(size)
+        }
+        .await;
+        let size = match filled {
+            Ok(size) => size,
+            Err(e) => {
+                let _ = std::fs::remove_file(&local);
+                return Err(e);
+            }
+        };
+        let work = Work { local, file, size };
+        Ok(Staged::new(journal, path, work, false, attrs, None))
+    }
+
+    /// An acknowledged version found in the journal at start-up (pending, its data file also the working copy).
+    pub fn from_journal(journal: &Arc<Journal>, entry: super::journal::Entry) -> FsResult<Staged> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&entry.local)?;
+        let meta = file.metadata()?;
+        let size = meta.len();
+        let pending = Pending {
+            local: entry.local.clone(),
+            size,
+            attrs: entry.attrs.clone(),
+            generation: journal.next_generation(),
+        };
+        let work = Work {
+            local: entry.local,
+            file: Arc::new(file),
+            size,
+        };
+        let staged = Staged::new(journal, &entry.path, work, false, entry.attrs, Some(pending));
+        if let Ok(modified) = meta.modified() {
+            *staged.modified.lock().unwrap() = modified;
+        }
+        Ok(staged)
+    }
+
+    pub fn path(&self) -> Option<String> {
+        self.path.lock().unwrap().clone()
+    }
+
+    pub(super) fn set_path(&self, path: Option<String>) {
+        *self.path.lock().unwrap() = path;
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::SeqCst)
+    }
+
+    pub fn modified(&self) -> SystemTime {
+        *self.modified.lock().unwrap()
+    }
+
+    pub fn posix(&self) -> Posix {
+        self.attrs.lock().unwrap().posix
+    }
+
+    pub fn attrs(&self) -> FileAttrs {
+        self.attrs.lock().unwrap().clone()
+    }
+
+    pub(super) fn opened(&self) {
+        self.handles.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// One handle closed; returns how many remain.
+    pub(super) fn closed(&self) -> usize {
+        self.handles.fetch_sub(1, Ordering::SeqCst) - 1
+    }
+
+    pub fn handles(&self) -> usize {
+        self.handles.load(Ordering::SeqCst)
+    }
+
+    /// Changes what the object gets besides its bytes; uploaded with the next version.
+    pub async fn change_attrs(&self, change: impl FnOnce(&mut FileAttrs)) -> FsResult<()> {
+        let mut st = self.state.lock().await;
+        st.check_failed()?;
+        change(&mut self.attrs.lock().unwrap());
+        st.sequential.abandon(); // a streamed upload already carries the old metadata
+        st.dirty = true;
+        Ok(())
+    }
+
+    /// The image-work markers go with the first change of the bytes: a user's file written over a variant is the
+    /// user's, and new bytes of a transformed file are transformed again.
+    fn drop_markers(&self) {
+        let mut attrs = self.attrs.lock().unwrap();
+        attrs
+            .metadata
+            .retain(|key, _| !crate::images::MARKER_KEYS.contains(&key.as_str()));
+    }
+
+    /// Whether bytes were written since the last acknowledged version (a program is mid-write).
+    pub async fn writing(&self) -> bool {
+        self.state.lock().await.unclosed
+    }
+
+    /// The bytes changed: an explicit mtime no longer stands (only `utimensat` sets one), image markers go.
+    fn bytes_changed(&self, st: &mut State) {
+        st.unclosed = true;
+        *self.modified.lock().unwrap() = SystemTime::now();
+        self.attrs.lock().unwrap().posix.mtime = None;
+        if !st.bytes_changed {
+            st.bytes_changed = true;
+            self.drop_markers();
+        }
+    }
+
+    /// Gives the working copy a data file of its own before its bytes change, when it still is the pending
+    /// version's (which must stay as acknowledged). `keep`: copy the bytes (false for a truncation to 0).
+    async fn unshare(&self, st: &mut State, keep: bool, space: &Option<Space>) -> FsResult<()> {
+        if !st.shares_work() {
+            return Ok(());
+        }
+        let work = st.work.as_ref().expect("shares_work implies a working copy");
+        let (local, file) = self.journal.new_file()?;
+        let (from, to, size) = (work.local.clone(), local.clone(), work.size);
+        let copied = retry_on_full(space, size, || {
+            let (from, to) = (from.clone(), to.clone());
+            async move {
+                match keep {
+                    true => blocking(move || std::fs::copy(&from, &to).map(|_| ())).await,
+                    false => Ok(()),
+                }
+            }
+        })
+        .await;
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(&local);
+            return Err(e);
+        }
+        let size = if keep { size } else { 0 };
+        st.work = Some(Work {
+            local,
+            file: Arc::new(file),
+            size,
+        });
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`; `limit` is the route's largest file size (EFBIG past it). A failure fails the
+    /// file (see the module note).
+    pub async fn write(
+        &self,
+        offset: u64,
+        data: Bytes,
+        limit: Option<u64>,
+        storage: &Arc<Storage>,
+        space: &Option<Space>,
+    ) -> FsResult<u32> {
+        let mut st = self.state.lock().await;
+        st.check_failed()?;
+        let end = offset + data.len() as u64;
+        if limit.is_some_and(|l| end > l) {
+            return Err(self.fail(&mut st, FsError::TooLarge));
+        }
+        if let Err(e) = self.unshare(&mut st, true, space).await {
+            return Err(self.fail(&mut st, e));
+        }
+        let file = st.work.as_ref().expect("not failed").file.clone();
+        let len = data.len() as u32;
+        let written = retry_on_full(space, data.len() as u64, || {
+            let (file, data) = (file.clone(), data.clone());
+            async move { blocking(move || file.write_all_at(&data, offset)).await }
+        })
+        .await;
+        if let Err(e) = written {
+            return Err(self.fail(&mut st, e));
+        }
+        self.bytes_changed(&mut st);
+        let work = st.work.as_mut().expect("not failed");
+        let sequential = offset == work.size;
+        work.size = work.size.max(end);
+        self.size.store(work.size, Ordering::SeqCst);
+        st.dirty = true;
+        match (sequential, self.path()) {
+            (true, Some(path)) => {
+                let options = self.attrs.lock().unwrap().upload_options();
+                st.sequential.push(data, storage, &path, options).await
+            }
+            _ => st.sequential.abandon(),
+        }
+        Ok(len)
+    }
+
+    pub async fn read(&self, offset: u64, len: u32) -> FsResult<Bytes> {
+        let st = self.state.lock().await;
+        st.check_failed()?;
+        let work = st.work.as_ref().expect("not failed");
+        let end = (offset + u64::from(len)).min(work.size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let file = work.file.clone();
+        let mut buf = vec![0u8; (end - offset) as usize];
+        blocking(move || file.read_exact_at(&mut buf, offset).map(|_| buf))
+            .await
+            .map(Bytes::from)
+    }
+
+    pub async fn truncate(&self, size: u64, limit: Option<u64>, space: &Option<Space>) -> FsResult<()> {
+        let mut st = self.state.lock().await;
+        st.check_failed()?;
+        if limit.is_some_and(|l| size > l) {
+            return Err(self.fail(&mut st, FsError::TooLarge));
+        }
+        if let Err(e) = self.unshare(&mut st, size > 0, space).await {
+            return Err(self.fail(&mut st, e));
+        }
+        let file = st.work.as_ref().expect("not failed").file.clone();
+        let cut = retry_on_full(space, size, || {
+            let file = file.clone();
+            async move { blocking(move || file.set_len(size)).await }
+        })
+        .await;
+        if let Err(e) = cut {
+            return Err(self.fail(&mut st, e));
+        }
+        self.bytes_changed(&mut st);
+        st.sequential.abandon();
+        st.work.as_mut().expect("not failed").size = size;
+        self.size.store(size, Ordering::SeqCst);
+        st.dirty = true;
+        Ok(())
+    }
+
+    /// Fails the file with `error`: its working copy (not an acknowledged pending version) is released now, and
+    /// nothing it holds is uploaded. Returns the error for the caller.
+    pub(super) fn fail(&self, st: &mut State, error: FsError) -> FsError {
+        let errno = error.errno();
+        tracing::warn!(
+            "{}: a write failed ({error}); the file is not uploaded, and its provider keeps its previous version",
+            self.path().unwrap_or_else(|| "(unlinked file)".into())
+        );
+        st.failed = Some(errno);
+        st.sequential.abandon();
+        st.dirty = false;
+        let shares = st.shares_work();
+        if let Some(work) = st.work.take() {
+            if !shares {
+                let _ = work.file.set_len(0);
+                let _ = std::fs::remove_file(&work.local);
+            }
+        }
+        self.size.store(0, Ordering::SeqCst);
+        error
+    }
+
+    /// Acknowledges the working copy locally: data fsynced, journal record written, so it survives a crash and is
+    /// uploaded later; it replaces the older pending version, if any.
+    pub(super) async fn stage(&self, st: &mut State, path: &str) -> FsResult<()> {
+        let work = st.work.as_ref().expect("caller checked failed");
+        let (file, local, size) = (work.file.clone(), work.local.clone(), work.size);
+        blocking(move || file.sync_data()).await?;
+        let attrs = self.attrs();
+        self.journal.record(&local, path, &attrs)?;
+        if let Some(old) = st.pending.take() {
+            if old.local != local {
+                self.journal.remove(&old.local, false);
+            }
+        }
+        let generation = self.journal.next_generation();
+        st.pending = Some(Pending {
+            local,
+            size,
+            attrs,
+            generation,
+        });
+        st.dirty = false;
+        st.unclosed = false;
+        Ok(())
+    }
+
+    /// Uploads the working copy (under `st`, so no write interleaves): streamed when it was written front to
+    /// back from empty, else from the local file.
+    pub(super) async fn upload_work(
+        &self,
+        st: &mut State,
+        storage: &Storage,
+        path: &str,
+    ) -> crate::storage::Result<FileInfo> {
+        let options = self.attrs.lock().unwrap().upload_options();
+        let work = st.work.as_ref().expect("caller checked failed");
+        let (file, size) = (work.file.clone(), work.size);
+        // A streamed upload completes under the path's write lock, like every other upload: a conditional
+        // replace (an image transform) can then never land between its check and its upload.
+        let held = match st.sequential.is_uploading() {
+            true => Some(storage.lock_paths(&[path]).await),
+            false => None,
+        };
+        let streamed = st.sequential.finish().await;
+        drop(held);
+        match streamed {
+            Some(Ok(info)) if info.size == size => Ok(info),
+            // Not streamed, or the stream failed: upload the working copy (a second attempt in the latter case).
+            _ => super::upload_file(storage, path, file, size, options).await,
+        }
+    }
+
+    /// Forgets the pending version (unlinked or replaced): its record goes, and its data unless still working.
+    pub(super) fn drop_pending(&self, st: &mut State) {
+        let shares = st.shares_work();
+        if let Some(old) = st.pending.take() {
+            self.journal.remove(&old.local, shares);
+        }
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let st = self.state.get_mut();
+        st.sequential.abandon();
+        let journaled = st.pending.as_ref().map(|p| p.local.clone());
+        if let Some(work) = st.work.take() {
+            if journaled.as_ref() != Some(&work.local) {
+                let _ = std::fs::remove_file(&work.local);
+            }
+        }
+        if let Some(pending) = journaled {
+            // Still acknowledged and not uploaded: the journal keeps it for the next mount.
+            tracing::error!(
+                "{}: an acknowledged version is not on the provider yet; kept at {} for the next mount",
+                self.path().unwrap_or_default(),
+                pending.display()
+            );
+        }
+    }
+}
+
+/// Runs a local disk operation; when it finds the disk full, frees cache space for `need` bytes and tries once
+/// more, so cached blocks are evicted before a write is refused.
+async fn retry_on_full<F, Fut>(space: &Option<Space>, need: u64, op: F) -> FsResult<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = FsResult<()>>,
+{
+    match op().await {
+        Err(FsError::Local(e)) if e.raw_os_error() == Some(libc::ENOSPC) => {
+            let freed = space.as_ref().map_or(0, |free| free(need.max(64 << 20)));
+            if freed == 0 {
+                return Err(FsError::Local(e));
+            }
+            tracing::info!("staging: disk full; evicted {freed} bytes of cached blocks");
+            op().await
+        }
+        other => other,
+    }
+}
+
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> FsResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| FsError::Local(std::io::Error::other(e)))?
+        .map_err(FsError::Local)
+}
