@@ -1,0 +1,1123 @@
+//! The life of a written file, as programs see it: files unlinked or renamed while open, reads right after a
+//! write-back close, a write-back route whose provider fails, a full cache disk, the size limit, multipart uploads
+//! of a killed daemon or a failing provider, and modification times. Each test drives a real mount with syscalls
+//! and real programs, and checks what really landed on the provider.
+
+mod common;
+
+use common::mount::{run, Mount};
+use common::proxy::{Fault, Proxy};
+use common::{pattern, provider_toml, scratch, server, unique, Case, Ctx, FAST_SETTINGS};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::fd::IntoRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use zmount::providers::Provider;
+use zmount::{Config, Storage};
+
+/// Defines one `#[tokio::test]` in a `local` and an `s3` module for each listed body `async fn body(case: Case)`.
+macro_rules! local_and_s3 {
+    ($($body:ident),* $(,)?) => {
+        local_and_s3!(@case local, Local, $($body),*);
+        local_and_s3!(@case s3, S3, $($body),*);
+    };
+    (@case $module:ident, $case:ident, $($body:ident),*) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $body() {
+                    super::$body(super::common::Case::$case).await
+                }
+            )*
+        }
+    };
+}
+
+local_and_s3!(
+    unlink_while_open_keeps_the_name_deleted,
+    rename_while_open_publishes_under_the_new_name,
+    reads_after_close_show_the_new_content,
+    full_cache_disk_fails_the_copy_and_keeps_the_old_version,
+    after_a_full_cache_disk_small_writes_work_and_the_space_returns,
+    size_limit_fails_the_copy_and_publishes_nothing,
+    mtime_follows_writes_and_explicit_touches,
+);
+
+/// Tests that keep a file open in this process take the lock exclusively; the others share it. Every process a
+/// test starts (fork, exec) gets copies of this process's descriptors, and exec closes them: for a descriptor on
+/// the mount the kernel sends the daemon a FLUSH, as if the file had been closed. A test holding a written file
+/// open while another test starts `cat` would see its file flushed at random moments.
+static OPEN_FILES: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn holds_open_files() -> std::sync::RwLockWriteGuard<'static, ()> {
+    OPEN_FILES.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn spawns_processes() -> std::sync::RwLockReadGuard<'static, ()> {
+    OPEN_FILES.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How long a test waits for something the mount does in the background (an upload, a cleanup).
+const BACKGROUND_DEADLINE: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(50);
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// A mount over one provider with the given `[settings]` keys/tables, cache folder (the scratch's `cache` by
+/// default), extra `[[routes]]` (`PROVIDER` stands for the provider's name) and keys of the `[default]` route.
+fn mount_custom(
+    case: Case,
+    test: &str,
+    settings: &str,
+    cache_dir: Option<&Path>,
+    routes: &str,
+    default_route: &str,
+) -> (Ctx, Mount) {
+    let ctx = Ctx::new(case, test);
+    let name = ctx.provider.name.clone();
+    let dir = ctx.dir.path();
+    let cache = cache_dir.map_or_else(|| dir.join("cache"), Path::to_path_buf);
+    let text = format!(
+        "{FAST_SETTINGS}[settings]\ncache_dir = {cache:?}\n{settings}\n{}{}\n[default]\nprovider = {name:?}\n{default_route}\n",
+        provider_toml(case, &name, &ctx.provider.prefix, dir),
+        routes.replace("PROVIDER", &name),
+    );
+    let config = dir.join("mount.toml");
+    std::fs::write(&config, text).unwrap();
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mount = Mount::start_at(&config, &mnt, &[]);
+    (ctx, mount)
+}
+
+/// Unmounts cleanly (SIGTERM, exit 0) and mounts the same config at the same place again.
+fn remount(mut mount: Mount) -> Mount {
+    let (config, dir) = (mount.config.clone(), mount.dir.clone());
+    let status = mount.stop_with(libc::SIGTERM);
+    assert!(status.success(), "unmount: {status}\n{}", mount.log());
+    Mount::start_at(&config, &dir, &[])
+}
+
+/// The errno of `stat(path)` on the mount (None: it exists).
+fn stat_errno(path: &Path) -> Option<i32> {
+    match std::fs::metadata(path) {
+        Ok(_) => None,
+        Err(e) => Some(e.raw_os_error().unwrap_or(-1)),
+    }
+}
+
+fn listed(dir: &Path, name: &str) -> bool {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .any(|e| e.unwrap().file_name() == name)
+}
+
+/// `close(2)` of a descriptor we own; its return value and errno.
+fn close(file: std::fs::File) -> (i32, i32) {
+    let fd = file.into_raw_fd();
+    // SAFETY: closing a descriptor this test owns and never uses again.
+    let rc = unsafe { libc::close(fd) };
+    (
+        rc,
+        if rc == 0 {
+            0
+        } else {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+        },
+    )
+}
+
+/// Runs `sh -c script`; (success, stderr).
+fn sh(script: &str) -> (bool, String) {
+    let out = Command::new("sh").args(["-c", script]).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs a program; (success, stderr).
+fn try_run(program: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(program).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes a file of `len` deterministic bytes (1 MiB pattern blocks with varying seeds) without holding it all.
+fn write_big(path: &Path, len: usize, seed: u8) {
+    let mut file = std::fs::File::create(path).unwrap();
+    let mut left = len;
+    let mut i = 0u8;
+    while left > 0 {
+        let n = left.min(1 << 20);
+        file.write_all(&pattern(n, seed.wrapping_add(i))[..])
+            .unwrap();
+        left -= n;
+        i = i.wrapping_add(1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Unlink while open.
+
+async fn unlink_while_open_keeps_the_name_deleted(case: Case) {
+    let _lock = holds_open_files();
+    let (ctx, mount) = mount_custom(case, "unlink-open", "", None, "", "");
+    ctx.seed("old.txt", b"old content").await;
+
+    // A new file, and an existing one, each open for writing when unlinked.
+    let new = mount.path("new.txt");
+    let old = mount.path("old.txt");
+    let mut files = Vec::new();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&new)
+        .unwrap();
+    files.push((
+        "new.txt",
+        new.clone(),
+        f,
+        b"written after unlink".to_vec(),
+        0u64,
+    ));
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&old)
+        .unwrap();
+    // Overwrites the start of the existing bytes: the fd must read "NEW content".
+    files.push(("old.txt", old.clone(), f, b"NEW content".to_vec(), 0u64));
+
+    for (name, path, file, data, offset) in &mut files {
+        std::fs::remove_file(&*path).unwrap_or_else(|e| panic!("unlink {name}: {e}"));
+        assert_eq!(
+            stat_errno(path),
+            Some(libc::ENOENT),
+            "{name}: stat right after unlink"
+        );
+        assert!(!listed(&mount.dir, name), "{name}: listed after unlink");
+        if *name == "new.txt" {
+            file.write_all(data)
+                .unwrap_or_else(|e| panic!("{name}: write after unlink: {e}"));
+        } else {
+            file.write_all_at(&data[..3], *offset)
+                .unwrap_or_else(|e| panic!("{name}: write after unlink: {e}"));
+        }
+        assert_eq!(
+            stat_errno(path),
+            Some(libc::ENOENT),
+            "{name}: stat after a write through the fd"
+        );
+        let mut back = vec![0u8; data.len()];
+        file.read_exact_at(&mut back, 0)
+            .unwrap_or_else(|e| panic!("{name}: read through the fd: {e}"));
+        assert_eq!(
+            String::from_utf8_lossy(&back),
+            String::from_utf8_lossy(data),
+            "{name}: the open fd reads what was written"
+        );
+        file.sync_all()
+            .unwrap_or_else(|e| panic!("{name}: fsync of the unlinked file: {e}"));
+        assert_eq!(
+            stat_errno(path),
+            Some(libc::ENOENT),
+            "{name}: stat after fsync"
+        );
+        assert!(!listed(&mount.dir, name), "{name}: listed after fsync");
+    }
+    for (name, path, file, _, _) in files {
+        assert_eq!(close(file), (0, 0), "{name}: close of the unlinked file");
+        assert_eq!(
+            stat_errno(&path),
+            Some(libc::ENOENT),
+            "{name}: stat after close"
+        );
+        assert!(!listed(&mount.dir, name), "{name}: listed after close");
+        assert_eq!(
+            ctx.read_direct(name).await,
+            None,
+            "{name}: uploaded to the provider after unlink"
+        );
+    }
+    let mount = remount(mount);
+    for name in ["new.txt", "old.txt"] {
+        assert_eq!(
+            stat_errno(&mount.path(name)),
+            Some(libc::ENOENT),
+            "{name}: after a remount"
+        );
+        assert!(!listed(&mount.dir, name), "{name}: listed after a remount");
+        assert_eq!(
+            ctx.read_direct(name).await,
+            None,
+            "{name}: on the provider after a remount"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Rename while open.
+
+async fn rename_while_open_publishes_under_the_new_name(case: Case) {
+    let _lock = holds_open_files();
+    let (ctx, mount) = mount_custom(case, "rename-open", "", None, "", "");
+    let d = p(&mount.dir).to_string();
+
+    // The shell keeps `f` open as stdout while `mv` renames it.
+    let (ok, err) = sh(&format!("cd '{d}' && (echo foo; mv f f.new) > f"));
+    assert!(ok, "(echo foo; mv f f.new) > f: {err}");
+    // A raw fd: write, rename, write more, close.
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(mount.path("g"))
+        .unwrap();
+    file.write_all(b"before rename, ")
+        .unwrap_or_else(|e| panic!("write to g: {e}"));
+    std::fs::rename(mount.path("g"), mount.path("g.new"))
+        .unwrap_or_else(|e| panic!("rename g -> g.new while g is open: {e}"));
+    file.write_all(b"after rename")
+        .unwrap_or_else(|e| panic!("write to g after the rename: {e}"));
+    assert_eq!(close(file), (0, 0), "close of the renamed g");
+    // An existing, already uploaded file open for writing when renamed.
+    std::fs::write(mount.path("h"), b"uploaded\n").unwrap();
+    assert_eq!(
+        ctx.read_direct("h").await.as_deref(),
+        Some(&b"uploaded\n"[..]),
+        "h uploaded first"
+    );
+    let mut file = OpenOptions::new()
+        .append(true)
+        .open(mount.path("h"))
+        .unwrap();
+    file.write_all(b"more\n")
+        .unwrap_or_else(|e| panic!("append to h: {e}"));
+    std::fs::rename(mount.path("h"), mount.path("h.new"))
+        .unwrap_or_else(|e| panic!("rename h -> h.new while h is open: {e}"));
+    file.write_all(b"again\n")
+        .unwrap_or_else(|e| panic!("write to h after the rename: {e}"));
+    assert_eq!(close(file), (0, 0), "close of the renamed h");
+
+    for (old, new, want) in [
+        ("f", "f.new", &b"foo\n"[..]),
+        ("g", "g.new", &b"before rename, after rename"[..]),
+        ("h", "h.new", &b"uploaded\nmore\nagain\n"[..]),
+    ] {
+        assert_eq!(
+            std::fs::read(mount.path(new))
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .ok(),
+            Some(String::from_utf8_lossy(want).into_owned()),
+            "{new} on the mount"
+        );
+        assert_eq!(
+            ctx.read_direct(new)
+                .await
+                .map(|b| String::from_utf8_lossy(&b).into_owned()),
+            Some(String::from_utf8_lossy(want).into_owned()),
+            "{new} on the provider"
+        );
+        assert_eq!(
+            stat_errno(&mount.path(old)),
+            Some(libc::ENOENT),
+            "{old} on the mount"
+        );
+        assert!(!listed(&mount.dir, old), "{old} listed");
+        assert_eq!(
+            ctx.read_direct(old)
+                .await
+                .map(|b| String::from_utf8_lossy(&b).into_owned()),
+            None,
+            "{old} on the provider"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Reads right after close, write-back and write-through.
+
+async fn reads_after_close_show_the_new_content(case: Case) {
+    let _lock = spawns_processes();
+    let routes = "[[routes]]\nprefix = \"wb\"\nprovider = \"PROVIDER\"\nwrite_back = true\n";
+    let (ctx, mount) = mount_custom(case, "read-after-close", "", None, routes, "");
+    run("mkdir", &[p(&mount.path("wb")), p(&mount.path("wt"))]);
+    let check = |rel: &str, when: &str| {
+        let path = mount.path(rel);
+        let cat = Command::new("cat").arg(&path).output().unwrap();
+        assert!(
+            cat.status.success() && cat.stdout == b"hello\n",
+            "{rel} {when}: cat gave {:?} {}",
+            String::from_utf8_lossy(&cat.stdout),
+            String::from_utf8_lossy(&cat.stderr)
+        );
+        let stat = Command::new("stat")
+            .args(["-c", "%s", p(&path)])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&stat.stdout).trim(),
+            "6",
+            "{rel} {when}: stat size ({})",
+            String::from_utf8_lossy(&stat.stderr)
+        );
+    };
+
+    // Write-through: right after close the mount shows the new content, and the provider has it already.
+    let (ok, err) = sh(&format!("echo hello > '{}'", p(&mount.path("wt/f"))));
+    assert!(ok, "echo hello > wt/f: {err}");
+    check("wt/f", "right after close");
+    assert_eq!(
+        ctx.read_direct("wt/f").await.as_deref(),
+        Some(&b"hello\n"[..]),
+        "wt/f on the provider at close"
+    );
+    for i in 0..5 {
+        check("wt/f", &format!("check {i} after close"));
+    }
+
+    // Write-back: every look until the upload is done, and a few right after, shows the new content.
+    let (ok, err) = sh(&format!("echo hello > '{}'", p(&mount.path("wb/f"))));
+    assert!(ok, "echo hello > wb/f: {err}");
+    let started = Instant::now();
+    let mut polls = 0;
+    loop {
+        check(
+            "wb/f",
+            &format!("at poll {polls}, before the upload completed"),
+        );
+        polls += 1;
+        if ctx.read_direct("wb/f").await.is_some() {
+            break;
+        }
+        assert!(
+            started.elapsed() < BACKGROUND_DEADLINE,
+            "wb/f not on the provider after {BACKGROUND_DEADLINE:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    assert_eq!(
+        ctx.read_direct("wb/f").await.as_deref(),
+        Some(&b"hello\n"[..]),
+        "wb/f on the provider"
+    );
+    for i in 0..5 {
+        check("wb/f", &format!("check {i} after the upload completed"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A write-back route whose provider fails. S3 only: the write path retries (and keeps pending versions for)
+// outages only — connection errors, timeouts, 5xx (`providers::guard::is_outage`). A local folder cannot have one:
+// there is no connection to cut, and what can be done to it from outside (a read-only bind mount, `chattr +i`)
+// makes it answer EROFS/EPERM, which zmount treats as an answer, not an outage. The fault proxy in front of
+// SeaweedFS gives real 503s.
+
+/// Few retries, short timeouts, frequent retry passes, so an outage is seen quickly and the mount catches up fast.
+const OUTAGE_SETTINGS: &str = "[settings.retry]\nattempts = 1\ndelay = 0.05\n[settings.timeouts]\nconnect = 1\nread = 2\nfirst_byte = 2\n[settings.failover]\nfailure_threshold = 2\ncooldown = 0.5\nheal_interval = 0.3\n";
+
+/// A write-back mount of one S3 provider reached through a fault proxy, and that provider reached directly.
+fn write_back_behind_proxy(dir: &Path, test: &str) -> (Proxy, Mount, Arc<Provider>) {
+    common::set_secret_env();
+    let s3 = server("ZMOUNT_TEST_S3_ENDPOINT");
+    let proxy = Proxy::start(s3.trim_start_matches("http://"));
+    let real = provider_toml(Case::S3, "s3", &unique(test), dir);
+    let via_proxy = real.replace(&s3, &proxy.endpoint());
+    let text = format!(
+        "[settings]\ncache_dir = {:?}\n{OUTAGE_SETTINGS}\n{via_proxy}[default]\nprovider = \"s3\"\nwrite_back = true\n",
+        dir.join("cache")
+    );
+    let mount = Mount::start(dir, &text);
+    let config = Config::parse(
+        &format!("{real}[default]\nprovider = \"s3\"\n"),
+        &dir.join("direct.toml"),
+    )
+    .unwrap();
+    let direct = Storage::new(&config)
+        .unwrap()
+        .provider("s3")
+        .unwrap()
+        .clone();
+    (proxy, mount, direct)
+}
+
+async fn stored(provider: &Provider, path: &str) -> Option<String> {
+    common::read_direct(provider, path)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// Polls until the provider holds `want` at `path` (bounded); returns every distinct value seen on the way.
+async fn wait_stored(
+    provider: &Provider,
+    path: &str,
+    want: &str,
+    deadline: Duration,
+) -> Vec<Option<String>> {
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        let now = stored(provider, path).await;
+        if seen.last() != Some(&now) {
+            seen.push(now.clone());
+        }
+        if now.as_deref() == Some(want) || started.elapsed() > deadline {
+            return seen;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn cat(path: &Path) -> Result<String, String> {
+    let out = Command::new("cat").arg(path).output().unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_back_outage_keeps_the_newest_version() {
+    let _lock = holds_open_files();
+    let dir = scratch();
+    let (proxy, mut mount, s3) = write_back_behind_proxy(dir.path(), "wb-outage");
+    let (f, g) = (mount.path("f"), mount.path("g"));
+    for (path, name) in [(&f, "f"), (&g, "g")] {
+        let (ok, err) = sh(&format!("echo A > '{}'", p(path)));
+        assert!(ok, "echo A > {name}: {err}");
+        let seen = wait_stored(&s3, name, "A\n", BACKGROUND_DEADLINE).await;
+        assert_eq!(
+            seen.last().cloned().flatten().as_deref(),
+            Some("A\n"),
+            "{name}: version A uploaded"
+        );
+    }
+
+    proxy.set(Fault::Fail503Every(1)); // the provider answers 503 to everything from now on
+    let mut file = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&f)
+        .expect("open f during the outage");
+    file.write_all(b"B\n")
+        .unwrap_or_else(|e| panic!("write B to f during the outage: {e}"));
+    assert_eq!(
+        close(file),
+        (0, 0),
+        "write-back close of B during the outage"
+    );
+    let (ok, err) = sh(&format!("echo C >> '{}'", p(&f)));
+    assert!(ok, "echo C >> f during the outage: {err}");
+    assert_eq!(
+        cat(&f),
+        Ok("B\nC\n".to_string()),
+        "f on the mount during the outage"
+    );
+    assert_eq!(
+        std::fs::metadata(&f).map(|m| m.len()).ok(),
+        Some(4),
+        "stat size of f during the outage"
+    );
+
+    // Truncate and rename a file whose newest version exists only locally.
+    let mut file = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&g)
+        .expect("open g during the outage");
+    file.write_all(b"B-g-content\n")
+        .unwrap_or_else(|e| panic!("write to g during the outage: {e}"));
+    assert_eq!(
+        close(file),
+        (0, 0),
+        "write-back close of g during the outage"
+    );
+    let (ok, err) = try_run("truncate", &["-s", "3", p(&g)]);
+    assert!(ok, "truncate g during the outage: {err}");
+    let (ok, err) = try_run("mv", &[p(&g), p(&mount.path("g2"))]);
+    assert!(ok, "mv g g2 during the outage: {err}");
+    assert_eq!(
+        cat(&mount.path("g2")),
+        Ok("B-g".to_string()),
+        "g2 on the mount during the outage"
+    );
+    assert_eq!(
+        stat_errno(&g),
+        Some(libc::ENOENT),
+        "g on the mount after mv"
+    );
+    assert_eq!(
+        stored(&s3, "f").await.as_deref(),
+        Some("A\n"),
+        "the outage kept B from the provider"
+    );
+
+    proxy.set(Fault::None);
+    let seen = wait_stored(&s3, "f", "B\nC\n", Duration::from_secs(15)).await;
+    assert!(
+        !seen.contains(&Some("A\nC\n".to_string())),
+        "the provider held A+C at some point: {seen:?}"
+    );
+    let status = mount.stop_with(libc::SIGTERM);
+    assert!(
+        status.success(),
+        "unmount after the outage: {status}\n{}",
+        mount.log()
+    );
+    assert_eq!(
+        stored(&s3, "f").await.as_deref(),
+        Some("B\nC\n"),
+        "f on the provider (seen before: {seen:?})"
+    );
+    assert_eq!(
+        stored(&s3, "g2").await.as_deref(),
+        Some("B-g"),
+        "g2 on the provider"
+    );
+    assert_eq!(stored(&s3, "g").await, None, "g on the provider");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_back_pending_version_survives_a_remount_during_the_outage() {
+    let _lock = holds_open_files();
+    let dir = scratch();
+    let (proxy, mut mount, s3) = write_back_behind_proxy(dir.path(), "wb-remount");
+    let f = mount.path("f");
+    let (ok, err) = sh(&format!("echo A > '{}'", p(&f)));
+    assert!(ok, "echo A > f: {err}");
+    let seen = wait_stored(&s3, "f", "A\n", BACKGROUND_DEADLINE).await;
+    assert_eq!(
+        seen.last().cloned().flatten().as_deref(),
+        Some("A\n"),
+        "version A uploaded"
+    );
+
+    proxy.set(Fault::Fail503Every(1));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&f)
+        .expect("open f during the outage");
+    file.write_all(b"B\n")
+        .unwrap_or_else(|e| panic!("write B to f during the outage: {e}"));
+    assert_eq!(
+        close(file),
+        (0, 0),
+        "write-back close of B during the outage"
+    );
+    let (config, mnt) = (mount.config.clone(), mount.dir.clone());
+    // Whether an unmount that leaves uploads pending exits 0 is not part of what is checked here.
+    mount.stop_with(libc::SIGTERM);
+    assert_eq!(
+        stored(&s3, "f").await.as_deref(),
+        Some("A\n"),
+        "B not uploaded during the outage"
+    );
+
+    let mount = Mount::start_at(&config, &mnt, &[]); // the provider still fails
+    assert_eq!(
+        cat(&mount.path("f")),
+        Ok("B\n".to_string()),
+        "f after a remount during the outage"
+    );
+    assert_eq!(
+        std::fs::metadata(mount.path("f")).map(|m| m.len()).ok(),
+        Some(2),
+        "stat size after the remount"
+    );
+
+    proxy.set(Fault::None);
+    let seen = wait_stored(&s3, "f", "B\n", BACKGROUND_DEADLINE).await;
+    assert_eq!(
+        seen.last().cloned().flatten().as_deref(),
+        Some("B\n"),
+        "B reaches the provider once it answers: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .all(|v| matches!(v.as_deref(), Some("A\n" | "B\n"))),
+        "provider values seen: {seen:?}"
+    );
+    assert_eq!(
+        cat(&mount.path("f")),
+        Ok("B\n".to_string()),
+        "f on the mount after the upload"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A full cache disk.
+
+/// A tmpfs mounted for the test's cache folder, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: PathBuf, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(&dir).unwrap();
+        run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                p(&dir),
+            ],
+        );
+        Tmpfs(dir)
+    }
+
+    /// Bytes free, by statvfs.
+    fn free(&self) -> u64 {
+        let path = std::ffi::CString::new(p(&self.0)).unwrap();
+        // SAFETY: statvfs into a zeroed struct of the right type, with a valid C string.
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(
+            unsafe { libc::statvfs(path.as_ptr(), &mut s) },
+            0,
+            "statvfs"
+        );
+        s.f_bavail as u64 * s.f_frsize as u64
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+const CACHE_TMPFS: &str = "64m";
+const CACHE_SIZE: u64 = 16 << 20;
+const BIG: usize = 100 << 20;
+
+/// A mount whose cache folder is a 64 MiB tmpfs, an existing object `f`, and a 100 MiB source file. `f` has been
+/// read through the mount once, so its blocks are already in the cache when the free space is measured.
+async fn full_disk_setup(
+    case: Case,
+    test: &str,
+    holder: &Path,
+) -> (Tmpfs, Ctx, Mount, Vec<u8>, PathBuf) {
+    let tmpfs = Tmpfs::mount(holder.join("cache"), CACHE_TMPFS);
+    let settings = format!("cache_size = \"{} MiB\"\n", CACHE_SIZE >> 20);
+    let (ctx, mount) = mount_custom(case, test, &settings, Some(&tmpfs.0), "", "");
+    let old = pattern(300_000, 42);
+    ctx.seed("f", &old).await;
+    assert!(
+        std::fs::read(mount.path("f")).unwrap() == old,
+        "seeded f reads back"
+    );
+    let source = ctx.dir.path().join("big.bin");
+    write_big(&source, BIG, 5);
+    (tmpfs, ctx, mount, old, source)
+}
+
+async fn full_cache_disk_fails_the_copy_and_keeps_the_old_version(case: Case) {
+    let _lock = spawns_processes();
+    let holder = scratch();
+    let (_tmpfs, ctx, mount, old, source) = full_disk_setup(case, "enospc", holder.path()).await;
+    for name in ["f", "g"] {
+        let (ok, err) = try_run("cp", &[p(&source), p(&mount.path(name))]);
+        assert!(
+            !ok,
+            "cp of 100 MiB to {name} through a 64 MiB cache disk succeeded"
+        );
+        assert!(
+            err.contains("No space left on device"),
+            "cp to {name}: {err}"
+        );
+    }
+    let stored = ctx.read_direct("f").await;
+    assert!(
+        stored.as_deref() == Some(&old[..]),
+        "the provider's f is the old version (got {:?} bytes, want {})",
+        stored.map(|b| b.len()),
+        old.len()
+    );
+    assert_eq!(
+        ctx.read_direct("g").await.map(|b| b.len()),
+        None,
+        "g on the provider"
+    );
+    let shown = std::fs::read(mount.path("f")).map_err(|e| e.to_string());
+    assert!(
+        shown.as_ref().is_ok_and(|b| *b == old),
+        "f on the mount after the failed cp: {:?}",
+        shown.map(|b| b.len())
+    );
+    assert_eq!(
+        stat_errno(&mount.path("g")),
+        Some(libc::ENOENT),
+        "g on the mount after the failed cp"
+    );
+}
+
+async fn after_a_full_cache_disk_small_writes_work_and_the_space_returns(case: Case) {
+    let _lock = spawns_processes();
+    let holder = scratch();
+    let (tmpfs, ctx, mount, _old, source) =
+        full_disk_setup(case, "enospc-after", holder.path()).await;
+    let before = tmpfs.free();
+    // The failing copies of full_cache_disk_fails_the_copy_and_keeps_the_old_version (checked there, not here).
+    for name in ["f", "g"] {
+        let _ = try_run("cp", &[p(&source), p(&mount.path(name))]);
+    }
+    let (ok, err) = sh(&format!("echo tiny > '{}'", p(&mount.path("other"))));
+    assert!(ok, "echo tiny > other after the failed copies: {err}");
+    assert_eq!(
+        ctx.read_direct("other").await.as_deref(),
+        Some(&b"tiny\n"[..]),
+        "other on the provider"
+    );
+    // A staged copy left behind by a failed cp would hold tens of MiB of the 64; the disk cache may keep up to
+    // its cap of blocks.
+    let after = tmpfs.free();
+    let slack = CACHE_SIZE + (1 << 20);
+    assert!(
+        after + slack >= before,
+        "cache disk free: {} MiB before the copies, {} MiB after (allowed: {} MiB less)\n{}",
+        before >> 20,
+        after >> 20,
+        slack >> 20,
+        run("find", &[p(&tmpfs.0), "-type", "f", "-size", "+1M"])
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The global size limit.
+
+async fn size_limit_fails_the_copy_and_publishes_nothing(case: Case) {
+    let _lock = spawns_processes();
+    let (ctx, mount) = mount_custom(case, "efbig", "max_file_size = \"10 MiB\"\n", None, "", "");
+    let old = pattern(100_000, 3);
+    ctx.seed("f", &old).await;
+    let source = ctx.dir.path().join("twelve.bin");
+    write_big(&source, 12_000_000, 8);
+    for name in ["f", "g"] {
+        let (ok, err) = try_run("cp", &[p(&source), p(&mount.path(name))]);
+        assert!(!ok, "cp of 12 MB to {name} past a 10 MiB limit succeeded");
+        assert!(err.contains("File too large"), "cp to {name}: {err}");
+    }
+    let stored = ctx.read_direct("f").await;
+    assert!(
+        stored.as_deref() == Some(&old[..]),
+        "the provider's f is the old version (got {:?} bytes)",
+        stored.map(|b| b.len())
+    );
+    assert_eq!(
+        ctx.read_direct("g").await.map(|b| b.len()),
+        None,
+        "g on the provider"
+    );
+    let shown = std::fs::read(mount.path("f")).map_err(|e| e.to_string());
+    assert!(
+        shown.as_ref().is_ok_and(|b| *b == old),
+        "f on the mount: {:?}",
+        shown.map(|b| b.len())
+    );
+    assert_eq!(
+        stat_errno(&mount.path("g")),
+        Some(libc::ENOENT),
+        "g on the mount"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// No orphaned multipart upload. S3 only: multipart uploads are an object-store protocol; a local provider
+// writes files, and has nothing that could be left incomplete on a server.
+
+/// SeaweedFS's filer, which `scripts/test-servers.sh` starts on this port (`-filer.port=18888`).
+const FILER: &str = "http://127.0.0.1:18888";
+
+/// Incomplete multipart uploads of `key` on the S3 test server. The filer keeps each under
+/// `/buckets/<bucket>/.uploads/<sha1(key)>_<id>`, with the key base64-encoded in its `Extended.key`; completing or
+/// aborting an upload removes the entry.
+async fn incomplete_uploads(key: &str) -> Vec<String> {
+    let bucket = server("ZMOUNT_TEST_S3_BUCKET");
+    let client = reqwest::Client::new();
+    let mut found = Vec::new();
+    let mut last = String::new();
+    loop {
+        let url = format!(
+            "{FILER}/buckets/{bucket}/.uploads/?limit=1000&lastFileName={}",
+            url::form_urlencoded::byte_serialize(last.as_bytes()).collect::<String>()
+        );
+        let resp = client
+            .get(url)
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return found; // no upload was ever started in this bucket
+        }
+        assert!(
+            resp.status().is_success(),
+            "filer listing: {}",
+            resp.status()
+        );
+        let body: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+        let entries = body["Entries"].as_array().cloned().unwrap_or_default();
+        for entry in &entries {
+            let encoded = entry["Extended"]["key"].as_str().unwrap_or("");
+            if base64_decode(encoded).as_deref() == Some(key.as_bytes()) {
+                found.push(entry["FullPath"].as_str().unwrap_or("?").to_string());
+            }
+        }
+        if entries.is_empty() || body["ShouldDisplayLoadMore"] != serde_json::Value::Bool(true) {
+            return found;
+        }
+        last = body["LastFileName"].as_str().unwrap_or("").to_string();
+    }
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in text.bytes().filter(|&c| c != b'=') {
+        acc = (acc << 6) | ALPHABET.iter().position(|&a| a == c)? as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// Polls until the server has no incomplete upload of `key` (bounded); returns what is left.
+async fn wait_no_uploads(key: &str, deadline: Duration) -> Vec<String> {
+    let started = Instant::now();
+    loop {
+        let left = incomplete_uploads(key).await;
+        if left.is_empty() || started.elapsed() > deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Writes `data` in 1 MiB steps until the server shows a multipart upload of `key` in progress and at least
+/// `min` bytes are written; returns how many bytes were written. Fails if no upload starts.
+async fn write_until_multipart(
+    file: &mut std::fs::File,
+    data: &[u8],
+    key: &str,
+    min: usize,
+) -> usize {
+    let mut written = 0;
+    for chunk in data.chunks(1 << 20) {
+        file.write_all(chunk)
+            .unwrap_or_else(|e| panic!("sequential write: {e}"));
+        written += chunk.len();
+        if written >= min && !incomplete_uploads(key).await.is_empty() {
+            return written;
+        }
+    }
+    let started = Instant::now();
+    while incomplete_uploads(key).await.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "precondition: no multipart upload of {key} in progress after writing {written} bytes sequentially"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    written
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_upload_of_a_killed_daemon_is_not_left_behind() {
+    let _lock = holds_open_files();
+    let (ctx, mut mount) = mount_custom(Case::S3, "mpu-kill", "", None, "", "");
+    let key = ctx.provider.key_for("big.bin").to_string();
+    let data = pattern(64 << 20, 17);
+    let mut file = std::fs::File::create(mount.path("big.bin")).unwrap();
+    write_until_multipart(&mut file, &data, &key, 9 << 20).await;
+
+    let status = mount.stop_with(libc::SIGKILL); // with the file still open
+    assert!(!status.success());
+    let _ = Command::new("fusermount3")
+        .args(["-uz", p(&mount.dir)])
+        .status();
+    drop(file);
+    let (config, dir) = (mount.config.clone(), mount.dir.clone());
+    let mount = Mount::start_at(&config, &dir, &[]);
+
+    let left = wait_no_uploads(&key, Duration::from_secs(15)).await;
+    assert!(
+        left.is_empty(),
+        "incomplete multipart uploads of {key} after the remount: {left:?}\n{}",
+        mount.log()
+    );
+    assert_eq!(
+        ctx.read_direct("big.bin").await.map(|b| b.len()),
+        None,
+        "never-closed file on the provider"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_upload_failed_mid_way_is_not_left_behind() {
+    let _lock = holds_open_files();
+    let dir = scratch();
+    common::set_secret_env();
+    let s3 = server("ZMOUNT_TEST_S3_ENDPOINT");
+    let proxy = Proxy::start(s3.trim_start_matches("http://"));
+    let real = provider_toml(Case::S3, "s3", &unique("mpu-fail"), dir.path());
+    let text = format!(
+        "[settings]\ncache_dir = {:?}\n{OUTAGE_SETTINGS}\n{}[default]\nprovider = \"s3\"\n",
+        dir.path().join("cache"),
+        real.replace(&s3, &proxy.endpoint())
+    );
+    let mut mount = Mount::start(dir.path(), &text);
+    let direct = Config::parse(
+        &format!("{real}[default]\nprovider = \"s3\"\n"),
+        &dir.path().join("d.toml"),
+    )
+    .unwrap();
+    let direct = Storage::new(&direct)
+        .unwrap()
+        .provider("s3")
+        .unwrap()
+        .clone();
+    let key = direct.key_for("big.bin").to_string();
+
+    let data = pattern(24 << 20, 23);
+    let mut file = std::fs::File::create(mount.path("big.bin")).unwrap();
+    let written = write_until_multipart(&mut file, &data, &key, 9 << 20).await;
+    proxy.set(Fault::Fail503Every(1)); // mid-upload, every request fails
+    file.write_all(&data[written..]).unwrap_or_else(|e| {
+        panic!("write while the provider fails (data goes to the staged copy): {e}")
+    });
+    let (rc, errno) = close(file);
+    assert_eq!(
+        rc, -1,
+        "close of a file whose upload failed returned 0 (errno {errno})"
+    );
+
+    proxy.set(Fault::None);
+    let right_after = common::read_direct(&direct, "big.bin")
+        .await
+        .map(|b| b.len());
+    let (config, mnt) = (mount.config.clone(), mount.dir.clone());
+    let status = mount.stop_with(libc::SIGTERM); // unmount retries the failed upload
+    assert!(status.success(), "unmount: {status}\n{}", mount.log());
+    let mount = Mount::start_at(&config, &mnt, &[]);
+    let left = wait_no_uploads(&key, Duration::from_secs(15)).await;
+    assert!(
+        left.is_empty(),
+        "incomplete multipart uploads of {key} once the provider is back and the mount retried: {left:?}\n{}",
+        mount.log()
+    );
+    let stored = common::read_direct(&direct, "big.bin").await;
+    assert!(
+        stored.as_deref() == Some(&data[..]),
+        "the staged file reached the provider after the outage (got {:?} bytes; right after healing: {right_after:?})",
+        stored.map(|b| b.len())
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Modification times.
+
+fn mtime(path: &Path) -> i64 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .mtime()
+}
+
+fn epoch_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+async fn mtime_follows_writes_and_explicit_touches(case: Case) {
+    let _lock = spawns_processes();
+    let (ctx, mount) = mount_custom(case, "mtime", "", None, "", "");
+    let f = p(&mount.path("f")).to_string();
+    let (ok, err) = sh(&format!("echo a > '{f}' && touch -d 2020-01-01 '{f}'"));
+    assert!(ok, "echo a; touch -d 2020-01-01: {err}");
+    let in_2020 = run("date", &["-d", "2020-01-01", "+%s"])
+        .trim()
+        .parse::<i64>()
+        .unwrap();
+    assert_eq!(
+        mtime(&mount.path("f")),
+        in_2020,
+        "touch -d 2020-01-01 took effect"
+    );
+    let start = epoch_now();
+    let (ok, err) = sh(&format!("echo b >> '{f}'"));
+    assert!(ok, "echo b >> f: {err}");
+    let end = epoch_now();
+    let near = |t: i64| t >= start - 5 && t <= end + 5;
+    let after_append = mtime(&mount.path("f"));
+    assert!(
+        near(after_append),
+        "mtime after the append: {after_append}, the append ran at {start}..{end}"
+    );
+    let info = ctx
+        .storage
+        .get_info("f")
+        .await
+        .unwrap_or_else(|e| panic!("provider info of f: {e}"));
+    let stored = info
+        .metadata
+        .get("mtime")
+        .and_then(|v| v.parse::<i64>().ok());
+    assert!(
+        stored.is_none_or(near),
+        "the provider's mtime metadata after the append: {stored:?}, the append ran at {start}..{end}"
+    );
+
+    let mount = remount(mount);
+    let remounted = mtime(&mount.path("f"));
+    assert!(
+        near(remounted),
+        "mtime after a remount: {remounted}, the append ran at {start}..{end}"
+    );
+    assert_eq!(
+        std::fs::read(mount.path("f")).unwrap(),
+        b"a\nb\n",
+        "content after a remount"
+    );
+
+    run("touch", &["-d", "2021-05-05", p(&mount.path("f"))]);
+    let in_2021 = run("date", &["-d", "2021-05-05", "+%s"])
+        .trim()
+        .parse::<i64>()
+        .unwrap();
+    assert_eq!(mtime(&mount.path("f")), in_2021, "touch -d 2021-05-05");
+    let info = ctx
+        .storage
+        .get_info("f")
+        .await
+        .unwrap_or_else(|e| panic!("provider info of f: {e}"));
+    assert_eq!(
+        info.metadata.get("mtime").map(String::as_str),
+        Some(in_2021.to_string().as_str()),
+        "the provider's mtime metadata after touch"
+    );
+    let mount = remount(mount);
+    assert_eq!(
+        mtime(&mount.path("f")),
+        in_2021,
+        "touch -d 2021-05-05, after a remount"
+    );
+}
