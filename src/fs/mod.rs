@@ -60,10 +60,12 @@ enum Handle {
         state: Mutex<ReadState>,
     },
     /// A file written in this mount or waiting for its upload: reads and writes go to it whatever its name is
-    /// now. `writable`: opened for writing (only such handles publish at `close`).
+    /// now. `writable`: opened for writing (only such handles publish at `close`); `opener`: the process that
+    /// opened it (see [`Filesystem::flush`]).
     Write {
         staged: Arc<crate::write::Staged>,
         writable: bool,
+        opener: u32,
     },
     Dir {
         entries: Arc<Vec<DirEntry>>,
@@ -583,6 +585,7 @@ impl Filesystem {
             return Ok(self.add_handle(Handle::Write {
                 staged,
                 writable: false,
+                opener: 0,
             }));
         }
         if attr.kind == Kind::Dir {

@@ -65,15 +65,18 @@ impl Filesystem {
     /// The file behind handle `fh`, when it is one written in this mount.
     fn staged_of(&self, fh: u64) -> FsResult<(Arc<Staged>, bool)> {
         match &*self.handle(fh)? {
-            Handle::Write { staged, writable } => Ok((staged.clone(), *writable)),
+            Handle::Write {
+                staged, writable, ..
+            } => Ok((staged.clone(), *writable)),
             _ => Err(FsError::Invalid("not open for writing".into())),
         }
     }
 
-    fn add_write_handle(&self, staged: Arc<Staged>) -> u64 {
+    fn add_write_handle(&self, staged: Arc<Staged>, opener: u32) -> u64 {
         self.add_handle(Handle::Write {
             staged,
             writable: true,
+            opener,
         })
     }
 
@@ -96,6 +99,7 @@ impl Filesystem {
         mode: u32,
         uid: u32,
         gid: u32,
+        opener: u32,
     ) -> FsResult<(Attr, u64)> {
         let path = self.child_path(parent, name)?;
         if name == DIR_MARKER {
@@ -116,7 +120,7 @@ impl Filesystem {
             content_type: None,
         };
         let staged = self.uploads.create(&path, attrs)?;
-        let fh = self.add_write_handle(staged);
+        let fh = self.add_write_handle(staged, opener);
         let entry = self.file_entry(0, None, posix);
         let ino = self.inodes.record(&path, entry.clone());
         self.changed(&path);
@@ -125,7 +129,7 @@ impl Filesystem {
 
     /// Opens an existing file; writers share the file written here, or get a working copy (empty with
     /// `truncate`, else the current bytes).
-    pub async fn open(&self, ino: Ino, write: bool, truncate: bool) -> FsResult<u64> {
+    pub async fn open(&self, ino: Ino, write: bool, truncate: bool, opener: u32) -> FsResult<u64> {
         if !write {
             return self.open_read(ino).await;
         }
@@ -139,7 +143,7 @@ impl Filesystem {
         if truncate {
             self.changed(&path);
         }
-        Ok(self.add_write_handle(staged))
+        Ok(self.add_write_handle(staged, opener))
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: Bytes) -> FsResult<u32> {
@@ -160,16 +164,20 @@ impl Filesystem {
 
     /// `close`: publishes what was written (see [`crate::write::queue`]): uploaded now on a write-through route,
     /// so an upload failure is close's error (EIO), or journaled and queued on a write-back route.
-    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+    /// Only the close of the process that opened the file publishes: a child that inherited the descriptor
+    /// (every `fork` + `exec` of a program that is still writing) closes its copy long before the file is
+    /// written, and that must not publish half a file. Changes nobody published by the last close are
+    /// published at release.
+    pub async fn flush(&self, fh: u64, closer: u32) -> FsResult<()> {
         let handle = self.handle(fh)?;
-        let Handle::Write {
-            staged,
-            writable: true,
-        } = &*handle
-        else {
-            return Ok(());
-        };
-        self.uploads.close(staged).await
+        match &*handle {
+            Handle::Write {
+                staged,
+                writable: true,
+                opener,
+            } if *opener == closer => self.uploads.close(staged).await,
+            _ => Ok(()),
+        }
     }
 
     /// `fsync`: the data is on the provider when this returns, on every route.
@@ -178,6 +186,7 @@ impl Filesystem {
         let Handle::Write {
             staged,
             writable: true,
+            ..
         } = &*handle
         else {
             return Ok(());
@@ -392,10 +401,16 @@ impl Filesystem {
         for (provider, src, dst) in plan {
             // No write, delete, heal or image transform of either path lands in the middle of the move.
             let _locked = self.storage.lock_paths(&[&src, &dst]).await;
-            let renamed = provider
-                .store
-                .rename(&provider.key_for(&src), &provider.key_for(&dst))
-                .await;
+            let renamed = match held.has_pending(&src).await {
+                // Its newest bytes wait here and go to the new name: the older object only has to go.
+                true => provider.store.delete(&provider.key_for(&src)).await,
+                false => {
+                    provider
+                        .store
+                        .rename(&provider.key_for(&src), &provider.key_for(&dst))
+                        .await
+                }
+            };
             match renamed {
                 Ok(()) => {}
                 // Only in this mount so far: its name moves below.

@@ -98,6 +98,20 @@ macro_rules! name_or_reply {
 }
 
 /// Names must be UTF-8 to become object keys.
+/// The process (thread group) a request comes from: FUSE names the thread, and a file may be opened by one
+/// thread of a program and closed by another.
+fn process_of(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(pid)
+}
+
 fn utf8(name: &OsStr) -> Result<String, Errno> {
     name.to_str()
         .map(str::to_string)
@@ -106,6 +120,14 @@ fn utf8(name: &OsStr) -> Result<String, Errno> {
 
 impl fuser::Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // O_TRUNC arrives with the open (not as a truncate before it), so a file truncated by an open is a new
+        // version published at its close, never an empty object published at once.
+        if config
+            .add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC)
+            .is_err()
+        {
+            tracing::warn!("kernel does not offer ATOMIC_O_TRUNC; open(O_TRUNC) truncates at once");
+        }
         // Directory listings carry attributes, so `ls -l` needs no lookup per entry.
         if config
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS)
@@ -214,11 +236,12 @@ impl fuser::Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         let truncate = flags.0 & libc::O_TRUNC != 0;
+        let opener = process_of(req.pid());
         self.spawn(move |fs| async move {
-            match fs.open(ino.0, write, truncate).await {
+            match fs.open(ino.0, write, truncate, opener).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno("open", &e)),
             }
@@ -236,9 +259,10 @@ impl fuser::Filesystem for FuseAdapter {
         reply: fuser::ReplyCreate,
     ) {
         let (uid, gid) = (req.uid(), req.gid());
+        let opener = process_of(req.pid());
         let name = name_or_reply!(name, reply);
         self.spawn(move |fs| async move {
-            match fs.create(parent.0, &name, mode & !umask, uid, gid).await {
+            match fs.create(parent.0, &name, mode & !umask, uid, gid, opener).await {
                 Ok((attr, fh)) => reply.created(
                     &fs.attr_ttl(),
                     &file_attr(&attr),
@@ -428,14 +452,17 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _lock_owner: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
         // close(): a written file is uploaded now, so the program sees an upload failure as close's error.
-        self.spawn(move |fs| async move { empty_reply(reply, "flush", fs.flush(fh.0).await) });
+        let closer = process_of(req.pid());
+        self.spawn(move |fs| async move {
+            empty_reply(reply, "flush", fs.flush(fh.0, closer).await)
+        });
     }
 
     fn getxattr(

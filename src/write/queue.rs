@@ -530,6 +530,17 @@ impl Held {
     pub fn holds(&self, path: &str) -> bool {
         self.files.iter().any(|(p, _)| p == path)
     }
+
+    /// Whether the file written here at `path` has an acknowledged version waiting for its upload: the object on
+    /// the provider is older than it, so a rename need not copy that object, only remove it.
+    pub async fn has_pending(&self, path: &str) -> bool {
+        for (p, staged) in &self.files {
+            if p == path && staged.state.lock().await.pending.is_some() {
+                return true;
+            }
+        }
+        false
+    }
 }
 
 async fn detach(staged: &Arc<Staged>) {

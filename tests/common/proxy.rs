@@ -25,6 +25,8 @@ pub enum Fault {
     CutResponseAfter(usize),
     /// Answer `503 Service Unavailable` to every n-th request (1 in n), forward the rest.
     Fail503Every(u64),
+    /// Answer `503 Service Unavailable` to every upload (PUT, POST); reads and deletes still work.
+    Fail503Uploads,
 }
 
 pub struct Proxy {
@@ -132,6 +134,15 @@ impl Shared {
                 let mut sink = [0u8; 64 * 1024];
                 while matches!(client.read(&mut sink), Ok(k) if k > 0) {}
             }
+            Fault::Fail503Uploads if is_upload(&head) =>
+            {
+                self.injected.fetch_add(1, Ordering::SeqCst);
+                drain_body(&mut client, &head, rest.len());
+                let _ = client.write_all(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                let _ = client.shutdown(Shutdown::Both);
+            }
             Fault::Fail503Every(every) if every > 0 && n.is_multiple_of(every) => {
                 self.injected.fetch_add(1, Ordering::SeqCst);
                 drain_body(&mut client, &head, rest.len());
@@ -197,6 +208,13 @@ fn reset(stream: &TcpStream) {
             std::mem::size_of::<libc::linger>() as libc::socklen_t,
         );
     }
+}
+
+/// A request that stores bytes: a PUT, or a POST other than S3's bulk delete (`POST /bucket?delete`).
+fn is_upload(head: &[u8]) -> bool {
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    line.starts_with("PUT ") || (line.starts_with("POST ") && !line.contains("?delete"))
 }
 
 /// Reads up to the end of an HTTP head (`\r\n\r\n`); returns the head and any bytes read past it.
