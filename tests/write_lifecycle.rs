@@ -45,21 +45,8 @@ local_and_s3!(
     after_a_full_cache_disk_small_writes_work_and_the_space_returns,
     size_limit_fails_the_copy_and_publishes_nothing,
     mtime_follows_writes_and_explicit_touches,
+    a_child_closing_an_inherited_descriptor_publishes_nothing,
 );
-
-/// Tests that keep a file open in this process take the lock exclusively; the others share it. Every process a
-/// test starts (fork, exec) gets copies of this process's descriptors, and exec closes them: for a descriptor on
-/// the mount the kernel sends the daemon a FLUSH, as if the file had been closed. A test holding a written file
-/// open while another test starts `cat` would see its file flushed at random moments.
-static OPEN_FILES: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-fn holds_open_files() -> std::sync::RwLockWriteGuard<'static, ()> {
-    OPEN_FILES.write().unwrap_or_else(|e| e.into_inner())
-}
-
-fn spawns_processes() -> std::sync::RwLockReadGuard<'static, ()> {
-    OPEN_FILES.read().unwrap_or_else(|e| e.into_inner())
-}
 
 /// How long a test waits for something the mount does in the background (an upload, a cleanup).
 const BACKGROUND_DEADLINE: Duration = Duration::from_secs(30);
@@ -169,7 +156,6 @@ fn write_big(path: &Path, len: usize, seed: u8) {
 // Unlink while open.
 
 async fn unlink_while_open_keeps_the_name_deleted(case: Case) {
-    let _lock = holds_open_files();
     let (ctx, mount) = mount_custom(case, "unlink-open", "", None, "", "");
     ctx.seed("old.txt", b"old content").await;
 
@@ -270,7 +256,6 @@ async fn unlink_while_open_keeps_the_name_deleted(case: Case) {
 // Rename while open.
 
 async fn rename_while_open_publishes_under_the_new_name(case: Case) {
-    let _lock = holds_open_files();
     let (ctx, mount) = mount_custom(case, "rename-open", "", None, "", "");
     let d = p(&mount.dir).to_string();
 
@@ -349,7 +334,6 @@ async fn rename_while_open_publishes_under_the_new_name(case: Case) {
 // Reads right after close, write-back and write-through.
 
 async fn reads_after_close_show_the_new_content(case: Case) {
-    let _lock = spawns_processes();
     let routes = "[[routes]]\nprefix = \"wb\"\nprovider = \"PROVIDER\"\nwrite_back = true\n";
     let (ctx, mount) = mount_custom(case, "read-after-close", "", None, routes, "");
     run("mkdir", &[p(&mount.path("wb")), p(&mount.path("wt"))]);
@@ -490,7 +474,6 @@ fn cat(path: &Path) -> Result<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_back_outage_keeps_the_newest_version() {
-    let _lock = holds_open_files();
     let dir = scratch();
     let (proxy, mut mount, s3) = write_back_behind_proxy(dir.path(), "wb-outage");
     let (f, g) = (mount.path("f"), mount.path("g"));
@@ -591,7 +574,6 @@ async fn write_back_outage_keeps_the_newest_version() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_back_pending_version_survives_a_remount_during_the_outage() {
-    let _lock = holds_open_files();
     let dir = scratch();
     let (proxy, mut mount, s3) = write_back_behind_proxy(dir.path(), "wb-remount");
     let f = mount.path("f");
@@ -726,7 +708,6 @@ async fn full_disk_setup(
 }
 
 async fn full_cache_disk_fails_the_copy_and_keeps_the_old_version(case: Case) {
-    let _lock = spawns_processes();
     let holder = scratch();
     let (_tmpfs, ctx, mount, old, source) = full_disk_setup(case, "enospc", holder.path()).await;
     for name in ["f", "g"] {
@@ -740,33 +721,10 @@ async fn full_cache_disk_fails_the_copy_and_keeps_the_old_version(case: Case) {
             "cp to {name}: {err}"
         );
     }
-    let stored = ctx.read_direct("f").await;
-    assert!(
-        stored.as_deref() == Some(&old[..]),
-        "the provider's f is the old version (got {:?} bytes, want {})",
-        stored.map(|b| b.len()),
-        old.len()
-    );
-    assert_eq!(
-        ctx.read_direct("g").await.map(|b| b.len()),
-        None,
-        "g on the provider"
-    );
-    let shown = std::fs::read(mount.path("f")).map_err(|e| e.to_string());
-    assert!(
-        shown.as_ref().is_ok_and(|b| *b == old),
-        "f on the mount after the failed cp: {:?}",
-        shown.map(|b| b.len())
-    );
-    assert_eq!(
-        stat_errno(&mount.path("g")),
-        Some(libc::ENOENT),
-        "g on the mount after the failed cp"
-    );
+    assert_nothing_published(&ctx, &mount, &old).await;
 }
 
 async fn after_a_full_cache_disk_small_writes_work_and_the_space_returns(case: Case) {
-    let _lock = spawns_processes();
     let holder = scratch();
     let (tmpfs, ctx, mount, _old, source) =
         full_disk_setup(case, "enospc-after", holder.path()).await;
@@ -800,7 +758,6 @@ async fn after_a_full_cache_disk_small_writes_work_and_the_space_returns(case: C
 // The global size limit.
 
 async fn size_limit_fails_the_copy_and_publishes_nothing(case: Case) {
-    let _lock = spawns_processes();
     let (ctx, mount) = mount_custom(case, "efbig", "max_file_size = \"10 MiB\"\n", None, "", "");
     let old = pattern(100_000, 3);
     ctx.seed("f", &old).await;
@@ -811,11 +768,18 @@ async fn size_limit_fails_the_copy_and_publishes_nothing(case: Case) {
         assert!(!ok, "cp of 12 MB to {name} past a 10 MiB limit succeeded");
         assert!(err.contains("File too large"), "cp to {name}: {err}");
     }
+    assert_nothing_published(&ctx, &mount, &old).await;
+}
+
+/// After a failed copy over `f` (holding `old`) and to a new `g`: the provider and the mount still show the old
+/// `f`, and no `g`.
+async fn assert_nothing_published(ctx: &Ctx, mount: &Mount, old: &[u8]) {
     let stored = ctx.read_direct("f").await;
     assert!(
-        stored.as_deref() == Some(&old[..]),
-        "the provider's f is the old version (got {:?} bytes)",
-        stored.map(|b| b.len())
+        stored.as_deref() == Some(old),
+        "the provider's f is the old version (got {:?} bytes, want {})",
+        stored.map(|b| b.len()),
+        old.len()
     );
     assert_eq!(
         ctx.read_direct("g").await.map(|b| b.len()),
@@ -824,14 +788,14 @@ async fn size_limit_fails_the_copy_and_publishes_nothing(case: Case) {
     );
     let shown = std::fs::read(mount.path("f")).map_err(|e| e.to_string());
     assert!(
-        shown.as_ref().is_ok_and(|b| *b == old),
-        "f on the mount: {:?}",
+        shown.as_ref().is_ok_and(|b| b == old),
+        "f on the mount after the failed cp: {:?}",
         shown.map(|b| b.len())
     );
     assert_eq!(
         stat_errno(&mount.path("g")),
         Some(libc::ENOENT),
-        "g on the mount"
+        "g on the mount after the failed cp"
     );
 }
 
@@ -941,7 +905,6 @@ async fn write_until_multipart(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multipart_upload_of_a_killed_daemon_is_not_left_behind() {
-    let _lock = holds_open_files();
     let (ctx, mut mount) = mount_custom(Case::S3, "mpu-kill", "", None, "", "");
     let key = ctx.provider.key_for("big.bin").to_string();
     let data = pattern(64 << 20, 17);
@@ -972,7 +935,6 @@ async fn multipart_upload_of_a_killed_daemon_is_not_left_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multipart_upload_failed_mid_way_is_not_left_behind() {
-    let _lock = holds_open_files();
     let dir = scratch();
     common::set_secret_env();
     let s3 = server("ZMOUNT_TEST_S3_ENDPOINT");
@@ -1048,7 +1010,6 @@ fn epoch_now() -> i64 {
 }
 
 async fn mtime_follows_writes_and_explicit_touches(case: Case) {
-    let _lock = spawns_processes();
     let (ctx, mount) = mount_custom(case, "mtime", "", None, "", "");
     let f = p(&mount.path("f")).to_string();
     let (ok, err) = sh(&format!("echo a > '{f}' && touch -d 2020-01-01 '{f}'"));
@@ -1119,5 +1080,36 @@ async fn mtime_follows_writes_and_explicit_touches(case: Case) {
         mtime(&mount.path("f")),
         in_2021,
         "touch -d 2021-05-05, after a remount"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Every fork + exec of a process that holds a file open closes the child's copy of the descriptor, and the kernel
+// sends the mount a FLUSH for it, as if the file were closed. Only the opener's close may publish.
+
+async fn a_child_closing_an_inherited_descriptor_publishes_nothing(case: Case) {
+    let (ctx, mount) = mount_custom(case, "child-close", "", None, "", "");
+    let path = mount.path("f");
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    file.write_all(b"first half, ").unwrap();
+    // The child inherits the descriptor (close-on-exec closes its copy when it runs `true`).
+    let status = Command::new("true").status().unwrap();
+    assert!(status.success());
+    assert_eq!(
+        ctx.read_direct("f").await,
+        None,
+        "nothing is published while the opener still writes"
+    );
+    file.write_all(b"second half").unwrap();
+    assert_eq!(close(file), (0, 0), "the opener's close");
+    assert_eq!(
+        ctx.read_direct("f").await.as_deref(),
+        Some(&b"first half, second half"[..]),
+        "the opener's close publishes the whole file"
     );
 }

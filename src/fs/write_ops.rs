@@ -196,7 +196,13 @@ impl Filesystem {
 
     /// Runs `op` on the file at `path` written here (or a working copy of its object, opened for the purpose),
     /// then publishes the result as if closed: a change made by path is acknowledged when it returns.
-    async fn change_by_path<F, Fut>(&self, path: &str, posix: Posix, truncate: bool, op: F) -> FsResult<()>
+    async fn change_by_path<F, Fut>(
+        &self,
+        path: &str,
+        posix: Posix,
+        truncate: bool,
+        op: F,
+    ) -> FsResult<()>
     where
         F: FnOnce(Arc<Staged>) -> Fut,
         Fut: std::future::Future<Output = FsResult<()>>,
@@ -415,7 +421,9 @@ impl Filesystem {
                 Ok(()) => {}
                 // Only in this mount so far: its name moves below.
                 Err(object_store::Error::NotFound { .. }) if held.holds(&src) => {}
-                Err(e) => return Err(crate::storage::StorageError::from_store(&provider, &src, e).into()),
+                Err(e) => {
+                    return Err(crate::storage::StorageError::from_store(&provider, &src, e).into())
+                }
             }
             if let Some(route) = self.storage.router().resolve(&src) {
                 self.storage.forget_fallback_copies(&src, route.route).await;

@@ -262,7 +262,10 @@ impl fuser::Filesystem for FuseAdapter {
         let opener = process_of(req.pid());
         let name = name_or_reply!(name, reply);
         self.spawn(move |fs| async move {
-            match fs.create(parent.0, &name, mode & !umask, uid, gid, opener).await {
+            match fs
+                .create(parent.0, &name, mode & !umask, uid, gid, opener)
+                .await
+            {
                 Ok((attr, fh)) => reply.created(
                     &fs.attr_ttl(),
                     &file_attr(&attr),
@@ -460,9 +463,9 @@ impl fuser::Filesystem for FuseAdapter {
     ) {
         // close(): a written file is uploaded now, so the program sees an upload failure as close's error.
         let closer = process_of(req.pid());
-        self.spawn(move |fs| async move {
-            empty_reply(reply, "flush", fs.flush(fh.0, closer).await)
-        });
+        self.spawn(
+            move |fs| async move { empty_reply(reply, "flush", fs.flush(fh.0, closer).await) },
+        );
     }
 
     fn getxattr(

@@ -684,7 +684,10 @@ impl GuardedParts {
 
 #[async_trait]
 impl object_store::multipart::MultipartStore for GuardedParts {
-    async fn create_multipart(&self, path: &Path) -> object_store::Result<object_store::MultipartId> {
+    async fn create_multipart(
+        &self,
+        path: &Path,
+    ) -> object_store::Result<object_store::MultipartId> {
         self.create_multipart_opts(path, Default::default()).await
     }
 

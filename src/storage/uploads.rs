@@ -189,9 +189,8 @@ where
                 let (key, id, multipart) = (key.clone(), id.clone(), multipart.clone());
                 let part = index;
                 index += 1;
-                in_flight.push_back(async move {
-                    multipart.put_part(&key, &id, part, payload).await
-                });
+                in_flight
+                    .push_back(async move { multipart.put_part(&key, &id, part, payload).await });
                 while in_flight.len() >= concurrency {
                     let done = in_flight.next().await.expect("not empty");
                     parts.push(done.map_err(fail)?);

@@ -182,14 +182,7 @@ impl Uploads {
         let queued = {
             let mut st = staged.state.lock().await;
             st.check_failed()?;
-            if st.dirty {
-                if let Err(e) = staged.stage(&mut st, &path).await {
-                    let e = staged.fail(&mut st, e);
-                    drop(st);
-                    self.failed(staged).await;
-                    return Err(e);
-                }
-            }
+            self.journal_changes(staged, &mut st, &path).await?;
             st.pending.is_some()
         };
         if queued {
@@ -213,8 +206,14 @@ impl Uploads {
                 .await
                 .map_err(FsError::Storage)
         } else if let Some(pending) = st.pending.clone() {
-            super::upload_local(&self.storage, &path, &pending.local, pending.size, &pending.attrs)
-                .await
+            super::upload_local(
+                &self.storage,
+                &path,
+                &pending.local,
+                pending.size,
+                &pending.attrs,
+            )
+            .await
         } else {
             return Ok(());
         };
@@ -231,17 +230,29 @@ impl Uploads {
             }
             Err(e) => {
                 tracing::error!("upload of {path} failed; kept and retried: {e}");
-                if st.dirty {
-                    if let Err(local) = staged.stage(&mut st, &path).await {
-                        let local = staged.fail(&mut st, local);
-                        drop(st);
-                        self.failed(staged).await;
-                        return Err(local);
-                    }
-                }
+                self.journal_changes(staged, &mut st, &path).await?;
                 Err(e)
             }
         }
+    }
+
+    /// Journals the working copy's changes as the pending version; when that fails locally (disk full), the file
+    /// fails (see [`Uploads::failed`]) and the error is returned.
+    async fn journal_changes(
+        &self,
+        staged: &Arc<Staged>,
+        st: &mut State,
+        path: &str,
+    ) -> FsResult<()> {
+        if !st.dirty {
+            return Ok(());
+        }
+        if let Err(e) = staged.stage(st, path).await {
+            let e = staged.fail(st, e);
+            self.failed_locked(staged, st);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Queues the upload of the file's pending version.
@@ -360,9 +371,13 @@ impl Uploads {
     /// A write of `staged` failed: the file leaves the tree (its provider keeps its previous version), or its
     /// acknowledged pending version takes its place.
     pub async fn failed(&self, staged: &Arc<Staged>) {
+        let mut st = staged.state.lock().await;
+        self.failed_locked(staged, &mut st);
+    }
+
+    fn failed_locked(&self, staged: &Arc<Staged>, st: &mut State) {
         let Some(path) = staged.path() else { return };
         self.remove_if_current(&path, staged);
-        let mut st = staged.state.lock().await;
         staged.set_path(None);
         if let Some(pending) = st.pending.take() {
             // The acknowledged version stays: a file of its own, uploaded as before.
@@ -371,7 +386,6 @@ impl Uploads {
                 path: path.clone(),
                 attrs: pending.attrs.clone(),
             };
-            drop(st);
             match Staged::from_journal(&self.journal, entry) {
                 Ok(kept) => {
                     self.files.lock().unwrap().insert(path, Arc::new(kept));
@@ -400,7 +414,10 @@ impl Uploads {
         for (_, staged) in &files {
             guards.push(staged.publish.clone().lock_owned().await);
         }
-        Held { files, _guards: guards }
+        Held {
+            files,
+            _guards: guards,
+        }
     }
 
     /// `unlink` of the held path: its file written here (if any) leaves the tree, keeps serving its open
@@ -433,8 +450,13 @@ impl Uploads {
             let mut st = staged.state.lock().await;
             st.sequential.abandon(); // it streams to the old name
             if let Some(pending) = &st.pending {
-                if let Err(e) = self.journal.record(&pending.local, &new_path, &pending.attrs) {
-                    tracing::error!("{new_path}: cannot record the rename of a pending upload: {e}");
+                if let Err(e) = self
+                    .journal
+                    .record(&pending.local, &new_path, &pending.attrs)
+                {
+                    tracing::error!(
+                        "{new_path}: cannot record the rename of a pending upload: {e}"
+                    );
                 }
             }
             staged.set_path(Some(new_path.clone()));
@@ -462,7 +484,9 @@ impl Uploads {
                     self.forget_if_done(&staged).await;
                 }
                 Err(e) => {
-                    tracing::warn!("pending upload of {path} still fails, kept for a later try: {e}");
+                    tracing::warn!(
+                        "pending upload of {path} still fails, kept for a later try: {e}"
+                    );
                     outcome.failed.push(path);
                 }
             }
@@ -480,7 +504,9 @@ impl Uploads {
                 Ok(staged) => {
                     self.files.lock().unwrap().insert(path, Arc::new(staged));
                 }
-                Err(e) => tracing::error!("journal: cannot load the pending version of {path}: {e}"),
+                Err(e) => {
+                    tracing::error!("journal: cannot load the pending version of {path}: {e}")
+                }
             }
         }
         discarded

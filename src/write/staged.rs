@@ -193,7 +193,14 @@ impl Staged {
             file: Arc::new(file),
             size,
         };
-        let staged = Staged::new(journal, &entry.path, work, false, entry.attrs, Some(pending));
+        let staged = Staged::new(
+            journal,
+            &entry.path,
+            work,
+            false,
+            entry.attrs,
+            Some(pending),
+        );
         if let Ok(modified) = meta.modified() {
             *staged.modified.lock().unwrap() = modified;
         }
@@ -278,7 +285,10 @@ impl Staged {
         if !st.shares_work() {
             return Ok(());
         }
-        let work = st.work.as_ref().expect("shares_work implies a working copy");
+        let work = st
+            .work
+            .as_ref()
+            .expect("shares_work implies a working copy");
         let (local, file) = self.journal.new_file()?;
         let (from, to, size) = (work.local.clone(), local.clone(), work.size);
         let copied = retry_on_full(space, size, || {
@@ -364,7 +374,12 @@ impl Staged {
             .map(Bytes::from)
     }
 
-    pub async fn truncate(&self, size: u64, limit: Option<u64>, space: &Option<Space>) -> FsResult<()> {
+    pub async fn truncate(
+        &self,
+        size: u64,
+        limit: Option<u64>,
+        space: &Option<Space>,
+    ) -> FsResult<()> {
         let mut st = self.state.lock().await;
         st.check_failed()?;
         if limit.is_some_and(|l| size > l) {

@@ -134,8 +134,7 @@ impl Shared {
                 let mut sink = [0u8; 64 * 1024];
                 while matches!(client.read(&mut sink), Ok(k) if k > 0) {}
             }
-            Fault::Fail503Uploads if is_upload(&head) =>
-            {
+            Fault::Fail503Uploads if is_upload(&head) => {
                 self.injected.fetch_add(1, Ordering::SeqCst);
                 drain_body(&mut client, &head, rest.len());
                 let _ = client.write_all(
