@@ -1261,6 +1261,8 @@ struct Real {
     proxy: Option<Proxy>,
     /// Logs of the daemons before the current one.
     logs: String,
+    /// The last step's answer, for ZMOUNT_MODEL_VERBOSE.
+    answer: String,
     tmpfs: Option<Tmpfs>,
     ctx: Ctx,
     rt: tokio::runtime::Runtime,
@@ -1316,6 +1318,7 @@ impl Real {
             faults: 0,
             proxy,
             logs: String::new(),
+            answer: String::new(),
             tmpfs,
             ctx,
             rt,
@@ -1441,6 +1444,7 @@ impl Real {
         if self.faults > 0 && !faulty {
             self.set_proxy(self.faults);
         }
+        self.answer = show_res(&res);
         let tolerated = self.spec.faults
             && match res {
                 Err(libc::EIO) => faulty,
@@ -1883,11 +1887,17 @@ fn run(spec: Spec, ops: &[Op]) -> Result<(), Failure> {
             .map(str::to_string)
             .collect();
         let mut tolerated = BTreeSet::new();
+        let verbose = std::env::var_os("ZMOUNT_MODEL_VERBOSE").is_some();
         for (i, op) in ops.iter().enumerate() {
             *a.lock().unwrap() = i;
             t.lock().unwrap().push(format!("{i:4}: {op}"));
             watchdog.step(&t.lock().unwrap());
-            match real.step(&mut model, op) {
+            real.answer.clear();
+            let result = real.step(&mut model, op);
+            if verbose {
+                println!("{i:4}: {op} -> {}", real.answer);
+            }
+            match result {
                 Ok(true) => {}
                 Ok(false) => t.lock().unwrap().last_mut().unwrap().push_str("   (skipped)"),
                 Err(e) if e.check && tolerated_kind(&tolerate, &e.kind) => {
