@@ -812,11 +812,15 @@ struct Spec {
     case: Case,
     write_back: bool,
     faults: bool,
+    /// No mount: the sequence runs on a plain local folder, which checks the model against the kernel's own
+    /// POSIX semantics (there is no provider to compare, and a remount only closes the descriptors).
+    plain: bool,
 }
 
 impl Spec {
     fn name(&self) -> String {
         let base = match (self.case, self.faults) {
+            _ if self.plain => "posix",
             (_, true) => "faults",
             (Case::Local, _) => "local",
             _ => "s3",
@@ -834,15 +838,18 @@ impl Spec {
             None => (name, false),
         };
         let (case, faults) = match base {
-            "local" => (Case::Local, false),
+            "local" | "posix" => (Case::Local, false),
             "s3" => (Case::S3, false),
             "faults" => (Case::S3, true),
-            other => panic!("unknown provider {other:?}: local, s3, faults, each with an optional -wb suffix"),
+            other => panic!(
+                "unknown provider {other:?}: local, s3, faults, each with an optional -wb suffix, or posix"
+            ),
         };
         Spec {
             case,
             write_back,
             faults,
+            plain: base == "posix",
         }
     }
 }
@@ -1308,12 +1315,12 @@ impl Real {
         std::fs::write(&config, text).unwrap();
         let mnt = dir.join("mnt");
         std::fs::create_dir_all(&mnt).unwrap();
-        let mount = Mount::start_at(&config, &mnt, &[]);
+        let mount = (!spec.plain).then(|| Mount::start_at(&config, &mnt, &[]));
         Real {
             spec,
             config,
             mnt,
-            mount: Some(mount),
+            mount,
             fds: [None; SLOTS],
             faults: 0,
             proxy,
@@ -1527,7 +1534,7 @@ impl Real {
             self.set_proxy(self.faults);
         }
         checked?;
-        if self.spec.faults {
+        if self.spec.faults || self.spec.plain {
             return Ok(()); // uploads may be pending: the provider is compared at remounts and restarts
         }
         let through = !self.spec.write_back;
@@ -1676,7 +1683,9 @@ impl Real {
 
     /// After a remount or restart: the provider holds exactly the model's files, and the mount shows the model.
     fn check_everything(&self, m: &Model, after: &str) -> Result<(), Mismatch> {
-        self.check_provider(m, after)?;
+        if !self.spec.plain {
+            self.check_provider(m, after)?;
+        }
         let files: BTreeSet<String> = m
             .names
             .iter()
@@ -1724,6 +1733,9 @@ impl Real {
             if self.fds[slot].is_some() {
                 self.step(m, &Op::Close { slot })?;
             }
+        }
+        if self.spec.plain {
+            return self.check_everything(m, "remount").map_err(as_check);
         }
         let mut mount = self.mount.take().unwrap();
         self.logs.push_str(&mount.log());
@@ -2136,6 +2148,19 @@ fn soak() {
         let _ = std::fs::write(out, lines);
     }
     panic!("{text}");
+}
+
+/// The model against the kernel's own POSIX semantics on a local folder: a discrepancy here is a bug of the
+/// model (or of the generator), not of zmount.
+#[test]
+fn the_model_agrees_with_a_local_filesystem() {
+    let spec = Spec::parse("posix");
+    for seed in 1..=8 {
+        let ops = generate(seed, 300, spec);
+        if let Err(f) = run(spec, &ops) {
+            panic!("{}", report(spec, Some(seed), ops.len(), &f));
+        }
+    }
 }
 
 #[test]
