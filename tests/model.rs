@@ -925,7 +925,7 @@ fn next_op(rng: &mut Rng, m: &Model, spec: Spec, faults_on: bool) -> Option<Op> 
                 append: rng.chance(20),
             }
         }
-        130..=379 | 380..=419 if open.is_empty() => return None,
+        130..=419 if open.is_empty() => return None,
         130..=379 => {
             let slot = fd_op(rng);
             let size = m.data_of_fd(slot).map_or(0, |d| d.len() as u64);
@@ -1544,12 +1544,12 @@ impl Real {
             Op::Close { .. } if through => on_provider.extend(ino.and_then(|i| m.name_of(i))),
             Op::Open { path, .. } if through => on_provider.push(path.clone()),
             Op::Truncate { path, .. } if through => on_provider.push(path.clone()),
-            Op::Rename { from, to } if from != to => {
-                if m.file(to).is_some() || m.names.get(to).is_none() {
-                    on_provider.push(from.clone()); // gone after a successful rename
-                    if through {
-                        on_provider.push(to.clone());
-                    }
+            // Files only (a directory's objects are compared at remounts): `from` is gone after a successful
+            // rename, and unchanged after a failed one.
+            Op::Rename { from, to } if from != to && m.names.get(to) != Some(&Node::Dir) => {
+                on_provider.push(from.clone());
+                if through {
+                    on_provider.push(to.clone());
                 }
             }
             Op::Unlink { path } => on_provider.push(path.clone()),
@@ -2114,7 +2114,9 @@ fn soak() {
         }
     };
     let started = Instant::now();
-    let Err(first) = run(spec, &ops) else {
+    let first = run(spec, &ops);
+    eprintln!("first run: {:?}", started.elapsed());
+    let Err(first) = first else {
         println!(
             "{} {}: {} steps passed in {:?}",
             spec.name(),
@@ -2155,8 +2157,8 @@ fn soak() {
 #[test]
 fn the_model_agrees_with_a_local_filesystem() {
     let spec = Spec::parse("posix");
-    for seed in 1..=8 {
-        let ops = generate(seed, 300, spec);
+    for seed in 1..=6 {
+        let ops = generate(seed, 250, spec);
         if let Err(f) = run(spec, &ops) {
             panic!("{}", report(spec, Some(seed), ops.len(), &f));
         }
