@@ -13,6 +13,8 @@
 # environment:
 #   ZMOUNT_MODEL_SHRINK_RUNS  reruns spent shrinking (default 40; 0: report without shrinking)
 #   ZMOUNT_MODEL_VERBOSE      set: print every step with the mount's answer
+#   ZMOUNT_MODEL_SKIP_LISTINGS set: no directory listings after steps (only at remounts), to explore past a bug
+#                             that a listing triggers
 #   ZMOUNT_MODEL_TOLERATE     comma-separated failure kinds (or parts of them) of after-step checks to report and
 #                             go past, to look for further discrepancies behind a known one; `!part` excludes
 #                             (e.g. "provider object after,!after unmount")

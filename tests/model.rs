@@ -1526,6 +1526,9 @@ impl Real {
         }
         let mut dirs: BTreeSet<String> = paths.iter().map(|p| parent(p).to_string()).collect();
         dirs.extend(paths.iter().filter(|p| m.is_dir(p)).cloned());
+        if std::env::var_os("ZMOUNT_MODEL_SKIP_LISTINGS").is_some() {
+            dirs.clear(); // exploring past a listing bug: directories are still compared at remounts
+        }
         if self.faults > 0 {
             self.set_proxy(0);
         }
