@@ -2175,8 +2175,8 @@ fn soak() {
 #[test]
 fn the_model_agrees_with_a_local_filesystem() {
     let spec = Spec::parse("posix");
-    for seed in 1..=6 {
-        let ops = generate(seed, 250, spec);
+    for seed in 1..=5 {
+        let ops = generate(seed, 200, spec);
         if let Err(f) = run(spec, &ops) {
             panic!("{}", report(spec, Some(seed), ops.len(), &f));
         }
