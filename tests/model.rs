@@ -19,6 +19,16 @@
 //! pending (journaled, retried, visible to reads, and it must reach the provider); an answer of 0 acknowledges it;
 //! versions still open at a `kill -9` are not published.
 //!
+//! Assumed where the contract is silent:
+//! - `close` of any descriptor publishes the file's current contents, other descriptors' writes included; an
+//!   `O_TRUNC` open's truncation is part of the version it starts (published at close, not at open);
+//! - `truncate(2)` by path returning 0 publishes (it is open + ftruncate + close in one call);
+//! - a failed `open` changes nothing; a `close`/`fsync` error other than EIO (ENOSPC) leaves no pending version;
+//! - renames, unlinks, mkdir, rmdir and truncate by path run with faults switched off (their outcome under a
+//!   provider error is not modelled), and only the fault variant accepts EIO (under faults) and ENOSPC;
+//! - on S3, SeaweedFS keeps a removed folder listed (documented): such ghosts may be listed and are not used again.
+//!
+//! The `posix` variant runs the same sequences on a plain local folder: it checks the model against the kernel.
 //! CI runs a few fixed seeds per provider. `scripts/model-test.sh SEED [STEPS] [PROVIDER]` runs a long soak of one
 //! seed and shrinks a failing sequence; every failure message prints the seed and the steps up to the failure.
 
