@@ -9,7 +9,8 @@
 #             the file named by ZMOUNT_MODEL_REPLAY (lines as printed, e.g. a shrunk sequence)
 #   STEPS     length of the sequence (default 1000)
 #   PROVIDER  local | s3 | faults (S3 behind a fault proxy, tmpfs cache, kill -9 steps), each with an optional
-#             -wb suffix for a write-back route (default s3)
+#             -wb suffix for a write-back route (default s3); posix runs the sequence on a plain local folder
+#             (no zmount), which checks the model itself
 # environment:
 #   ZMOUNT_MODEL_SHRINK_RUNS  reruns spent shrinking (default 40; 0: report without shrinking)
 #   ZMOUNT_MODEL_VERBOSE      set: print every step with the mount's answer
