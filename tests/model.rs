@@ -49,9 +49,7 @@ use std::time::{Duration, Instant};
 /// Directory names the generator uses (`a`, `b`, `a/c` are made first; `d` appears through renames and mkdir).
 const DIRS: [&str; 4] = ["a", "b", "a/c", "d"];
 /// File names the generator uses: few, so operations collide.
-const FILES: [&str; 8] = [
-    "f0", "f1", "a/f2", "a/f3", "b/f4", "b/f5", "a/c/f6", "d/f7",
-];
+const FILES: [&str; 8] = ["f0", "f1", "a/f2", "a/f3", "b/f4", "b/f5", "a/c/f6", "d/f7"];
 /// Open descriptors at most.
 const SLOTS: usize = 4;
 /// The fixed seeds and lengths CI runs per provider and route (a passing run of 300 steps takes about 1 s on
@@ -231,7 +229,11 @@ impl Op {
                 let at = field(words.get(2)?, "at=")?;
                 Op::Write {
                     slot: slot(words.get(1)?)?,
-                    at: if at == "pos" { None } else { Some(at.parse().ok()?) },
+                    at: if at == "pos" {
+                        None
+                    } else {
+                        Some(at.parse().ok()?)
+                    },
                     len: field(words.get(3)?, "len=")?.parse().ok()?,
                     seed: field(words.get(4)?, "seed=")?.parse().ok()?,
                 }
@@ -400,7 +402,10 @@ fn basename(path: &str) -> &str {
 }
 
 fn under(path: &str, dir: &str) -> bool {
-    dir.is_empty() || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
+    dir.is_empty()
+        || path
+            .strip_prefix(dir)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 impl Model {
@@ -485,7 +490,8 @@ impl Model {
 
     /// What the provider must hold at `path` (None: no object).
     fn expected_object(&self, path: &str) -> Option<Vec<u8>> {
-        self.file(path).and_then(|ino| self.inodes[ino].acked.clone())
+        self.file(path)
+            .and_then(|ino| self.inodes[ino].acked.clone())
     }
 
     fn stat(&self, path: &str) -> Pred {
@@ -1263,7 +1269,14 @@ impl Tmpfs {
         std::fs::create_dir_all(path).unwrap();
         common::mount::run(
             "mount",
-            &["-t", "tmpfs", "-o", "size=48m", "tmpfs", path.to_str().unwrap()],
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                "size=48m",
+                "tmpfs",
+                path.to_str().unwrap(),
+            ],
         );
         Tmpfs(path.to_path_buf())
     }
@@ -1271,9 +1284,7 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(&self.0)
-            .status();
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }
 
@@ -1513,7 +1524,11 @@ impl Real {
             };
             return Err(mismatch(
                 kind,
-                format!("answer {}, model expects {}", show_res(&res), show_pred(&pred)),
+                format!(
+                    "answer {}, model expects {}",
+                    show_res(&res),
+                    show_pred(&pred)
+                ),
             ));
         }
         m.commit(op, &res);
@@ -1590,8 +1605,15 @@ impl Real {
             let got = self.direct(&path)?;
             if want != got {
                 return Err(mismatch(
-                    format!("provider object after {} ({})", op.name(), version_kind(&want, &got)),
-                    format!("{path}: {}", describe_versions(want.as_deref(), got.as_deref())),
+                    format!(
+                        "provider object after {} ({})",
+                        op.name(),
+                        version_kind(&want, &got)
+                    ),
+                    format!(
+                        "{path}: {}",
+                        describe_versions(want.as_deref(), got.as_deref())
+                    ),
                 ));
             }
         }
@@ -1616,7 +1638,11 @@ impl Real {
             if !ok {
                 return Err(mismatch(
                     format!("stat after {after}"),
-                    format!("{path}: mount says {}, model {}", show_res(&got), show_pred(&m.stat(path))),
+                    format!(
+                        "{path}: mount says {}, model {}",
+                        show_res(&got),
+                        show_pred(&m.stat(path))
+                    ),
                 ));
             }
             if let Pred::Exact(Ok(Out::Data(want))) = m.read(path) {
@@ -1645,7 +1671,11 @@ impl Real {
             match list_dir(&self.path(dir)).map(|got| {
                 got.into_iter()
                     .filter(|e| {
-                        let full = if dir.is_empty() { e.clone() } else { format!("{dir}/{e}") };
+                        let full = if dir.is_empty() {
+                            e.clone()
+                        } else {
+                            format!("{dir}/{e}")
+                        };
                         want.contains(e) || !m.ghostly(&full)
                     })
                     .collect::<BTreeSet<String>>()
@@ -1745,7 +1775,10 @@ impl Real {
             let got = self.direct(path)?;
             if got.as_deref() != Some(&data[..]) {
                 return Err(mismatch(
-                    format!("provider object after {after} ({})", version_kind(&Some(data.clone()), &got)),
+                    format!(
+                        "provider object after {after} ({})",
+                        version_kind(&Some(data.clone()), &got)
+                    ),
                     format!("{path}: {}", describe_versions(Some(data), got.as_deref())),
                 ));
             }
@@ -1938,7 +1971,12 @@ fn run(spec: Spec, ops: &[Op]) -> Result<(), Failure> {
             }
             match result {
                 Ok(true) => {}
-                Ok(false) => t.lock().unwrap().last_mut().unwrap().push_str("   (skipped)"),
+                Ok(false) => t
+                    .lock()
+                    .unwrap()
+                    .last_mut()
+                    .unwrap()
+                    .push_str("   (skipped)"),
                 Err(e) if e.check && tolerated_kind(&tolerate, &e.kind) => {
                     if tolerated.insert(e.kind.clone()) {
                         println!("tolerated at step {i}: {}: {}", e.kind, e.detail);
@@ -1952,7 +1990,9 @@ fn run(spec: Spec, ops: &[Op]) -> Result<(), Failure> {
         }
         // Everything written reaches the provider by the end: a last remount checks it.
         *a.lock().unwrap() = ops.len();
-        t.lock().unwrap().push(format!("{:4}: remount (end of sequence)", ops.len()));
+        t.lock()
+            .unwrap()
+            .push(format!("{:4}: remount (end of sequence)", ops.len()));
         let end = real.step(&mut model, &Op::Remount);
         if end.is_err() {
             *l.lock().unwrap() = real.log_tail(40);
@@ -2016,7 +2056,10 @@ fn shrink(spec: Spec, ops: Vec<Op>, first: Failure, budget: usize) -> (Vec<Op>, 
         .collect();
     if unskipped.len() < best.len() && budget > 0 {
         runs += 1;
-        eprintln!("shrink run {runs}/{budget}: {} steps (without the skipped ones)", unskipped.len());
+        eprintln!(
+            "shrink run {runs}/{budget}: {} steps (without the skipped ones)",
+            unskipped.len()
+        );
         if let Err(f) = run(spec, &unskipped) {
             if f.kind == best_failure.kind {
                 best = unskipped[..(f.step + 1).min(unskipped.len())].to_vec();
@@ -2066,14 +2109,26 @@ fn shrink(spec: Spec, ops: Vec<Op>, first: Failure, budget: usize) -> (Vec<Op>, 
 fn ci(spec: Spec) {
     common::set_secret_env();
     let mut failures = Vec::new();
-    let steps = if spec.faults { CI_FAULT_STEPS } else { CI_STEPS };
+    let steps = if spec.faults {
+        CI_FAULT_STEPS
+    } else {
+        CI_STEPS
+    };
     for seed in CI_SEEDS {
         let ops = generate(seed, steps, spec);
         let started = Instant::now();
         match run(spec, &ops) {
-            Ok(()) => println!("{} seed {seed}: passed in {:?}", spec.name(), started.elapsed()),
+            Ok(()) => println!(
+                "{} seed {seed}: passed in {:?}",
+                spec.name(),
+                started.elapsed()
+            ),
             Err(f) => {
-                println!("{} seed {seed}: failed in {:?}", spec.name(), started.elapsed());
+                println!(
+                    "{} seed {seed}: failed in {:?}",
+                    spec.name(),
+                    started.elapsed()
+                );
                 failures.push(report(spec, Some(seed), steps, &f));
             }
         }
@@ -2120,15 +2175,19 @@ fn soak() {
     common::set_secret_env();
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let spec = Spec::parse(&var("ZMOUNT_MODEL_PROVIDER").unwrap_or_else(|| "s3".into()));
-    let steps: usize = var("ZMOUNT_MODEL_STEPS").map_or(1000, |s| s.parse().expect("ZMOUNT_MODEL_STEPS"));
-    let budget: usize = var("ZMOUNT_MODEL_SHRINK_RUNS").map_or(40, |s| s.parse().expect("ZMOUNT_MODEL_SHRINK_RUNS"));
+    let steps: usize =
+        var("ZMOUNT_MODEL_STEPS").map_or(1000, |s| s.parse().expect("ZMOUNT_MODEL_STEPS"));
+    let budget: usize = var("ZMOUNT_MODEL_SHRINK_RUNS")
+        .map_or(40, |s| s.parse().expect("ZMOUNT_MODEL_SHRINK_RUNS"));
     let (seed, ops) = match var("ZMOUNT_MODEL_REPLAY") {
         Some(file) => {
             let text = std::fs::read_to_string(&file).expect("ZMOUNT_MODEL_REPLAY file");
             let ops: Vec<Op> = text
                 .lines()
                 .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with("//") && !l.contains("(end of sequence)"))
+                .filter(|l| {
+                    !l.is_empty() && !l.starts_with("//") && !l.contains("(end of sequence)")
+                })
                 .map(|l| Op::parse(l).unwrap_or_else(|| panic!("cannot parse step {l:?}")))
                 .collect();
             (None, ops)
@@ -2200,13 +2259,21 @@ fn generated_sequences_print_and_parse_back() {
         for op in &ops {
             assert_eq!(Op::parse(&op.to_string()).as_ref(), Some(op), "{op}");
         }
-        assert_eq!(ops, generate(7, 400, Spec::parse(spec)), "a seed is one sequence");
+        assert_eq!(
+            ops,
+            generate(7, 400, Spec::parse(spec)),
+            "a seed is one sequence"
+        );
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
         for op in &ops {
             *counts.entry(op.name()).or_default() += 1;
         }
         println!("{spec}: {counts:?}");
         let expected = 15 + 2 * usize::from(spec.starts_with("faults"));
-        assert_eq!(counts.len(), expected, "every kind of step is generated: {counts:?}");
+        assert_eq!(
+            counts.len(),
+            expected,
+            "every kind of step is generated: {counts:?}"
+        );
     }
 }

@@ -461,12 +461,40 @@ impl Filesystem {
                 let (entries, partial) = self.list_dir(&path).await?;
                 let entries = Arc::new(entries);
                 if partial.is_none() {
-                    self.listings.insert(path, entries.clone());
+                    self.listings.insert(path.clone(), entries.clone());
                 }
                 entries
             }
         };
+        let entries = self.with_staged(&path, entries);
         Ok(self.add_handle(Handle::Dir { entries }))
+    }
+
+    /// A listing of `dir` with the files written here as they are now (a cached listing may be older than
+    /// their last write): the kernel takes the sizes a listing gives as the truth.
+    fn with_staged(&self, dir: &str, entries: Arc<Vec<DirEntry>>) -> Arc<Vec<DirEntry>> {
+        let staged = self.uploads.children(dir);
+        if staged.is_empty() {
+            return entries;
+        }
+        let mut entries = (*entries).clone();
+        for (child, file) in staged {
+            let name = child.rsplit('/').next().unwrap_or(&child).to_string();
+            let known = self.inodes.find(&child).map(|(_, e, _)| e);
+            let entry = Self::staged_entry(&file, known);
+            let ino = self.inodes.record(&child, entry.clone());
+            let listed = DirEntry {
+                name: name.clone(),
+                attr: self.attr(ino, &entry),
+            };
+            match entries.iter_mut().find(|e| e.name == name) {
+                Some(e) if e.attr.kind == Kind::Dir => {}
+                Some(e) => *e = listed,
+                None => entries.push(listed),
+            }
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Arc::new(entries)
     }
 
     /// Entries of an open directory from position `offset` on ("." and ".." included).
