@@ -219,30 +219,35 @@ impl Filesystem {
         result
     }
 
-    /// `truncate`/`ftruncate`: through the open handle when there is one, else by path (published at once).
+    /// `truncate`/`ftruncate`: through the open handle when there is one (whatever the file's name is now, or
+    /// none), else by path (published at once).
     pub async fn set_size(&self, ino: Ino, fh: Option<u64>, size: u64) -> FsResult<Attr> {
+        let space = self.uploads.space().clone();
+        if let Some((staged, _)) = fh.and_then(|fh| self.staged_of(fh).ok()) {
+            let path = staged.path();
+            let limit = match &path {
+                Some(path) => self.check_writable(path)?,
+                None => None,
+            };
+            if let Err(e) = staged.truncate(size, limit, &space).await {
+                self.after_failure(&staged, path).await;
+                return Err(e);
+            }
+            if let Some(path) = &path {
+                self.changed(path);
+            }
+            return self.getattr(ino, fh).await;
+        }
         let (path, entry, _) = self.path_of(ino)?;
         if entry.kind == Kind::Dir {
             return Err(FsError::IsADirectory);
         }
         let limit = self.check_writable(&path)?;
-        let space = self.uploads.space().clone();
-        match fh.and_then(|fh| self.staged_of(fh).ok()) {
-            Some((staged, _)) => {
-                let path = staged.path();
-                if let Err(e) = staged.truncate(size, limit, &space).await {
-                    self.after_failure(&staged, path).await;
-                    return Err(e);
-                }
-            }
-            None => {
-                let posix = entry.posix.unwrap_or_default();
-                self.change_by_path(&path, posix, size == 0, |staged| async move {
-                    staged.truncate(size, limit, &space).await
-                })
-                .await?;
-            }
-        }
+        let posix = entry.posix.unwrap_or_default();
+        self.change_by_path(&path, posix, size == 0, |staged| async move {
+            staged.truncate(size, limit, &space).await
+        })
+        .await?;
         self.changed(&path);
         self.getattr(ino, fh).await
     }
@@ -275,15 +280,23 @@ impl Filesystem {
     /// `chmod`, `chown`, `touch`: stored with the object (see [`Filesystem::change_file`]). Directories keep the
     /// defaults.
     pub async fn set_attrs(&self, ino: Ino, fh: Option<u64>, changes: Posix) -> FsResult<Attr> {
+        if changes.is_empty() {
+            return self.getattr(ino, fh).await;
+        }
+        let merge = move |attrs: &mut FileAttrs| attrs.posix = attrs.posix.merged(changes);
+        if let Some((staged, _)) = fh.and_then(|fh| self.staged_of(fh).ok()) {
+            match staged.path() {
+                Some(path) => self.change_file(&path, staged.posix(), merge).await?,
+                None => staged.change_attrs(merge).await?, // unlinked: kept for its open handles only
+            }
+            return self.getattr(ino, fh).await;
+        }
         let (path, entry, _) = self.path_of(ino)?;
-        if entry.kind == Kind::Dir || changes.is_empty() {
+        if entry.kind == Kind::Dir {
             return self.getattr(ino, fh).await;
         }
         let posix = entry.posix.unwrap_or_default();
-        self.change_file(&path, posix, move |attrs| {
-            attrs.posix = attrs.posix.merged(changes)
-        })
-        .await?;
+        self.change_file(&path, posix, merge).await?;
         self.changed(&path);
         self.getattr(ino, fh).await
     }
@@ -406,24 +419,32 @@ impl Filesystem {
         let mut moved = Vec::with_capacity(plan.len());
         for (provider, src, dst) in plan {
             // No write, delete, heal or image transform of either path lands in the middle of the move.
+            // Asked before the path locks: lock order (crate::write).
+            let copy = !held.has_pending(&src).await;
             let _locked = self.storage.lock_paths(&[&src, &dst]).await;
-            let renamed = match held.has_pending(&src).await {
-                // Its newest bytes wait here and go to the new name: the older object only has to go.
-                true => provider.store.delete(&provider.key_for(&src)).await,
-                false => {
-                    provider
-                        .store
-                        .rename(&provider.key_for(&src), &provider.key_for(&dst))
-                        .await
-                }
+            let fail = |e| crate::storage::StorageError::from_store(&provider, &src, e);
+            let (src_key, dst_key) = (provider.key_for(&src), provider.key_for(&dst));
+            // A file written here whose newest bytes are not on the provider yet goes to the new name when it
+            // is published: only the objects under both names (older versions) have to go. Anything else
+            // moves on the provider.
+            let renamed = match copy {
+                true => provider.store.rename(&src_key, &dst_key).await,
+                false => Err(object_store::Error::NotFound {
+                    path: src_key.to_string(),
+                    source: "not copied".into(),
+                }),
             };
             match renamed {
                 Ok(()) => {}
-                // Only in this mount so far: its name moves below.
-                Err(object_store::Error::NotFound { .. }) if held.holds(&src) => {}
-                Err(e) => {
-                    return Err(crate::storage::StorageError::from_store(&provider, &src, e).into())
+                Err(object_store::Error::NotFound { .. }) if held.holds(&src) => {
+                    for key in [&src_key, &dst_key] {
+                        match provider.store.delete(key).await {
+                            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                            Err(e) => return Err(fail(e).into()),
+                        }
+                    }
                 }
+                Err(e) => return Err(fail(e).into()),
             }
             if let Some(route) = self.storage.router().resolve(&src) {
                 self.storage.forget_fallback_copies(&src, route.route).await;
