@@ -45,6 +45,8 @@ impl Entry {
 struct Node {
     path: String,
     entry: Entry,
+    /// A directory whose entries changed while mounted: its mtime from then on (kept across refreshes).
+    touched: Option<SystemTime>,
     /// When the entry was last confirmed by a provider; None once expired.
     seen: Option<Instant>,
 }
@@ -67,6 +69,7 @@ impl Inodes {
             Node {
                 path: String::new(),
                 entry: Entry::dir(root_mtime),
+                touched: None,
                 seen: Some(Instant::now()),
             },
         );
@@ -93,11 +96,17 @@ impl Inodes {
                 ino
             }
         };
+        let touched = t
+            .by_ino
+            .get(&ino)
+            .filter(|old| old.entry.kind == Kind::Dir && entry.kind == Kind::Dir)
+            .and_then(|old| old.touched);
         t.by_ino.insert(
             ino,
             Node {
                 path: path.to_string(),
                 entry,
+                touched,
                 seen: Some(Instant::now()),
             },
         );
@@ -111,6 +120,11 @@ impl Inodes {
             if entry.posix.is_none() && known.etag.is_some() && known.etag == entry.etag {
                 entry.posix = known.posix;
             }
+            // A directory's mode, owner and times are on its marker, which listings do not show.
+            if entry.kind == Kind::Dir && known.kind == Kind::Dir {
+                entry.posix = known.posix;
+                entry.mtime = known.mtime;
+            }
         }
         (self.record(path, entry.clone()), entry)
     }
@@ -120,16 +134,14 @@ impl Inodes {
         let t = self.inner.lock().unwrap();
         t.by_ino
             .get(&ino)
-            .map(|n| (n.path.clone(), n.entry.clone(), age(n.seen)))
+            .map(|n| (n.path.clone(), n.shown(), age(n.seen)))
     }
 
     /// Inode and entry of a path already known, with its age.
     pub fn find(&self, path: &str) -> Option<(Ino, Entry, std::time::Duration)> {
         let t = self.inner.lock().unwrap();
         let ino = *t.by_path.get(path)?;
-        t.by_ino
-            .get(&ino)
-            .map(|n| (ino, n.entry.clone(), age(n.seen)))
+        t.by_ino.get(&ino).map(|n| (ino, n.shown(), age(n.seen)))
     }
 
     /// `unlink`: the name leaves the table (a file created there next gets a new number), the number stays for
@@ -143,6 +155,29 @@ impl Inodes {
         }
     }
 
+    /// A directory's entries changed: its mtime (and ctime) move, as on a local filesystem (kept while mounted).
+    pub fn touch_dir(&self, path: &str, now: SystemTime) {
+        let mut t = self.inner.lock().unwrap();
+        let Some(ino) = t.by_path.get(path).copied() else {
+            return;
+        };
+        if let Some(node) = t.by_ino.get_mut(&ino) {
+            if node.entry.kind == Kind::Dir {
+                node.touched = Some(now);
+            }
+        }
+    }
+
+    /// `utimensat` of a directory: its stored time stands again.
+    pub fn untouch(&self, path: &str) {
+        let mut t = self.inner.lock().unwrap();
+        if let Some(ino) = t.by_path.get(path).copied() {
+            if let Some(node) = t.by_ino.get_mut(&ino) {
+                node.touched = None;
+            }
+        }
+    }
+
     /// Marks a path as gone: the next lookup asks the provider again.
     pub fn expire(&self, path: &str) {
         let mut t = self.inner.lock().unwrap();
@@ -151,6 +186,20 @@ impl Inodes {
                 node.seen = None;
             }
         }
+    }
+}
+
+impl Node {
+    /// The entry with a directory's in-mount mtime over the stored one.
+    fn shown(&self) -> Entry {
+        let mut entry = self.entry.clone();
+        if let Some(touched) = self.touched {
+            entry.mtime = touched;
+            if let Some(posix) = &mut entry.posix {
+                posix.mtime = Some(touched);
+            }
+        }
+        entry
     }
 }
 

@@ -357,7 +357,13 @@ impl Filesystem {
         }
         let (file, dir) = tokio::join!(self.head(path), self.dir_exists(path));
         let result = match (dir, file) {
-            (Ok(true), _) => Ok(Entry::dir(self.mounted_at)),
+            (Ok(true), _) => {
+                let posix = self.dir_posix(path).await?;
+                Ok(Entry {
+                    posix,
+                    ..Entry::dir(self.mounted_at)
+                })
+            }
             (_, Ok(Some(entry))) => Ok(entry),
             (Err(e), _) | (_, Err(e)) => Err(e),
             (Ok(false), Ok(None)) => Err(FsError::NotFound),
@@ -367,6 +373,18 @@ impl Filesystem {
             self.inodes.expire(path);
         }
         result
+    }
+
+    /// Mode, owner and times of directory `path`, stored on its marker object (none: the defaults).
+    pub(crate) async fn dir_posix(&self, path: &str) -> FsResult<Option<posix::Posix>> {
+        if path.is_empty() {
+            return Ok(None);
+        }
+        match self.storage.get_info(&format!("{path}/{DIR_MARKER}")).await {
+            Ok(info) => Ok(posix::Posix::from_metadata(&info.metadata)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The file at `path` from the first provider in read order that holds it (primary, then fallbacks).
@@ -576,6 +594,31 @@ impl Filesystem {
                     };
                     files.insert(child, (rank, entry));
                 }
+            }
+        }
+        // Subdirectories: their mode, owner and times are on their markers, which a listing does not show (the
+        // kernel takes a listing's attributes as the truth). Asked once per directory this mount has not seen.
+        let unknown: Vec<String> = dirs
+            .keys()
+            .filter(|d| {
+                self.inodes
+                    .find(d)
+                    .is_none_or(|(_, known, _)| known.kind != Kind::Dir)
+            })
+            .cloned()
+            .collect();
+        let stored: Vec<(String, Option<posix::Posix>)> =
+            futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
+                futures::stream::iter(unknown.into_iter().map(|dir| async move {
+                    let posix = self.dir_posix(&dir).await.ok().flatten();
+                    (dir, posix)
+                })),
+                16,
+            ))
+            .await;
+        for (dir, posix) in stored {
+            if let Some(entry) = dirs.get_mut(&dir) {
+                entry.posix = posix;
             }
         }
         for (child, (_, entry)) in files {

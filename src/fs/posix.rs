@@ -45,10 +45,31 @@ impl Posix {
         (!posix.is_empty()).then_some(posix)
     }
 
+    /// The same from user metadata as [`crate::storage::FileInfo`] carries it (lowercase keys).
+    pub fn from_metadata(metadata: &BTreeMap<String, String>) -> Option<Posix> {
+        let mut attributes = Attributes::new();
+        for key in KEYS {
+            if let Some(value) = metadata.get(key) {
+                attributes.insert(
+                    Attribute::Metadata(key.into()),
+                    object_store::AttributeValue::from(value.clone()),
+                );
+            }
+        }
+        Posix::from_attributes(&attributes)
+    }
+
+    /// The metadata of a regular file.
     pub fn to_metadata(&self) -> BTreeMap<String, String> {
+        self.to_metadata_as(libc::S_IFREG)
+    }
+
+    /// The metadata of an entry of file type `kind` (`S_IFREG`, `S_IFDIR`, ...): s3fs's `mode` is the whole
+    /// st_mode.
+    pub fn to_metadata_as(&self, kind: u32) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         if let Some(mode) = self.mode {
-            out.insert("mode".into(), (libc::S_IFREG | (mode & 0o7777)).to_string());
+            out.insert("mode".into(), (kind | (mode & 0o7777)).to_string());
         }
         if let Some(uid) = self.uid {
             out.insert("uid".into(), uid.to_string());

@@ -124,6 +124,7 @@ impl Filesystem {
         let entry = self.file_entry(0, None, posix);
         let ino = self.inodes.record(&path, entry.clone());
         self.changed(&path);
+        self.entries_changed(&path);
         Ok((self.attr(ino, &entry), fh))
     }
 
@@ -293,6 +294,7 @@ impl Filesystem {
         }
         let (path, entry, _) = self.path_of(ino)?;
         if entry.kind == Kind::Dir {
+            self.change_dir(&path, entry, changes).await?;
             return self.getattr(ino, fh).await;
         }
         let posix = entry.posix.unwrap_or_default();
@@ -301,20 +303,75 @@ impl Filesystem {
         self.getattr(ino, fh).await
     }
 
-    pub async fn mkdir(&self, parent: Ino, name: &str) -> FsResult<Attr> {
+    /// Makes directory `name` with the creating program's `mode`, `uid` and `gid`, stored on its marker object.
+    pub async fn mkdir(
+        &self,
+        parent: Ino,
+        name: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
         let path = self.child_path(parent, name)?;
         if self.lookup(parent, name).await.is_ok() {
             return Err(FsError::Exists);
         }
-        let marker = format!("{path}/{DIR_MARKER}");
-        self.check_writable(&marker)?;
-        self.storage
-            .upload(&marker, Bytes::new(), Default::default())
-            .await?;
-        let entry = Entry::dir(SystemTime::now());
+        let posix = Posix {
+            mode: Some(mode & 0o7777),
+            uid: Some(uid),
+            gid: Some(gid),
+            mtime: None,
+        };
+        self.store_dir_posix(&path, posix).await?;
+        let entry = Entry {
+            posix: Some(posix),
+            ..Entry::dir(SystemTime::now())
+        };
         let ino = self.inodes.record(&path, entry.clone());
         self.changed(&path);
+        self.entries_changed(&path);
         Ok(self.attr(ino, &entry))
+    }
+
+    /// Writes directory `path`'s marker object with `posix` as its mode, owner and times.
+    async fn store_dir_posix(&self, path: &str, posix: Posix) -> FsResult<()> {
+        let marker = format!("{path}/{DIR_MARKER}");
+        self.check_writable(&marker)?;
+        let options = crate::storage::UploadOptions {
+            metadata: posix.to_metadata_as(libc::S_IFDIR),
+            ..Default::default()
+        };
+        self.storage.upload(&marker, Bytes::new(), options).await?;
+        Ok(())
+    }
+
+    /// `chmod`, `chown`, `utimensat` of a directory: stored on its marker (made now if it has none). The mount's
+    /// root belongs to no single provider: changing it is ENOTSUP, never a silent success.
+    async fn change_dir(&self, path: &str, entry: Entry, changes: Posix) -> FsResult<()> {
+        if path.is_empty() {
+            return Err(FsError::NotSupported(
+                "the mount's root directory keeps its mode, owner and times".into(),
+            ));
+        }
+        let stored = self.dir_posix(path).await?;
+        let posix = stored.or(entry.posix).unwrap_or_default().merged(changes);
+        self.store_dir_posix(path, posix).await?;
+        self.inodes.record(
+            path,
+            Entry {
+                posix: Some(posix),
+                ..entry
+            },
+        );
+        if changes.mtime.is_some() {
+            self.inodes.untouch(path);
+        }
+        Ok(())
+    }
+
+    /// The entries of `path`'s directory changed: its mtime moves.
+    fn entries_changed(&self, path: &str) {
+        self.inodes.touch_dir(parent_of(path), SystemTime::now());
     }
 
     pub async fn rmdir(&self, parent: Ino, name: &str) -> FsResult<()> {
@@ -330,6 +387,7 @@ impl Filesystem {
         self.check_writable(&marker)?;
         self.storage.delete(&marker).await?;
         self.gone(&path);
+        self.entries_changed(&path);
         Ok(())
     }
 
@@ -363,6 +421,7 @@ impl Filesystem {
         self.uploads.unlinked(held).await;
         self.inodes.unlink(&path);
         self.gone(&path);
+        self.entries_changed(&path);
         Ok(())
     }
 
@@ -454,6 +513,8 @@ impl Filesystem {
         }
         self.uploads.renamed(held, &from, &to).await;
         self.inodes.rename(&from, &to);
+        self.entries_changed(&from);
+        self.entries_changed(&to);
         self.gone(&from);
         self.changed(&to);
         self.listings.invalidate_all();

@@ -361,16 +361,17 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
+        let (uid, gid) = (req.uid(), req.gid());
         let name = name_or_reply!(name, reply);
         self.spawn(move |fs| async move {
-            match fs.mkdir(parent.0, &name).await {
+            match fs.mkdir(parent.0, &name, mode & !umask, uid, gid).await {
                 Ok(attr) => reply.entry(&fs.attr_ttl(), &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(errno("mkdir", &e)),
             }

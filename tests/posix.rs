@@ -1,0 +1,139 @@
+//! POSIX fidelity that legacy programs rely on, on every writable provider (local, S3, Azure): directory modes,
+//! owners and times stored and read back (also through a listing after a remount), a parent directory's mtime
+//! moving with its entries, and calls that cannot do what they were asked failing instead of reporting success.
+
+mod common;
+
+use common::mount::{mount_for, run, Mount};
+use common::Case;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+/// One `#[tokio::test]` in a `local`, an `s3` and an `azure` module for each listed body `async fn body(case)`.
+macro_rules! writable_providers {
+    ($($body:ident),* $(,)?) => {
+        writable_providers!(@case local, Local, $($body),*);
+        writable_providers!(@case s3, S3, $($body),*);
+        writable_providers!(@case azure, Azure, $($body),*);
+    };
+    (@case $module:ident, $case:ident, $($body:ident),*) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $body() {
+                    super::$body(super::common::Case::$case).await
+                }
+            )*
+        }
+    };
+}
+
+writable_providers!(
+    directory_mode_owner_and_times_are_stored,
+    a_directory_mtime_moves_with_its_entries,
+    the_root_directory_refuses_what_it_cannot_store,
+);
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Unmounts cleanly and mounts the same config again.
+fn remount(mut mount: Mount) -> Mount {
+    let (config, dir) = (mount.config.clone(), mount.dir.clone());
+    assert!(mount.stop_with(libc::SIGTERM).success(), "{}", mount.log());
+    Mount::start_at(&config, &dir, &[])
+}
+
+fn mode_owner(path: &Path) -> (u32, u32, u32) {
+    let meta = std::fs::symlink_metadata(path).unwrap();
+    (meta.permissions().mode() & 0o7777, meta.uid(), meta.gid())
+}
+
+async fn directory_mode_owner_and_times_are_stored(case: Case) {
+    let (_ctx, mount) = mount_for(case, "dir-attrs", "");
+    let (made, changed) = (mount.path("made"), mount.path("changed"));
+    run("mkdir", &["-m", "0700", p(&made)]);
+    assert_eq!(mode_owner(&made).0, 0o700, "mkdir -m 0700");
+    run("mkdir", &[p(&changed)]);
+    run("chmod", &["0777", p(&changed)]);
+    run("chown", &["65534:65534", p(&changed)]);
+    run("touch", &["-m", "-d", "2020-02-02 02:02:02", p(&changed)]);
+    assert_eq!(mode_owner(&changed), (0o777, 65534, 65534), "chmod + chown");
+    let stamp = SystemTime::UNIX_EPOCH + Duration::from_secs(1_580_608_922);
+    let mtime = |path: &Path| std::fs::metadata(path).unwrap().modified().unwrap();
+    assert_eq!(mtime(&changed), stamp, "touch -d of a directory");
+
+    let mount = remount(mount);
+    // First through a listing (what `ls -l` shows without a lookup of its own), then by name.
+    let listed = run("ls", &["-ln", p(&mount.dir)]);
+    let line = listed
+        .lines()
+        .find(|l| l.ends_with(" changed"))
+        .unwrap_or_else(|| panic!("no `changed` in:\n{listed}"));
+    assert!(
+        line.starts_with("drwxrwxrwx") && line.contains(" 65534 65534 "),
+        "ls -ln after a remount: {line}"
+    );
+    let (made, changed) = (mount.path("made"), mount.path("changed"));
+    assert_eq!(mode_owner(&made).0, 0o700, "mkdir -m after a remount");
+    assert_eq!(
+        mode_owner(&changed),
+        (0o777, 65534, 65534),
+        "after a remount"
+    );
+    assert_eq!(mtime(&changed), stamp, "directory mtime after a remount");
+    // A directory moved with its contents keeps what it carries.
+    run("mv", &[p(&changed), p(&mount.path("moved"))]);
+    assert_eq!(
+        mode_owner(&mount.path("moved")),
+        (0o777, 65534, 65534),
+        "after mv"
+    );
+}
+
+async fn a_directory_mtime_moves_with_its_entries(case: Case) {
+    let (_ctx, mount) = mount_for(case, "dir-mtime", "");
+    let dir = mount.path("d");
+    std::fs::create_dir(&dir).unwrap();
+    let old = "2001-01-01 00:00:00";
+    let mtime = |path: &Path| std::fs::metadata(path).unwrap().modified().unwrap();
+    let recent = |what: &str| {
+        let age = SystemTime::now()
+            .duration_since(mtime(&dir))
+            .unwrap_or_default();
+        assert!(
+            age < Duration::from_secs(60),
+            "{what}: d's mtime {:?} did not move",
+            mtime(&dir)
+        );
+    };
+    let steps: [(&str, &dyn Fn()); 5] = [
+        ("create", &|| std::fs::write(dir.join("f"), b"x").unwrap()),
+        ("rename", &|| {
+            std::fs::rename(dir.join("f"), dir.join("g")).unwrap()
+        }),
+        ("unlink", &|| std::fs::remove_file(dir.join("g")).unwrap()),
+        ("mkdir", &|| std::fs::create_dir(dir.join("sub")).unwrap()),
+        ("rmdir", &|| std::fs::remove_dir(dir.join("sub")).unwrap()),
+    ];
+    for (what, step) in steps {
+        run("touch", &["-m", "-d", old, p(&dir)]);
+        assert!(
+            SystemTime::now().duration_since(mtime(&dir)).unwrap() > Duration::from_secs(3600),
+            "touch -d before {what}"
+        );
+        step();
+        recent(what);
+    }
+}
+
+async fn the_root_directory_refuses_what_it_cannot_store(case: Case) {
+    let (_ctx, mount) = mount_for(case, "root-attrs", "");
+    let before = mode_owner(&mount.dir);
+    let err = std::fs::set_permissions(&mount.dir, std::fs::Permissions::from_mode(0o700))
+        .expect_err("chmod of the mount's root cannot be stored");
+    assert_eq!(err.raw_os_error(), Some(libc::EOPNOTSUPP), "{err}");
+    assert_eq!(mode_owner(&mount.dir), before, "nothing changed");
+}
