@@ -6,7 +6,7 @@ mod common;
 
 use common::mount::{mount_for, run, Mount};
 use common::Case;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -33,6 +33,7 @@ writable_providers!(
     directory_mode_owner_and_times_are_stored,
     a_directory_mtime_moves_with_its_entries,
     the_root_directory_refuses_what_it_cannot_store,
+    fifos_sockets_and_device_nodes_are_kept,
 );
 
 fn p(path: &Path) -> &str {
@@ -136,4 +137,68 @@ async fn the_root_directory_refuses_what_it_cannot_store(case: Case) {
         .expect_err("chmod of the mount's root cannot be stored");
     assert_eq!(err.raw_os_error(), Some(libc::EOPNOTSUPP), "{err}");
     assert_eq!(mode_owner(&mount.dir), before, "nothing changed");
+}
+
+async fn fifos_sockets_and_device_nodes_are_kept(case: Case) {
+    let (ctx, mount) = mount_for(case, "special", "");
+    run("mkfifo", &["-m", "0640", p(&mount.path("fifo"))]);
+    run("mknod", &[p(&mount.path("null")), "c", "1", "3"]);
+    let socket = mount.path("sock");
+    let listener =
+        std::os::unix::net::UnixListener::bind(&socket).expect("bind a socket in the mount");
+    drop(listener);
+    // tar x of an archive that holds a fifo (made on a local folder).
+    let source = ctx.dir.path().join("tree");
+    std::fs::create_dir_all(&source).unwrap();
+    run("mkfifo", &[p(&source.join("queue"))]);
+    let archive = ctx.dir.path().join("tree.tar");
+    run("tar", &["-cf", p(&archive), "-C", p(&source), "."]);
+    let extracted = mount.path("extracted");
+    std::fs::create_dir(&extracted).unwrap();
+    run("tar", &["-xpf", p(&archive), "-C", p(&extracted)]);
+
+    let check = |mount: &Mount, when: &str| {
+        let kind = |name: &str| std::fs::symlink_metadata(mount.path(name)).unwrap();
+        assert!(kind("fifo").file_type().is_fifo(), "fifo {when}");
+        assert_eq!(
+            kind("fifo").permissions().mode() & 0o7777,
+            0o640,
+            "fifo mode {when}"
+        );
+        assert!(kind("null").file_type().is_char_device(), "device {when}");
+        assert_eq!(
+            kind("null").rdev(),
+            libc::makedev(1, 3),
+            "device number {when}"
+        );
+        assert!(kind("sock").file_type().is_socket(), "socket {when}");
+        assert!(
+            kind("extracted/queue").file_type().is_fifo(),
+            "fifo from tar {when}"
+        );
+        let listed = run("ls", &["-l", p(&mount.dir)]);
+        for (name, letter) in [("fifo", 'p'), ("null", 'c'), ("sock", 's')] {
+            let line = listed.lines().find(|l| l.ends_with(&format!(" {name}")));
+            assert!(
+                line.is_some_and(|l| l.starts_with(letter)),
+                "ls -l shows {name} as `{letter}` {when}:\n{listed}"
+            );
+        }
+    };
+    check(&mount, "at once");
+    let mount = remount(mount);
+    check(&mount, "after a remount");
+    // The kernel does the rest: a fifo in the mount carries data between two processes.
+    let fifo = mount.path("fifo");
+    let writer = std::thread::spawn(move || std::fs::write(fifo, b"through the pipe").unwrap());
+    assert_eq!(
+        std::fs::read(mount.path("fifo")).unwrap(),
+        b"through the pipe"
+    );
+    writer.join().unwrap();
+    std::fs::remove_file(mount.path("fifo")).unwrap();
+    assert!(
+        std::fs::symlink_metadata(mount.path("fifo")).is_err(),
+        "rm of a fifo"
+    );
 }

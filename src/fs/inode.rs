@@ -14,6 +14,23 @@ pub const ROOT: Ino = 1;
 pub enum Kind {
     File,
     Dir,
+    /// A fifo, socket or device node: an empty object whose `mode` says which (its `S_IFMT` bits here).
+    Special(u32),
+}
+
+impl Kind {
+    /// The kind a file object's stored attributes describe.
+    pub fn of_file(posix: Option<&super::posix::Posix>) -> Kind {
+        match posix.and_then(|p| p.kind) {
+            Some(bits)
+                if [libc::S_IFIFO, libc::S_IFSOCK, libc::S_IFCHR, libc::S_IFBLK]
+                    .contains(&bits) =>
+            {
+                Kind::Special(bits)
+            }
+            _ => Kind::File,
+        }
+    }
 }
 
 /// What the tree knows about one path.
@@ -119,6 +136,7 @@ impl Inodes {
         if let Some((_, known, _)) = self.find(path) {
             if entry.posix.is_none() && known.etag.is_some() && known.etag == entry.etag {
                 entry.posix = known.posix;
+                entry.kind = Kind::of_file(entry.posix.as_ref());
             }
             // A directory's mode, owner and times are on its marker, which listings do not show.
             if entry.kind == Kind::Dir && known.kind == Kind::Dir {

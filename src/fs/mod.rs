@@ -45,6 +45,8 @@ pub struct Attr {
     pub nlink: u32,
     pub uid: u32,
     pub gid: u32,
+    /// Device number (device nodes).
+    pub rdev: u32,
 }
 
 /// One directory entry in a listing.
@@ -233,7 +235,7 @@ impl Filesystem {
     fn published(&self, done: crate::write::Published) {
         let posix = done.posix;
         let entry = Entry {
-            kind: Kind::File,
+            kind: Kind::of_file(Some(&posix)),
             size: done.info.size,
             mtime: done.modified,
             etag: done.info.etag.clone(),
@@ -252,9 +254,9 @@ impl Filesystem {
     /// The entry of a file written here; `known` supplies what the provider said of its last version.
     fn staged_entry(staged: &crate::write::Staged, known: Option<Entry>) -> Entry {
         let posix = staged.posix();
-        let known = known.filter(|e| e.kind == Kind::File);
+        let known = known.filter(|e| e.kind != Kind::Dir);
         Entry {
-            kind: Kind::File,
+            kind: Kind::of_file(Some(&posix)),
             size: staged.size(),
             mtime: staged.modified(),
             etag: known.as_ref().and_then(|e| e.etag.clone()),
@@ -265,7 +267,7 @@ impl Filesystem {
 
     fn attr(&self, ino: Ino, entry: &Entry) -> Attr {
         let (perm, nlink) = match entry.kind {
-            Kind::File => (self.settings.file_mode, 1),
+            Kind::File | Kind::Special(_) => (self.settings.file_mode, 1),
             Kind::Dir => (self.settings.dir_mode, 2),
         };
         let stored = entry.posix.unwrap_or_default();
@@ -279,6 +281,7 @@ impl Filesystem {
             nlink,
             uid: stored.uid.unwrap_or(self.uid),
             gid: stored.gid.unwrap_or(self.gid),
+            rdev: stored.rdev.unwrap_or(0),
         }
     }
 
@@ -621,6 +624,32 @@ impl Filesystem {
                 entry.posix = posix;
             }
         }
+        // Empty objects this mount has not seen may be fifos, sockets or device nodes, which only their metadata
+        // says: asked once (an empty file costs one HEAD; the kernel takes a listing's file type as the truth).
+        let empty: Vec<String> = files
+            .iter()
+            .filter(|(child, (_, entry))| {
+                entry.size == 0
+                    && self.inodes.find(child).is_none_or(|(_, known, _)| {
+                        known.etag.is_none() || known.etag != entry.etag
+                    })
+            })
+            .map(|(child, _)| child.clone())
+            .collect();
+        let headed: Vec<(String, Option<Entry>)> =
+            futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
+                futures::stream::iter(empty.into_iter().map(|child| async move {
+                    let entry = self.head(&child).await.ok().flatten();
+                    (child, entry)
+                })),
+                16,
+            ))
+            .await;
+        for (child, entry) in headed {
+            if let (Some(entry), Some((_, listed))) = (entry, files.get_mut(&child)) {
+                *listed = entry;
+            }
+        }
         for (child, (_, entry)) in files {
             dirs.entry(child).or_insert(entry); // a directory wins over a file of the same name
         }
@@ -764,12 +793,13 @@ async fn head_one(provider: &Arc<Provider>, path: &str) -> Result<Entry, Storage
         .get_opts(&provider.key_for(path), options)
         .await
         .map_err(|e| StorageError::from_store(provider, path, e))?;
+    let posix = posix::Posix::from_attributes(&result.attributes);
     Ok(Entry {
-        kind: Kind::File,
+        kind: Kind::of_file(posix.as_ref()),
         size: result.meta.size,
         mtime: result.meta.last_modified.into(),
         etag: result.meta.e_tag.or(result.meta.version),
-        posix: posix::Posix::from_attributes(&result.attributes),
+        posix,
         source: Some(provider.name.clone()),
     })
 }

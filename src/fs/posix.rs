@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The metadata keys that carry POSIX attributes (not shown as user metadata).
-pub const KEYS: [&str; 4] = ["mode", "uid", "gid", "mtime"];
+pub const KEYS: [&str; 5] = ["mode", "uid", "gid", "mtime", "rdev"];
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Posix {
@@ -18,6 +18,10 @@ pub struct Posix {
     pub gid: Option<u32>,
     /// Set explicitly (utimes); otherwise the object's last-modified time stands.
     pub mtime: Option<SystemTime>,
+    /// The file type bits of `mode` (`S_IFIFO`, `S_IFSOCK`, `S_IFCHR`, `S_IFBLK`...) when not a regular file.
+    pub kind: Option<u32>,
+    /// Device number of a character or block device.
+    pub rdev: Option<u32>,
 }
 
 impl Posix {
@@ -36,11 +40,17 @@ impl Posix {
                         .and_then(|n| n.trim().parse::<u64>().ok())
                 })
         };
+        let mode = get("mode").map(|m| m as u32);
+        let kind = mode
+            .map(|m| m & libc::S_IFMT)
+            .filter(|k| *k != 0 && *k != libc::S_IFREG);
         let posix = Posix {
-            mode: get("mode").map(|m| (m as u32) & 0o7777),
+            mode: mode.map(|m| m & 0o7777),
             uid: get("uid").map(|u| u as u32),
             gid: get("gid").map(|g| g as u32),
             mtime: get("mtime").map(|s| UNIX_EPOCH + Duration::from_secs(s)),
+            kind,
+            rdev: get("rdev").map(|r| r as u32),
         };
         (!posix.is_empty()).then_some(posix)
     }
@@ -61,7 +71,7 @@ impl Posix {
 
     /// The metadata of a regular file.
     pub fn to_metadata(&self) -> BTreeMap<String, String> {
-        self.to_metadata_as(libc::S_IFREG)
+        self.to_metadata_as(self.kind.unwrap_or(libc::S_IFREG))
     }
 
     /// The metadata of an entry of file type `kind` (`S_IFREG`, `S_IFDIR`, ...): s3fs's `mode` is the whole
@@ -84,6 +94,9 @@ impl Posix {
                 .as_secs();
             out.insert("mtime".into(), secs.to_string());
         }
+        if let Some(rdev) = self.rdev {
+            out.insert("rdev".into(), rdev.to_string());
+        }
         out
     }
 
@@ -94,6 +107,8 @@ impl Posix {
             uid: other.uid.or(self.uid),
             gid: other.gid.or(self.gid),
             mtime: other.mtime.or(self.mtime),
+            kind: other.kind.or(self.kind),
+            rdev: other.rdev.or(self.rdev),
         }
     }
 }

@@ -110,7 +110,7 @@ impl Filesystem {
             mode: Some(mode & 0o7777),
             uid: Some(uid),
             gid: Some(gid),
-            mtime: None,
+            ..Default::default()
         };
         let (_, resolved, _) = self.storage.resolve(&path)?;
         let attrs = FileAttrs {
@@ -320,12 +320,67 @@ impl Filesystem {
             mode: Some(mode & 0o7777),
             uid: Some(uid),
             gid: Some(gid),
-            mtime: None,
+            ..Default::default()
         };
         self.store_dir_posix(&path, posix).await?;
         let entry = Entry {
             posix: Some(posix),
             ..Entry::dir(SystemTime::now())
+        };
+        let ino = self.inodes.record(&path, entry.clone());
+        self.changed(&path);
+        self.entries_changed(&path);
+        Ok(self.attr(ino, &entry))
+    }
+
+    /// `mknod`/`mkfifo`/socket `bind`: an empty object whose stored `mode` says what it is (as s3fs stores them);
+    /// the kernel does the rest. A regular file is an empty file.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn mknod(
+        &self,
+        parent: Ino,
+        name: &str,
+        mode: u32,
+        rdev: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        let path = self.child_path(parent, name)?;
+        if name == DIR_MARKER {
+            return Err(FsError::Invalid(format!("{DIR_MARKER} is reserved")));
+        }
+        if self.lookup(parent, name).await.is_ok() {
+            return Err(FsError::Exists);
+        }
+        self.check_writable(&path)?;
+        let kind = mode & libc::S_IFMT;
+        let special = [libc::S_IFIFO, libc::S_IFSOCK, libc::S_IFCHR, libc::S_IFBLK].contains(&kind);
+        if !special && kind != libc::S_IFREG && kind != 0 {
+            return Err(FsError::Invalid(format!("mknod of file type {kind:o}")));
+        }
+        let device = kind == libc::S_IFCHR || kind == libc::S_IFBLK;
+        let posix = Posix {
+            mode: Some(mode & 0o7777),
+            uid: Some(uid),
+            gid: Some(gid),
+            kind: special.then_some(kind),
+            rdev: device.then_some(rdev),
+            ..Default::default()
+        };
+        let (_, resolved, _) = self.storage.resolve(&path)?;
+        let attrs = FileAttrs {
+            posix,
+            metadata: resolved.route.metadata.clone(),
+            tags: resolved.route.tags.clone(),
+            content_type: None,
+        };
+        let info = self
+            .storage
+            .upload(&path, Bytes::new(), attrs.upload_options())
+            .await?;
+        let entry = Entry {
+            kind: Kind::of_file(Some(&posix)),
+            ..self.file_entry(0, Some(&info), posix)
         };
         let ino = self.inodes.record(&path, entry.clone());
         self.changed(&path);
@@ -400,7 +455,7 @@ impl Filesystem {
         }
         for entry in entries {
             let child = format!("{path}/{}", entry.name);
-            if entry.attr.kind == Kind::File || self.dir_exists(&child).await? {
+            if entry.attr.kind != Kind::Dir || self.dir_exists(&child).await? {
                 return Ok(false);
             }
         }
@@ -445,7 +500,7 @@ impl Filesystem {
         // Files written here move with their names; none of them is uploaded during the move.
         let held = self.uploads.hold_for_rename(&from, &to).await;
         let moves = match attr.kind {
-            Kind::File => vec![(from.clone(), to.clone())],
+            Kind::File | Kind::Special(_) => vec![(from.clone(), to.clone())],
             Kind::Dir => {
                 if let Ok(target) = self.lookup(new_parent, new_name).await {
                     if target.kind == Kind::Dir && !self.is_empty_dir(&to).await? {

@@ -56,7 +56,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev,
         blksize: 4096,
         flags: 0,
     }
@@ -66,6 +66,11 @@ fn file_type(kind: Kind) -> FileType {
     match kind {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
+        Kind::Special(libc::S_IFIFO) => FileType::NamedPipe,
+        Kind::Special(libc::S_IFSOCK) => FileType::Socket,
+        Kind::Special(libc::S_IFCHR) => FileType::CharDevice,
+        Kind::Special(libc::S_IFBLK) => FileType::BlockDevice,
+        Kind::Special(_) => FileType::RegularFile,
     }
 }
 
@@ -342,6 +347,7 @@ impl fuser::Filesystem for FuseAdapter {
             uid,
             gid,
             mtime,
+            ..Default::default()
         };
         self.spawn(move |fs| async move {
             let fh = fh.map(|f| f.0);
@@ -374,6 +380,27 @@ impl fuser::Filesystem for FuseAdapter {
             match fs.mkdir(parent.0, &name, mode & !umask, uid, gid).await {
                 Ok(attr) => reply.entry(&fs.attr_ttl(), &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(errno("mkdir", &e)),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let (uid, gid) = (req.uid(), req.gid());
+        let name = name_or_reply!(name, reply);
+        let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
+        self.spawn(move |fs| async move {
+            match fs.mknod(parent.0, &name, mode, rdev, uid, gid).await {
+                Ok(attr) => reply.entry(&fs.attr_ttl(), &file_attr(&attr), Generation(0)),
+                Err(e) => reply.error(errno("mknod", &e)),
             }
         });
     }
