@@ -34,6 +34,7 @@ writable_providers!(
     a_directory_mtime_moves_with_its_entries,
     the_root_directory_refuses_what_it_cannot_store,
     fifos_sockets_and_device_nodes_are_kept,
+    names_too_long_are_refused_before_anything_is_written,
 );
 
 fn p(path: &Path) -> &str {
@@ -200,5 +201,54 @@ async fn fifos_sockets_and_device_nodes_are_kept(case: Case) {
     assert!(
         std::fs::symlink_metadata(mount.path("fifo")).is_err(),
         "rm of a fifo"
+    );
+}
+
+async fn names_too_long_are_refused_before_anything_is_written(case: Case) {
+    let (ctx, mount) = mount_for(case, "names", "");
+    let namelen: usize = run("stat", &["-f", "-c", "%l", p(&mount.dir)])
+        .trim()
+        .parse()
+        .unwrap();
+    let expected = match case {
+        Case::Local => 255,
+        _ => 1024 - ctx.provider.prefix.len() - 1,
+    };
+    assert_eq!(namelen, expected, "statfs f_namelen");
+    let too_long = "n".repeat(namelen + 1);
+    for what in ["create", "mkdir"] {
+        let path = mount.path(&too_long);
+        let err = match what {
+            "create" => std::fs::write(&path, b"x").unwrap_err(),
+            _ => std::fs::create_dir(&path).unwrap_err(),
+        };
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::ENAMETOOLONG),
+            "{what}: {err}"
+        );
+    }
+    // A path whose components fit but whose key does not (object stores limit the whole key).
+    if case != Case::Local {
+        let mut path = mount.dir.clone();
+        let mut made = 0;
+        let err = loop {
+            path.push("d".repeat(200));
+            match std::fs::create_dir(&path) {
+                Ok(()) => made += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::ENAMETOOLONG),
+            "after {made} levels: {err}"
+        );
+    }
+    let stored = ctx.storage.list("", None).await.unwrap();
+    assert!(
+        stored.iter().all(|o| o.path.len() <= 1024),
+        "nothing too long was written: {:?}",
+        stored.iter().map(|o| o.path.len()).max()
     );
 }

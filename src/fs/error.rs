@@ -27,6 +27,9 @@ pub enum FsError {
     Exists,
     #[error("cannot move between providers")]
     CrossDevice,
+    /// A name component or a whole key longer than the provider holding it accepts.
+    #[error("file name too long: {0}")]
+    NameTooLong(String),
     #[error("no such extended attribute")]
     NoAttribute,
     /// An extended attribute namespace zmount does not serve (security.*, system.*, trusted.*).
@@ -45,6 +48,13 @@ pub enum FsError {
 
 pub type FsResult<T> = Result<T, FsError>;
 
+/// Whether a provider's error text says a name or key was too long.
+fn names_too_long(message: &str) -> bool {
+    ["KeyTooLong", "File name too long", "name is too long"]
+        .iter()
+        .any(|needle| message.contains(needle))
+}
+
 impl FsError {
     /// The errno a program sees for this error.
     pub fn errno(&self) -> i32 {
@@ -62,6 +72,7 @@ impl FsError {
             FsError::Exists => libc::EEXIST,
             // A rename whose source and target live on different providers: `mv` then copies and deletes.
             FsError::CrossDevice => libc::EXDEV,
+            FsError::NameTooLong(_) => libc::ENAMETOOLONG,
             FsError::NoAttribute => libc::ENODATA,
             // ENOTSUP rather than ENODATA: tools such as `ls -l` then stop asking for the rest of the filesystem
             // (they remember "unsupported" per device), where ENODATA would cost two requests per file.
@@ -85,6 +96,8 @@ impl FsError {
                 S::NoRoute { .. } => libc::ENOENT,
                 S::Invalid { .. } => libc::EINVAL,
                 // Every provider that could serve the request was down: EIO, never a silent ENOENT.
+                // S3's KeyTooLongError, Azure's and GCS's name-length answers, a local ENAMETOOLONG.
+                S::Provider { message, .. } if names_too_long(message) => libc::ENAMETOOLONG,
                 S::Provider { .. } | S::Unavailable { .. } | S::Setup { .. } | S::Config(_) => {
                     libc::EIO
                 }

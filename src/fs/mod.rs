@@ -321,11 +321,41 @@ impl Filesystem {
         if name.contains('/') || name == "." || name == ".." || name.is_empty() {
             return Err(FsError::Invalid(format!("name {name:?}")));
         }
-        Ok(if dir.is_empty() {
+        let path = if dir.is_empty() {
             name.to_string()
         } else {
             format!("{dir}/{name}")
-        })
+        };
+        self.check_name_length(&path, name)?;
+        Ok(path)
+    }
+
+    /// ENAMETOOLONG before anything is asked or written: a component or a whole key (with the provider's prefix
+    /// and room for a directory marker below it) longer than the provider holding `path` stores.
+    fn check_name_length(&self, path: &str, name: &str) -> FsResult<()> {
+        let Ok((_, _, provider)) = self.storage.resolve(path) else {
+            return Ok(()); // unrouted: answered elsewhere
+        };
+        let key = provider.prefix.len() + 1 + path.len() + 1 + DIR_MARKER.len();
+        if name.len() > provider.name_max() || key > provider.key_max() {
+            return Err(FsError::NameTooLong(format!(
+                "{path}: provider `{}` ({}) stores names up to {} bytes and keys up to {} bytes",
+                provider.name,
+                provider.kind,
+                provider.name_max(),
+                provider.key_max()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The longest name component every provider of the mount stores (`statfs`'s f_namelen).
+    pub fn name_max(&self) -> usize {
+        self.storage
+            .providers()
+            .map(|p| p.name_max().min(p.key_max() - p.prefix.len() - 1))
+            .min()
+            .unwrap_or(255)
     }
 
     /// Attributes of `ino` (through the open handle `fh` when given: an unlinked open file still has them, with

@@ -566,6 +566,16 @@ impl fuser::Filesystem for FuseAdapter {
         // Object stores have no fixed capacity: report a large, mostly free filesystem so tools that check free
         // space before copying (installers, rsync --max-size heuristics) proceed.
         const BLOCKS: u64 = 1 << 40;
-        reply.statfs(BLOCKS, BLOCKS, BLOCKS, 1 << 32, 1 << 32, 4096, 1024, 4096);
+        let namelen = self.fs.name_max() as u32;
+        reply.statfs(
+            BLOCKS,
+            BLOCKS,
+            BLOCKS,
+            1 << 32,
+            1 << 32,
+            4096,
+            namelen,
+            4096,
+        );
     }
 }

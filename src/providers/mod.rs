@@ -151,6 +151,26 @@ impl Provider {
     /// The object key of a (normalized) mount path: the provider's prefix, then the path, byte for byte, so names
     /// with spaces, `%`, brackets or UTF-8 are stored as written and objects from other tools keep their names.
     /// (Only ASCII control characters, which object keys cannot hold portably, are percent-encoded.)
+    /// Longest name component this provider stores: a local folder's NAME_MAX; object stores limit only the
+    /// whole key.
+    pub fn name_max(&self) -> usize {
+        match self.kind {
+            "local" => 255,
+            _ => Self::KEY_MAX,
+        }
+    }
+
+    /// Longest key (prefix included) this provider stores, in bytes: 1,024 on S3, GCS and Azure; PATH_MAX on a
+    /// local folder.
+    pub fn key_max(&self) -> usize {
+        match self.kind {
+            "local" => 4095,
+            _ => Self::KEY_MAX,
+        }
+    }
+
+    const KEY_MAX: usize = 1024;
+
     pub fn key_for(&self, path: &str) -> ObjectPath {
         let key = match (self.prefix.is_empty(), path.is_empty()) {
             (true, _) => path.to_string(),
