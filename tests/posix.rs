@@ -35,6 +35,7 @@ writable_providers!(
     the_root_directory_refuses_what_it_cannot_store,
     fifos_sockets_and_device_nodes_are_kept,
     names_too_long_are_refused_before_anything_is_written,
+    any_user_extended_attribute_is_stored,
 );
 
 fn p(path: &Path) -> &str {
@@ -132,10 +133,41 @@ async fn a_directory_mtime_moves_with_its_entries(case: Case) {
 }
 
 async fn the_root_directory_refuses_what_it_cannot_store(case: Case) {
+    // With a default route, the root's attributes live on its `.zmount-dir` there (`tar x -C MNT` sets them).
     let (_ctx, mount) = mount_for(case, "root-attrs", "");
+    run("chmod", &["0711", p(&mount.dir)]);
+    run("touch", &["-m", "-d", "2019-09-09 09:09:09", p(&mount.dir)]);
+    let mount = remount(mount);
+    assert_eq!(
+        mode_owner(&mount.dir).0,
+        0o711,
+        "the root's mode after a remount"
+    );
+    let listed = run("ls", &["-A", p(&mount.dir)]);
+    assert!(
+        !listed.contains(".zmount-dir"),
+        "the marker is hidden: {listed}"
+    );
+    drop(mount);
+
+    // Routes that send nothing at the top anywhere: the root's attributes cannot be stored, and chmod says so.
+    let ctx = common::Ctx::new(case, "root-unrouted");
+    let dir = ctx.dir.path();
+    let name = ctx.provider.name.clone();
+    let text = format!(
+        "{}[settings]\ncache_dir = {:?}\n{}[[routes]]\nprefix = \"docs\"\nprovider = {name:?}\n",
+        common::FAST_SETTINGS,
+        dir.join("cache"),
+        common::provider_toml(case, &name, &ctx.provider.prefix, dir),
+    );
+    let config = dir.join("mount.toml");
+    std::fs::write(&config, text).unwrap();
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mount = Mount::start_at(&config, &mnt, &[]);
     let before = mode_owner(&mount.dir);
     let err = std::fs::set_permissions(&mount.dir, std::fs::Permissions::from_mode(0o700))
-        .expect_err("chmod of the mount's root cannot be stored");
+        .expect_err("chmod of a root nothing can store");
     assert_eq!(err.raw_os_error(), Some(libc::EOPNOTSUPP), "{err}");
     assert_eq!(mode_owner(&mount.dir), before, "nothing changed");
 }
@@ -251,4 +283,70 @@ async fn names_too_long_are_refused_before_anything_is_written(case: Case) {
         "nothing too long was written: {:?}",
         stored.iter().map(|o| o.path.len()).max()
     );
+}
+
+async fn any_user_extended_attribute_is_stored(case: Case) {
+    let (ctx, mount) = mount_for(case, "user-xattrs", "");
+    let file = mount.path("f.txt");
+    std::fs::write(&file, b"content").unwrap();
+    run(
+        "setfattr",
+        &[
+            "-n",
+            "user.xdg.origin.url",
+            "-v",
+            "https://example.com/a?b=c",
+            p(&file),
+        ],
+    );
+    run(
+        "setfattr",
+        &["-n", "user.Mixed-Case.Name", "-v", "0x00ff10", p(&file)],
+    ); // binary value
+    run("setfattr", &["-n", "user.gone", "-v", "soon", p(&file)]);
+    run("setfattr", &["-x", "user.gone", p(&file)]);
+    let check = |mount: &Mount, when: &str| {
+        let file = mount.path("f.txt");
+        let dump = run("getfattr", &["-d", "-e", "hex", p(&file)]);
+        assert!(
+            dump.contains(
+                "user.xdg.origin.url=0x68747470733a2f2f6578616d706c652e636f6d2f613f623d63"
+            ),
+            "{when}:\n{dump}"
+        );
+        assert!(
+            dump.contains("user.Mixed-Case.Name=0x00ff10"),
+            "{when}:\n{dump}"
+        );
+        assert!(!dump.contains("user.gone"), "removed {when}:\n{dump}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"content", "{when}");
+    };
+    check(&mount, "at once");
+    let mount = remount(mount);
+    check(&mount, "after a remount");
+    // cp --preserve=xattr copies them out of the mount and back in.
+    let outside = ctx.dir.path().join("copy.txt");
+    run(
+        "cp",
+        &["--preserve=xattr", p(&mount.path("f.txt")), p(&outside)],
+    );
+    std::fs::remove_file(mount.path("f.txt")).unwrap();
+    run(
+        "cp",
+        &["--preserve=xattr", p(&outside), p(&mount.path("f.txt"))],
+    );
+    check(&mount, "after a cp --preserve=xattr round trip");
+    // More than the provider's metadata holds: E2BIG, and the file keeps what it had.
+    let big = "x".repeat(10 * 1024);
+    let out = std::process::Command::new("setfattr")
+        .args(["-n", "user.big", "-v", &big, p(&mount.path("f.txt"))])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a 10 KiB value is refused");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Argument list too long"),
+        "E2BIG: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check(&mount, "after the refused value");
 }

@@ -152,6 +152,10 @@ fn serve(
     if args.allow_other {
         options.acl = SessionACL::All;
     }
+    let signals = {
+        let _entered = runtime.enter();
+        catch_signals()
+    };
     let adapter = FuseAdapter::new(fs, runtime.handle().clone());
     let mut session = fuser::Session::new(adapter, mountpoint, &options)
         .map_err(|e| format!("cannot mount at {}: {e}", mountpoint.display()))?;
@@ -163,7 +167,7 @@ fn serve(
         result
     });
     tracing::info!("mounted at {}", mountpoint.display());
-    let external = runtime.block_on(wait_for_stop(done_rx));
+    let external = runtime.block_on(wait_for_stop(done_rx, signals));
     if !external {
         tracing::info!("signal received: unmounting {}", mountpoint.display());
         unmounter
@@ -226,12 +230,23 @@ fn spawn_maintenance(
 }
 
 /// Waits for SIGINT/SIGTERM (false) or for the session to end by itself, e.g. `fusermount3 -u` (true).
-async fn wait_for_stop(done: tokio::sync::oneshot::Receiver<()>) -> bool {
+/// SIGTERM and SIGINT handlers, registered before the mount appears: a signal that arrives the moment the
+/// mount is visible must unmount cleanly, not kill the process.
+type Signals = Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>;
+
+fn catch_signals() -> Signals {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
+    ) {
+        (Ok(term), Ok(int)) => Some((term, int)),
+        _ => None,
+    }
+}
+
+async fn wait_for_stop(done: tokio::sync::oneshot::Receiver<()>, signals: Signals) -> bool {
+    let Some((mut term, mut int)) = signals else {
         let _ = done.await;
         return true;
     };

@@ -32,6 +32,9 @@ pub enum FsError {
     NameTooLong(String),
     #[error("no such extended attribute")]
     NoAttribute,
+    /// Extended attributes past what the provider's object metadata holds.
+    #[error("extended attributes too large: {0}")]
+    AttributesTooLarge(String),
     /// An extended attribute namespace zmount does not serve (security.*, system.*, trusted.*).
     #[error("extended attributes of this namespace are not supported")]
     ForeignAttribute,
@@ -74,6 +77,7 @@ impl FsError {
             FsError::CrossDevice => libc::EXDEV,
             FsError::NameTooLong(_) => libc::ENAMETOOLONG,
             FsError::NoAttribute => libc::ENODATA,
+            FsError::AttributesTooLarge(_) => libc::E2BIG,
             // ENOTSUP rather than ENODATA: tools such as `ls -l` then stop asking for the rest of the filesystem
             // (they remember "unsupported" per device), where ENODATA would cost two requests per file.
             FsError::ForeignAttribute => libc::ENOTSUP,

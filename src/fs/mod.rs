@@ -152,6 +152,17 @@ impl Filesystem {
     /// Before serving: drops staged data no program finished writing, then uploads every file whose data was
     /// acknowledged (close/fsync) but not yet uploaded when the previous mount stopped.
     pub async fn replay_journal(&self) -> crate::write::Replay {
+        // The root's mode, owner and times (it is never looked up).
+        match self.dir_posix("").await {
+            Ok(posix) => {
+                let root = Entry {
+                    posix,
+                    ..Entry::dir(self.mounted_at)
+                };
+                self.inodes.record("", root);
+            }
+            Err(e) => tracing::debug!("the root's stored attributes cannot be read: {e}"),
+        }
         let aborted = self.storage.abort_orphaned_uploads().await;
         if aborted > 0 {
             tracing::warn!("aborted {aborted} multipart uploads the last run left unfinished");
@@ -410,10 +421,7 @@ impl Filesystem {
 
     /// Mode, owner and times of directory `path`, stored on its marker object (none: the defaults).
     pub(crate) async fn dir_posix(&self, path: &str) -> FsResult<Option<posix::Posix>> {
-        if path.is_empty() {
-            return Ok(None);
-        }
-        match self.storage.get_info(&format!("{path}/{DIR_MARKER}")).await {
+        match self.storage.get_info(&marker_of(path)).await {
             Ok(info) => Ok(posix::Posix::from_metadata(&info.metadata)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e.into()),
@@ -780,6 +788,14 @@ impl Filesystem {
             .get(&fh)
             .cloned()
             .ok_or(FsError::StaleHandle)
+    }
+}
+
+/// The marker object of directory `path` (the root's is routed like a file `.zmount-dir` at the top).
+pub(crate) fn marker_of(path: &str) -> String {
+    match path {
+        "" => DIR_MARKER.to_string(),
+        dir => format!("{dir}/{DIR_MARKER}"),
     }
 }
 

@@ -390,7 +390,7 @@ impl Filesystem {
 
     /// Writes directory `path`'s marker object with `posix` as its mode, owner and times.
     async fn store_dir_posix(&self, path: &str, posix: Posix) -> FsResult<()> {
-        let marker = format!("{path}/{DIR_MARKER}");
+        let marker = super::marker_of(path);
         self.check_writable(&marker)?;
         let options = crate::storage::UploadOptions {
             metadata: posix.to_metadata_as(libc::S_IFDIR),
@@ -400,12 +400,13 @@ impl Filesystem {
         Ok(())
     }
 
-    /// `chmod`, `chown`, `utimensat` of a directory: stored on its marker (made now if it has none). The mount's
-    /// root belongs to no single provider: changing it is ENOTSUP, never a silent success.
+    /// `chmod`, `chown`, `utimensat` of a directory: stored on its marker (made now if it has none). The root's
+    /// marker is `.zmount-dir` at the top, on the provider a file of that name is routed to; with no route for it,
+    /// changing the root is ENOTSUP, never a silent success.
     async fn change_dir(&self, path: &str, entry: Entry, changes: Posix) -> FsResult<()> {
-        if path.is_empty() {
+        if path.is_empty() && self.storage.resolve(DIR_MARKER).is_err() {
             return Err(FsError::NotSupported(
-                "the mount's root directory keeps its mode, owner and times".into(),
+                "the mount's root directory: no route stores its mode, owner and times".into(),
             ));
         }
         let stored = self.dir_posix(path).await?;

@@ -7,8 +7,13 @@
 //! - `user.tag.<key>`: tags — the provider's own tags on S3, Wasabi and Azure (mirrored in metadata, which is what
 //!   zmount reads back), the mirror alone on local; ENOTSUP on GCS.
 //! - `user.zmount.content_type`: the stored content type (writable).
-//! - `user.zmount.provider`, `user.zmount.etag`, `user.zmount.url` (read-only: setting them is EPERM). The URL is
-//!   what `zmount url` prints (CDN, signed for an hour, or a local provider's `base_url`).
+//! - `user.zmount.provider`, `user.zmount.etag`, `user.zmount.url` (read-only: setting them is EPERM; answered by
+//!   name, never listed, so copies do not carry them). The URL is what `zmount url` prints (CDN, signed for an
+//!   hour, or a local provider's `base_url`).
+//! - any other `user.<name>` (what `rsync -X`, `cp --preserve=xattr` and desktop tools set): stored in object
+//!   metadata as `zx_<hex of name>` = base64 of the value, a form every provider's metadata rules accept (Azure
+//!   takes only identifier-like names, S3 and Azure only ASCII values). All metadata of an object must fit the
+//!   provider's limit (2 KiB on S3 and Wasabi, 8 KiB on Azure and GCS, 3 KiB locally): past it, E2BIG.
 //!
 //! Directories have none. Changing metadata, tags or content type of a closed file uploads it again (a GET and a
 //! PUT of the whole object); on a file open for writing the change rides along with its upload.
@@ -30,7 +35,12 @@ const URL: &str = "user.zmount.url";
 /// How long the URL in `user.zmount.url` stays valid when it is signed.
 const URL_LIFETIME: Duration = Duration::from_secs(3600);
 
+/// Metadata keys that hold arbitrary `user.*` attributes.
+pub const USER_PREFIX: &str = "zx_";
+
 enum Name<'a> {
+    /// An arbitrary `user.<name>`: its name without `user.`.
+    User(&'a str),
     Meta(&'a str),
     Tag(&'a str),
     ContentType,
@@ -51,7 +61,11 @@ fn parse(name: &str) -> Option<Name<'_>> {
         PROVIDER => Some(Name::Provider),
         ETAG => Some(Name::Etag),
         URL => Some(Name::Url),
-        _ => None,
+        _ if name.starts_with("user.zmount.") => None,
+        _ => name
+            .strip_prefix("user.")
+            .filter(|n| !n.is_empty())
+            .map(Name::User),
     }
 }
 
@@ -108,7 +122,15 @@ impl Filesystem {
         let Some((path, facts)) = self.facts(ino).await? else {
             return Err(FsError::NoAttribute);
         };
+        if let Name::User(user) = name {
+            use base64::Engine;
+            let stored = facts.attrs.metadata.get(&user_key(user));
+            return stored
+                .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+                .ok_or(FsError::NoAttribute);
+        }
         let value = match name {
+            Name::User(_) => None,
             Name::Meta(key) => facts.attrs.metadata.get(&key.to_ascii_lowercase()).cloned(),
             Name::Tag(key) => facts.attrs.tags.get(key).cloned(),
             Name::ContentType => Some(
@@ -126,23 +148,22 @@ impl Filesystem {
 
     /// Names of the file's extended attributes.
     pub async fn listxattr(&self, ino: Ino) -> FsResult<Vec<String>> {
-        let Some((path, facts)) = self.facts(ino).await? else {
+        let Some((_, facts)) = self.facts(ino).await? else {
             return Ok(Vec::new());
         };
         let mut names: Vec<String> = facts
             .attrs
             .metadata
             .keys()
-            .map(|k| format!("{META}{k}"))
+            .map(|k| match user_name(k) {
+                Some(user) => format!("user.{user}"),
+                None => format!("{META}{k}"),
+            })
             .collect();
         names.extend(facts.attrs.tags.keys().map(|k| format!("{TAG}{k}")));
-        names.extend([CONTENT_TYPE, PROVIDER].map(String::from));
-        if facts.etag.is_some() {
-            names.push(ETAG.into());
-        }
-        if self.storage.can_make_url(&path) {
-            names.push(URL.into());
-        }
+        // The read-only facts (provider, ETag, URL) are answered by name but not listed: `cp -a`, `rsync -X` and
+        // `tar --xattrs` copy every listed attribute, and a live signed URL must not land in copies and backups.
+        names.push(CONTENT_TYPE.into());
         Ok(names)
     }
 
@@ -154,10 +175,8 @@ impl Filesystem {
         value: &[u8],
         mode: SetMode,
     ) -> FsResult<()> {
-        let value = std::str::from_utf8(value)
-            .map_err(|_| FsError::Invalid(format!("{name}: the value is not UTF-8")))?
-            .to_string();
-        self.change_xattr(ino, name, Some(value), mode).await
+        self.change_xattr(ino, name, Some(value.to_vec()), mode)
+            .await
     }
 
     pub async fn removexattr(&self, ino: Ino, name: &str) -> FsResult<()> {
@@ -169,14 +188,23 @@ impl Filesystem {
         &self,
         ino: Ino,
         name: &str,
-        value: Option<String>,
+        value: Option<Vec<u8>>,
         mode: SetMode,
     ) -> FsResult<()> {
         let parsed = parse(name).ok_or_else(|| {
             FsError::NotSupported(format!(
-                "extended attribute {name:?}: zmount stores only user.meta.*, user.tag.* and user.zmount.content_type"
+                "extended attribute {name:?}: zmount stores user.* attributes only"
             ))
         })?;
+        let bytes = value;
+        let value = match (&parsed, &bytes) {
+            (Name::User(_), _) | (_, None) => None,
+            (_, Some(b)) => Some(
+                std::str::from_utf8(b)
+                    .map_err(|_| FsError::Invalid(format!("{name}: the value is not UTF-8")))?
+                    .to_string(),
+            ),
+        };
         let Some((path, facts)) = self.facts(ino).await? else {
             return Err(FsError::NotSupported(format!(
                 "{name} on a directory: directories are not objects"
@@ -187,9 +215,31 @@ impl Filesystem {
         let invalid = |reason: String| FsError::Invalid(format!("{name}: {reason}"));
         let current = &facts.attrs;
         let change: Box<dyn FnOnce(&mut FileAttrs) + Send> = match parsed {
+            Name::User(user) => {
+                use base64::Engine;
+                let key = user_key(user);
+                check_mode(current.metadata.contains_key(&key), mode)?;
+                let encoded = bytes.map(|b| base64::engine::general_purpose::STANDARD.encode(b));
+                let mut after = current.metadata.clone();
+                set_entry(&mut after, key.clone(), encoded.clone());
+                let used: usize = after
+                    .iter()
+                    .chain(&current.posix.to_metadata())
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum();
+                let limit = metadata_limit(primary.kind);
+                if used > limit {
+                    return Err(FsError::AttributesTooLarge(format!(
+                        "{name}: the file's metadata would take {used} bytes; provider `{}` ({}) holds {limit}",
+                        primary.name, primary.kind
+                    )));
+                }
+                Box::new(move |a| set_entry(&mut a.metadata, key, encoded))
+            }
             Name::Meta(key) => {
                 let key = normalize_metadata_key(key).map_err(invalid)?;
                 let reserved = crate::fs::posix::KEYS.contains(&key.as_str())
+                    || key.starts_with(USER_PREFIX)
                     || crate::images::MARKER_KEYS.contains(&key.as_str())
                     || key == crate::storage::TAGS_MIRROR_KEY;
                 if reserved {
@@ -228,6 +278,35 @@ impl Filesystem {
         let (_, entry, _) = self.path_of(ino)?;
         let posix = entry.posix.unwrap_or_default();
         self.change_file(&path, posix, change).await
+    }
+}
+
+/// The metadata key of `user.<name>`.
+fn user_key(name: &str) -> String {
+    let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{USER_PREFIX}{hex}")
+}
+
+/// The `user.*` name a metadata key holds, if it is one of those.
+fn user_name(key: &str) -> Option<String> {
+    let hex = key.strip_prefix(USER_PREFIX)?;
+    if hex.is_empty() || hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// Bytes of user metadata (keys and values) an object of a provider of `kind` holds.
+fn metadata_limit(kind: &str) -> usize {
+    match kind {
+        "s3" | "wasabi" => 2 * 1024,
+        "azure" | "gcs" => 8 * 1024,
+        // Local folders keep metadata as the file's own xattrs: ext4 holds them in one 4 KiB block.
+        _ => 3 * 1024,
     }
 }
 

@@ -228,9 +228,23 @@ impl Uploads {
                 self.forget_if_done(staged).await;
                 Ok(())
             }
-            Err(e) => {
+            // An outage passes: the version is journaled and retried, and every read sees it meanwhile.
+            Err(e) if e.is_unavailable() => {
                 tracing::error!("upload of {path} failed; kept and retried: {e}");
                 self.journal_changes(staged, &mut st, &path).await?;
+                Err(e)
+            }
+            // An answer (refused, invalid, too large) does not change with a retry: the program hears it, and
+            // the provider keeps its previous version. An acknowledged older version stays pending.
+            Err(e) => {
+                tracing::error!(
+                    "upload of {path} refused: {e}; the provider keeps its previous version"
+                );
+                if st.dirty {
+                    let e = staged.fail(&mut st, e);
+                    self.failed_locked(staged, &mut st);
+                    return Err(e);
+                }
                 Err(e)
             }
         }
