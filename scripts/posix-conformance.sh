@@ -191,6 +191,13 @@ count_tap() {
   ' "$1"
 }
 
+# failures LOG: every failing subtest as "group/NN.t: not ok ...". pjdfstest's long-name tests print paths of
+# thousands of characters: each name longer than 48 characters is shortened to its start and its length.
+failures() {
+  perl -ne 'if (/\.t \.\.( |$)/ && !/^(not )?ok /) { ($f = (split)[0]) =~ s{.*/tests/}{}; next }
+            if (/^not ok \d+/ && !/#\s*TODO/) { s{([^ /\x27]{49,})}{substr($1, 0, 12) . "...(" . length($1) . " chars)"}ge; print "$f: $_" }' "$1"
+}
+
 : >"$WORK/failures.txt"
 rows=()
 t_files=0 t_run=0 t_failed=0 t_unrun=0 timed_out=()
@@ -209,9 +216,7 @@ for g in "${GROUPS_TO_RUN[@]}"; do
     note="mount gone after this group"
   fi
   [ "$todo" -gt 0 ] && note="${note:+$note; }$todo TODO"
-  # Every failing subtest with its file, cut to 400 characters (pjdfstest's long-name tests print huge paths).
-  awk -v g="$g" '/\.t \.\.( |$)/ && !/^(not )?ok / { f = $1; sub(".*/tests/", "", f) }
-                 /^not ok [0-9]+/ && !/# *TODO/ { print f ": " substr($0, 1, 400) }' "$log" >>"$WORK/failures.txt"
+  failures "$log" >>"$WORK/failures.txt"
   rows+=("$(printf '%-16s %6d %9d %7d %6d  %s' "$g" "$nfiles" "$run" "$failed" "$unrun" "$note")")
   printf '%-16s %6d %9d %7d %6d  %s\n' "$g" "$nfiles" "$run" "$failed" "$unrun" "$note" >&2
   t_files=$((t_files + nfiles)) t_run=$((t_run + run)) t_failed=$((t_failed + failed)) t_unrun=$((t_unrun + unrun))
