@@ -216,6 +216,10 @@ for g in "${GROUPS_TO_RUN[@]}"; do
     note="mount gone after this group"
   fi
   [ "$todo" -gt 0 ] && note="${note:+$note; }$todo TODO"
+  # A test that prints "Bail out!" makes prove skip the group's remaining files.
+  if grep -q '^Bailout called' "$log"; then
+    note="${note:+$note; }bail out: $started_files/$nfiles files started"
+  fi
   failures "$log" >>"$WORK/failures.txt"
   rows+=("$(printf '%-16s %6d %9d %7d %6d  %s' "$g" "$nfiles" "$run" "$failed" "$unrun" "$note")")
   printf '%-16s %6d %9d %7d %6d  %s\n' "$g" "$nfiles" "$run" "$failed" "$unrun" "$note" >&2
