@@ -350,3 +350,37 @@ async fn any_user_extended_attribute_is_stored(case: Case) {
     );
     check(&mount, "after the refused value");
 }
+
+/// Tools tell filesystems apart by the type /proc/mounts shows (`findmnt -t fuse.zmount`, `df -T`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mount_type_is_fuse_zmount() {
+    let (_ctx, mount) = mount_for(Case::Local, "fstype", "");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some(p(&mount.dir)))
+        .unwrap_or_else(|| panic!("not in /proc/self/mounts:\n{mounts}"));
+    assert_eq!(line.split(' ').nth(2), Some("fuse.zmount"), "{line}");
+}
+
+/// SIGTERM while a process still holds the mount (its working directory is inside it): the daemon exits 0 and
+/// leaves no dead mountpoint ("Transport endpoint is not connected") behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_mount_stops_cleanly_on_sigterm() {
+    let (_ctx, mut mount) = mount_for(Case::Local, "busy", "");
+    std::fs::create_dir(mount.path("inside")).unwrap();
+    let mut holder = std::process::Command::new("sleep")
+        .arg("30")
+        .current_dir(mount.path("inside"))
+        .spawn()
+        .unwrap();
+    let status = mount.stop_with(libc::SIGTERM);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(status.success(), "exit status {status}:\n{}", mount.log());
+    assert!(!zmount::cli::is_mounted(&mount.dir), "still mounted");
+    assert!(
+        std::fs::read_dir(&mount.dir).is_ok(),
+        "the mountpoint is usable again"
+    );
+}

@@ -157,9 +157,21 @@ fn serve(
         catch_signals()
     };
     let adapter = FuseAdapter::new(fs, runtime.handle().clone());
-    let mut session = fuser::Session::new(adapter, mountpoint, &options)
-        .map_err(|e| format!("cannot mount at {}: {e}", mountpoint.display()))?;
-    let mut unmounter = session.unmount_callable();
+    let cannot = |e: std::io::Error| format!("cannot mount at {}: {e}", mountpoint.display());
+    // SAFETY: geteuid cannot fail.
+    let (session, mut unmounter) = if unsafe { libc::geteuid() } == 0 {
+        let acl = options.acl;
+        let fd = mount_as_root(mountpoint, args.read_only, args.allow_other).map_err(cannot)?;
+        let session = fuser::Session::from_fd(adapter, fd, acl, options).map_err(|e| {
+            let _ = unmount_own(mountpoint);
+            cannot(e)
+        })?;
+        (session, Unmounter::Own(mountpoint.to_path_buf()))
+    } else {
+        let mut session = fuser::Session::new(adapter, mountpoint, &options).map_err(cannot)?;
+        let unmounter = Unmounter::Fuser(session.unmount_callable());
+        (session, unmounter)
+    };
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let serving = std::thread::spawn(move || {
         let result = session.run();
@@ -168,9 +180,10 @@ fn serve(
     });
     tracing::info!("mounted at {}", mountpoint.display());
     let external = runtime.block_on(wait_for_stop(done_rx, signals));
+    let mut detached = false;
     if !external {
         tracing::info!("signal received: unmounting {}", mountpoint.display());
-        unmounter
+        detached = unmounter
             .unmount()
             .map_err(|e| format!("unmounting {}: {e}", mountpoint.display()))?;
     }
@@ -190,6 +203,9 @@ fn serve(
             pending.failed.len(),
             config.settings.cache_dir.join("staging").display()
         );
+    }
+    if detached {
+        return Ok(()); // programs still inside get errors from now on; the mountpoint is free already
     }
     match serving.join() {
         Ok(Ok(())) => Ok(()),
@@ -230,6 +246,95 @@ fn spawn_maintenance(
 }
 
 /// Waits for SIGINT/SIGTERM (false) or for the session to end by itself, e.g. `fusermount3 -u` (true).
+/// Who takes the mount down on a signal.
+enum Unmounter {
+    /// Mounted here (as root).
+    Own(std::path::PathBuf),
+    /// Mounted by fuser (through fusermount3).
+    Fuser(fuser::SessionUnmounter),
+}
+
+impl Unmounter {
+    /// Whether the mount was only detached (something still holds it): its session then ends when they leave,
+    /// and the daemon does not wait for that.
+    fn unmount(&mut self) -> std::io::Result<bool> {
+        match self {
+            Unmounter::Own(path) => unmount_own(path),
+            Unmounter::Fuser(u) => u.unmount().map(|()| false),
+        }
+    }
+}
+
+/// Mounts /dev/fuse at `mountpoint` with the type `fuse.zmount` (what /proc/mounts, `df -T` and `findmnt` show;
+/// fuser's own mount as root says only `fuse`). Returns the channel's descriptor for the session.
+fn mount_as_root(
+    mountpoint: &Path,
+    read_only: bool,
+    allow_other: bool,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::ffi::CString;
+    use std::os::unix::fs::MetadataExt;
+    let device = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?;
+    let rootmode = std::fs::metadata(mountpoint)?.mode() & libc::S_IFMT;
+    let mut data = format!(
+        "fd={},rootmode={rootmode:o},user_id=0,group_id=0,default_permissions",
+        device.as_raw_fd()
+    );
+    if allow_other {
+        data.push_str(",allow_other");
+    }
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+    if read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    let invalid = |_| std::io::Error::from(std::io::ErrorKind::InvalidInput);
+    let target = CString::new(mountpoint.as_os_str().as_encoded_bytes()).map_err(invalid)?;
+    let (source, kind) = (c"zmount", c"fuse.zmount");
+    let data = CString::new(data).map_err(invalid)?;
+    // SAFETY: valid C strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            kind.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(device.into())
+}
+
+/// Unmounts what [`mount_as_root`] mounted; while something still holds the mount (a shell inside it), detaches
+/// it instead, so no dead mountpoint is left.
+fn unmount_own(path: &Path) -> std::io::Result<bool> {
+    use std::ffi::CString;
+    let target = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: a valid C string.
+    if unsafe { libc::umount2(target.as_ptr(), 0) } == 0 {
+        return Ok(false);
+    }
+    let error = std::io::Error::last_os_error();
+    if error.raw_os_error() != Some(libc::EBUSY) {
+        return Err(error);
+    }
+    tracing::warn!(
+        "{} is busy (a program or shell is inside it): detached; it disappears once they leave",
+        path.display()
+    );
+    // SAFETY: as above.
+    match unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } {
+        0 => Ok(true),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
 /// SIGTERM and SIGINT handlers, registered before the mount appears: a signal that arrives the moment the
 /// mount is visible must unmount cleanly, not kill the process.
 type Signals = Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>;
