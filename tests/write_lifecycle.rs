@@ -472,6 +472,22 @@ fn cat(path: &Path) -> Result<String, String> {
     }
 }
 
+/// Version B of `f` over the version on the provider, acknowledged by a write-back `close` while uploads fail.
+fn write_b_during_the_outage(f: &Path) {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(f)
+        .expect("open f during the outage");
+    file.write_all(b"B\n")
+        .unwrap_or_else(|e| panic!("write B to f during the outage: {e}"));
+    assert_eq!(
+        close(file),
+        (0, 0),
+        "write-back close of B during the outage"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_back_outage_keeps_the_newest_version() {
     let dir = scratch();
@@ -489,18 +505,7 @@ async fn write_back_outage_keeps_the_newest_version() {
     }
 
     proxy.set(Fault::Fail503Uploads); // every upload is answered 503 from now on (reads still work)
-    let mut file = OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(&f)
-        .expect("open f during the outage");
-    file.write_all(b"B\n")
-        .unwrap_or_else(|e| panic!("write B to f during the outage: {e}"));
-    assert_eq!(
-        close(file),
-        (0, 0),
-        "write-back close of B during the outage"
-    );
+    write_b_during_the_outage(&f);
     let (ok, err) = sh(&format!("echo C >> '{}'", p(&f)));
     assert!(ok, "echo C >> f during the outage: {err}");
     assert_eq!(
@@ -587,18 +592,7 @@ async fn write_back_pending_version_survives_a_remount_during_the_outage() {
     );
 
     proxy.set(Fault::Fail503Uploads);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(&f)
-        .expect("open f during the outage");
-    file.write_all(b"B\n")
-        .unwrap_or_else(|e| panic!("write B to f during the outage: {e}"));
-    assert_eq!(
-        close(file),
-        (0, 0),
-        "write-back close of B during the outage"
-    );
+    write_b_during_the_outage(&f);
     let (config, mnt) = (mount.config.clone(), mount.dir.clone());
     // Whether an unmount that leaves uploads pending exits 0 is not part of what is checked here.
     mount.stop_with(libc::SIGTERM);

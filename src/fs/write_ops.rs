@@ -90,6 +90,17 @@ impl Filesystem {
         }
     }
 
+    /// What a new file at `path` carries: `posix`, and its route's metadata and tags.
+    fn new_file_attrs(&self, path: &str, posix: Posix) -> FsResult<FileAttrs> {
+        let (_, resolved, _) = self.storage.resolve(path)?;
+        Ok(FileAttrs {
+            posix,
+            metadata: resolved.route.metadata.clone(),
+            tags: resolved.route.tags.clone(),
+            content_type: None,
+        })
+    }
+
     /// Creates (or truncates) `name` in `parent` and opens it for writing.
     /// `mode`, `uid` and `gid` are the creating program's; they are stored with the object.
     pub async fn create(
@@ -112,13 +123,7 @@ impl Filesystem {
             gid: Some(gid),
             ..Default::default()
         };
-        let (_, resolved, _) = self.storage.resolve(&path)?;
-        let attrs = FileAttrs {
-            posix,
-            metadata: resolved.route.metadata.clone(),
-            tags: resolved.route.tags.clone(),
-            content_type: None,
-        };
+        let attrs = self.new_file_attrs(&path, posix)?;
         let staged = self.uploads.create(&path, attrs)?;
         let fh = self.add_write_handle(staged, opener);
         let entry = self.file_entry(0, None, posix);
@@ -367,13 +372,7 @@ impl Filesystem {
             rdev: device.then_some(rdev),
             ..Default::default()
         };
-        let (_, resolved, _) = self.storage.resolve(&path)?;
-        let attrs = FileAttrs {
-            posix,
-            metadata: resolved.route.metadata.clone(),
-            tags: resolved.route.tags.clone(),
-            content_type: None,
-        };
+        let attrs = self.new_file_attrs(&path, posix)?;
         let info = self
             .storage
             .upload(&path, Bytes::new(), attrs.upload_options())
