@@ -36,6 +36,7 @@ writable_providers!(
     fifos_sockets_and_device_nodes_are_kept,
     names_too_long_are_refused_before_anything_is_written,
     any_user_extended_attribute_is_stored,
+    symlinks_are_stored_and_read_back,
 );
 
 fn p(path: &Path) -> &str {
@@ -382,5 +383,106 @@ async fn a_busy_mount_stops_cleanly_on_sigterm() {
     assert!(
         std::fs::read_dir(&mount.dir).is_ok(),
         "the mountpoint is usable again"
+    );
+}
+
+async fn symlinks_are_stored_and_read_back(case: Case) {
+    let (ctx, mount) = mount_for(case, "symlinks", "");
+    std::fs::create_dir(mount.path("d")).unwrap();
+    std::fs::write(mount.path("d/f"), b"through the link").unwrap();
+    let link =
+        |target: &str, name: &str| std::os::unix::fs::symlink(target, mount.path(name)).unwrap();
+    link("d/f", "to-file");
+    link("d", "to-dir");
+    link("/nonexistent/target", "dangling");
+    // A tree of relative links, as `npm install` (node_modules/.bin) and virtualenvs (lib64 -> lib) make them.
+    std::fs::create_dir_all(mount.path("node_modules/pkg/bin")).unwrap();
+    std::fs::create_dir_all(mount.path("node_modules/.bin")).unwrap();
+    std::fs::write(
+        mount.path("node_modules/pkg/bin/tool"),
+        b"#!/bin/sh\necho tool ran\n",
+    )
+    .unwrap();
+    run(
+        "chmod",
+        &["0755", p(&mount.path("node_modules/pkg/bin/tool"))],
+    );
+    link("../pkg/bin/tool", "node_modules/.bin/tool");
+    run("chown", &["-h", "65534:65534", p(&mount.path("to-file"))]);
+
+    let check = |mount: &Mount, when: &str| {
+        let target = |name: &str| std::fs::read_link(mount.path(name)).unwrap();
+        assert_eq!(target("to-file"), Path::new("d/f"), "{when}");
+        assert_eq!(
+            target("dangling"),
+            Path::new("/nonexistent/target"),
+            "{when}"
+        );
+        let meta = std::fs::symlink_metadata(mount.path("to-file")).unwrap();
+        assert!(meta.file_type().is_symlink(), "lstat {when}");
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "chown -h {when}");
+        assert_eq!(
+            std::fs::read(mount.path("to-file")).unwrap(),
+            b"through the link",
+            "{when}"
+        );
+        assert!(
+            mount.path("to-dir/f").exists(),
+            "through a directory link {when}"
+        );
+        assert!(!mount.path("dangling").exists(), "a dangling link {when}");
+        let out = run(p(&mount.path("node_modules/.bin/tool")), &[]);
+        assert_eq!(
+            out, "tool ran\n",
+            "a program run through a relative link {when}"
+        );
+        let listed = run("ls", &["-l", p(&mount.dir)]);
+        for name in ["to-file", "to-dir", "dangling"] {
+            let line = listed.lines().find(|l| l.contains(&format!(" {name} -> ")));
+            assert!(
+                line.is_some_and(|l| l.starts_with('l')),
+                "ls -l shows {name} {when}:\n{listed}"
+            );
+        }
+    };
+    check(&mount, "at once");
+    let mount = remount(mount);
+    check(&mount, "after a remount (learned from the listing)");
+
+    // cp -a out and back in, and tar x of an archive with links: links stay links.
+    let outside = ctx.dir.path().join("copy");
+    run("cp", &["-a", p(&mount.dir), p(&outside)]);
+    assert!(std::fs::symlink_metadata(outside.join("to-dir"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let archive = ctx.dir.path().join("links.tar");
+    run("tar", &["-cf", p(&archive), "-C", p(&outside), "."]);
+    std::fs::create_dir(mount.path("restored")).unwrap();
+    run(
+        "tar",
+        &["-xpf", p(&archive), "-C", p(&mount.path("restored"))],
+    );
+    let restored = mount.path("restored/node_modules/.bin/tool");
+    assert_eq!(
+        std::fs::read_link(&restored).unwrap(),
+        Path::new("../pkg/bin/tool")
+    );
+    assert_eq!(run(p(&restored), &[]), "tool ran\n");
+    // rm of a link leaves its target; mv moves the link.
+    std::fs::remove_file(mount.path("to-file")).unwrap();
+    assert_eq!(
+        std::fs::read(mount.path("d/f")).unwrap(),
+        b"through the link"
+    );
+    std::fs::rename(mount.path("dangling"), mount.path("moved")).unwrap();
+    assert_eq!(
+        std::fs::read_link(mount.path("moved")).unwrap(),
+        Path::new("/nonexistent/target")
+    );
+    // Stored the way s3fs stores a link: an object holding the target.
+    assert_eq!(
+        ctx.read_direct("moved").await.as_deref(),
+        Some(&b"/nonexistent/target"[..])
     );
 }

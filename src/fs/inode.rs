@@ -14,7 +14,8 @@ pub const ROOT: Ino = 1;
 pub enum Kind {
     File,
     Dir,
-    /// A fifo, socket or device node: an empty object whose `mode` says which (its `S_IFMT` bits here).
+    /// A symlink (an object holding the target, as s3fs stores it), fifo, socket or device node (empty objects):
+    /// the object's stored `mode` says which (its `S_IFMT` bits here).
     Special(u32),
 }
 
@@ -23,8 +24,14 @@ impl Kind {
     pub fn of_file(posix: Option<&super::posix::Posix>) -> Kind {
         match posix.and_then(|p| p.kind) {
             Some(bits)
-                if [libc::S_IFIFO, libc::S_IFSOCK, libc::S_IFCHR, libc::S_IFBLK]
-                    .contains(&bits) =>
+                if [
+                    libc::S_IFLNK,
+                    libc::S_IFIFO,
+                    libc::S_IFSOCK,
+                    libc::S_IFCHR,
+                    libc::S_IFBLK,
+                ]
+                .contains(&bits) =>
             {
                 Kind::Special(bits)
             }

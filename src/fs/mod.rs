@@ -83,6 +83,8 @@ pub struct Filesystem {
     negative: moka::sync::Cache<String, ()>,
     /// Directory listings, trusted for the attribute TTL (a second `ls` does not list the providers again).
     listings: moka::sync::Cache<String, Arc<Vec<DirEntry>>>,
+    /// Symlink targets by path, with the object version they were read from.
+    links: moka::sync::Cache<String, (Option<String>, String)>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_handle: AtomicU64,
     reader: Reader,
@@ -140,6 +142,7 @@ impl Filesystem {
             inodes: Inodes::new(mounted_at),
             negative,
             listings,
+            links: moka::sync::Cache::new(10_000),
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             mounted_at,
@@ -662,21 +665,30 @@ impl Filesystem {
                 entry.posix = posix;
             }
         }
-        // Empty objects this mount has not seen may be fifos, sockets or device nodes, which only their metadata
-        // says: asked once (an empty file costs one HEAD; the kernel takes a listing's file type as the truth).
-        let empty: Vec<String> = files
+        // Small objects this mount has not seen may be symlinks, fifos, sockets or device nodes, which only their
+        // metadata says (a listing carries none, and the kernel takes a listing's file type as the truth): asked
+        // once each, up to SMALL_HEADS per listing; in a larger listing of small objects they show as files until
+        // looked up by name.
+        let mut small: Vec<String> = files
             .iter()
             .filter(|(child, (_, entry))| {
-                entry.size == 0
+                entry.size < SMALL_OBJECT
                     && self.inodes.find(child).is_none_or(|(_, known, _)| {
                         known.etag.is_none() || known.etag != entry.etag
                     })
             })
             .map(|(child, _)| child.clone())
             .collect();
+        if small.len() > SMALL_HEADS {
+            tracing::debug!(
+                "{path:?}: {} small objects not asked for their type (more than {SMALL_HEADS})",
+                small.len()
+            );
+            small.clear();
+        }
         let headed: Vec<(String, Option<Entry>)> =
             futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
-                futures::stream::iter(empty.into_iter().map(|child| async move {
+                futures::stream::iter(small.into_iter().map(|child| async move {
                     let entry = self.head(&child).await.ok().flatten();
                     (child, entry)
                 })),
@@ -713,6 +725,35 @@ impl Filesystem {
             })
             .collect();
         Ok((entries, partial))
+    }
+
+    /// The target of symlink `ino`: the object's bytes (s3fs's form), or gcsfuse's metadata key; kept per version.
+    pub async fn readlink(&self, ino: Ino) -> FsResult<String> {
+        let (path, entry, _) = self.path_of(ino)?;
+        if entry.kind != Kind::Special(libc::S_IFLNK) {
+            return Err(FsError::Invalid(format!("{path} is not a symlink")));
+        }
+        if let Some((etag, target)) = self.links.get(&path) {
+            if etag.is_some() && etag == entry.etag {
+                return Ok(target);
+            }
+        }
+        let data = self.storage.download(&path).await?;
+        let target = match data.is_empty() {
+            true => {
+                let info = self.storage.get_info(&path).await?;
+                info.metadata.get(GCSFUSE_LINK).cloned().unwrap_or_default()
+            }
+            false => String::from_utf8_lossy(&data).into_owned(),
+        };
+        self.links.insert(path, (entry.etag, target.clone()));
+        Ok(target)
+    }
+
+    /// Remembers the target of a symlink made here (object version `etag`).
+    pub(super) fn remember_link(&self, path: &str, etag: Option<String>, target: &str) {
+        self.links
+            .insert(path.to_string(), (etag, target.to_string()));
     }
 
     /// Opens a file for reading, pinned to the object version it has now (or, while the file is being written
@@ -791,6 +832,11 @@ impl Filesystem {
     }
 }
 
+/// Objects smaller than this may be symlinks (a target is at most PATH_MAX - 1 bytes) or special files.
+const SMALL_OBJECT: u64 = 4096;
+/// Small objects a listing asks for their type at most (16 at a time).
+const SMALL_HEADS: usize = 1000;
+
 /// The marker object of directory `path` (the root's is routed like a file `.zmount-dir` at the top).
 pub(crate) fn marker_of(path: &str) -> String {
     match path {
@@ -828,6 +874,9 @@ impl<'a, T> Outcome<'a, T> {
     }
 }
 
+/// The metadata key gcsfuse keeps a symlink's target in (its object is empty).
+const GCSFUSE_LINK: &str = "gcsfuse_symlink_target";
+
 /// HEAD of one provider's copy of `path`, with the user metadata that carries mode, owner and mtime.
 async fn head_one(provider: &Arc<Provider>, path: &str) -> Result<Entry, StorageError> {
     let options = object_store::GetOptions {
@@ -839,7 +888,13 @@ async fn head_one(provider: &Arc<Provider>, path: &str) -> Result<Entry, Storage
         .get_opts(&provider.key_for(path), options)
         .await
         .map_err(|e| StorageError::from_store(provider, path, e))?;
-    let posix = posix::Posix::from_attributes(&result.attributes);
+    let mut posix = posix::Posix::from_attributes(&result.attributes);
+    let gcsfuse_link = object_store::Attribute::Metadata(GCSFUSE_LINK.into());
+    if result.attributes.get(&gcsfuse_link).is_some() {
+        let stored = posix.get_or_insert_with(Default::default);
+        stored.kind = Some(libc::S_IFLNK);
+        stored.mode = stored.mode.or(Some(0o777));
+    }
     Ok(Entry {
         kind: Kind::of_file(posix.as_ref()),
         size: result.meta.size,

@@ -338,6 +338,26 @@ impl Filesystem {
         Ok(self.attr(ino, &entry))
     }
 
+    /// `symlink`: an object holding the target, whose stored `mode` says S_IFLNK (as s3fs stores them).
+    pub async fn symlink(
+        &self,
+        parent: Ino,
+        name: &str,
+        target: &str,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        if target.is_empty() || target.len() >= 4096 {
+            return Err(FsError::NameTooLong(format!(
+                "symlink target of {} bytes",
+                target.len()
+            )));
+        }
+        let mode = libc::S_IFLNK | 0o777;
+        self.make_node(parent, name, mode, 0, (uid, gid), target.as_bytes())
+            .await
+    }
+
     /// `mknod`/`mkfifo`/socket `bind`: an empty object whose stored `mode` says what it is (as s3fs stores them);
     /// the kernel does the rest. A regular file is an empty file.
     #[allow(clippy::too_many_arguments)]
@@ -350,6 +370,20 @@ impl Filesystem {
         uid: u32,
         gid: u32,
     ) -> FsResult<Attr> {
+        self.make_node(parent, name, mode, rdev, (uid, gid), b"")
+            .await
+    }
+
+    /// A node of file type `mode & S_IFMT` holding `content`, made at once.
+    async fn make_node(
+        &self,
+        parent: Ino,
+        name: &str,
+        mode: u32,
+        rdev: u32,
+        (uid, gid): (u32, u32),
+        content: &[u8],
+    ) -> FsResult<Attr> {
         let path = self.child_path(parent, name)?;
         if name == DIR_MARKER {
             return Err(FsError::Invalid(format!("{DIR_MARKER} is reserved")));
@@ -359,7 +393,14 @@ impl Filesystem {
         }
         self.check_writable(&path)?;
         let kind = mode & libc::S_IFMT;
-        let special = [libc::S_IFIFO, libc::S_IFSOCK, libc::S_IFCHR, libc::S_IFBLK].contains(&kind);
+        let special = [
+            libc::S_IFLNK,
+            libc::S_IFIFO,
+            libc::S_IFSOCK,
+            libc::S_IFCHR,
+            libc::S_IFBLK,
+        ]
+        .contains(&kind);
         if !special && kind != libc::S_IFREG && kind != 0 {
             return Err(FsError::Invalid(format!("mknod of file type {kind:o}")));
         }
@@ -375,11 +416,18 @@ impl Filesystem {
         let attrs = self.new_file_attrs(&path, posix)?;
         let info = self
             .storage
-            .upload(&path, Bytes::new(), attrs.upload_options())
+            .upload(
+                &path,
+                Bytes::copy_from_slice(content),
+                attrs.upload_options(),
+            )
             .await?;
+        if kind == libc::S_IFLNK {
+            self.remember_link(&path, info.etag.clone(), &String::from_utf8_lossy(content));
+        }
         let entry = Entry {
             kind: Kind::of_file(Some(&posix)),
-            ..self.file_entry(0, Some(&info), posix)
+            ..self.file_entry(content.len() as u64, Some(&info), posix)
         };
         let ino = self.inodes.record(&path, entry.clone());
         self.changed(&path);

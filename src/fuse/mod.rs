@@ -66,6 +66,7 @@ fn file_type(kind: Kind) -> FileType {
     match kind {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
+        Kind::Special(libc::S_IFLNK) => FileType::Symlink,
         Kind::Special(libc::S_IFIFO) => FileType::NamedPipe,
         Kind::Special(libc::S_IFSOCK) => FileType::Socket,
         Kind::Special(libc::S_IFCHR) => FileType::CharDevice,
@@ -401,6 +402,37 @@ impl fuser::Filesystem for FuseAdapter {
             match fs.mknod(parent.0, &name, mode, rdev, uid, gid).await {
                 Ok(attr) => reply.entry(&fs.attr_ttl(), &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(errno("mknod", &e)),
+            }
+        });
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let (uid, gid) = (req.uid(), req.gid());
+        let name = name_or_reply!(link_name, reply);
+        let target = match target.to_str() {
+            Some(t) => t.to_string(),
+            None => return reply.error(Errno::EINVAL),
+        };
+        self.spawn(move |fs| async move {
+            match fs.symlink(parent.0, &name, &target, uid, gid).await {
+                Ok(attr) => reply.entry(&fs.attr_ttl(), &file_attr(&attr), Generation(0)),
+                Err(e) => reply.error(errno("symlink", &e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.spawn(move |fs| async move {
+            match fs.readlink(ino.0).await {
+                Ok(target) => reply.data(target.as_bytes()),
+                Err(e) => reply.error(errno("readlink", &e)),
             }
         });
     }
