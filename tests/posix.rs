@@ -37,6 +37,7 @@ writable_providers!(
     names_too_long_are_refused_before_anything_is_written,
     any_user_extended_attribute_is_stored,
     symlinks_are_stored_and_read_back,
+    times_are_kept_to_the_nanosecond,
 );
 
 fn p(path: &Path) -> &str {
@@ -484,5 +485,66 @@ async fn symlinks_are_stored_and_read_back(case: Case) {
     assert_eq!(
         ctx.read_direct("moved").await.as_deref(),
         Some(&b"/nonexistent/target"[..])
+    );
+}
+
+async fn times_are_kept_to_the_nanosecond(case: Case) {
+    let (ctx, mount) = mount_for(case, "times", "");
+    let (file, dir) = (mount.path("f"), mount.path("d"));
+    std::fs::write(&file, b"x").unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    for path in [&file, &dir] {
+        run(
+            "touch",
+            &["-m", "-d", "2021-03-04 05:06:07.123456789", p(path)],
+        );
+        run("touch", &["-a", "-d", "2022-01-01 00:00:00.5", p(path)]);
+    }
+    let stamp = |s: u64, n: u32| SystemTime::UNIX_EPOCH + Duration::new(s, n);
+    let before_chmod = SystemTime::now();
+    run("chmod", &["0600", p(&file)]);
+    let check = |mount: &Mount, when: &str| {
+        for name in ["f", "d"] {
+            let meta = std::fs::metadata(mount.path(name)).unwrap();
+            assert_eq!(
+                meta.modified().unwrap(),
+                stamp(1_614_834_367, 123_456_789),
+                "{name} mtime {when}"
+            );
+            assert_eq!(
+                meta.accessed().unwrap(),
+                stamp(1_640_995_200, 500_000_000),
+                "{name} atime {when}"
+            );
+        }
+        let ctime = std::fs::metadata(mount.path("f")).unwrap().ctime();
+        assert!(
+            ctime
+                >= before_chmod
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs() as i64
+                    - 1,
+            "chmod moved ctime {when}: {ctime}"
+        );
+    };
+    check(&mount, "at once");
+    let mount = remount(mount);
+    check(&mount, "after a remount");
+
+    // rsync -a into the mount, twice: the second run finds nothing to do (times, modes, directories included).
+    let source = ctx.dir.path().join("tree");
+    std::fs::create_dir_all(source.join("sub/deeper")).unwrap();
+    std::fs::write(source.join("a.txt"), b"alpha").unwrap();
+    std::fs::write(source.join("sub/b.txt"), b"beta").unwrap();
+    std::fs::write(source.join("sub/deeper/c.txt"), b"gamma").unwrap();
+    let target = format!("{}/", p(&mount.path("copy")));
+    let from = format!("{}/", p(&source));
+    run("rsync", &["-a", &from, &target]);
+    let second = run("rsync", &["-ai", &from, &target]);
+    assert_eq!(
+        second.trim(),
+        "",
+        "the second rsync -a changes nothing:\n{second}"
     );
 }

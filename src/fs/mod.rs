@@ -41,6 +41,8 @@ pub struct Attr {
     /// 512-byte blocks, consistent with size (tools compare the two to find sparse files).
     pub blocks: u64,
     pub mtime: SystemTime,
+    pub atime: SystemTime,
+    pub ctime: SystemTime,
     pub perm: u16,
     pub nlink: u32,
     pub uid: u32,
@@ -285,12 +287,15 @@ impl Filesystem {
             Kind::Dir => (self.settings.dir_mode, 2),
         };
         let stored = entry.posix.unwrap_or_default();
+        let mtime = stored.mtime.unwrap_or(entry.mtime);
         Attr {
             ino,
             kind: entry.kind,
             size: entry.size,
             blocks: entry.size.div_ceil(512),
-            mtime: stored.mtime.unwrap_or(entry.mtime),
+            mtime,
+            atime: stored.atime.unwrap_or(mtime),
+            ctime: stored.ctime.map_or(mtime, |c| c.max(mtime)),
             perm: (stored.mode.unwrap_or(perm) & 0o7777) as u16,
             nlink,
             uid: stored.uid.unwrap_or(self.uid),

@@ -8,7 +8,18 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The metadata keys that carry POSIX attributes (not shown as user metadata).
-pub const KEYS: [&str; 5] = ["mode", "uid", "gid", "mtime", "rdev"];
+pub const KEYS: [&str; 10] = [
+    "mode",
+    "uid",
+    "gid",
+    "mtime",
+    "rdev",
+    "atime",
+    "ctime",
+    "mtime_nsec",
+    "atime_nsec",
+    "ctime_nsec",
+];
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Posix {
@@ -22,6 +33,10 @@ pub struct Posix {
     pub kind: Option<u32>,
     /// Device number of a character or block device.
     pub rdev: Option<u32>,
+    /// Set explicitly (utimensat); otherwise atime reads as mtime.
+    pub atime: Option<SystemTime>,
+    /// When mode, owner, times or metadata last changed (data changes move mtime, which ctime then follows).
+    pub ctime: Option<SystemTime>,
 }
 
 impl Posix {
@@ -44,13 +59,21 @@ impl Posix {
         let kind = mode
             .map(|m| m & libc::S_IFMT)
             .filter(|k| *k != 0 && *k != libc::S_IFREG);
+        // s3fs's keys hold whole seconds; `<key>_nsec` (zmount's own) adds the nanoseconds.
+        let time = |key: &str| {
+            let secs = get(key)?;
+            let nanos = get(&format!("{key}_nsec")).filter(|n| *n < 1_000_000_000);
+            Some(UNIX_EPOCH + Duration::new(secs, nanos.unwrap_or(0) as u32))
+        };
         let posix = Posix {
             mode: mode.map(|m| m & 0o7777),
             uid: get("uid").map(|u| u as u32),
             gid: get("gid").map(|g| g as u32),
-            mtime: get("mtime").map(|s| UNIX_EPOCH + Duration::from_secs(s)),
+            mtime: time("mtime"),
             kind,
             rdev: get("rdev").map(|r| r as u32),
+            atime: time("atime"),
+            ctime: time("ctime"),
         };
         (!posix.is_empty()).then_some(posix)
     }
@@ -87,12 +110,18 @@ impl Posix {
         if let Some(gid) = self.gid {
             out.insert("gid".into(), gid.to_string());
         }
-        if let Some(mtime) = self.mtime {
-            let secs = mtime
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs();
-            out.insert("mtime".into(), secs.to_string());
+        for (key, time) in [
+            ("mtime", self.mtime),
+            ("atime", self.atime),
+            ("ctime", self.ctime),
+        ] {
+            if let Some(time) = time {
+                let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+                out.insert(key.into(), since.as_secs().to_string());
+                if since.subsec_nanos() != 0 {
+                    out.insert(format!("{key}_nsec"), since.subsec_nanos().to_string());
+                }
+            }
         }
         if let Some(rdev) = self.rdev {
             out.insert("rdev".into(), rdev.to_string());
@@ -109,6 +138,8 @@ impl Posix {
             mtime: other.mtime.or(self.mtime),
             kind: other.kind.or(self.kind),
             rdev: other.rdev.or(self.rdev),
+            atime: other.atime.or(self.atime),
+            ctime: other.ctime.or(self.ctime),
         }
     }
 }

@@ -269,6 +269,12 @@ impl Filesystem {
         change: impl FnOnce(&mut FileAttrs) + Send,
     ) -> FsResult<()> {
         self.check_writable(path)?;
+        // Every change of what a file carries moves its ctime.
+        let now = SystemTime::now();
+        let change = move |attrs: &mut FileAttrs| {
+            change(attrs);
+            attrs.posix.ctime = Some(now);
+        };
         match self.uploads.get(path) {
             Some(staged) if staged.handles() > 0 && staged.writing().await => {
                 // Still being written: the change rides along with the upload at its close.
@@ -457,6 +463,10 @@ impl Filesystem {
             ));
         }
         let stored = self.dir_posix(path).await?;
+        let changes = Posix {
+            ctime: Some(SystemTime::now()),
+            ..changes
+        };
         let posix = stored.or(entry.posix).unwrap_or_default().merged(changes);
         self.store_dir_posix(path, posix).await?;
         self.inodes.record(

@@ -47,9 +47,9 @@ fn file_attr(a: &Attr) -> FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
         blocks: a.blocks,
-        atime: a.mtime,
+        atime: a.atime,
         mtime: a.mtime,
-        ctime: a.mtime,
+        ctime: a.ctime,
         crtime: a.mtime,
         kind: file_type(a.kind),
         perm: a.perm,
@@ -329,7 +329,7 @@ impl fuser::Filesystem for FuseAdapter {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<fuser::TimeOrNow>,
+        atime: Option<fuser::TimeOrNow>,
         mtime: Option<fuser::TimeOrNow>,
         _ctime: Option<std::time::SystemTime>,
         fh: Option<FileHandle>,
@@ -339,15 +339,17 @@ impl fuser::Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let mtime = mtime.map(|t| match t {
+        let time = |t: fuser::TimeOrNow| match t {
             fuser::TimeOrNow::SpecificTime(t) => t,
             fuser::TimeOrNow::Now => std::time::SystemTime::now(),
-        });
+        };
+        let (atime, mtime) = (atime.map(time), mtime.map(time));
         let changes = Posix {
             mode: mode.map(|m| m & 0o7777),
             uid,
             gid,
             mtime,
+            atime,
             ..Default::default()
         };
         self.spawn(move |fs| async move {

@@ -272,7 +272,10 @@ impl Staged {
     fn bytes_changed(&self, st: &mut State) {
         st.unclosed = true;
         *self.modified.lock().unwrap() = SystemTime::now();
-        self.attrs.lock().unwrap().posix.mtime = None;
+        let mut attrs = self.attrs.lock().unwrap();
+        // The new bytes' time is their upload's (the provider's Last-Modified); ctime follows it.
+        (attrs.posix.mtime, attrs.posix.ctime) = (None, None);
+        drop(attrs);
         if !st.bytes_changed {
             st.bytes_changed = true;
             self.drop_markers();
