@@ -38,6 +38,7 @@ writable_providers!(
     any_user_extended_attribute_is_stored,
     symlinks_are_stored_and_read_back,
     times_are_kept_to_the_nanosecond,
+    directory_objects_of_other_tools_are_directories,
 );
 
 fn p(path: &Path) -> &str {
@@ -547,4 +548,35 @@ async fn times_are_kept_to_the_nanosecond(case: Case) {
         "",
         "the second rsync -a changes nothing:\n{second}"
     );
+}
+
+async fn directory_objects_of_other_tools_are_directories(case: Case) {
+    let (ctx, mount) = mount_for(case, "dir-objects", "");
+    let options = zmount::storage::UploadOptions {
+        content_type: Some("application/x-directory".into()),
+        ..Default::default()
+    };
+    ctx.storage
+        .upload("legacy", bytes::Bytes::new(), options)
+        .await
+        .unwrap();
+    let meta = std::fs::symlink_metadata(mount.path("legacy")).unwrap();
+    assert!(
+        meta.is_dir(),
+        "an object with a directory content type is a directory"
+    );
+    let listed = run("ls", &["-l", p(&mount.dir)]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with('d') && l.ends_with(" legacy")),
+        "listed as a directory:\n{listed}"
+    );
+    assert_eq!(std::fs::read_dir(mount.path("legacy")).unwrap().count(), 0);
+    std::fs::remove_dir(mount.path("legacy")).unwrap();
+    assert!(
+        ctx.read_direct("legacy").await.is_none(),
+        "rmdir removes the directory object"
+    );
+    assert!(std::fs::symlink_metadata(mount.path("legacy")).is_err());
 }

@@ -143,7 +143,7 @@ impl Inodes {
         if let Some((_, known, _)) = self.find(path) {
             if entry.posix.is_none() && known.etag.is_some() && known.etag == entry.etag {
                 entry.posix = known.posix;
-                entry.kind = Kind::of_file(entry.posix.as_ref());
+                entry.kind = known.kind; // a symlink, special file or directory object, learned by a HEAD
             }
             // A directory's mode, owner and times are on its marker, which listings do not show.
             if entry.kind == Kind::Dir && known.kind == Kind::Dir {

@@ -879,6 +879,9 @@ impl<'a, T> Outcome<'a, T> {
     }
 }
 
+/// Content types that mark an object as a directory.
+const DIRECTORY_TYPES: [&str; 2] = ["application/x-directory", "httpd/unix-directory"];
+
 /// The metadata key gcsfuse keeps a symlink's target in (its object is empty).
 const GCSFUSE_LINK: &str = "gcsfuse_symlink_target";
 
@@ -900,8 +903,16 @@ async fn head_one(provider: &Arc<Provider>, path: &str) -> Result<Entry, Storage
         stored.kind = Some(libc::S_IFLNK);
         stored.mode = stored.mode.or(Some(0o777));
     }
+    // Older tools (and consoles) write a directory as an object `dir` with a directory content type.
+    let directory = result
+        .attributes
+        .get(&object_store::Attribute::ContentType)
+        .is_some_and(|t| DIRECTORY_TYPES.iter().any(|d| t.as_ref().starts_with(d)));
     Ok(Entry {
-        kind: Kind::of_file(posix.as_ref()),
+        kind: match directory {
+            true => Kind::Dir,
+            false => Kind::of_file(posix.as_ref()),
+        },
         size: result.meta.size,
         mtime: result.meta.last_modified.into(),
         etag: result.meta.e_tag.or(result.meta.version),

@@ -498,7 +498,16 @@ impl Filesystem {
         }
         let marker = format!("{path}/{DIR_MARKER}");
         self.check_writable(&marker)?;
-        self.storage.delete(&marker).await?;
+        // A directory written by another tool as an object of its own goes with it (on a local provider that
+        // object is a file, so no marker can be below it).
+        if self.head(&path).await?.is_some_and(|e| e.kind == Kind::Dir) {
+            self.storage.delete(&path).await?;
+            if let Err(e) = self.storage.delete(&marker).await {
+                tracing::debug!("{marker}: {e}");
+            }
+        } else {
+            self.storage.delete(&marker).await?;
+        }
         self.gone(&path);
         self.entries_changed(&path);
         Ok(())
