@@ -151,11 +151,11 @@ impl Provider {
     /// The object key of a (normalized) mount path: the provider's prefix, then the path, byte for byte, so names
     /// with spaces, `%`, brackets or UTF-8 are stored as written and objects from other tools keep their names.
     /// (Only ASCII control characters, which object keys cannot hold portably, are percent-encoded.)
-    /// Longest name component this provider stores: a local folder's NAME_MAX; object stores limit only the
-    /// whole key.
+    /// Longest name component this provider stores: a local folder's NAME_MAX (255) less the `#<n>` suffix of the
+    /// temporary file object_store writes first (up to 11 bytes); object stores limit only the whole key.
     pub fn name_max(&self) -> usize {
         match self.kind {
-            "local" => 255,
+            "local" => 255 - 11,
             _ => Self::KEY_MAX,
         }
     }
