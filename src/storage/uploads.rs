@@ -3,7 +3,9 @@
 //! multipart API (S3 and S3-compatible stores) gets a record `<cache_dir>/uploads/<n>.json` — provider, key and
 //! upload id — written durably before its first part is sent and removed once it is completed or aborted. An
 //! upload that fails is aborted at once (best effort); records left by a killed process, or by an abort that
-//! failed, are aborted by [`OpenUploads::abort_orphans`] at the next start and at every maintenance pass.
+//! failed, are aborted by [`OpenUploads::abort_orphans`] at the next start and at every maintenance pass. Records
+//! name the process that started the upload: those of another process still running (a `zmount migrate` sharing
+//! the cache dir) are left alone.
 //!
 //! Azure needs none of this (uncommitted blocks are discarded by the service after a week, and object_store's
 //! abort is a no-op there); local folders have no multipart uploads.
@@ -84,6 +86,7 @@ impl OpenUploads {
             .map(|e| e.path())
             .filter(|f| f.extension().and_then(|e| e.to_str()) == Some("json"))
             .filter(|f| !self.live.lock().unwrap().contains(f))
+            .filter(|f| !started_by_another_live_process(f))
             .collect();
         let mut aborted = 0;
         for file in files {
@@ -123,6 +126,20 @@ impl OpenUploads {
             }
         }
         aborted
+    }
+}
+
+/// Whether record `file` (named `<pid>-<n>.json`) belongs to another process that is still running — a
+/// `zmount migrate` beside the mount, sharing its cache dir: its uploads are not orphans.
+fn started_by_another_live_process(file: &Path) -> bool {
+    let pid = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split('-').next())
+        .and_then(|p| p.parse::<u32>().ok());
+    match pid {
+        Some(pid) if pid != std::process::id() => Path::new(&format!("/proc/{pid}")).exists(),
+        _ => false,
     }
 }
 
