@@ -5,9 +5,9 @@ set -euo pipefail
 TOOLS="${ZMOUNT_TOOLS:-$HOME/.cache/zmount-test-servers}"
 mkdir -p "$TOOLS"
 
-# Programs the mount tests drive: fuse3 (fusermount3), rsync, sqlite3, git, curl, openssl, getfattr/setfattr (attr), make.
+# Programs the mount tests drive: fuse3 (fusermount3), rsync, sqlite3, git, curl, openssl, getfattr/setfattr (attr), make, chattr (e2fsprogs).
 missing=()
-for pair in fusermount3:fuse3 rsync:rsync sqlite3:sqlite3 git:git curl:curl openssl:openssl getfattr:attr make:make; do
+for pair in fusermount3:fuse3 rsync:rsync sqlite3:sqlite3 git:git curl:curl openssl:openssl getfattr:attr make:make chattr:e2fsprogs; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -402,11 +402,9 @@ async fn reads_after_close_show_the_new_content(case: Case) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// A write-back route whose provider fails. S3 only: the write path retries (and keeps pending versions for)
-// outages only — connection errors, timeouts, 5xx (`providers::guard::is_outage`). A local folder cannot have one:
-// there is no connection to cut, and what can be done to it from outside (a read-only bind mount, `chattr +i`)
-// makes it answer EROFS/EPERM, which zmount treats as an answer, not an outage. The fault proxy in front of
-// SeaweedFS gives real 503s.
+// A write-back route whose provider fails after `close` acknowledged a version: on S3 the fault proxy in front of
+// SeaweedFS answers 503 to uploads (reads go on); on a local provider the folder is made immutable. A write-back
+// version stays journaled and pending whatever its upload's error, so both show the same lifecycle.
 
 /// Few retries, short timeouts, frequent retry passes, so an outage is seen quickly and the mount catches up fast.
 const OUTAGE_SETTINGS: &str = "[settings.retry]\nattempts = 1\ndelay = 0.05\n[settings.timeouts]\nconnect = 1\nread = 2\nfirst_byte = 2\n[settings.failover]\nfailure_threshold = 2\ncooldown = 0.5\nheal_interval = 0.3\n";
@@ -470,6 +468,68 @@ fn cat(path: &Path) -> Result<String, String> {
     } else {
         Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
     }
+}
+
+/// Row 4 on a local provider: its folder made immutable (`chattr +i`, which root cannot write through either) fails
+/// every upload while reads go on, as a provider answering 503 to writes would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_write_back_failure_keeps_the_newest_version() {
+    let (ctx, mount) = mount_custom(
+        Case::Local,
+        "wb-local-fail",
+        "",
+        None,
+        "",
+        "write_back = true",
+    );
+    let f = mount.path("f");
+    std::fs::write(&f, b"A\n").unwrap();
+    let seen = wait_stored(&ctx.provider, "f", "A\n", BACKGROUND_DEADLINE).await;
+    assert_eq!(
+        seen.last().cloned().flatten().as_deref(),
+        Some("A\n"),
+        "version A uploaded"
+    );
+    let folder = ctx
+        .dir
+        .path()
+        .join(format!("{}-root", ctx.provider.name))
+        .join(&ctx.provider.prefix);
+    /// Keeps the folder immutable until dropped (also when an assertion fails, so the scratch can be removed).
+    struct Immutable(PathBuf);
+    impl Drop for Immutable {
+        fn drop(&mut self) {
+            let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+        }
+    }
+    run("chattr", &["+i", p(&folder)]);
+    let held = Immutable(folder.clone());
+    write_b_during_the_outage(&f);
+    let (ok, err) = sh(&format!("echo C >> '{}'", p(&f)));
+    assert!(ok, "echo C >> f while uploads fail: {err}");
+    assert_eq!(
+        cat(&f),
+        Ok("B\nC\n".to_string()),
+        "f on the mount while uploads fail"
+    );
+    assert_eq!(
+        std::fs::metadata(&f).map(|m| m.len()).ok(),
+        Some(4),
+        "stat size"
+    );
+    assert_eq!(
+        stored(&ctx.provider, "f").await.as_deref(),
+        Some("A\n"),
+        "nothing uploaded meanwhile"
+    );
+    drop(held);
+    let mount = remount(mount); // unmount retries the pending upload, now that the folder takes it
+    assert_eq!(
+        stored(&ctx.provider, "f").await.as_deref(),
+        Some("B\nC\n"),
+        "B + C, never A + C"
+    );
+    assert_eq!(cat(&mount.path("f")), Ok("B\nC\n".to_string()));
 }
 
 /// Version B of `f` over the version on the provider, acknowledged by a write-back `close` while uploads fail.
