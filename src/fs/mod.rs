@@ -656,15 +656,11 @@ impl Filesystem {
             })
             .cloned()
             .collect();
-        let stored: Vec<(String, Option<posix::Posix>)> =
-            futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
-                futures::stream::iter(unknown.into_iter().map(|dir| async move {
-                    let posix = self.dir_posix(&dir).await.ok().flatten();
-                    (dir, posix)
-                })),
-                16,
-            ))
-            .await;
+        let stored = ask_each(unknown, |dir| async move {
+            let posix = self.dir_posix(&dir).await.ok().flatten();
+            (dir, posix)
+        })
+        .await;
         for (dir, posix) in stored {
             if let Some(entry) = dirs.get_mut(&dir) {
                 entry.posix = posix;
@@ -691,15 +687,11 @@ impl Filesystem {
             );
             small.clear();
         }
-        let headed: Vec<(String, Option<Entry>)> =
-            futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
-                futures::stream::iter(small.into_iter().map(|child| async move {
-                    let entry = self.head(&child).await.ok().flatten();
-                    (child, entry)
-                })),
-                16,
-            ))
-            .await;
+        let headed = ask_each(small, |child| async move {
+            let entry = self.head(&child).await.ok().flatten();
+            (child, entry)
+        })
+        .await;
         for (child, entry) in headed {
             if let (Some(entry), Some((_, listed))) = (entry, files.get_mut(&child)) {
                 *listed = entry;
@@ -835,6 +827,19 @@ impl Filesystem {
             .cloned()
             .ok_or(FsError::StaleHandle)
     }
+}
+
+/// Runs `ask` for every path, 16 requests in flight (what a listing asks beyond the LIST itself).
+async fn ask_each<T, F, Fut>(paths: Vec<String>, ask: F) -> Vec<(String, T)>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = (String, T)>,
+{
+    use futures::StreamExt;
+    futures::stream::iter(paths.into_iter().map(ask))
+        .buffer_unordered(16)
+        .collect()
+        .await
 }
 
 /// Objects smaller than this may be symlinks (a target is at most PATH_MAX - 1 bytes) or special files.

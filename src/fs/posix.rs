@@ -40,6 +40,16 @@ pub struct Posix {
 }
 
 impl Posix {
+    /// What a new file or directory gets: the creating program's permission bits and owner.
+    pub fn created(mode: u32, uid: u32, gid: u32) -> Posix {
+        Posix {
+            mode: Some(mode & 0o7777),
+            uid: Some(uid),
+            gid: Some(gid),
+            ..Default::default()
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         *self == Posix::default()
     }

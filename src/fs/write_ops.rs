@@ -117,12 +117,7 @@ impl Filesystem {
             return Err(FsError::Invalid(format!("{DIR_MARKER} is reserved")));
         }
         self.check_writable(&path)?;
-        let posix = Posix {
-            mode: Some(mode & 0o7777),
-            uid: Some(uid),
-            gid: Some(gid),
-            ..Default::default()
-        };
+        let posix = Posix::created(mode, uid, gid);
         let attrs = self.new_file_attrs(&path, posix)?;
         let staged = self.uploads.create(&path, attrs)?;
         let fh = self.add_write_handle(staged, opener);
@@ -327,12 +322,7 @@ impl Filesystem {
         if self.lookup(parent, name).await.is_ok() {
             return Err(FsError::Exists);
         }
-        let posix = Posix {
-            mode: Some(mode & 0o7777),
-            uid: Some(uid),
-            gid: Some(gid),
-            ..Default::default()
-        };
+        let posix = Posix::created(mode, uid, gid);
         self.store_dir_posix(&path, posix).await?;
         let entry = Entry {
             posix: Some(posix),
@@ -412,12 +402,9 @@ impl Filesystem {
         }
         let device = kind == libc::S_IFCHR || kind == libc::S_IFBLK;
         let posix = Posix {
-            mode: Some(mode & 0o7777),
-            uid: Some(uid),
-            gid: Some(gid),
             kind: special.then_some(kind),
             rdev: device.then_some(rdev),
-            ..Default::default()
+            ..Posix::created(mode, uid, gid)
         };
         let attrs = self.new_file_attrs(&path, posix)?;
         let info = self

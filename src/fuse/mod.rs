@@ -86,6 +86,14 @@ fn xattr_reply(reply: fuser::ReplyXattr, size: u32, value: &[u8]) {
     }
 }
 
+/// Replies with the new or found entry's attributes, or the error's errno.
+fn entry_reply(fs: &Filesystem, reply: ReplyEntry, op: &str, result: Result<Attr, FsError>) {
+    match result {
+        Ok(attr) => reply.entry(&fs.attr_ttl(), &file_attr(&attr), Generation(0)),
+        Err(e) => reply.error(errno(op, &e)),
+    }
+}
+
 fn empty_reply(reply: ReplyEmpty, op: &str, result: Result<(), FsError>) {
     match result {
         Ok(()) => reply.ok(),
@@ -149,10 +157,8 @@ impl fuser::Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
         self.spawn(move |fs| async move {
-            match fs.lookup(parent.0, &name).await {
-                Ok(attr) => reply.entry(&fs.attr_ttl(), &file_attr(&attr), Generation(0)),
-                Err(e) => reply.error(errno("lookup", &e)),
-            }
+            let result = fs.lookup(parent.0, &name).await;
+            entry_reply(&fs, reply, "lookup", result)
         });
     }
 
@@ -245,7 +251,8 @@ impl fuser::Filesystem for FuseAdapter {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         let truncate = flags.0 & libc::O_TRUNC != 0;
-        let opener = process_of(req.pid());
+        // Only writers publish at close, so only they need to know who opened them.
+        let opener = if write { process_of(req.pid()) } else { 0 };
         self.spawn(move |fs| async move {
             match fs.open(ino.0, write, truncate, opener).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
@@ -380,10 +387,8 @@ impl fuser::Filesystem for FuseAdapter {
         let (uid, gid) = (req.uid(), req.gid());
         let name = name_or_reply!(name, reply);
         self.spawn(move |fs| async move {
-            match fs.mkdir(parent.0, &name, mode & !umask, uid, gid).await {
-                Ok(attr) => reply.entry(&fs.attr_ttl(), &file_attr(&attr), Generation(0)),
-                Err(e) => reply.error(errno("mkdir", &e)),
-            }
+            let result = fs.mkdir(parent.0, &name, mode & !umask, uid, gid).await;
+            entry_reply(&fs, reply, "mkdir", result)
         });
     }
 
@@ -401,10 +406,8 @@ impl fuser::Filesystem for FuseAdapter {
         let name = name_or_reply!(name, reply);
         let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
         self.spawn(move |fs| async move {
-            match fs.mknod(parent.0, &name, mode, rdev, uid, gid).await {
-                Ok(attr) => reply.entry(&fs.attr_ttl(), &file_attr(&attr), Generation(0)),
-                Err(e) => reply.error(errno("mknod", &e)),
-            }
+            let result = fs.mknod(parent.0, &name, mode, rdev, uid, gid).await;
+            entry_reply(&fs, reply, "mknod", result)
         });
     }
 
@@ -423,10 +426,8 @@ impl fuser::Filesystem for FuseAdapter {
             None => return reply.error(Errno::EINVAL),
         };
         self.spawn(move |fs| async move {
-            match fs.symlink(parent.0, &name, &target, uid, gid).await {
-                Ok(attr) => reply.entry(&fs.attr_ttl(), &file_attr(&attr), Generation(0)),
-                Err(e) => reply.error(errno("symlink", &e)),
-            }
+            let result = fs.symlink(parent.0, &name, &target, uid, gid).await;
+            entry_reply(&fs, reply, "symlink", result)
         });
     }
 
