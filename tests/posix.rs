@@ -39,6 +39,7 @@ writable_providers!(
     symlinks_are_stored_and_read_back,
     times_are_kept_to_the_nanosecond,
     directory_objects_of_other_tools_are_directories,
+    rename_moves_ctime_and_a_derived_content_type,
 );
 
 fn p(path: &Path) -> &str {
@@ -579,4 +580,69 @@ async fn directory_objects_of_other_tools_are_directories(case: Case) {
         "rmdir removes the directory object"
     );
     assert!(std::fs::symlink_metadata(mount.path("legacy")).is_err());
+}
+
+/// The stored content type, without parameters (some servers add `; charset=utf-8` to text types).
+fn content_type(path: &Path) -> String {
+    let value = run(
+        "getfattr",
+        &["--only-values", "-n", "user.zmount.content_type", p(path)],
+    );
+    value.split(';').next().unwrap().trim().to_string()
+}
+
+/// `mv x.txt x.md` moves x's ctime and gives it the content type of its new name; a type set explicitly stays; the
+/// same after a remount. rsync's temporary names (`.x.txt.Ab12Cd`) are the everyday case.
+async fn rename_moves_ctime_and_a_derived_content_type(case: Case) {
+    use std::os::unix::fs::MetadataExt;
+    let (_ctx, mount) = mount_for(case, "rename-type", "");
+    std::fs::write(mount.path("x.txt"), b"# notes\n").unwrap();
+    std::fs::write(mount.path(".page.html.Ab12Cd"), b"<p>hi</p>\n").unwrap();
+    std::fs::write(mount.path("y.txt"), b"{}\n").unwrap();
+    run(
+        "setfattr",
+        &[
+            "-n",
+            "user.zmount.content_type",
+            "-v",
+            "application/json",
+            p(&mount.path("y.txt")),
+        ],
+    );
+    assert_eq!(content_type(&mount.path("x.txt")), "text/plain");
+    let ctime = |path: &Path| {
+        let m = std::fs::symlink_metadata(path).unwrap();
+        (m.ctime(), m.ctime_nsec())
+    };
+    let before = ctime(&mount.path("x.txt"));
+    run("mv", &[p(&mount.path("x.txt")), p(&mount.path("x.md"))]);
+    run(
+        "mv",
+        &[
+            p(&mount.path(".page.html.Ab12Cd")),
+            p(&mount.path("page.html")),
+        ],
+    );
+    run("mv", &[p(&mount.path("y.txt")), p(&mount.path("y.md"))]);
+    assert!(ctime(&mount.path("x.md")) > before, "mv moves ctime");
+    let check = |mount: &Mount, when: &str| {
+        assert_eq!(content_type(&mount.path("x.md")), "text/markdown", "{when}");
+        assert_eq!(
+            content_type(&mount.path("page.html")),
+            "text/html",
+            "{when}"
+        );
+        assert_eq!(
+            content_type(&mount.path("y.md")),
+            "application/json",
+            "set explicitly: {when}"
+        );
+        assert_eq!(
+            std::fs::read(mount.path("x.md")).unwrap(),
+            b"# notes\n",
+            "{when}"
+        );
+    };
+    check(&mount, "after mv");
+    check(&remount(mount), "after a remount");
 }

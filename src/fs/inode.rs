@@ -71,6 +71,9 @@ struct Node {
     entry: Entry,
     /// A directory whose entries changed while mounted: its mtime from then on (kept across refreshes).
     touched: Option<SystemTime>,
+    /// When the entry was renamed while mounted: its ctime from then on, unless a stored one is newer (a rename
+    /// stores nothing; kept across refreshes of the same node).
+    renamed: Option<SystemTime>,
     /// When the entry was last confirmed by a provider; None once expired.
     seen: Option<Instant>,
 }
@@ -94,6 +97,7 @@ impl Inodes {
                 path: String::new(),
                 entry: Entry::dir(root_mtime),
                 touched: None,
+                renamed: None,
                 seen: Some(Instant::now()),
             },
         );
@@ -120,17 +124,18 @@ impl Inodes {
                 ino
             }
         };
-        let touched = t
-            .by_ino
-            .get(&ino)
+        let old = t.by_ino.get(&ino);
+        let touched = old
             .filter(|old| old.entry.kind == Kind::Dir && entry.kind == Kind::Dir)
             .and_then(|old| old.touched);
+        let renamed = old.and_then(|old| old.renamed);
         t.by_ino.insert(
             ino,
             Node {
                 path: path.to_string(),
                 entry,
                 touched,
+                renamed,
                 seen: Some(Instant::now()),
             },
         );
@@ -218,6 +223,10 @@ impl Node {
     /// The entry with a directory's in-mount mtime over the stored one.
     fn shown(&self) -> Entry {
         let mut entry = self.entry.clone();
+        if let Some(renamed) = self.renamed {
+            let posix = entry.posix.get_or_insert_with(Default::default);
+            posix.ctime = Some(posix.ctime.map_or(renamed, |c| c.max(renamed)));
+        }
         if let Some(touched) = self.touched {
             entry.mtime = touched;
             if let Some(posix) = &mut entry.posix {
@@ -234,8 +243,9 @@ fn age(seen: Option<Instant>) -> std::time::Duration {
 
 impl Inodes {
     /// Moves `from` (and, for a directory, everything below it) to `to`, keeping inode numbers: the kernel keeps
-    /// using the numbers it knows after a rename.
+    /// using the numbers it knows after a rename. The moved entry's ctime moves (in memory, see `Node::renamed`).
     pub fn rename(&self, from: &str, to: &str) {
+        let now = SystemTime::now();
         let mut t = self.inner.lock().unwrap();
         let moved: Vec<(String, Ino)> = t
             .by_path
@@ -251,6 +261,9 @@ impl Inodes {
             t.by_path.remove(&old_path);
             t.by_path.insert(new_path.clone(), ino);
             if let Some(node) = t.by_ino.get_mut(&ino) {
+                if old_path == from {
+                    node.renamed = Some(now);
+                }
                 node.path = new_path;
                 node.seen = None; // a copied object may have a new ETag: ask the provider on next use
             }

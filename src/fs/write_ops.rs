@@ -13,12 +13,15 @@ use super::inode::{Entry, Ino, Kind};
 use super::posix::Posix;
 use super::{Attr, Filesystem, Handle};
 use crate::routing::is_within;
-use crate::storage::FileInfo;
+use crate::storage::{guess_content_type, FileInfo};
 use crate::write::{FileAttrs, Staged};
 use bytes::Bytes;
 use object_store::ObjectStoreExt;
 use std::sync::Arc;
 use std::time::SystemTime;
+
+/// Largest file whose content type a rename updates (see `Filesystem::retype`): 16 MiB.
+const RETYPE_MAX: u64 = 16 << 20;
 
 pub use crate::storage::DIR_MARKER;
 
@@ -534,6 +537,36 @@ impl Filesystem {
         Ok(())
     }
 
+    /// After a rename of a stored file: a content type that was derived from the old name (`x.txt` stored as
+    /// text/plain) is derived from the new one (`x.md`: text/markdown), by rewriting the object as `chmod` does. Only
+    /// files up to [`RETYPE_MAX`]: object_store cannot change a stored object's content type without sending its
+    /// bytes again, and a rename must not cost a transfer of gigabytes. Best effort: the rename has happened.
+    async fn retype(&self, from: &str, to: &str) {
+        let (old, new) = (guess_content_type(from), guess_content_type(to));
+        if old == new {
+            return;
+        }
+        let Ok(info) = self.storage.get_info(to).await else {
+            return;
+        };
+        let essence = info.content_type.split(';').next().unwrap_or_default().trim();
+        if !essence.eq_ignore_ascii_case(&old) || info.size > RETYPE_MAX {
+            return;
+        }
+        let posix = self
+            .inodes
+            .find(to)
+            .and_then(|(_, entry, _)| entry.posix)
+            .unwrap_or_default();
+        let retyped = self
+            .change_file(to, posix, move |attrs| attrs.content_type = Some(new))
+            .await;
+        match retyped {
+            Ok(()) => self.changed(to),
+            Err(e) => tracing::warn!("{to}: content type not updated after the rename: {e:?}"),
+        }
+    }
+
     /// Renames a file (replacing the target) or a directory (every object below it). Source and target must be
     /// routed to the same provider, else EXDEV before anything moves.
     pub async fn rename(
@@ -622,6 +655,9 @@ impl Filesystem {
         }
         self.uploads.renamed(held, &from, &to).await;
         self.inodes.rename(&from, &to);
+        if matches!(attr.kind, Kind::File) && !moved.is_empty() {
+            self.retype(&from, &to).await;
+        }
         self.entries_changed(&from);
         self.entries_changed(&to);
         self.gone(&from);

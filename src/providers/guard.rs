@@ -27,7 +27,8 @@ use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
-    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
+    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
+    RenameTargetMode, UploadPart,
 };
 use std::fmt;
 use std::future::Future;
@@ -381,6 +382,9 @@ pub struct Guarded {
     inner: Arc<dyn ObjectStore>,
     health: Arc<Health>,
     policy: Arc<GuardPolicy>,
+    /// The inner store renames in one step (a local folder): renames go to it whole. Object stores have no rename;
+    /// theirs is a copy and a delete, each attempted on its own (a lost answer to a delete is then harmless).
+    native_rename: bool,
 }
 
 impl fmt::Display for Guarded {
@@ -395,7 +399,14 @@ impl Guarded {
             inner,
             health,
             policy: Arc::new(policy),
+            native_rename: false,
         }
+    }
+
+    /// See [`Guarded::native_rename`](struct@Guarded).
+    pub fn with_native_rename(mut self) -> Self {
+        self.native_rename = true;
+        self
     }
 
     /// Runs `op` until it succeeds, answers, or fails with an outage `attempts` times; each attempt bounded by
@@ -575,6 +586,35 @@ impl ObjectStore for Guarded {
             self.inner.copy_opts(from, to, options.clone())
         })
         .await
+    }
+
+    async fn rename_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: RenameOptions,
+    ) -> object_store::Result<()> {
+        if self.native_rename {
+            return self
+                .attempt(Op::Copy, self.policy.total, || {
+                    self.inner.rename_opts(from, to, options.clone())
+                })
+                .await;
+        }
+        let mode = match options.target_mode {
+            RenameTargetMode::Overwrite => object_store::CopyMode::Overwrite,
+            RenameTargetMode::Create => object_store::CopyMode::Create,
+        };
+        let copy = CopyOptions {
+            mode,
+            extensions: options.extensions,
+        };
+        self.copy_opts(from, to, copy).await?;
+        self.delete_stream(futures::stream::iter([Ok(from.clone())]).boxed())
+            .next()
+            .await
+            .unwrap_or(Ok(from.clone()))
+            .map(|_| ())
     }
 }
 

@@ -127,7 +127,10 @@ impl Provider {
         };
         let common = config.common();
         let health = Arc::new(guard::Health::new(name, &built.location, &tuning.guard));
-        let store = guard::Guarded::new(built.store, health.clone(), tuning.guard.clone());
+        let mut store = guard::Guarded::new(built.store, health.clone(), tuning.guard.clone());
+        if matches!(config, ProviderConfig::Local(_)) {
+            store = store.with_native_rename();
+        }
         let multipart = built.multipart.map(|inner| {
             Arc::new(guard::GuardedParts::new(store.clone(), inner))
                 as Arc<dyn object_store::multipart::MultipartStore>
