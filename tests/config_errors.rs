@@ -64,12 +64,12 @@ fn bad_configs_get_exact_messages() {
         (
             "failure threshold of zero",
             format!("[settings.failover]\nfailure_threshold = 0\n{GOOD_PROVIDERS}"),
-            "/etc/zmount/mount.toml: settings.failover.failure_threshold: must be at least 1",
+            "/etc/zmount/mount.toml: settings.failover.failure_threshold: must be from 1 to 1000; got 0",
         ),
         (
             "non-positive timeout",
             format!("[settings.timeouts]\nfirst_byte = 0\n{GOOD_PROVIDERS}"),
-            "/etc/zmount/mount.toml: settings.timeouts.first_byte: must be a positive number of seconds, got 0",
+            "/etc/zmount/mount.toml: settings.timeouts.first_byte: must be a number of seconds, more than 0 and at most 3600; got 0",
         ),
         (
             "unknown write policy",
@@ -176,6 +176,82 @@ fn bad_configs_get_exact_messages() {
             format!("{GOOD_PROVIDERS}\n[default]\nprovider = \"s3\"\nvariants = {{ \"Big One\" = \"10x10\" }}\n"),
             "/etc/zmount/mount.toml: default.variants.Big One: variant name \"Big One\": use 1-32 lowercase letters, digits, `_` or `-` (it becomes part of file names)",
         ),
+        // Numbers out of range, empty strings, values of the wrong kind: refused at load, naming the key.
+        (
+            "a TTL that is not a number",
+            format!("[settings.mount]\nattr_ttl = nan\n{GOOD_PROVIDERS}"),
+            "/etc/zmount/mount.toml: settings.mount.attr_ttl: must be a number of seconds, at least 0 and at most 86400; got NaN",
+        ),
+        (
+            "an infinite TTL",
+            format!("[settings.mount]\nnegative_ttl = inf\n{GOOD_PROVIDERS}"),
+            "/etc/zmount/mount.toml: settings.mount.negative_ttl: must be a number of seconds, at least 0 and at most 86400; got inf",
+        ),
+        (
+            "a negative TTL",
+            format!("[settings.mount]\nattr_ttl = -1\n{GOOD_PROVIDERS}"),
+            "/etc/zmount/mount.toml: settings.mount.attr_ttl: must be a number of seconds, at least 0 and at most 86400; got -1",
+        ),
+        (
+            "a negative heal interval",
+            format!("[settings.failover]\nheal_interval = -5\n{GOOD_PROVIDERS}"),
+            "/etc/zmount/mount.toml: settings.failover.heal_interval: must be a number of seconds, more than 0 and at most 86400; got -5",
+        ),
+        (
+            "a negative cooldown",
+            format!("[settings.failover]\ncooldown = -1\n{GOOD_PROVIDERS}"),
+            "/etc/zmount/mount.toml: settings.failover.cooldown: must be a number of seconds, more than 0 and at most 86400; got -1",
+        ),
+        (
+            "a secret typed as a number is not echoed",
+            "[providers.s3]\nkind = \"s3\"\nbucket = \"b\"\nsecret_key = 987654321\n".to_string(),
+            "/etc/zmount/mount.toml: providers.s3.secret_key: expected a string in quotes (the value given is not shown: it is a secret)",
+        ),
+        (
+            "an empty bucket",
+            "[providers.s3]\nkind = \"s3\"\nbucket = \"\"\n".to_string(),
+            "/etc/zmount/mount.toml: providers.s3.bucket: must not be empty",
+        ),
+        (
+            "an empty container",
+            "[providers.az]\nkind = \"azure\"\ncontainer = \" \"\naccount = \"a\"\nkey = \"k\"\n".to_string(),
+            "/etc/zmount/mount.toml: providers.az.container: must not be empty",
+        ),
+        (
+            "no disk cache",
+            format!("[settings]\ncache_size = 0\n{GOOD_PROVIDERS}"),
+            "/etc/zmount/mount.toml: settings.cache_size: must be from 64.0 MiB to 1024.0 TiB; got 0 B",
+        ),
+        (
+            "no memory cache",
+            format!("[settings.mount]\nmemory_cache_size = 0\n{GOOD_PROVIDERS}"),
+            "/etc/zmount/mount.toml: settings.mount.memory_cache_size: must be from 4.0 MiB to 64.0 GiB; got 0 B",
+        ),
+        (
+            "read-ahead larger than the memory cache",
+            format!("[settings.mount]\nread_ahead = \"100 TiB\"\n{GOOD_PROVIDERS}"),
+            "/etc/zmount/mount.toml: settings.mount.read_ahead: must be from 1.0 MiB to 32.0 MiB; got 100.0 TiB",
+        ),
+        (
+            "a mode that is not permission bits",
+            format!("[settings.mount]\nfile_mode = 99999\n{GOOD_PROVIDERS}"),
+            "/etc/zmount/mount.toml: settings.mount.file_mode: must be permission bits, at most 0o7777 (4095); got 99999 (write it as 0o644)",
+        ),
+        (
+            "an endpoint without a scheme",
+            "[providers.s3]\nkind = \"s3\"\nbucket = \"b\"\nendpoint = \"127.0.0.1:18333\"\n".to_string(),
+            "/etc/zmount/mount.toml: providers.s3.endpoint: `127.0.0.1:18333` has no http:// or https:// scheme; expected a URL such as `https://s3.example.com` or `http://127.0.0.1:9000`",
+        ),
+        (
+            "an endpoint with a host name and port but no scheme",
+            "[providers.s3]\nkind = \"s3\"\nbucket = \"b\"\nendpoint = \"minio:9000\"\n".to_string(),
+            "/etc/zmount/mount.toml: providers.s3.endpoint: `minio:9000` has no http:// or https:// scheme; expected a URL such as `https://s3.example.com` or `http://127.0.0.1:9000`",
+        ),
+        (
+            "a cache dir that is a file",
+            format!("[settings]\ncache_dir = \"/etc/passwd\"\n{GOOD_PROVIDERS}"),
+            "/etc/zmount/mount.toml: settings.cache_dir: /etc/passwd is a file; it must be a folder (it is created if missing)",
+        ),
     ];
     let mut failures = Vec::new();
     for (name, text, expected) in &cases {
@@ -186,7 +262,7 @@ fn bad_configs_get_exact_messages() {
             ));
         }
         assert!(
-            !got.contains("wJalrXUtnFEMI"),
+            !got.contains("wJalrXUtnFEMI") && !got.contains("987654321"),
             "{name}: secret leaked: {got}"
         );
     }
@@ -225,4 +301,18 @@ fn secrets_never_appear_in_debug_output() {
     let storage = Storage::new(&config).unwrap();
     let debug = format!("{storage:?}");
     assert!(!debug.contains("wJalrXUtnFEMI"), "{debug}");
+}
+
+/// A config of providers only serves `migrate`/`sync`/`url`; a mount of it would refuse every path, so `mount` and
+/// `check` refuse it, naming what to add.
+#[test]
+fn a_mount_needs_a_route_or_a_default() {
+    let config = Config::parse(GOOD_PROVIDERS, Path::new("/etc/zmount/mount.toml")).unwrap();
+    assert_eq!(
+        config.check_mountable().unwrap_err().to_string(),
+        "/etc/zmount/mount.toml: default: no [[routes]] and no [default]: every path of the mount would be refused; add `[default]` with `provider = \"NAME\"`"
+    );
+    let routed = format!("{GOOD_PROVIDERS}\n[default]\nprovider = \"s3\"\n");
+    let config = Config::parse(&routed, Path::new("/etc/zmount/mount.toml")).unwrap();
+    assert!(config.check_mountable().is_ok());
 }

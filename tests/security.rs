@@ -93,3 +93,86 @@ async fn the_local_provider_never_leaves_its_folder() {
         Path::new("some/where")
     );
 }
+
+/// Everything zmount keeps under `cache_dir` (blocks, staging copies, journals, status, lock, log) is private to
+/// the user running it, whatever the umask: folders 0700, files 0600. What an older version left open is tightened
+/// at start (one warning), and `zmount check` warns about an open `cache_dir`. Files of a local provider keep the
+/// modes the user's umask gives them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_files_are_private_to_the_user_running_zmount() {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    // SAFETY: umask swaps the mask of this test process, which the spawned zmount inherits.
+    unsafe { libc::umask(0o022) };
+    let dir = common::scratch();
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(cache.join("blocks/old")).unwrap();
+    std::fs::write(cache.join("blocks/old/leftover"), b"an older version's block").unwrap();
+    for path in [cache.clone(), cache.join("blocks"), cache.join("blocks/old")] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let folder = dir.path().join("folder");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("seeded.bin"), common::pattern(3 << 20, 7)).unwrap();
+    let config = format!(
+        "[settings]\ncache_dir = {cache:?}\n\n[providers.loc]\nkind = \"local\"\npath = {folder:?}\n\n[[routes]]\nprefix = \"wb\"\nprovider = \"loc\"\nwrite_back = true\n\n[default]\nprovider = \"loc\"\n"
+    );
+    std::fs::write(dir.path().join("mount.toml"), &config).unwrap();
+
+    let check = common::zmount(&["check", p(&dir.path().join("mount.toml"))]);
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success() && said.contains("WARN  cache_dir") && said.contains("mode 755"),
+        "zmount check of an open cache dir:\n{said}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let mount = common::mount::Mount::start(dir.path(), &config);
+    std::fs::create_dir_all(mount.path("wb")).unwrap();
+    for name in ["private.txt", "wb/private.txt"] {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .open(mount.path(name))
+            .unwrap();
+        std::io::Write::write_all(&mut file, b"for my eyes only\n").unwrap();
+        file.sync_all().unwrap();
+    }
+    assert_eq!(
+        common::mount::sha256(&mount.path("seeded.bin")),
+        common::mount::sha256(&folder.join("seeded.bin")),
+        "a read through the block cache"
+    );
+    let mut open = Vec::new();
+    let mut files = 0;
+    let mut pending = vec![cache.clone()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.mode() & 0o077 != 0 {
+            open.push(format!("{:o} {}", meta.mode() & 0o7777, path.display()));
+        }
+        if meta.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            files += 1;
+        }
+    }
+    assert!(files >= 4, "blocks, lock, status and log files were written: {files}");
+    assert!(open.is_empty(), "open to other users:\n{}", open.join("\n"));
+    assert!(
+        mount.log().contains("readable by other users; they are now private"),
+        "{}",
+        mount.log()
+    );
+    assert_eq!(
+        std::fs::metadata(folder.join("private.txt")).unwrap().mode() & 0o777,
+        0o600,
+        "a local provider's file made 0600 through the mount is 0600 in the folder"
+    );
+    std::fs::write(mount.path("plain.txt"), b"made with the usual umask\n").unwrap();
+    assert_eq!(
+        std::fs::metadata(folder.join("plain.txt")).unwrap().mode() & 0o777,
+        0o644,
+        "a local provider's file gets the modes the user's umask gives"
+    );
+}

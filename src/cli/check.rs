@@ -21,6 +21,10 @@ pub async fn run(config_path: &Path, only: &[String]) -> ExitCode {
     let Some(config) = super::load_config(config_path) else {
         return ExitCode::FAILURE;
     };
+    if let Err(e) = config.check_mountable() {
+        eprintln!("zmount: {e}");
+        return ExitCode::FAILURE;
+    }
     if let Some(unknown) = only.iter().find(|n| !config.providers.contains_key(*n)) {
         eprintln!(
             "zmount: no provider named `{unknown}` in {}",
@@ -35,6 +39,7 @@ pub async fn run(config_path: &Path, only: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let cache_ok = check_cache_dir(&config.settings.cache_dir);
     let selected: Vec<_> = storage
         .providers()
         .filter(|p| only.is_empty() || only.contains(&p.name))
@@ -60,6 +65,10 @@ pub async fn run(config_path: &Path, only: &[String]) -> ExitCode {
             }
         }
     }
+    if !cache_ok {
+        eprintln!("zmount: the cache dir cannot be used");
+        return ExitCode::FAILURE;
+    }
     if failed > 0 {
         eprintln!(
             "zmount: {failed} of {} providers failed the check",
@@ -69,6 +78,31 @@ pub async fn run(config_path: &Path, only: &[String]) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// `cache_dir` is a folder zmount can write (made if missing, as the mount would); a warning when other users can
+/// read it (the mount makes it private at start). Prints one line; false when the mount could not use it.
+fn check_cache_dir(dir: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = dir.display();
+    let usable = std::fs::create_dir_all(dir).and_then(|()| {
+        let probe = dir.join(format!(".zmount-check-{}", std::process::id()));
+        std::fs::write(&probe, b"probe")?;
+        std::fs::remove_file(&probe)
+    });
+    if let Err(e) = usable {
+        println!("FAIL  cache_dir  {shown} is not a writable folder: {e}");
+        return false;
+    }
+    let mode = std::fs::metadata(dir).map_or(0, |m| m.permissions().mode() & 0o777);
+    if mode & 0o077 != 0 {
+        println!(
+            "WARN  cache_dir  {shown} is open to other users (mode {mode:03o}); the mount makes it and its files private (0700/0600) at start"
+        );
+    } else {
+        println!("OK    cache_dir  {shown}");
+    }
+    true
 }
 
 /// Runs the steps against one provider; Ok is the latency summary, Err names the failing step.

@@ -140,6 +140,11 @@ fn init_logging(verbose: u8) {
 }
 
 pub fn main() -> ExitCode {
+    // Everything zmount creates for itself (cache blocks, staging copies, journals, logs) is private to the user
+    // running it, whatever the umask; files of a local provider get the modes the user's umask gives them.
+    // SAFETY: umask only swaps the process's file mode mask.
+    let user_umask = unsafe { libc::umask(0o077) };
+    crate::providers::set_user_umask(user_umask as u32);
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let Some(runtime) = runtime() else {

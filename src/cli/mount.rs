@@ -36,6 +36,10 @@ pub fn run(config_path: &Path, mountpoint: &Path, args: &MountArgs) -> ExitCode 
     let Some(config) = super::load_config(config_path) else {
         return ExitCode::FAILURE;
     };
+    if let Err(e) = config.check_mountable() {
+        eprintln!("zmount: {e}");
+        return ExitCode::FAILURE;
+    }
     let mountpoint = match check_mountpoint(mountpoint) {
         Ok(m) => m,
         Err(message) => {
@@ -109,6 +113,19 @@ fn serve(
         )
     })?;
     let _lock = lock_cache_dir(&config.settings.cache_dir)?;
+    match crate::cache::make_private(&config.settings.cache_dir) {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            "cache_dir {}: {n} files and folders were readable by other users; they are now private (0600/0700)",
+            config.settings.cache_dir.display()
+        ),
+        Err(e) => {
+            return Err(format!(
+                "cannot make cache dir {} private: {e}",
+                config.settings.cache_dir.display()
+            ))
+        }
+    }
     let storage = Arc::new(Storage::new(config).map_err(|e| e.to_string())?);
     let fs = {
         let _guard = runtime.enter();

@@ -58,7 +58,8 @@ pub fn describe_serde_error(path: &str, message: &str) -> (String, String) {
             format!("{parent}.{child}")
         }
     };
-    let message = message.trim();
+    // toml appends "in `key`" to messages of custom errors; the key is reported separately.
+    let message = message.split("\nin `").next().unwrap_or(message).trim();
     if let Some(rest) = message.strip_prefix("unknown field `") {
         let (name, expected) = rest.split_once('`').unwrap_or((rest, ""));
         let expected = expected.trim_start_matches(", ").replace('`', "");

@@ -538,31 +538,9 @@ impl Config {
             }
             self.check_route_providers("default", default)?;
         }
-        if self.settings.retry.attempts == 0 {
-            return err(
-                "settings.retry.attempts".into(),
-                "must be at least 1 (the first attempt counts)".into(),
-            );
-        }
-        if self.settings.failover.failure_threshold == 0 {
-            return err(
-                "settings.failover.failure_threshold".into(),
-                "must be at least 1".into(),
-            );
-        }
-        let t = &self.settings.timeouts;
-        for (name, value) in [
-            ("connect", t.connect),
-            ("read", t.read),
-            ("first_byte", t.first_byte),
-            ("total", t.total),
-        ] {
-            if !(value > 0.0 && value.is_finite()) {
-                return err(
-                    format!("settings.timeouts.{name}"),
-                    format!("must be a positive number of seconds, got {value}"),
-                );
-            }
+        self.check_ranges()?;
+        for (name, provider) in &self.providers {
+            self.check_provider(name, provider)?;
         }
         if self.settings.images.workers == 0 || self.settings.images.max_pixels == 0 {
             return err(
@@ -575,6 +553,137 @@ impl Config {
                 "settings.cdn.domain".into(),
                 "required when settings.cdn.enabled = true".into(),
             );
+        }
+        Ok(())
+    }
+
+    /// What a mount (and `zmount check`) needs beyond a valid file: some path must lead somewhere. A config of
+    /// providers only is fine for `migrate`/`sync`/`url`, which name providers themselves.
+    pub fn check_mountable(&self) -> Result<(), ConfigError> {
+        if self.routes.is_empty() && self.default.is_none() {
+            return Err(ConfigError::new(
+                &self.file,
+                "default",
+                "no [[routes]] and no [default]: every path of the mount would be refused; add `[default]` with `provider = \"NAME\"`",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every number of `[settings]` within the range where the feature it tunes works: finite, not negative, below a
+    /// ceiling past which it is surely a typo (a `nan` or a `1e300` would otherwise reach a panic or a hang later).
+    fn check_ranges(&self) -> Result<(), ConfigError> {
+        const DAY: f64 = 86_400.0;
+        let s = &self.settings;
+        let (t, f, m) = (&s.timeouts, &s.failover, &s.mount);
+        // (key, value, smallest allowed, is the smallest itself allowed, largest)
+        let seconds = [
+            ("settings.timeouts.connect", t.connect, 0.0, false, 3_600.0),
+            ("settings.timeouts.read", t.read, 0.0, false, 3_600.0),
+            ("settings.timeouts.first_byte", t.first_byte, 0.0, false, 3_600.0),
+            ("settings.timeouts.total", t.total, 0.0, false, DAY),
+            ("settings.retry.delay", s.retry.delay, 0.0, true, 600.0),
+            ("settings.failover.cooldown", f.cooldown, 0.0, false, DAY),
+            ("settings.failover.heal_interval", f.heal_interval, 0.0, false, DAY),
+            ("settings.mount.attr_ttl", m.attr_ttl, 0.0, true, DAY),
+            ("settings.mount.negative_ttl", m.negative_ttl, 0.0, true, DAY),
+        ];
+        for (key, value, min, min_ok, max) in seconds {
+            let above = if min_ok { value >= min } else { value > min };
+            if !(value.is_finite() && above && value <= max) {
+                let low = if min_ok { "at least" } else { "more than" };
+                return Err(ConfigError::new(
+                    &self.file,
+                    key,
+                    format!("must be a number of seconds, {low} {min} and at most {max}; got {value}"),
+                ));
+            }
+        }
+        let counts = [
+            ("settings.retry.attempts", s.retry.attempts, 100),
+            ("settings.failover.failure_threshold", f.failure_threshold, 1_000),
+            ("settings.failover.primary_read_attempts", f.primary_read_attempts, 100),
+        ];
+        for (key, value, max) in counts {
+            if value == 0 || value > max {
+                return Err(ConfigError::new(
+                    &self.file,
+                    key,
+                    format!("must be from 1 to {max}; got {value}"),
+                ));
+            }
+        }
+        let block = crate::cache::BLOCK_SIZE;
+        let sizes = [
+            // The disk cache holds the blocks of open files and read-ahead: below 64 MiB it would thrash.
+            ("settings.cache_size", s.cache_size.0, 64 << 20, 1 << 50),
+            // Read-ahead hands blocks through the memory cache: it needs room for a few.
+            ("settings.mount.memory_cache_size", m.memory_cache_size.0, 4 * block, 64 << 30),
+            ("settings.mount.read_ahead", m.read_ahead.0, block, m.memory_cache_size.0.max(block)),
+        ];
+        for (key, value, min, max) in sizes {
+            if value < min || value > max {
+                return Err(ConfigError::new(
+                    &self.file,
+                    key,
+                    format!(
+                        "must be from {} to {}; got {}",
+                        ByteSize(min),
+                        ByteSize(max),
+                        ByteSize(value)
+                    ),
+                ));
+            }
+        }
+        for (key, mode) in [
+            ("settings.mount.file_mode", m.file_mode),
+            ("settings.mount.dir_mode", m.dir_mode),
+        ] {
+            if mode > 0o7777 {
+                return Err(ConfigError::new(
+                    &self.file,
+                    key,
+                    format!("must be permission bits, at most 0o7777 (4095); got {mode} (write it as 0o644)"),
+                ));
+            }
+        }
+        if s.cache_dir.is_file() {
+            return Err(ConfigError::new(
+                &self.file,
+                "settings.cache_dir",
+                format!("{} is a file; it must be a folder (it is created if missing)", s.cache_dir.display()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A provider's required strings are not empty and its endpoint is a URL zmount can talk to.
+    fn check_provider(&self, name: &str, provider: &ProviderConfig) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("providers.{name}.{field}");
+        let (required, endpoint): (Vec<(&str, &str)>, Option<&str>) = match provider {
+            ProviderConfig::S3(c) | ProviderConfig::Wasabi(c) => {
+                (vec![("bucket", &c.bucket), ("region", &c.region)], c.endpoint.as_deref())
+            }
+            ProviderConfig::Gcs(c) => (vec![("bucket", &c.bucket)], None),
+            ProviderConfig::Azure(c) => (vec![("container", &c.container)], c.endpoint.as_deref()),
+            ProviderConfig::Local(_) => (vec![], None),
+        };
+        for (field, value) in required {
+            if value.trim().is_empty() {
+                return Err(ConfigError::new(&self.file, key(field), "must not be empty"));
+            }
+        }
+        if let ProviderConfig::Local(c) = provider {
+            if c.path.as_os_str().is_empty() || c.path.is_file() {
+                return Err(ConfigError::new(
+                    &self.file,
+                    key("path"),
+                    format!("must be a folder (created if missing); {} is not", c.path.display()),
+                ));
+            }
+        }
+        if let Some(endpoint) = endpoint {
+            check_endpoint(endpoint).map_err(|m| ConfigError::new(&self.file, key("endpoint"), m))?;
         }
         Ok(())
     }
@@ -665,6 +774,23 @@ impl Config {
     /// Names of the providers that routes actually use (in config order of first use).
     pub fn provider_names(&self) -> impl Iterator<Item = &String> {
         self.providers.keys()
+    }
+}
+
+/// An endpoint is an absolute `http://` or `https://` URL with a host (`http://127.0.0.1:9000`,
+/// `https://s3.eu-central-2.wasabisys.com`); anything else is refused at load, with what was expected.
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let expected = "expected a URL such as `https://s3.example.com` or `http://127.0.0.1:9000`";
+    match url::Url::parse(endpoint) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(()),
+        Ok(url) if !matches!(url.scheme(), "http" | "https") => Err(format!(
+            "`{endpoint}` has no http:// or https:// scheme; {expected}"
+        )),
+        Ok(_) => Err(format!("`{endpoint}` names no host; {expected}")),
+        Err(url::ParseError::RelativeUrlWithoutBase) => Err(format!(
+            "`{endpoint}` has no http:// or https:// scheme; {expected}"
+        )),
+        Err(e) => Err(format!("`{endpoint}` is not a URL ({e}); {expected}")),
     }
 }
 

@@ -48,6 +48,28 @@ use std::sync::{Arc, Mutex};
 const XATTR_PREFIX: &str = "user.zmount.";
 const XATTR_CONTENT_TYPE: &str = "user.zmount.content-type";
 const XATTR_META_PREFIX: &str = "user.zmount.meta.";
+/// The umask of the user who started zmount: the process itself runs with 0o077 (its own files are private), and
+/// files and folders of a local provider are given the modes that user's umask gives them (0o644 and 0o755 with
+/// the usual 0o022), as any program writing into that folder would.
+static USER_UMASK: AtomicU32 = AtomicU32::new(0o022);
+
+pub fn set_user_umask(umask: u32) {
+    USER_UMASK.store(umask & 0o777, Ordering::Relaxed);
+}
+
+fn user_mode(mode: u32) -> Mode {
+    Mode::from_raw_mode(mode & !USER_UMASK.load(Ordering::Relaxed))
+}
+
+/// The mode of a file on disk: its stored permission bits (a file made 0600 through the mount is 0600 in the
+/// folder too), never more open than the user's umask allows, never setuid, setgid or sticky (the daemon may run
+/// as root), always readable and writable by the daemon's user (a `chmod 000` file must still be served); 0666
+/// less the umask for objects without a stored mode.
+fn disk_mode(attributes: &Attributes) -> Mode {
+    let stored = metadata_number(attributes, "mode").map(|m| (m as u32 & 0o777) | 0o600);
+    user_mode(stored.unwrap_or(0o666))
+}
+
 /// Marks zmount's temporary files: `NAME#zm` + 8 hex digits (11 bytes; see `Provider::name_max`).
 const TEMP_MARK: &str = "#zm";
 
@@ -224,8 +246,12 @@ impl Shared {
             let parent = chain.last().expect("the chain starts with the folder");
             let fd = match rustix::fs::openat(parent, dir.as_str(), flags, Mode::empty()) {
                 Err(Errno::NOENT) if create => {
-                    match rustix::fs::mkdirat(parent, dir.as_str(), Mode::from_raw_mode(0o777)) {
-                        Ok(()) | Err(Errno::EXIST) => {}
+                    match rustix::fs::mkdirat(parent, dir.as_str(), Mode::from_raw_mode(0o700)) {
+                        Ok(()) => {
+                            let mode = user_mode(0o777);
+                            rustix::fs::chmodat(parent, dir.as_str(), mode, AtFlags::empty())?;
+                        }
+                        Err(Errno::EXIST) => {}
                         Err(e) => return Err(e),
                     }
                     rustix::fs::openat(parent, dir.as_str(), flags, Mode::empty())?
@@ -445,12 +471,22 @@ impl Shared {
     }
 
     /// A new temporary file in `parent`, for writing.
-    fn create_temp(&self, parent: &OwnedFd, name: &str, key: &str) -> Result<(File, String)> {
+    fn create_temp(
+        &self,
+        parent: &OwnedFd,
+        name: &str,
+        key: &str,
+        attributes: &Attributes,
+    ) -> Result<(File, String)> {
         let temp = self.temp_name(name);
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(parent, temp.as_str(), flags, Mode::from_raw_mode(0o666))
+        let fd = rustix::fs::openat(parent, temp.as_str(), flags, Mode::from_raw_mode(0o600))
             .map_err(|e| error(key, e))?;
+        if let Err(e) = rustix::fs::fchmod(&fd, disk_mode(attributes)) {
+            let _ = rustix::fs::unlinkat(parent, temp.as_str(), AtFlags::empty());
+            return Err(error(key, e));
+        }
         Ok((File::from(fd), temp))
     }
 
@@ -518,7 +554,7 @@ impl Shared {
         let temp = if is_link(attributes) {
             self.create_link(parent, &name, payload, attributes, key)?
         } else {
-            let (mut file, temp) = self.create_temp(parent, &name, key)?;
+            let (mut file, temp) = self.create_temp(parent, &name, key, attributes)?;
             let written = file
                 .write_all(payload)
                 .and_then(|()| write_xattrs(file.as_fd(), attributes))
@@ -564,7 +600,7 @@ impl Shared {
         let key = to.as_ref();
         let temp = match source.payload {
             GetResultPayload::File(mut file, _) => {
-                let (mut out, temp) = self.create_temp(to_parent, &to_name, key)?;
+                let (mut out, temp) = self.create_temp(to_parent, &to_name, key, &attributes)?;
                 let copied = std::io::copy(&mut file, &mut out)
                     .and_then(|_| write_xattrs(out.as_fd(), &attributes))
                     .and_then(|()| out.sync_all());
@@ -706,7 +742,7 @@ impl ObjectStore for LocalStore {
         blocking(move || {
             let (chain, _, name) = shared.parent(&key, true)?;
             let parent = chain.into_iter().last().expect("parent");
-            let (file, temp) = shared.create_temp(&parent, &name, key.as_ref())?;
+            let (file, temp) = shared.create_temp(&parent, &name, key.as_ref(), &opts.attributes)?;
             Ok(Box::new(LocalUpload {
                 file: Arc::new(file),
                 parent: Arc::new(parent),

@@ -8,7 +8,7 @@ pub mod guard;
 mod local;
 mod s3;
 
-pub use local::LocalStore;
+pub use local::{set_user_umask, LocalStore};
 pub use s3::wasabi_endpoint;
 
 use crate::config::{ProviderConfig, Redactor, Settings, TimeoutSettings};
