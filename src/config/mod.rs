@@ -580,13 +580,31 @@ impl Config {
         let seconds = [
             ("settings.timeouts.connect", t.connect, 0.0, false, 3_600.0),
             ("settings.timeouts.read", t.read, 0.0, false, 3_600.0),
-            ("settings.timeouts.first_byte", t.first_byte, 0.0, false, 3_600.0),
+            (
+                "settings.timeouts.first_byte",
+                t.first_byte,
+                0.0,
+                false,
+                3_600.0,
+            ),
             ("settings.timeouts.total", t.total, 0.0, false, DAY),
             ("settings.retry.delay", s.retry.delay, 0.0, true, 600.0),
             ("settings.failover.cooldown", f.cooldown, 0.0, false, DAY),
-            ("settings.failover.heal_interval", f.heal_interval, 0.0, false, DAY),
+            (
+                "settings.failover.heal_interval",
+                f.heal_interval,
+                0.0,
+                false,
+                DAY,
+            ),
             ("settings.mount.attr_ttl", m.attr_ttl, 0.0, true, DAY),
-            ("settings.mount.negative_ttl", m.negative_ttl, 0.0, true, DAY),
+            (
+                "settings.mount.negative_ttl",
+                m.negative_ttl,
+                0.0,
+                true,
+                DAY,
+            ),
         ];
         for (key, value, min, min_ok, max) in seconds {
             let above = if min_ok { value >= min } else { value > min };
@@ -595,14 +613,24 @@ impl Config {
                 return Err(ConfigError::new(
                     &self.file,
                     key,
-                    format!("must be a number of seconds, {low} {min} and at most {max}; got {value}"),
+                    format!(
+                        "must be a number of seconds, {low} {min} and at most {max}; got {value}"
+                    ),
                 ));
             }
         }
         let counts = [
             ("settings.retry.attempts", s.retry.attempts, 100),
-            ("settings.failover.failure_threshold", f.failure_threshold, 1_000),
-            ("settings.failover.primary_read_attempts", f.primary_read_attempts, 100),
+            (
+                "settings.failover.failure_threshold",
+                f.failure_threshold,
+                1_000,
+            ),
+            (
+                "settings.failover.primary_read_attempts",
+                f.primary_read_attempts,
+                100,
+            ),
         ];
         for (key, value, max) in counts {
             if value == 0 || value > max {
@@ -618,8 +646,18 @@ impl Config {
             // The disk cache holds the blocks of open files and read-ahead: below 64 MiB it would thrash.
             ("settings.cache_size", s.cache_size.0, 64 << 20, 1 << 50),
             // Read-ahead hands blocks through the memory cache: it needs room for a few.
-            ("settings.mount.memory_cache_size", m.memory_cache_size.0, 4 * block, 64 << 30),
-            ("settings.mount.read_ahead", m.read_ahead.0, block, m.memory_cache_size.0.max(block)),
+            (
+                "settings.mount.memory_cache_size",
+                m.memory_cache_size.0,
+                4 * block,
+                64 << 30,
+            ),
+            (
+                "settings.mount.read_ahead",
+                m.read_ahead.0,
+                block,
+                m.memory_cache_size.0.max(block),
+            ),
         ];
         for (key, value, min, max) in sizes {
             if value < min || value > max {
@@ -651,7 +689,10 @@ impl Config {
             return Err(ConfigError::new(
                 &self.file,
                 "settings.cache_dir",
-                format!("{} is a file; it must be a folder (it is created if missing)", s.cache_dir.display()),
+                format!(
+                    "{} is a file; it must be a folder (it is created if missing)",
+                    s.cache_dir.display()
+                ),
             ));
         }
         Ok(())
@@ -661,16 +702,21 @@ impl Config {
     fn check_provider(&self, name: &str, provider: &ProviderConfig) -> Result<(), ConfigError> {
         let key = |field: &str| format!("providers.{name}.{field}");
         let (required, endpoint): (Vec<(&str, &str)>, Option<&str>) = match provider {
-            ProviderConfig::S3(c) | ProviderConfig::Wasabi(c) => {
-                (vec![("bucket", &c.bucket), ("region", &c.region)], c.endpoint.as_deref())
-            }
+            ProviderConfig::S3(c) | ProviderConfig::Wasabi(c) => (
+                vec![("bucket", &c.bucket), ("region", &c.region)],
+                c.endpoint.as_deref(),
+            ),
             ProviderConfig::Gcs(c) => (vec![("bucket", &c.bucket)], None),
             ProviderConfig::Azure(c) => (vec![("container", &c.container)], c.endpoint.as_deref()),
             ProviderConfig::Local(_) => (vec![], None),
         };
         for (field, value) in required {
             if value.trim().is_empty() {
-                return Err(ConfigError::new(&self.file, key(field), "must not be empty"));
+                return Err(ConfigError::new(
+                    &self.file,
+                    key(field),
+                    "must not be empty",
+                ));
             }
         }
         if let ProviderConfig::Local(c) = provider {
@@ -678,12 +724,16 @@ impl Config {
                 return Err(ConfigError::new(
                     &self.file,
                     key("path"),
-                    format!("must be a folder (created if missing); {} is not", c.path.display()),
+                    format!(
+                        "must be a folder (created if missing); {} is not",
+                        c.path.display()
+                    ),
                 ));
             }
         }
         if let Some(endpoint) = endpoint {
-            check_endpoint(endpoint).map_err(|m| ConfigError::new(&self.file, key("endpoint"), m))?;
+            check_endpoint(endpoint)
+                .map_err(|m| ConfigError::new(&self.file, key("endpoint"), m))?;
         }
         Ok(())
     }

@@ -459,7 +459,8 @@ impl Filesystem {
             let check = async move {
                 let mut listing = provider.store.list(Some(&provider.key_for(path)));
                 match futures::StreamExt::next(&mut listing).await {
-                    Some(Ok(_)) => Ok(true),
+                    // An object whose key no path can name is still something below `path`.
+                    Some(Ok(_)) | Some(Err(object_store::Error::InvalidPath { .. })) => Ok(true),
                     None | Some(Err(object_store::Error::NotFound { .. })) => Ok(false),
                     Some(Err(e)) => Err(StorageError::from_store(provider, path, e)),
                 }
@@ -929,7 +930,7 @@ async fn head_one(provider: &Arc<Provider>, path: &str) -> Result<Entry, Storage
 /// One provider's entries directly in `path` (an empty listing when it has none).
 async fn list_one(provider: &Provider, path: &str) -> Result<ListResult, StorageError> {
     let key = (!path.is_empty() || !provider.prefix.is_empty()).then(|| provider.key_for(path));
-    match provider.store.list_with_delimiter(key.as_ref()).await {
+    match crate::providers::listing::list_dir(provider, key.as_ref()).await {
         Ok(listing) => Ok(listing),
         Err(object_store::Error::NotFound { .. }) => Ok(ListResult {
             common_prefixes: vec![],

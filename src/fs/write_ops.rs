@@ -549,7 +549,12 @@ impl Filesystem {
         let Ok(info) = self.storage.get_info(to).await else {
             return;
         };
-        let essence = info.content_type.split(';').next().unwrap_or_default().trim();
+        let essence = info
+            .content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim();
         if !essence.eq_ignore_ascii_case(&old) || info.size > RETYPE_MAX {
             return;
         }

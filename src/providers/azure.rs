@@ -99,6 +99,7 @@ pub fn build(config: &AzureConfig, tuning: &ClientTuning) -> Result<BuiltStore, 
     Ok(BuiltStore {
         multipart: None,
         store: store.clone(),
+        paginated: Some(store.clone()),
         signer: Some(store),
         location: format!("{endpoint} (container {})", config.container),
         redactor,

@@ -55,6 +55,7 @@ pub fn build(config: &GcsConfig, tuning: &ClientTuning) -> Result<BuiltStore, St
     Ok(BuiltStore {
         multipart: None,
         store: store.clone(),
+        paginated: Some(store.clone()),
         signer: Some(store),
         location: format!("{endpoint} (bucket {})", config.bucket),
         redactor,

@@ -293,7 +293,7 @@ impl Shared {
 
     /// Logs, once per name, an entry a listing leaves out because no key can name it.
     fn skip(&self, dir: &str, name: &[u8], why: &str) {
-        let shown = format!("{dir}/{}", String::from_utf8_lossy(name).escape_debug());
+        let shown = format!("{dir}/{}", String::from_utf8_lossy(name));
         if self.skipped.lock().expect("poisoned").insert(shown.clone()) {
             tracing::warn!(
                 "local folder {}: {shown:?} is left out of listings: {why}",
@@ -742,7 +742,8 @@ impl ObjectStore for LocalStore {
         blocking(move || {
             let (chain, _, name) = shared.parent(&key, true)?;
             let parent = chain.into_iter().last().expect("parent");
-            let (file, temp) = shared.create_temp(&parent, &name, key.as_ref(), &opts.attributes)?;
+            let (file, temp) =
+                shared.create_temp(&parent, &name, key.as_ref(), &opts.attributes)?;
             Ok(Box::new(LocalUpload {
                 file: Arc::new(file),
                 parent: Arc::new(parent),

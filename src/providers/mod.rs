@@ -5,6 +5,7 @@
 mod azure;
 mod gcs;
 pub mod guard;
+pub mod listing;
 mod local;
 mod s3;
 
@@ -63,6 +64,8 @@ pub(crate) struct BuiltStore {
     pub store: Arc<dyn ObjectStore>,
     /// The low-level multipart API, where uploads left open cost the user (S3 and S3-compatible stores).
     pub multipart: Option<Arc<dyn object_store::multipart::MultipartStore>>,
+    /// Paginated listings with a start key (see [`listing`]).
+    pub paginated: Option<Arc<dyn object_store::list::PaginatedListStore>>,
     pub signer: Option<Arc<dyn Signer>>,
     pub location: String,
     pub redactor: Redactor,
@@ -81,6 +84,8 @@ pub struct Provider {
     pub multipart: Option<Arc<dyn object_store::multipart::MultipartStore>>,
     /// Where multipart uploads in progress are recorded, so one cut short is aborted later (set by storage).
     pub open_uploads: Option<Arc<crate::storage::uploads::OpenUploads>>,
+    /// See [`BuiltStore::paginated`].
+    pub paginated: Option<Arc<dyn object_store::list::PaginatedListStore>>,
     pub signer: Option<Arc<dyn Signer>>,
     pub health: Arc<guard::Health>,
     /// Key prefix, without leading or trailing `/`.
@@ -119,6 +124,7 @@ impl Provider {
                 BuiltStore {
                     store,
                     multipart: None,
+                    paginated: None,
                     signer: None,
                     location: c.path.display().to_string(),
                     redactor: Redactor::default(),
@@ -142,6 +148,7 @@ impl Provider {
             store: Arc::new(store),
             multipart,
             open_uploads: None,
+            paginated: built.paginated,
             health,
             signer: built.signer,
             prefix: common.prefix.trim_matches('/').to_string(),

@@ -52,6 +52,7 @@ pub fn build(config: &S3Config, wasabi: bool, tuning: &ClientTuning) -> Result<B
     Ok(BuiltStore {
         store: store.clone(),
         multipart: Some(store.clone()),
+        paginated: Some(store.clone()),
         signer: Some(store),
         location: format!("{endpoint} (bucket {})", config.bucket),
         redactor,

@@ -6,6 +6,7 @@
 pub mod killable;
 pub mod mount;
 pub mod proxy;
+pub mod raw_s3;
 
 use bytes::Bytes;
 pub use object_store::ObjectStoreExt;

@@ -1,0 +1,148 @@
+//! One directory level of a provider, listed so that one odd key cannot hide the others.
+//!
+//! object_store turns every key of a listing page into a `Path` and fails the whole page when one cannot be (a key
+//! holding `\n` or `\t`, an empty or `..` segment): anyone with write access to a bucket could then make a whole
+//! directory disappear from the mount. When that happens, [`list_dir`] lists the level again page by page from a
+//! start key (the provider's `start-after`), halving the page until the page before the odd key goes through, steps
+//! past the odd key (or the whole odd prefix) and goes on; each odd key is logged once, by name. Only providers with
+//! paginated listings (S3, GCS, Azure) can do this; a local folder never fails this way (its listing skips such
+//! names itself).
+
+use super::Provider;
+use object_store::list::{PaginatedListOptions, PaginatedListStore};
+use object_store::path::Path;
+use object_store::{ListResult, ObjectMeta};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Mutex, OnceLock};
+
+/// Largest page asked for while stepping around odd keys (the providers' own maximum).
+const PAGE: usize = 1000;
+/// Pages one recovery may take before it gives up (a provider ignoring the start key would loop forever).
+const MAX_PAGES: usize = 100_000;
+
+/// The entries directly under `key` (the whole bucket for None) on `provider`.
+pub async fn list_dir(provider: &Provider, key: Option<&Path>) -> object_store::Result<ListResult> {
+    let first = provider.store.list_with_delimiter(key).await;
+    match (&first, &provider.paginated) {
+        (Err(object_store::Error::InvalidPath { source }), Some(paged)) => {
+            report(provider, &odd_key(source));
+            list_around_odd_keys(provider, paged.as_ref(), key).await
+        }
+        _ => first,
+    }
+}
+
+/// The raw key object_store could not take, from its error.
+fn odd_key(error: &object_store::path::Error) -> String {
+    match error {
+        object_store::path::Error::BadSegment { path, .. } => path.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Logs an odd key once per provider and key.
+fn report(provider: &Provider, key: &str) {
+    static SEEN: OnceLock<Mutex<HashSet<(String, String)>>> = OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    if seen
+        .lock()
+        .expect("poisoned")
+        .insert((provider.name.clone(), key.to_string()))
+    {
+        tracing::warn!(
+            "provider {}: object {:?} is left out of listings: its key cannot be a path (control characters, or an empty, `.` or `..` part)",
+            provider.name,
+            key
+        );
+    }
+}
+
+/// What follows every key starting with `key` (start keys are exclusive, compared byte by byte).
+fn past(key: &str) -> String {
+    format!("{key}{}", char::MAX)
+}
+
+async fn list_around_odd_keys(
+    provider: &Provider,
+    paged: &dyn PaginatedListStore,
+    key: Option<&Path>,
+) -> object_store::Result<ListResult> {
+    let prefix = key.map(|k| format!("{}/", k.as_ref()));
+    let mut objects: BTreeMap<String, ObjectMeta> = BTreeMap::new();
+    let mut prefixes: BTreeMap<String, Path> = BTreeMap::new();
+    let mut offset: Option<String> = None;
+    let mut page = PAGE;
+    let mut skipped: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let opts = PaginatedListOptions {
+            offset: offset.clone(),
+            delimiter: Some("/".into()),
+            max_keys: Some(page),
+            ..Default::default()
+        };
+        match paged.list_paginated(prefix.as_deref(), opts).await {
+            Ok(listed) => {
+                // The next start: past the last entry of this page (a folder's whole contents for a prefix).
+                let mut last = offset.clone();
+                for meta in listed.result.objects {
+                    let raw = meta.location.as_ref().to_string();
+                    if offset.as_ref().is_some_and(|o| raw <= *o) {
+                        continue; // a start key some providers include
+                    }
+                    last = last.max(Some(raw.clone()));
+                    objects.insert(raw, meta);
+                }
+                for dir in listed.result.common_prefixes {
+                    let raw = past(&format!("{}/", dir.as_ref()));
+                    if offset.as_ref().is_some_and(|o| raw <= *o) {
+                        continue;
+                    }
+                    last = last.max(Some(raw.clone()));
+                    prefixes.insert(raw, dir);
+                }
+                if last == offset || listed.page_token.is_none() {
+                    return Ok(ListResult {
+                        common_prefixes: prefixes.into_values().collect(),
+                        objects: objects.into_values().collect(),
+                        extensions: Default::default(),
+                    });
+                }
+                offset = last;
+                page = PAGE;
+            }
+            Err(object_store::Error::InvalidPath { source }) if page > 1 => {
+                let _ = source;
+                page /= 2; // the odd key is in this page: list up to it in smaller pages
+            }
+            Err(object_store::Error::InvalidPath { source }) => {
+                let odd = odd_key(&source);
+                if skipped.as_deref() == Some(odd.as_str()) {
+                    // A provider whose start key is inclusive (Azure's startFrom) hands the odd key back: give up
+                    // rather than loop.
+                    return Err(object_store::Error::InvalidPath { source });
+                }
+                report(provider, &odd);
+                skipped = Some(odd.clone());
+                // Step past the odd key, or past every key under an odd folder name.
+                let rest = prefix
+                    .as_deref()
+                    .and_then(|p| odd.strip_prefix(p))
+                    .unwrap_or(&odd);
+                offset = Some(match rest.find('/') {
+                    Some(at) => past(&odd[..odd.len() - rest.len() + at + 1]),
+                    None => odd,
+                });
+                page = PAGE;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(object_store::Error::Generic {
+        store: "listing",
+        source: format!(
+            "listing {} did not end after {MAX_PAGES} pages",
+            prefix.as_deref().unwrap_or("/")
+        )
+        .into(),
+    })
+}
