@@ -79,11 +79,16 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 /// Counters exported one sample per provider: name, help, value.
 type PerProvider = (&'static str, &'static str, fn(&Counters) -> u64);
 
-const PER_PROVIDER: [PerProvider; 8] = [
+const PER_PROVIDER: [PerProvider; 9] = [
     (
         "zmount_provider_errors_total",
         "Requests that failed with an outage (connection error, timeout, 5xx).",
         |c| c.failures.load(Ordering::Relaxed),
+    ),
+    (
+        "zmount_provider_retries_total",
+        "Attempts sent again after an outage (within the request's retry budget).",
+        |c| c.retries.load(Ordering::Relaxed),
     ),
     (
         "zmount_provider_refused_total",

@@ -438,3 +438,79 @@ async fn a_failover_write_is_read_from_its_fallback_until_healed_even_after_a_re
         "size of the new version listed: {listed}"
     );
 }
+
+/// The chaos s3fs tests with, on the default retry schedule: the provider answers 503 to one request in ten, at
+/// random, while `cp -r` copies a tree of 2,000 files in, `ls -lR` lists it, `tar c` archives it from the mount and
+/// the archive is unpacked and compared with the source. No fallback: retries alone must ride it out. Zero errors,
+/// every byte identical; the request and fault counts are printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_burst_on_every_tenth_request_loses_nothing_on_the_default_schedule() {
+    let dir = scratch();
+    let (proxy, primary, _real, _prefix) = s3_behind_proxy(dir.path(), "chaos", "primary");
+    let text = format!(
+        "[settings]\ncache_dir = {:?}\n\n{primary}[default]\nprovider = \"primary\"\n",
+        dir.path().join("cache")
+    );
+    let mnt = Mount::start(dir.path(), &text);
+    let src = dir.path().join("tree");
+    let files = 2_000;
+    for i in 0..files {
+        let rel = format!("d{:02}/e{}/f{i}.txt", i % 25, i % 4);
+        std::fs::create_dir_all(src.join(&rel).parent().unwrap()).unwrap();
+        let size = [10, 700, 4096, 30_000][i % 4];
+        std::fs::write(src.join(&rel), pattern(size, i as u8)).unwrap();
+    }
+    std::fs::write(src.join("large.bin"), pattern(12 << 20, 3)).unwrap();
+    proxy.set(Fault::Fail503Random(10));
+
+    let tree = mnt.path("tree");
+    run("cp", &["-r", src.to_str().unwrap(), tree.to_str().unwrap()]);
+    let listing = run("ls", &["-lR", tree.to_str().unwrap()]);
+    assert_eq!(
+        listing.lines().filter(|l| l.starts_with('-')).count(),
+        files + 1,
+        "every file listed by ls -lR"
+    );
+    let archive = dir.path().join("tree.tar");
+    run(
+        "tar",
+        &[
+            "-cf",
+            archive.to_str().unwrap(),
+            "-C",
+            mnt.dir.to_str().unwrap(),
+            "tree",
+        ],
+    );
+    let back = dir.path().join("back");
+    std::fs::create_dir_all(&back).unwrap();
+    run(
+        "tar",
+        &[
+            "-xf",
+            archive.to_str().unwrap(),
+            "-C",
+            back.to_str().unwrap(),
+        ],
+    );
+    run(
+        "diff",
+        &[
+            "-r",
+            src.to_str().unwrap(),
+            back.join("tree").to_str().unwrap(),
+        ],
+    );
+    run(
+        "diff",
+        &["-r", src.to_str().unwrap(), tree.to_str().unwrap()],
+    );
+
+    let injected = proxy.injected.load(std::sync::atomic::Ordering::SeqCst);
+    let requests = proxy.requests.load(std::sync::atomic::Ordering::SeqCst);
+    println!("chaos: {requests} requests, {injected} answered 503");
+    assert!(
+        injected * 20 > requests && injected > 500,
+        "about one request in ten got a 503: {injected} of {requests}"
+    );
+}

@@ -40,6 +40,7 @@ writable_providers!(
     times_are_kept_to_the_nanosecond,
     directory_objects_of_other_tools_are_directories,
     rename_moves_ctime_and_a_derived_content_type,
+    directory_times_survive_a_refresh,
 );
 
 fn p(path: &Path) -> &str {
@@ -645,4 +646,25 @@ async fn rename_moves_ctime_and_a_derived_content_type(case: Case) {
     };
     check(&mount, "after mv");
     check(&remount(mount), "after a remount");
+}
+
+/// A directory's times shown while mounted (moved by the entries made in it) are what every later `stat` shows,
+/// also once its attributes are asked of the provider again (here at every call: `attr_ttl = 0`): `tar c` of a tree
+/// otherwise reports "file changed as we read it" for each directory older than the TTL.
+async fn directory_times_survive_a_refresh(case: Case) {
+    use std::os::unix::fs::MetadataExt;
+    let (_ctx, mount) = mount_for(case, "dir-refresh", "[settings.mount]\nattr_ttl = 0\n");
+    std::fs::create_dir_all(mount.path("a/b")).unwrap();
+    for i in 0..3 {
+        std::fs::write(mount.path(&format!("a/b/f{i}")), b"x").unwrap();
+    }
+    let times = |path: &Path| {
+        let m = std::fs::metadata(path).unwrap();
+        (m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec())
+    };
+    let before = times(&mount.path("a/b"));
+    let _ = std::fs::read_dir(mount.path("a/b")).unwrap().count();
+    let _ = std::fs::read_dir(mount.path("a")).unwrap().count();
+    assert_eq!(times(&mount.path("a/b")), before, "after listings and refreshes");
+    run("tar", &["-cf", "/dev/null", "-C", p(&mount.dir), "a"]);
 }

@@ -101,14 +101,26 @@ pub struct RetrySettings {
     /// Double the delay after every retry.
     #[serde(default = "RetrySettings::default_exponential")]
     pub exponential: bool,
+    /// Seconds from a request's first attempt after which no new attempt starts (the attempt under way still gets
+    /// its timeout): the time a request may spend riding out errors.
+    #[serde(default = "RetrySettings::default_budget")]
+    pub budget: f64,
 }
 
 impl RetrySettings {
+    /// 10: with 1 request in 10 failing (a 503 burst), ten failures in a row are a one-in-ten-billion event, so a
+    /// copy of thousands of files goes through; the budget bounds how long that may take.
     fn default_attempts() -> u32 {
-        3
+        10
     }
+    /// 0.1 s, doubling: 0.1, 0.2, 0.4 ... (with jitter), so a lone 503 costs a tenth of a second and nine retries
+    /// fit in the default budget.
     fn default_delay() -> f64 {
-        1.0
+        0.1
+    }
+    /// 30 s: what a program blocked on one file operation can reasonably wait through a provider's bad minute.
+    fn default_budget() -> f64 {
+        30.0
     }
     fn default_exponential() -> bool {
         true
@@ -121,6 +133,7 @@ impl Default for RetrySettings {
             attempts: Self::default_attempts(),
             delay: Self::default_delay(),
             exponential: Self::default_exponential(),
+            budget: Self::default_budget(),
         }
     }
 }
@@ -589,6 +602,7 @@ impl Config {
             ),
             ("settings.timeouts.total", t.total, 0.0, false, DAY),
             ("settings.retry.delay", s.retry.delay, 0.0, true, 600.0),
+            ("settings.retry.budget", s.retry.budget, 0.0, false, DAY),
             ("settings.failover.cooldown", f.cooldown, 0.0, false, DAY),
             (
                 "settings.failover.heal_interval",

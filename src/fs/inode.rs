@@ -142,6 +142,15 @@ impl Inodes {
         ino
     }
 
+    /// [`Inodes::record`], returning the entry as shown: what a directory's changes while mounted (its mtime) and
+    /// a rename (ctime) put over the stored attributes, which a refresh from the provider does not know.
+    pub fn record_shown(&self, path: &str, entry: Entry) -> (Ino, Entry) {
+        let ino = self.record(path, entry);
+        let t = self.inner.lock().unwrap();
+        let shown = t.by_ino.get(&ino).expect("just recorded").shown();
+        (ino, shown)
+    }
+
     /// Records an entry seen in a listing: listings carry no metadata, so POSIX attributes already known for the
     /// same object version are kept.
     pub fn record_listed(&self, path: &str, mut entry: Entry) -> (Ino, Entry) {
@@ -156,7 +165,7 @@ impl Inodes {
                 entry.mtime = known.mtime;
             }
         }
-        (self.record(path, entry.clone()), entry)
+        self.record_shown(path, entry)
     }
 
     /// Path, entry, and how long ago it was refreshed.

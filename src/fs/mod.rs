@@ -317,7 +317,10 @@ impl Filesystem {
         if let Some(staged) = self.uploads.get(&path) {
             let known = self.inodes.find(&path).map(|(_, e, _)| e);
             let entry = Self::staged_entry(&staged, known);
-            return Ok(self.attr(self.inodes.record(&path, entry.clone()), &entry));
+            return Ok({
+                let (ino, shown) = self.inodes.record_shown(&path, entry);
+                self.attr(ino, &shown)
+            });
         }
         if let Some((ino, entry, age)) = self.inodes.find(&path) {
             if age < self.attr_ttl() {
@@ -328,7 +331,10 @@ impl Filesystem {
             return Err(FsError::NotFound);
         }
         let entry = self.stat_path(&path).await?;
-        Ok(self.attr(self.inodes.record(&path, entry.clone()), &entry))
+        Ok({
+            let (ino, shown) = self.inodes.record_shown(&path, entry);
+            self.attr(ino, &shown)
+        })
     }
 
     /// The path of `name` in directory `parent`.
@@ -399,7 +405,10 @@ impl Filesystem {
             return Ok(self.attr(ino, &entry));
         }
         let entry = self.stat_path(&path).await?;
-        Ok(self.attr(self.inodes.record(&path, entry.clone()), &entry))
+        Ok({
+            let (ino, shown) = self.inodes.record_shown(&path, entry);
+            self.attr(ino, &shown)
+        })
     }
 
     /// What is at `path` now: a directory if any provider holds objects below it, else the routed object.
@@ -550,7 +559,7 @@ impl Filesystem {
             let name = child.rsplit('/').next().unwrap_or(&child).to_string();
             let known = self.inodes.find(&child).map(|(_, e, _)| e);
             let entry = Self::staged_entry(&file, known);
-            let ino = self.inodes.record(&child, entry.clone());
+            let (ino, entry) = self.inodes.record_shown(&child, entry);
             let listed = DirEntry {
                 name: name.clone(),
                 attr: self.attr(ino, &entry),

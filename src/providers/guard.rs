@@ -74,6 +74,8 @@ pub struct GuardPolicy {
     pub read_attempts: u32,
     pub delay: Duration,
     pub exponential: bool,
+    /// No new attempt starts this long after a request's first one.
+    pub budget: Duration,
     pub first_byte: Duration,
     pub total: Duration,
     pub failure_threshold: u32,
@@ -93,6 +95,7 @@ impl GuardPolicy {
                 .clamp(1, retry.attempts.max(1)),
             delay: Duration::from_secs_f64(retry.delay.max(0.0)),
             exponential: retry.exponential,
+            budget: Duration::from_secs_f64(retry.budget.max(0.0)),
             first_byte: timeouts.first_byte(),
             total: timeouts.total(),
             failure_threshold: failover.failure_threshold.max(1),
@@ -199,6 +202,8 @@ pub struct Counters {
     pub failures: AtomicU64,
     /// Attempts refused without asking the provider because its breaker was open.
     pub refused: AtomicU64,
+    /// Attempts sent again after an outage.
+    pub retries: AtomicU64,
     /// Times the breaker opened.
     pub trips: AtomicU64,
     /// Reads (blocks, heads, listings) this provider answered for a route whose primary it is not.
@@ -370,6 +375,12 @@ pub fn is_outage(error: &object_store::Error) -> bool {
     http_status(&error.to_string()).is_some_and(|s| s >= 500 || s == 429 || s == 408)
 }
 
+/// The provider answered, asking to be asked again later (5xx, 429): it is up but busy, unlike a refused
+/// connection or a timeout.
+fn is_busy(error: &object_store::Error) -> bool {
+    http_status(&error.to_string()).is_some_and(|s| s >= 500 || s == 429)
+}
+
 /// The HTTP status object_store put in an error message ("... status code: 503 ..."), if any.
 fn http_status(message: &str) -> Option<u16> {
     let at = message.find("status code: ")? + "status code: ".len();
@@ -422,8 +433,13 @@ impl Guarded {
             Fallback::None | Fallback::AfterRetries => self.policy.attempts,
         };
         let mut failed = 0;
+        // The provider answered the last attempt with "busy" (5xx, 429): it is up, so a request with nowhere else
+        // to go keeps trying within its budget even when the breaker has opened meanwhile.
+        let mut busy = false;
+        let first = std::time::Instant::now();
         loop {
-            let last_try = !self.health.admit();
+            let persist = busy && fallback == Fallback::None;
+            let last_try = !self.health.admit() && !persist;
             if last_try && (failed > 0 || fallback != Fallback::None) {
                 return Err(self.health.unavailable());
             }
@@ -437,11 +453,19 @@ impl Guarded {
                 Err(e) if is_outage(&e) => {
                     self.health.failed(&e);
                     failed += 1;
-                    if last_try || failed >= attempts || self.health.is_open() {
+                    busy = is_busy(&e);
+                    let persist = busy && fallback == Fallback::None;
+                    let wait = self.policy.backoff(failed);
+                    if last_try
+                        || failed >= attempts
+                        || (self.health.is_open() && !persist)
+                        || first.elapsed() + wait > self.policy.budget
+                    {
                         return Err(e);
                     }
                     tracing::debug!("retrying after: {e}");
-                    tokio::time::sleep(self.policy.backoff(failed)).await;
+                    self.health.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(wait).await;
                 }
                 other => {
                     self.health.succeeded();

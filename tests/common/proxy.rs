@@ -27,6 +27,9 @@ pub enum Fault {
     Fail503Every(u64),
     /// Answer `503 Service Unavailable` to every upload (PUT, POST); reads and deletes still work.
     Fail503Uploads,
+    /// Answer `503 Service Unavailable` to each request with probability 1 in n, independently (a seeded random
+    /// sequence: the same run of faults for the same requests), forward the rest.
+    Fail503Random(u64),
 }
 
 pub struct Proxy {
@@ -142,6 +145,14 @@ impl Shared {
                 );
                 let _ = client.shutdown(Shutdown::Both);
             }
+            Fault::Fail503Random(one_in) if one_in > 0 && random(n).is_multiple_of(one_in) => {
+                self.injected.fetch_add(1, Ordering::SeqCst);
+                drain_body(&mut client, &head, rest.len());
+                let _ = client.write_all(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                let _ = client.shutdown(Shutdown::Both);
+            }
             Fault::Fail503Every(every) if every > 0 && n.is_multiple_of(every) => {
                 self.injected.fetch_add(1, Ordering::SeqCst);
                 drain_body(&mut client, &head, rest.len());
@@ -188,6 +199,14 @@ impl Shared {
         std::thread::spawn(move || pipe(c2, s2, None, false));
         pipe(server, client, limit, true);
     }
+}
+
+/// A well-mixed number for the n-th request (splitmix64): which requests fail is random-looking but repeatable.
+fn random(n: u64) -> u64 {
+    let mut z = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Closes `stream` with a TCP reset (SO_LINGER 0) when it is dropped, as a dead or closed endpoint does.
