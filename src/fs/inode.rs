@@ -194,6 +194,14 @@ impl Inodes {
         }
     }
 
+    /// Whether `ino` still has its name (an unlinked file keeps its number for the handles open on it).
+    pub fn is_linked(&self, ino: Ino) -> bool {
+        let t = self.inner.lock().unwrap();
+        t.by_ino
+            .get(&ino)
+            .is_some_and(|node| t.by_path.get(&node.path) == Some(&ino))
+    }
+
     /// A directory's entries changed: its mtime (and ctime) move, as on a local filesystem (kept while mounted).
     pub fn touch_dir(&self, path: &str, now: SystemTime) {
         let mut t = self.inner.lock().unwrap();

@@ -87,7 +87,8 @@ pub struct Filesystem {
     listings: moka::sync::Cache<String, Arc<Vec<DirEntry>>>,
     /// Symlink targets by path, with the object version they were read from.
     links: moka::sync::Cache<String, (Option<String>, String)>,
-    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    /// Open handles and the inode each was opened on.
+    handles: Mutex<HashMap<u64, (Ino, Arc<Handle>)>>,
     next_handle: AtomicU64,
     reader: Reader,
     mounted_at: SystemTime,
@@ -378,7 +379,12 @@ impl Filesystem {
     pub fn name_max(&self) -> usize {
         self.storage
             .providers()
-            .map(|p| p.name_max().min(p.key_max() - p.prefix.len() - 1))
+            // A name may become a directory: its marker's key (`prefix/name/.zmount-dir`) must fit too, as
+            // `check_name_length` requires.
+            .map(|p| {
+                p.name_max()
+                    .min(p.key_max() - p.prefix.len() - 2 - DIR_MARKER.len())
+            })
             .min()
             .unwrap_or(255)
     }
@@ -397,6 +403,20 @@ impl Filesystem {
             }
         }
         let (path, entry, age) = self.path_of(ino)?;
+        if !self.inodes.is_linked(ino) {
+            // `fstat` of a file whose name is gone (some kernels ask without the handle): its open handles still
+            // reach it; it has no links.
+            if let Some(handle) = self.open_on(ino) {
+                let mut attr = match &*handle {
+                    Handle::Write { staged, .. } => {
+                        self.attr(ino, &Self::staged_entry(staged, Some(entry)))
+                    }
+                    _ => self.attr(ino, &entry),
+                };
+                attr.nlink = 0;
+                return Ok(attr);
+            }
+        }
         if let Some(staged) = self.uploads.get(&path) {
             // the staged copy is the truth
             return Ok(self.attr(ino, &Self::staged_entry(&staged, Some(entry))));
@@ -544,7 +564,7 @@ impl Filesystem {
             }
         };
         let entries = self.with_staged(&path, entries);
-        Ok(self.add_handle(Handle::Dir { entries }))
+        Ok(self.add_handle(ino, Handle::Dir { entries }))
     }
 
     /// A listing of `dir` with the files written here as they are now (a cached listing may be older than
@@ -768,11 +788,14 @@ impl Filesystem {
     pub async fn open_read(&self, ino: Ino) -> FsResult<u64> {
         let attr = self.getattr(ino, None).await?;
         if let Some(staged) = self.uploads.open_read(&self.path_of(ino)?.0) {
-            return Ok(self.add_handle(Handle::Write {
-                staged,
-                writable: false,
-                opener: 0,
-            }));
+            return Ok(self.add_handle(
+                ino,
+                Handle::Write {
+                    staged,
+                    writable: false,
+                    opener: 0,
+                },
+            ));
         }
         if attr.kind == Kind::Dir {
             return Err(FsError::IsADirectory);
@@ -801,10 +824,13 @@ impl Filesystem {
         });
         tracing::debug!("open {path}: reading the copy on `{}`", holder.name);
         let object = ObjectVersion::new(path, entry.size, holder, entry.etag, version_tag, others);
-        Ok(self.add_handle(Handle::File {
-            object,
-            state: Mutex::new(ReadState::default()),
-        }))
+        Ok(self.add_handle(
+            ino,
+            Handle::File {
+                object,
+                state: Mutex::new(ReadState::default()),
+            },
+        ))
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<bytes::Bytes> {
@@ -817,16 +843,35 @@ impl Filesystem {
     }
 
     pub fn release(&self, fh: u64) {
-        let handle = self.handles.lock().unwrap().remove(&fh);
+        let handle = self.handles.lock().unwrap().remove(&fh).map(|(_, h)| h);
         if let Some(Handle::Write { staged, .. }) = handle.as_deref() {
             self.uploads.release(staged);
         }
     }
 
-    fn add_handle(&self, handle: Handle) -> u64 {
+    fn add_handle(&self, ino: Ino, handle: Handle) -> u64 {
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().unwrap().insert(fh, Arc::new(handle));
+        self.handles
+            .lock()
+            .unwrap()
+            .insert(fh, (ino, Arc::new(handle)));
         fh
+    }
+
+    /// A handle still open on `ino` (a file whose name is gone is reached through its handles only).
+    fn open_on(&self, ino: Ino) -> Option<Arc<Handle>> {
+        let handles = self.handles.lock().unwrap();
+        let mut open = handles.values().filter(|(i, _)| *i == ino).map(|(_, h)| h);
+        // The file written here is the truth when there is one.
+        let first = open.next()?.clone();
+        if matches!(&*first, Handle::Write { .. }) {
+            return Some(first);
+        }
+        Some(
+            open.find(|h| matches!(&***h, Handle::Write { .. }))
+                .cloned()
+                .unwrap_or(first),
+        )
     }
 
     fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
@@ -834,7 +879,7 @@ impl Filesystem {
             .lock()
             .unwrap()
             .get(&fh)
-            .cloned()
+            .map(|(_, h)| h.clone())
             .ok_or(FsError::StaleHandle)
     }
 }

@@ -75,12 +75,15 @@ impl Filesystem {
         }
     }
 
-    fn add_write_handle(&self, staged: Arc<Staged>, opener: u32) -> u64 {
-        self.add_handle(Handle::Write {
-            staged,
-            writable: true,
-            opener,
-        })
+    fn add_write_handle(&self, ino: Ino, staged: Arc<Staged>, opener: u32) -> u64 {
+        self.add_handle(
+            ino,
+            Handle::Write {
+                staged,
+                writable: true,
+                opener,
+            },
+        )
     }
 
     /// A write, truncation or attribute change of `staged` failed it: the tree shows the path's previous
@@ -123,9 +126,9 @@ impl Filesystem {
         let posix = Posix::created(mode, uid, gid);
         let attrs = self.new_file_attrs(&path, posix)?;
         let staged = self.uploads.create(&path, attrs)?;
-        let fh = self.add_write_handle(staged, opener);
         let entry = self.file_entry(0, None, posix);
         let ino = self.inodes.record(&path, entry.clone());
+        let fh = self.add_write_handle(ino, staged, opener);
         self.changed(&path);
         self.entries_changed(&path);
         Ok((self.attr(ino, &entry), fh))
@@ -147,7 +150,7 @@ impl Filesystem {
         if truncate {
             self.changed(&path);
         }
-        Ok(self.add_write_handle(staged, opener))
+        Ok(self.add_write_handle(ino, staged, opener))
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: Bytes) -> FsResult<u32> {

@@ -431,6 +431,19 @@ impl fuser::Filesystem for FuseAdapter {
         });
     }
 
+    /// Hard links: an object store has no second name for one object (a copy would diverge), so `link` answers
+    /// EPERM, as on filesystems without hard links (see SEMANTICS.md).
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EPERM);
+    }
+
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         self.spawn(move |fs| async move {
             match fs.readlink(ino.0).await {

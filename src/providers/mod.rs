@@ -170,11 +170,12 @@ impl Provider {
         }
     }
 
-    /// Longest key (prefix included) this provider stores, in bytes: 1,024 on S3, GCS and Azure; PATH_MAX on a
-    /// local folder.
+    /// Longest key (prefix included) this provider stores, in bytes: 1,024 on S3, GCS and Azure. A local folder is
+    /// reached one name at a time (see `local.rs`), so only each name is limited there, not the whole path: a
+    /// generous 64 KiB stands for "no limit" (the kernel refuses paths past PATH_MAX before zmount sees them).
     pub fn key_max(&self) -> usize {
         match self.kind {
-            "local" => 4095,
+            "local" => 65_536,
             _ => Self::KEY_MAX,
         }
     }
