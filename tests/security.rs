@@ -245,3 +245,71 @@ async fn one_odd_key_never_hides_a_directory() {
         );
     }
 }
+
+/// Requests of `provider` so far, summed over operations, from the mount's metrics endpoint.
+async fn requests_of(metrics: &str, provider: &str) -> f64 {
+    let text = reqwest::get(metrics).await.unwrap().text().await.unwrap();
+    let wanted = format!("zmount_provider_requests_total{{provider=\"{provider}\",");
+    text.lines()
+        .filter(|l| l.starts_with(&wanted))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Failure isolation: with `local/` routed to a local folder (first rule) and everything else to an S3 provider
+/// that is down (a closed port), everything under `local/` works — listings, lookups, reads, writes — and the S3
+/// provider is never asked for it (counted through the metrics), since no path under `local/` can go there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_cannot_hold_a_subtree_is_never_asked_for_it() {
+    let dir = common::scratch();
+    let folder = dir.path().join("folder");
+    std::fs::create_dir_all(folder.join("local/sub")).unwrap();
+    std::fs::write(folder.join("local/existing.txt"), b"kept locally\n").unwrap();
+    std::fs::write(folder.join("local/sub/deep.txt"), b"deep\n").unwrap();
+    let addr = common::free_local_addr();
+    let dead = common::free_local_addr();
+    let config = format!(
+        "{}[settings]\ncache_dir = {:?}\n\n[providers.loc]\nkind = \"local\"\npath = {folder:?}\n\n[providers.s3]\nkind = \"s3\"\nbucket = \"nowhere\"\nendpoint = \"http://{dead}\"\naccess_key = \"k\"\nsecret_key = \"s\"\n\n[[routes]]\nprefix = \"local\"\nprovider = \"loc\"\n\n[default]\nprovider = \"s3\"\n",
+        common::FAST_SETTINGS,
+        dir.path().join("cache")
+    );
+    std::fs::write(dir.path().join("mount.toml"), &config).unwrap();
+    std::fs::create_dir_all(dir.path().join("mnt")).unwrap();
+    let mount = common::mount::Mount::start_at(
+        &dir.path().join("mount.toml"),
+        &dir.path().join("mnt"),
+        &["--metrics-addr", &addr],
+    );
+    let metrics = format!("http://{addr}/metrics");
+    let before = requests_of(&metrics, "s3").await;
+    let listed = run(
+        "ls",
+        &["-la", p(&mount.path("local")), p(&mount.path("local/sub"))],
+    );
+    assert!(
+        listed.contains("existing.txt") && listed.contains("deep.txt"),
+        "{listed}"
+    );
+    assert_eq!(
+        std::fs::read(mount.path("local/existing.txt")).unwrap(),
+        b"kept locally\n"
+    );
+    std::fs::write(mount.path("local/new.txt"), b"new\n").unwrap();
+    std::fs::create_dir(mount.path("local/made")).unwrap();
+    run("find", &[p(&mount.path("local"))]);
+    assert_eq!(
+        std::fs::read(folder.join("local/new.txt")).unwrap(),
+        b"new\n"
+    );
+    assert_eq!(
+        requests_of(&metrics, "s3").await - before,
+        0.0,
+        "requests to the provider that can hold nothing under local/"
+    );
+    // The rest of the tree is the dead provider's, and says so (which also shows the count is live).
+    assert!(std::fs::read(mount.path("elsewhere.txt")).is_err());
+    assert!(
+        requests_of(&metrics, "s3").await > before,
+        "the dead provider was asked for elsewhere.txt"
+    );
+}

@@ -833,6 +833,7 @@ mod tests {
             read_attempts: 1,
             delay: Duration::from_millis(1),
             exponential: true,
+            budget: Duration::from_secs(30),
             first_byte: Duration::from_secs(5),
             total: Duration::from_secs(5),
             failure_threshold: threshold,
@@ -910,6 +911,75 @@ mod tests {
         assert!(!is_outage(&status(
             "Server returned non-2xx status code: 400 Bad Request: nope"
         )));
+    }
+
+    /// Attempts of one request against a provider failing its first `failures` attempts with `error`.
+    async fn attempts_until_answered(
+        store: &Guarded,
+        failures: u32,
+        error: fn() -> object_store::Error,
+    ) -> (object_store::Result<()>, u32) {
+        let tries = AtomicU64::new(0);
+        let result = store
+            .attempt(Op::Head, Duration::from_secs(5), || {
+                let n = tries.fetch_add(1, Ordering::Relaxed) as u32;
+                async move {
+                    if n < failures {
+                        Err(error())
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+            .await;
+        (result, tries.load(Ordering::Relaxed) as u32)
+    }
+
+    fn busy() -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: "Server returned non-2xx status code: 503 Service Unavailable: SlowDown".into(),
+        }
+    }
+
+    fn refused() -> object_store::Error {
+        outage("connection refused".into())
+    }
+
+    /// A provider answering 503 is up but busy: a request with nowhere else to go keeps asking it (within its
+    /// attempts and budget) even after the breaker opened; a provider refusing connections is down, and the same
+    /// request stops at the open breaker.
+    #[tokio::test]
+    async fn a_busy_provider_is_retried_and_a_dead_one_is_not() {
+        let mut p = policy(2, Duration::from_secs(60));
+        p.attempts = 10;
+        let health = Arc::new(Health::new("mem", "memory", &p));
+        let store = Guarded::new(Arc::new(InMemory::new()), health.clone(), p.clone());
+        let (result, tries) = attempts_until_answered(&store, 6, busy).await;
+        assert!(
+            result.is_ok(),
+            "answered on the seventh attempt: {result:?}"
+        );
+        assert_eq!(tries, 7);
+        assert_eq!(health.counters.retries.load(Ordering::Relaxed), 6);
+
+        let health = Arc::new(Health::new("mem", "memory", &p));
+        let store = Guarded::new(Arc::new(InMemory::new()), health.clone(), p.clone());
+        let (result, tries) = attempts_until_answered(&store, 6, refused).await;
+        assert!(result.is_err());
+        assert_eq!(tries, 2, "the breaker opened after two refused connections");
+
+        // The budget ends a request's retries even with attempts left.
+        p.delay = Duration::from_millis(40);
+        p.budget = Duration::from_millis(100);
+        let store = Guarded::new(
+            Arc::new(InMemory::new()),
+            Arc::new(Health::new("m", "m", &p)),
+            p,
+        );
+        let (result, tries) = attempts_until_answered(&store, 9, busy).await;
+        assert!(result.is_err());
+        assert!(tries < 9, "stopped by the budget after {tries} attempts");
     }
 
     #[tokio::test]

@@ -185,17 +185,23 @@ impl Router {
 }
 
 impl Router {
-    /// Routes that may send paths at or below directory `dir` somewhere, in rule order.
+    /// Routes that may send paths below directory `dir` somewhere, in rule order. First match wins, so a prefix
+    /// rule holding `dir` itself takes every path below it: the rules after it (the default included) can never
+    /// send anything there, and their providers are neither asked nor needed for `dir`'s listings.
     pub fn routes_under(&self, dir: &str) -> Vec<&Route> {
-        self.rules
-            .iter()
-            .filter(|rule| match &rule.matcher {
-                Matcher::Prefix(p) => is_within(p, dir) || is_within(dir, p),
-                Matcher::Glob(_) => true,
-            })
-            .map(|rule| &rule.route)
-            .chain(self.default.as_ref().map(|(_, r)| r))
-            .collect()
+        let mut out = Vec::new();
+        for rule in &self.rules {
+            match &rule.matcher {
+                Matcher::Prefix(p) if is_within(dir, p) => {
+                    out.push(&rule.route);
+                    return out;
+                }
+                Matcher::Prefix(p) if !is_within(p, dir) => continue,
+                _ => out.push(&rule.route),
+            }
+        }
+        out.extend(self.default.as_ref().map(|(_, r)| r));
+        out
     }
 
     /// For a listing of `dir` in which the providers `failed` did not answer: the first failed provider whose
@@ -306,7 +312,9 @@ provider = "s3"
     #[test]
     fn listing_a_directory_asks_every_provider_that_can_route_into_it() {
         let r = router();
-        assert_eq!(r.providers_under("temp_files"), vec!["local", "gcs", "s3"]);
+        // `temp_files` is the first rule: nothing below it can go anywhere else, so nobody else is asked.
+        assert_eq!(r.providers_under("temp_files"), vec!["local"]);
+        assert_eq!(r.providers_under("temp_files/deep"), vec!["local"]);
         assert_eq!(r.providers_under(""), vec!["local", "gcs", "s3"]);
         assert_eq!(r.providers_under("other"), vec!["gcs", "s3"]);
     }
@@ -322,6 +330,11 @@ provider = "s3"
             "s3 has no fallback"
         );
         assert_eq!(r.uncovered("temp_files", &[]), None);
+        assert_eq!(
+            r.uncovered("temp_files", &["gcs", "s3"]),
+            None,
+            "gcs and s3 can hold nothing below temp_files"
+        );
     }
 
     #[test]
