@@ -280,6 +280,11 @@ async fn a_provider_that_cannot_hold_a_subtree_is_never_asked_for_it() {
         &dir.path().join("mnt"),
         &["--metrics-addr", &addr],
     );
+    assert!(
+        mount.log().contains("provider `s3`") && mount.log().contains("does not answer"),
+        "the dead provider is named at start, and the mount goes on:\n{}",
+        mount.log()
+    );
     let metrics = format!("http://{addr}/metrics");
     let before = requests_of(&metrics, "s3").await;
     let listed = run(
@@ -311,5 +316,109 @@ async fn a_provider_that_cannot_hold_a_subtree_is_never_asked_for_it() {
     assert!(
         requests_of(&metrics, "s3").await > before,
         "the dead provider was asked for elsewhere.txt"
+    );
+}
+
+/// A provider that answers "no" at start — refused credentials, a missing bucket — is named on the terminal and
+/// the mount is refused (exit status 1, nothing mounted); `--allow-degraded` mounts anyway, with that provider's
+/// paths answering EACCES (refused credentials) instead of EIO. A provider that does not answer at all (a closed
+/// port) may come back: the mount goes on, with a warning naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_refusing_the_mount_is_named_and_the_mount_refused() {
+    common::set_secret_env();
+    let dir = common::scratch();
+    let s3 = |name: &str, bucket: &str, secret: &str| {
+        format!(
+            "[providers.{name}]\nkind = \"s3\"\nbucket = {bucket:?}\nendpoint = {:?}\naccess_key = {:?}\nsecret_key = {secret:?}\n",
+            common::server("ZMOUNT_TEST_S3_ENDPOINT"),
+            common::server("ZMOUNT_TEST_S3_ACCESS_KEY"),
+        )
+    };
+    let good_bucket = common::server("ZMOUNT_TEST_S3_BUCKET");
+    let cases = [
+        (
+            "wrong-secret",
+            s3("s3", &good_bucket, "not-the-secret"),
+            "SignatureDoesNotMatch",
+        ),
+        (
+            "wrong-bucket",
+            s3(
+                "s3",
+                "no-such-bucket-here",
+                &common::server("ZMOUNT_TEST_S3_SECRET_KEY"),
+            ),
+            "does not exist",
+        ),
+    ];
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    for (what, table, cause) in &cases {
+        let config = dir.path().join(format!("{what}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "{}[settings]\ncache_dir = {:?}\n\n{table}\n[default]\nprovider = \"s3\"\n",
+                common::FAST_SETTINGS,
+                dir.path().join(format!("cache-{what}"))
+            ),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_zmount"))
+            .arg(&config)
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {said}");
+        assert!(
+            said.contains("provider `s3`")
+                && said.contains(cause)
+                && said.contains("--allow-degraded"),
+            "{what}: {said}"
+        );
+        assert!(!zmount::cli::is_mounted(&mnt), "{what}: nothing is mounted");
+        assert!(
+            !said.contains("not-the-secret"),
+            "{what}: the secret leaked: {said}"
+        );
+    }
+    // Mounted anyway on request: refused credentials answer EACCES.
+    let config = dir.path().join("wrong-secret.toml");
+    let mount = common::mount::Mount::start_at(&config, &mnt, &["--allow-degraded"]);
+    let err = std::fs::read_dir(&mnt).map(|d| d.count()).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EACCES),
+        "ls of a refusing provider: {err}\n{}",
+        mount.log()
+    );
+    assert!(
+        mount.log().contains("mounted anyway (--allow-degraded)"),
+        "{}",
+        mount.log()
+    );
+}
+
+/// A mount whose process was killed leaves a dead mount point ("Transport endpoint is not connected"); the next
+/// `zmount` on it detaches it, says so, and mounts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_mount_point_is_cleared_at_start() {
+    let (ctx, mut mount) = mount_for_with(Case::Local, "dead-mount", "", &[]);
+    ctx.seed("kept.txt", b"still here\n").await;
+    mount.stop_with(libc::SIGKILL);
+    let err = std::fs::metadata(&mount.dir).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::ENOTCONN),
+        "a dead mount point: {err}"
+    );
+    // (The dead mount is still listed as mounted, so wait for the new process to say it took over.)
+    let again = common::mount::Mount::start_at(&mount.config, &mount.dir, &[]);
+    again.wait_for_log("held a dead mount");
+    again.wait_for_log("mounted at");
+    assert_eq!(
+        std::fs::read(again.path("kept.txt")).unwrap(),
+        b"still here\n"
     );
 }

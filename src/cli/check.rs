@@ -105,16 +105,30 @@ fn check_cache_dir(dir: &Path) -> bool {
     true
 }
 
+/// Lists the provider's top level (under its prefix): the first step of `check`, and what a mount asks of every
+/// provider before it starts. A missing bucket is an error here, not an empty listing.
+pub(super) async fn probe_list(provider: &Provider) -> Result<(), StorageError> {
+    let root = (!provider.prefix.is_empty()).then(|| provider.key_for(""));
+    match provider.store.list_with_delimiter(root.as_ref()).await {
+        Ok(_) => Ok(()),
+        Err(object_store::Error::NotFound { .. }) if provider.kind != "local" => {
+            Err(StorageError::Provider {
+                provider: provider.name.clone(),
+                location: provider.location.clone(),
+                path: "/".into(),
+                message: "the bucket or container does not exist".into(),
+            })
+        }
+        Err(e) => Err(StorageError::from_store(provider, "/", e)),
+    }
+}
+
 /// Runs the steps against one provider; Ok is the latency summary, Err names the failing step.
 async fn check_provider(provider: &Provider) -> Result<String, (&'static str, StorageError)> {
     let store = &provider.store;
-    let root = (!provider.prefix.is_empty()).then(|| provider.key_for(""));
     let mut summary = Vec::new();
     let started = Instant::now();
-    store
-        .list_with_delimiter(root.as_ref())
-        .await
-        .map_err(|e| ("list", StorageError::from_store(provider, "/", e)))?;
+    probe_list(provider).await.map_err(|e| ("list", e))?;
     summary.push(format!("list {}", millis(started.elapsed())));
     if provider.read_only {
         summary.push("write skipped (read_only)".to_string());

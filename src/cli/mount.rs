@@ -27,6 +27,10 @@ pub struct MountArgs {
     /// Serve Prometheus metrics at this address, e.g. 127.0.0.1:9464
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
+    /// Mount even when a provider refuses the credentials or lacks its bucket (its paths then answer EACCES or
+    /// EIO); without it such a mount is refused
+    #[arg(long)]
+    pub allow_degraded: bool,
 }
 
 /// How long `--daemon` waits for the background process to mount before giving up.
@@ -65,7 +69,13 @@ pub fn run(config_path: &Path, mountpoint: &Path, args: &MountArgs) -> ExitCode 
 /// The mountpoint must exist, be an empty directory, and not be mounted already.
 fn check_mountpoint(path: &Path) -> Result<PathBuf, String> {
     let shown = path.display();
-    let meta = std::fs::metadata(path).map_err(|e| format!("mountpoint {shown}: {e}"))?;
+    let meta = match std::fs::metadata(path) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            clear_dead_mount(path)?;
+            std::fs::metadata(path).map_err(|e| format!("mountpoint {shown}: {e}"))?
+        }
+        other => other.map_err(|e| format!("mountpoint {shown}: {e}"))?,
+    };
     if !meta.is_dir() {
         return Err(format!("mountpoint {shown} is not a directory"));
     }
@@ -79,6 +89,33 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, String> {
         return Err(format!("mountpoint {shown} is not empty"));
     }
     Ok(canonical)
+}
+
+/// A FUSE mount whose daemon is gone ("Transport endpoint is not connected", left by a killed process) sits on
+/// `path`: detach it (as `fusermount3 -uz` does) and say so, or name the exact command that would.
+fn clear_dead_mount(path: &Path) -> Result<(), String> {
+    use std::ffi::CString;
+    let shown = path.display();
+    let target = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("mountpoint {shown}: not a valid path"))?;
+    // SAFETY: a valid C string.
+    let detached = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } == 0
+        || std::process::Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    if detached {
+        tracing::warn!(
+            "mountpoint {shown} held a dead mount (its zmount did not exit cleanly): detached it"
+        );
+        Ok(())
+    } else {
+        Err(format!(
+            "mountpoint {shown} holds a dead mount (\"Transport endpoint is not connected\": its process is gone); remove it with `fusermount3 -uz {shown}` (or `umount -l {shown}` as root) and mount again"
+        ))
+    }
 }
 
 /// Whether `path` is the mount point of a mounted filesystem, from /proc/self/mountinfo.
@@ -126,6 +163,7 @@ fn serve(
             ))
         }
     }
+    runtime.block_on(probe_providers(config, args.allow_degraded))?;
     let storage = Arc::new(Storage::new(config).map_err(|e| e.to_string())?);
     let fs = {
         let _guard = runtime.enter();
@@ -280,6 +318,62 @@ impl Unmounter {
             Unmounter::Fuser(u) => u.unmount().map(|()| false),
         }
     }
+}
+
+/// Asks every provider a route uses for its top level, once, before mounting (as `zmount check` does). A provider
+/// that does not answer (down, or unreachable) is reported and the mount goes on: it may come back, and fallbacks
+/// stand in for it. A provider that answers "no" — refused credentials, a missing bucket, a malformed request — will
+/// not change by waiting: it is named and the mount is refused, unless `--allow-degraded`.
+async fn probe_providers(config: &crate::Config, allow_degraded: bool) -> Result<(), String> {
+    let tuning = crate::providers::ClientTuning::probe(&config.settings);
+    let storage = Storage::with_tuning(config, &tuning).map_err(|e| e.to_string())?;
+    let routed: std::collections::BTreeSet<&str> = config
+        .routes
+        .iter()
+        .chain(config.default.as_ref())
+        .flat_map(|r| std::iter::once(&r.provider).chain(r.fallback.iter()))
+        .map(String::as_str)
+        .collect();
+    let providers: Vec<_> = storage
+        .providers()
+        .filter(|p| routed.contains(p.name.as_str()))
+        .collect();
+    let probes = futures::future::join_all(providers.iter().map(|p| super::check::probe_list(p)));
+    let mut refused = Vec::new();
+    for (provider, result) in providers.iter().zip(probes.await) {
+        match result {
+            Ok(()) => {}
+            Err(e) if e.is_unavailable() => tracing::warn!(
+                "provider `{}` ({}) does not answer: {}; mounting anyway: its paths are served by their fallbacks, or fail with EIO, until it answers",
+                provider.name,
+                provider.location,
+                e.cause()
+            ),
+            Err(e) => refused.push(format!(
+                "provider `{}` ({}): {}",
+                provider.name,
+                provider.location,
+                e.cause()
+            )),
+        }
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    if allow_degraded {
+        for line in &refused {
+            tracing::error!(
+                "{line}; mounted anyway (--allow-degraded): its paths answer EACCES or EIO"
+            );
+        }
+        return Ok(());
+    }
+    Err(format!(
+        "{}
+the mount is refused: fix the provider in {} (`zmount check` tells more), or mount anyway with --allow-degraded",
+        refused.join("\n"),
+        config.file.display()
+    ))
 }
 
 /// Mounts /dev/fuse at `mountpoint` with the type `fuse.zmount` (what /proc/mounts, `df -T` and `findmnt` show;

@@ -382,7 +382,7 @@ fn is_busy(error: &object_store::Error) -> bool {
 }
 
 /// The HTTP status object_store put in an error message ("... status code: 503 ..."), if any.
-fn http_status(message: &str) -> Option<u16> {
+pub(crate) fn http_status(message: &str) -> Option<u16> {
     let at = message.find("status code: ")? + "status code: ".len();
     message.get(at..at + 3)?.parse().ok()
 }

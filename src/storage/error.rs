@@ -104,7 +104,21 @@ impl StorageError {
                 message,
             };
         }
+        // Some requests (listings among them) report a refusal only as a status in a generic error.
+        let status = crate::providers::guard::http_status(&err.to_string());
         match err {
+            E::Generic { .. } if status == Some(401) => StorageError::Unauthenticated {
+                provider: name,
+                location,
+                path,
+                message,
+            },
+            E::Generic { .. } if status == Some(403) => StorageError::PermissionDenied {
+                provider: name,
+                location,
+                path,
+                message,
+            },
             E::NotFound { .. } => StorageError::NotFound {
                 provider: name,
                 path,
