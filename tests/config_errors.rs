@@ -64,7 +64,7 @@ fn bad_configs_get_exact_messages() {
         (
             "failure threshold of zero",
             format!("[settings.failover]\nfailure_threshold = 0\n{GOOD_PROVIDERS}"),
-            "/etc/zmount/mount.toml: settings.failover.failure_threshold: must be from 1 to 1000; got 0",
+            "/etc/zmount/mount.toml: settings.failover.failure_threshold: must be from 1 to 1000000; got 0",
         ),
         (
             "non-positive timeout",
@@ -220,12 +220,12 @@ fn bad_configs_get_exact_messages() {
         (
             "no disk cache",
             format!("[settings]\ncache_size = 0\n{GOOD_PROVIDERS}"),
-            "/etc/zmount/mount.toml: settings.cache_size: must be from 64.0 MiB to 1024.0 TiB; got 0 B",
+            "/etc/zmount/mount.toml: settings.cache_size: must be from 4.0 MiB to 1024.0 TiB; got 0 B",
         ),
         (
             "no memory cache",
             format!("[settings.mount]\nmemory_cache_size = 0\n{GOOD_PROVIDERS}"),
-            "/etc/zmount/mount.toml: settings.mount.memory_cache_size: must be from 4.0 MiB to 64.0 GiB; got 0 B",
+            "/etc/zmount/mount.toml: settings.mount.memory_cache_size: must be from 2.0 MiB to 64.0 GiB; got 0 B",
         ),
         (
             "read-ahead larger than the memory cache",

@@ -24,6 +24,9 @@ pub struct DiskCache {
 struct DiskState {
     lru: LruCache<String, u64>,
     total: u64,
+    /// Blocks whose files are being written: never evicted mid-write (their bytes are on disk already, counted or
+    /// not, so evicting them would let the folder pass its cap).
+    writing: std::collections::HashSet<String>,
 }
 
 impl DiskCache {
@@ -56,6 +59,7 @@ impl DiskCache {
             state: Mutex::new(DiskState {
                 lru: LruCache::unbounded(),
                 total: 0,
+                writing: Default::default(),
             }),
         };
         let mut evict = Vec::new();
@@ -121,7 +125,9 @@ impl DiskCache {
         if size > self.cap || !self.reserve(&name, size) {
             return;
         }
-        if let Err(e) = write_block(&self.path_of(&name), &header, data) {
+        let written = write_block(&self.path_of(&name), &header, data);
+        self.state.lock().unwrap().writing.remove(&name);
+        if let Err(e) = written {
             tracing::warn!(
                 "disk cache: cannot write block to {}: {e}",
                 self.dir.display()
@@ -138,22 +144,44 @@ impl DiskCache {
             if state.lru.contains(name) {
                 return false;
             }
+            let mut busy = Vec::new();
             while state.total + size > self.cap {
                 let Some((old, old_size)) = state.lru.pop_lru() else {
                     break;
                 };
+                if state.writing.contains(&old) {
+                    busy.push((old, old_size));
+                    continue;
+                }
                 state.total -= old_size;
                 evict.push(old);
             }
+            if state.total + size > self.cap {
+                // Only blocks being written are left to evict: skip this one rather than pass the cap.
+                for (old, old_size) in busy {
+                    state.lru.put(old, old_size);
+                }
+                drop(state);
+                self.remove_files(evict);
+                return false;
+            }
+            for (old, old_size) in busy {
+                state.lru.put(old, old_size);
+            }
             state.lru.put(name.to_string(), size);
             state.total += size;
+            state.writing.insert(name.to_string());
         }
+        self.remove_files(evict);
+        true
+    }
+
+    fn remove_files(&self, evicted: Vec<String>) {
         self.evictions
-            .fetch_add(evict.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        for old in evict {
+            .fetch_add(evicted.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        for old in evicted {
             let _ = std::fs::remove_file(self.path_of(&old));
         }
-        true
     }
 
     /// Removes least recently used blocks until at least `bytes` were freed (or the tier is empty): staged writes
@@ -163,20 +191,24 @@ impl DiskCache {
         let mut freed = 0;
         {
             let mut state = self.state.lock().unwrap();
+            let mut busy = Vec::new();
             while freed < bytes {
                 let Some((old, old_size)) = state.lru.pop_lru() else {
                     break;
                 };
+                if state.writing.contains(&old) {
+                    busy.push((old, old_size));
+                    continue;
+                }
                 state.total -= old_size;
                 freed += old_size;
                 evict.push(old);
             }
+            for (old, old_size) in busy {
+                state.lru.put(old, old_size);
+            }
         }
-        self.evictions
-            .fetch_add(evict.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        for old in evict {
-            let _ = std::fs::remove_file(self.path_of(&old));
-        }
+        self.remove_files(evict);
         freed
     }
 

@@ -638,7 +638,7 @@ impl Config {
             (
                 "settings.failover.failure_threshold",
                 f.failure_threshold,
-                1_000,
+                1_000_000,
             ),
             (
                 "settings.failover.primary_read_attempts",
@@ -657,13 +657,13 @@ impl Config {
         }
         let block = crate::cache::BLOCK_SIZE;
         let sizes = [
-            // The disk cache holds the blocks of open files and read-ahead: below 64 MiB it would thrash.
-            ("settings.cache_size", s.cache_size.0, 64 << 20, 1 << 50),
-            // Read-ahead hands blocks through the memory cache: it needs room for a few.
+            // The disk cache holds blocks of the files being read: a few blocks at least.
+            ("settings.cache_size", s.cache_size.0, 4 * block, 1 << 50),
+            // Read-ahead hands blocks through the memory cache: it needs room for more than one.
             (
                 "settings.mount.memory_cache_size",
                 m.memory_cache_size.0,
-                4 * block,
+                2 * block,
                 64 << 30,
             ),
             (

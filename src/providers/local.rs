@@ -346,20 +346,26 @@ impl Shared {
             Err(e) => return Err(error(prefix.map(|p| p.as_ref()).unwrap_or(""), e)),
         };
         let mut out = Vec::new();
-        let mut pending = vec![(
-            chain.into_iter().last().expect("the folder"),
-            prefix.cloned().unwrap_or_default(),
-        )];
-        while let Some((fd, at)) = pending.pop() {
+        let top = Arc::new(chain.into_iter().last().expect("the folder"));
+        let at = prefix.cloned().unwrap_or_default();
+        // Depth first; a folder is opened when its turn comes, from its parent's descriptor, so only the folders
+        // on the current path hold descriptors (a folder of 100,000 subfolders does not open them all at once).
+        let mut pending: Vec<(Arc<OwnedFd>, Option<String>, Path)> = vec![(top, None, at)];
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        while let Some((parent, name, at)) = pending.pop() {
+            let fd = match name {
+                None => parent,
+                Some(name) => {
+                    match rustix::fs::openat(&*parent, name.as_str(), flags, Mode::empty()) {
+                        Ok(fd) => Arc::new(fd),
+                        Err(_) => continue, // removed or replaced meanwhile
+                    }
+                }
+            };
             for (name, st) in self.read_dir(&fd, at.as_ref())? {
                 let location = child(&at, &name);
                 if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-                    let flags =
-                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-                    if let Ok(child) = rustix::fs::openat(&fd, name.as_str(), flags, Mode::empty())
-                    {
-                        pending.push((child, location));
-                    }
+                    pending.push((fd.clone(), Some(name), location));
                 } else {
                     out.push(meta_of(location, &st));
                 }
