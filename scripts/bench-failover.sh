@@ -5,6 +5,9 @@
 # bytes from the fallback) and whether every byte matched. Then read throughput through the mount while the
 # primary's breaker is open, next to the same file read through a mount routed to the fallback alone and
 # object_store's direct GET. Default settings throughout (retry 3 x 1 s, failure_threshold 5), as users get them.
+# Then a primary that stalls (SIGSTOP: it accepts connections and never answers) and one that refuses (killed:
+# its port closed), each on a fresh mount with a cold cache: the time of `stat` of a file not seen yet, `ls` of its
+# folder, the first byte of a 64 MiB file and the whole of it (sha256 checked), answered by the fallback.
 # usage: scripts/bench-failover.sh [RUNS (default 5)] [SIZE_MIB (default 128)]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -112,6 +115,46 @@ backup_rate=$(rate "$SIZE_MIB" "$s" "$e")
 unmount_it
 direct_rate=$($BENCH "$WORK/failover.toml" backup get second.bin)
 
+# Stalled and refusing primaries: stat, ls, first byte, whole 64 MiB file, each timed from a cold mount.
+$BENCH "$WORK/failover.toml" backup seed stall/big.bin 64 >/dev/null
+$BENCH "$WORK/failover.toml" backup seed stall/small.bin 0 >/dev/null
+big_sum=$( (mount_it "$WORK/backup-only.toml"; sha256sum "$MNT/stall/big.bin"; unmount_it) | cut -d' ' -f1)
+declare -A timings
+for fault in stalled refusing; do
+  start_primary
+  $BENCH "$WORK/failover.toml" primary seed stall/big.bin 64 >/dev/null
+  $BENCH "$WORK/failover.toml" primary seed stall/small.bin 0 >/dev/null
+  rm -rf "$WORK/cache"
+  mount_it "$WORK/failover.toml"
+  case $fault in
+    stalled) kill -STOP "$AZ_PID" ;;
+    refusing) kill -KILL "$AZ_PID"; while kill -0 "$AZ_PID" 2>/dev/null; do sleep 0.05; done ;;
+  esac
+  timings[$fault]=$(python3 - "$MNT/stall" "$big_sum" <<'PY'
+import hashlib, os, sys, time
+folder, expected = sys.argv[1], sys.argv[2]
+t = time.monotonic(); os.stat(os.path.join(folder, "small.bin")); stat = time.monotonic() - t
+t = time.monotonic(); names = os.listdir(folder); listing = time.monotonic() - t
+assert "big.bin" in names, names
+t = time.monotonic()
+with open(os.path.join(folder, "big.bin"), "rb") as f:
+    first = f.read(1); first_byte = time.monotonic() - t
+    digest = hashlib.sha256(first)
+    while True:
+        block = f.read(1 << 20)
+        if not block:
+            break
+        digest.update(block)
+whole = time.monotonic() - t
+intact = "yes" if digest.hexdigest() == expected else "NO"
+print(f"{stat:.3f} {listing:.3f} {first_byte:.3f} {whole:.3f} {intact}")
+PY
+)
+  [ "$fault" = stalled ] && kill -KILL "$AZ_PID"
+  unmount_it
+  while kill -0 "$AZ_PID" 2>/dev/null; do sleep 0.05; done
+done
+
 sorted=$(printf '%s\n' "${waits[@]}" | sort -n)
 median=$(echo "$sorted" | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }')
 max=$(echo "$sorted" | tail -1)
@@ -122,3 +165,10 @@ printf '%-58s %s\n' "first bytes from the fallback after the kill (s), max of $R
 printf '%-58s %s\n' "read through the mount, primary's breaker open (MiB/s)" "$open_rate"
 printf '%-58s %s\n' "read through a mount routed to the fallback only (MiB/s)" "$backup_rate"
 printf '%-58s %s\n' "object_store GET from the fallback directly (MiB/s)" "$direct_rate"
+echo
+echo "primary stalled (SIGSTOP) or refusing (killed), fallback answering; cold mount, default settings; seconds"
+printf '%-12s %8s %8s %12s %16s %7s\n' primary stat ls "first byte" "64 MiB read" intact
+for fault in stalled refusing; do
+  read -r st ls fb whole ok <<<"${timings[$fault]}"
+  printf '%-12s %8s %8s %12s %16s %7s\n' "$fault" "$st" "$ls" "$fb" "$whole" "$ok"
+done

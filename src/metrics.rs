@@ -79,7 +79,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 /// Counters exported one sample per provider: name, help, value.
 type PerProvider = (&'static str, &'static str, fn(&Counters) -> u64);
 
-const PER_PROVIDER: [PerProvider; 9] = [
+const PER_PROVIDER: [PerProvider; 12] = [
     (
         "zmount_provider_errors_total",
         "Requests that failed with an outage (connection error, timeout, 5xx).",
@@ -89,6 +89,21 @@ const PER_PROVIDER: [PerProvider; 9] = [
         "zmount_provider_retries_total",
         "Attempts sent again after an outage (within the request's retry budget).",
         |c| c.retries.load(Ordering::Relaxed),
+    ),
+    (
+        "zmount_hedged_requests_total",
+        "Reads also sent to another provider because this one had not answered within its hedge delay.",
+        |c| c.hedges.load(Ordering::Relaxed),
+    ),
+    (
+        "zmount_hedge_wins_total",
+        "Hedged reads the other provider answered first.",
+        |c| c.hedges_won.load(Ordering::Relaxed),
+    ),
+    (
+        "zmount_hedge_cancelled_total",
+        "Requests of a hedged read dropped because the other answered first.",
+        |c| c.hedges_cancelled.load(Ordering::Relaxed),
     ),
     (
         "zmount_provider_refused_total",

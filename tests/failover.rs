@@ -514,3 +514,109 @@ async fn a_503_burst_on_every_tenth_request_loses_nothing_on_the_default_schedul
         "about one request in ten got a 503: {injected} of {requests}"
     );
 }
+
+/// A per-provider counter from the mount's metrics endpoint.
+async fn metric(addr: &str, name: &str, provider: &str) -> f64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let wanted = format!("{name}{{provider=\"{provider}\"");
+    text.lines()
+        .filter(|l| l.starts_with(&wanted))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Files on both providers of a hedging test: a folder with a small file and a 64 MiB one.
+async fn seed_both(dir: &Path, primary: &str, backup: &str, folder: &str) -> Vec<u8> {
+    let big = pattern(64 << 20, 11);
+    for (table, name) in [(primary, "primary"), (backup, "backup")] {
+        let provider = direct(dir, table, name);
+        put(&provider, &format!("{folder}/small.txt"), b"small\n").await;
+        put(&provider, &format!("{folder}/big.bin"), &big).await;
+    }
+    big
+}
+
+/// `stat` of a path not seen yet, `ls` of its folder, the first byte of a cold read and a whole 64 MiB read; how
+/// long each took (for the benchmark: the tests assert behaviour only).
+fn stat_list_read(mnt: &Mount, folder: &str, big: &[u8]) -> [Duration; 4] {
+    let started = Instant::now();
+    let meta = std::fs::metadata(mnt.path(&format!("{folder}/small.txt"))).unwrap();
+    assert_eq!(meta.len(), 6, "stat of {folder}/small.txt");
+    let stat = started.elapsed();
+    let started = Instant::now();
+    let listed = run("ls", &[mnt.path(folder).to_str().unwrap()]);
+    assert!(
+        listed.contains("big.bin") && listed.contains("small.txt"),
+        "{listed}"
+    );
+    let list = started.elapsed();
+    let started = Instant::now();
+    let mut file = std::fs::File::open(mnt.path(&format!("{folder}/big.bin"))).unwrap();
+    let mut first = [0u8; 1];
+    file.read_exact(&mut first).unwrap();
+    assert_eq!(first[0], big[0]);
+    let first_byte = started.elapsed();
+    let mut rest = Vec::new();
+    file.read_to_end(&mut rest).unwrap();
+    assert!(rest == big[1..], "{folder}/big.bin read back intact");
+    [stat, list, first_byte, started.elapsed()]
+}
+
+/// Failover when the primary stalls (accepts requests and never answers): on the default settings, `stat` of an
+/// uncached path, `ls` of a folder, a cold read and a whole 64 MiB read are answered by the fallback after the
+/// hedge delay, not after the timeouts — the stalled primary's requests are cancelled, none times out (counted
+/// through the metrics) — with the bytes intact. With the primary healthy the same work sends next to no hedged
+/// request (hedging must not double a healthy provider's load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_primary_is_answered_by_the_fallback_after_the_hedge_delay() {
+    let dir = scratch();
+    let (proxy, primary, real, prefix) = s3_behind_proxy(dir.path(), "hedge", "primary");
+    let backup = provider_toml(Case::Local, "backup", &prefix, dir.path());
+    let big = seed_both(dir.path(), &real, &backup, "healthy").await;
+    seed_both(dir.path(), &real, &backup, "stalled").await;
+    let addr = common::free_local_addr();
+    let text = format!(
+        "[settings]\ncache_dir = {:?}\n\n{primary}{backup}[default]\nprovider = \"primary\"\nfallback = [\"backup\"]\n",
+        dir.path().join("cache")
+    );
+    std::fs::write(dir.path().join("mount.toml"), text).unwrap();
+    std::fs::create_dir_all(dir.path().join("mnt")).unwrap();
+    let mnt = Mount::start_at(
+        &dir.path().join("mount.toml"),
+        &dir.path().join("mnt"),
+        &["--metrics-addr", &addr],
+    );
+
+    let took = stat_list_read(&mnt, "healthy", &big);
+    println!("healthy primary: stat, ls, first byte, 64 MiB read: {took:?}");
+    let requests = metric(&addr, "zmount_provider_requests_total", "primary").await;
+    let hedges = metric(&addr, "zmount_hedged_requests_total", "primary").await;
+    println!("healthy primary: {requests} requests, {hedges} hedged");
+    assert!(requests > 60.0, "the reads went to the primary: {requests}");
+    assert!(
+        hedges * 10.0 <= requests,
+        "a healthy primary is seldom hedged: {hedges} of {requests}"
+    );
+
+    proxy.set(Fault::Stall);
+    let failures = metric(&addr, "zmount_provider_failures_total", "primary").await;
+    let took = stat_list_read(&mnt, "stalled", &big);
+    println!("stalled primary: stat, ls, first byte, 64 MiB read: {took:?}");
+    let won = metric(&addr, "zmount_hedge_wins_total", "primary").await;
+    println!("stalled primary: {won} hedges won by the fallback");
+    assert!(
+        won >= 3.0,
+        "stat, ls and the read went to the fallback: {won}"
+    );
+    assert_eq!(
+        metric(&addr, "zmount_provider_failures_total", "primary").await,
+        failures,
+        "no request waited out a timeout on the stalled primary"
+    );
+    proxy.set(Fault::None);
+}

@@ -436,7 +436,21 @@ impl Filesystem {
         if let Some(staged) = self.uploads.get(path) {
             return Ok(Self::staged_entry(&staged, None));
         }
-        let (file, dir) = tokio::join!(self.head(path), self.dir_exists(path));
+        // A directory wins over a file of the same name: once some provider shows objects below `path`, the
+        // answer does not wait for the file lookup (whose "not found" may wait on a stalled primary).
+        let (file, dir) = {
+            let (mut file, mut dir) = (
+                std::pin::pin!(self.head(path)),
+                std::pin::pin!(self.dir_exists(path)),
+            );
+            tokio::select! {
+                found = &mut dir => match found {
+                    Ok(true) => (Ok(None), Ok(true)),
+                    other => ((&mut file).await, other),
+                },
+                head = &mut file => (head, (&mut dir).await),
+            }
+        };
         let result = match (dir, file) {
             (Ok(true), _) => {
                 let posix = self.dir_posix(path).await?;
@@ -458,7 +472,7 @@ impl Filesystem {
 
     /// Mode, owner and times of directory `path`, stored on its marker object (none: the defaults).
     pub(crate) async fn dir_posix(&self, path: &str) -> FsResult<Option<posix::Posix>> {
-        match self.storage.get_info(&marker_of(path)).await {
+        match self.storage.get_info_or_defaults(&marker_of(path)).await {
             Ok(info) => Ok(posix::Posix::from_metadata(&info.metadata)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e.into()),
@@ -484,25 +498,109 @@ impl Filesystem {
     /// cannot be reached are left out when an answering fallback stands in for them, else the check fails.
     async fn dir_exists(&self, path: &str) -> FsResult<bool> {
         let providers = self.providers_under(path);
-        let checks = providers.iter().map(|provider| {
+        let check = |provider: &Arc<Provider>| {
+            let provider = provider.clone();
+            let fallback = self.read_fallback(path, &provider);
+            let path = path.to_string();
             let check = async move {
-                let mut listing = provider.store.list(Some(&provider.key_for(path)));
+                let mut listing = provider.store.list(Some(&provider.key_for(&path)));
                 match futures::StreamExt::next(&mut listing).await {
                     // An object whose key no path can name is still something below `path`.
                     Some(Ok(_)) | Some(Err(object_store::Error::InvalidPath { .. })) => Ok(true),
                     None | Some(Err(object_store::Error::NotFound { .. })) => Ok(false),
-                    Some(Err(e)) => Err(StorageError::from_store(provider, path, e)),
+                    Some(Err(e)) => Err(StorageError::from_store(&provider, &path, e)),
                 }
             };
-            with_fallback(self.read_fallback(path, provider), check)
-        });
-        let found = futures::future::join_all(checks).await;
+            Box::pin(with_fallback(fallback, check)) as Asked<bool>
+        };
+        let found = self
+            .ask_all(path, &providers, check, |found| matches!(found, Ok(true)))
+            .await;
         if found.iter().any(|r| matches!(r, Ok(true))) {
             return Ok(true);
         }
         let mut outcome = Outcome::of(&providers, found)?;
         self.check_covered(path, &mut outcome)?;
         Ok(false)
+    }
+
+    /// Asks every provider of `providers` about directory `dir` at once, answers in their order. Stops early when
+    /// an answer satisfies `enough` (the others are dropped). Providers still out once the answered ones make the
+    /// listing complete without them (their fallbacks answered) are given up after their hedge delay: a stalled
+    /// primary costs a listing its hedge delay, not its timeouts (see crate::providers::hedge). They count as
+    /// unavailable, so such a listing is not cached.
+    async fn ask_all<T>(
+        &self,
+        dir: &str,
+        providers: &[Arc<Provider>],
+        ask: impl Fn(&Arc<Provider>) -> Asked<T>,
+        enough: impl Fn(&Result<T, StorageError>) -> bool,
+    ) -> Vec<Result<T, StorageError>> {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let started = tokio::time::Instant::now();
+        let mut answers: Vec<Option<Result<T, StorageError>>> =
+            providers.iter().map(|_| None).collect();
+        let mut out: FuturesUnordered<_> = providers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let asked = ask(p);
+                async move { (i, asked.await) }
+            })
+            .collect();
+        let gave_up = |provider: &Provider| StorageError::Unavailable {
+            provider: provider.name.clone(),
+            location: provider.location.clone(),
+            path: dir.to_string(),
+            message: "no answer within the hedge delay while its fallbacks answered".into(),
+        };
+        while !out.is_empty() {
+            let missing: Vec<&str> = providers
+                .iter()
+                .zip(&answers)
+                .filter(|(_, a)| !matches!(a, Some(Ok(_))))
+                .map(|(p, _)| p.name.as_str())
+                .collect();
+            let answered = answers.iter().any(|a| matches!(a, Some(Ok(_))));
+            let deadline =
+                (answered && self.storage.listing_complete_without(dir, &missing)).then(|| {
+                    let waited = providers
+                        .iter()
+                        .zip(&answers)
+                        .filter(|(_, a)| a.is_none())
+                        .map(|(p, _)| p.health.pace.delay())
+                        .max()
+                        .unwrap_or_default();
+                    started + waited
+                });
+            tokio::select! {
+                Some((i, answer)) = out.next() => {
+                    let done = enough(&answer);
+                    answers[i] = Some(answer);
+                    if done {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or(started)), if deadline.is_some() => {
+                    for (provider, answer) in providers.iter().zip(answers.iter_mut()) {
+                        if answer.is_none() {
+                            let counters = &provider.health.counters;
+                            counters.hedges.fetch_add(1, Ordering::Relaxed);
+                            counters.hedges_won.fetch_add(1, Ordering::Relaxed);
+                            counters.hedges_cancelled.fetch_add(1, Ordering::Relaxed);
+                            provider.health.pace.strike();
+                            *answer = Some(Err(gave_up(provider)));
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        providers
+            .iter()
+            .zip(answers)
+            .map(|(p, a)| a.unwrap_or_else(|| Err(gave_up(p))))
+            .collect()
     }
 
     /// How hard a listing of `dir` tries `provider`: a listing that can do without it (see
@@ -627,12 +725,15 @@ impl Filesystem {
     /// files only that provider has, so it is not cached (and `rmdir` does not trust it).
     async fn list_dir(&self, path: &str) -> FsResult<(Vec<DirEntry>, Option<StorageError>)> {
         let providers = self.providers_under(path);
-        let listings = futures::future::join_all(
-            providers
-                .iter()
-                .map(|p| with_fallback(self.read_fallback(path, p), list_one(p, path))),
-        )
-        .await;
+        let list = |provider: &Arc<Provider>| {
+            let provider = provider.clone();
+            let fallback = self.read_fallback(path, &provider);
+            let path = path.to_string();
+            Box::pin(with_fallback(fallback, async move {
+                list_one(&provider, &path).await
+            })) as Asked<ListResult>
+        };
+        let listings = self.ask_all(path, &providers, list, |_| false).await;
         let mut outcome = Outcome::of(&providers, listings)?;
         let partial = self.check_covered(path, &mut outcome)?;
         let router = self.storage.router();
@@ -980,6 +1081,10 @@ async fn head_one(provider: &Arc<Provider>, path: &str) -> Result<Entry, Storage
         source: Some(provider.name.clone()),
     })
 }
+
+/// One provider's answer about a directory, as [`Filesystem::ask_all`] runs it.
+type Asked<T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StorageError>> + Send>>;
 
 /// One provider's entries directly in `path` (an empty listing when it has none).
 async fn list_one(provider: &Provider, path: &str) -> Result<ListResult, StorageError> {

@@ -204,6 +204,12 @@ pub struct Counters {
     pub refused: AtomicU64,
     /// Attempts sent again after an outage.
     pub retries: AtomicU64,
+    /// Reads also sent to another provider because this one had not answered within its hedge delay.
+    pub hedges: AtomicU64,
+    /// Of those, the ones the other provider answered first.
+    pub hedges_won: AtomicU64,
+    /// Requests of a race dropped because the other answered first.
+    pub hedges_cancelled: AtomicU64,
     /// Times the breaker opened.
     pub trips: AtomicU64,
     /// Reads (blocks, heads, listings) this provider answered for a route whose primary it is not.
@@ -238,6 +244,8 @@ pub struct Health {
     cooldown: Duration,
     state: Mutex<Breaker>,
     pub counters: Counters,
+    /// Answer times and the slow mark (see [`super::hedge`]).
+    pub pace: super::hedge::Pace,
 }
 
 impl Health {
@@ -249,6 +257,7 @@ impl Health {
             cooldown: policy.cooldown,
             state: Mutex::new(Breaker::Closed { failures: 0 }),
             counters: Counters::default(),
+            pace: super::hedge::Pace::new(name, policy.cooldown),
         }
     }
 
@@ -448,7 +457,11 @@ impl Guarded {
                 Ok(outcome) => outcome,
                 Err(_) => Err(outage(format!("no response within {limit:?}"))),
             };
-            self.health.counters.record(kind, started.elapsed());
+            let took = started.elapsed();
+            self.health.counters.record(kind, took);
+            if outcome.is_ok() && matches!(kind, Op::Get | Op::Head | Op::List) {
+                self.health.pace.observe(took);
+            }
             match outcome {
                 Err(e) if is_outage(&e) => {
                     self.health.failed(&e);

@@ -5,6 +5,7 @@
 mod azure;
 mod gcs;
 pub mod guard;
+pub mod hedge;
 pub mod listing;
 mod local;
 mod s3;

@@ -14,6 +14,7 @@
 use crate::cache::{BlockCache, BlockKey, BLOCK_SIZE};
 use crate::fs::error::{FsError, FsResult};
 use crate::providers::guard::{with_fallback, Fallback};
+use crate::providers::hedge::{race, Raced};
 use crate::providers::Provider;
 use crate::storage::StorageError;
 use bytes::{Bytes, BytesMut};
@@ -273,9 +274,36 @@ async fn block(cache: &BlockCache, object: &ObjectVersion, index: u64) -> FsResu
             true => Fallback::AtOnce,
             false => Fallback::None,
         };
-        let outcome = cache
-            .get_or_fetch(block_key(&copy, index), with_fallback(fallback, fetch))
-            .await;
+        let first = cache.get_or_fetch(block_key(&copy, index), with_fallback(fallback, fetch));
+        // A copy that does not answer within its provider's hedge delay: the open file moves on to the next copy
+        // and this block is asked of it too; the first to answer wins (see crate::providers::hedge).
+        let hedge = || {
+            (fallback == Fallback::AtOnce).then(|| async {
+                let stalled = FsError::from(StorageError::Unavailable {
+                    provider: copy.provider.name.clone(),
+                    location: copy.provider.location.clone(),
+                    path: object.path.clone(),
+                    message: "no answer within the hedge delay".into(),
+                });
+                if !object.switch_from(&copy, &stalled).await {
+                    return Err(stalled);
+                }
+                let now = object.current();
+                let fetch = fetch_block(object, &now, index);
+                cache.get_or_fetch(block_key(&now, index), fetch).await
+            })
+        };
+        let outcome = match race(
+            &copy.provider.health,
+            first,
+            hedge,
+            |r: &FsResult<Bytes>| r.is_ok(),
+        )
+        .await
+        {
+            Raced::Alone(r) | Raced::First(r) | Raced::Second(r) => r,
+            Raced::Neither(r, _) => r,
+        };
         match outcome {
             Err(e) if e.is_unavailable() || e.is_not_found() => {
                 if object.switch_from(&copy, &e).await {

@@ -17,6 +17,7 @@
 
 use super::{Result, StorageError};
 use crate::providers::guard::{with_fallback, Fallback};
+use crate::providers::hedge::{race, Raced};
 use crate::providers::Provider;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -190,16 +191,37 @@ pub async fn first_holder<'a, T, F, Fut>(
     order: &[&'a std::sync::Arc<Provider>],
     primary: &str,
     path: &str,
+    op: F,
+) -> Result<(T, &'a std::sync::Arc<Provider>)>
+where
+    F: FnMut(&'a std::sync::Arc<Provider>) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    first_holder_with(order, primary, path, false, op).await
+}
+
+/// [`first_holder`]; with `missing_concludes`, a "not found" from a provider that answered a hedged request
+/// concludes too (for lookups whose "not found" only means "defaults", such as a directory's marker: a stalled
+/// primary must not hold up a directory's attributes for its timeouts).
+pub async fn first_holder_with<'a, T, F, Fut>(
+    order: &[&'a std::sync::Arc<Provider>],
+    primary: &str,
+    path: &str,
+    missing_concludes: bool,
     mut op: F,
 ) -> Result<(T, &'a std::sync::Arc<Provider>)>
 where
     F: FnMut(&'a std::sync::Arc<Provider>) -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
+    // A provider marked slow is asked after the others (see crate::providers::hedge).
+    let mut order: Vec<&'a std::sync::Arc<Provider>> = order.to_vec();
+    order.sort_by_key(|p| p.health.pace.is_slow());
     let (mut missing, mut down) = (None, None);
     let mut failed = Vec::new();
-    let first_pass = order.iter().enumerate().map(|(i, p)| {
-        let fallback = match i + 1 < order.len() {
+    let count = order.len();
+    let first_pass = order.into_iter().enumerate().map(|(i, p)| {
+        let fallback = match i + 1 < count {
             true => Fallback::AtOnce,
             false => Fallback::None,
         };
@@ -207,28 +229,56 @@ where
     });
     let mut queue: std::collections::VecDeque<_> = first_pass.collect();
     while let Some((provider, fallback)) = queue.pop_front() {
-        match with_fallback(fallback, op(provider)).await {
-            Ok(value) => {
-                if provider.name != primary {
-                    provider
-                        .health
-                        .counters
-                        .served_as_fallback
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("{path}: served by fallback `{}`", provider.name);
+        // In the first pass, a provider that does not answer within its hedge delay is raced by the next one.
+        let next = match fallback {
+            Fallback::AtOnce => queue.front().copied(),
+            _ => None,
+        };
+        let raced = race(
+            &provider.health,
+            with_fallback(fallback, op(provider)),
+            || next.map(|(p, f)| with_fallback(f, op(p))),
+            |answer: &Result<T>| match answer {
+                Ok(_) => true,
+                Err(e) => missing_concludes && e.is_not_found(),
+            },
+        )
+        .await;
+        let answers = match raced {
+            Raced::Alone(a) | Raced::First(a) => vec![(provider, fallback, a)],
+            Raced::Second(b) => {
+                let (p, f) = queue.pop_front().expect("the provider raced");
+                vec![(p, f, b)]
+            }
+            Raced::Neither(a, b) => {
+                let (p, f) = queue.pop_front().expect("the provider raced");
+                vec![(provider, fallback, a), (p, f, b)]
+            }
+        };
+        for (provider, fallback, answer) in answers {
+            match answer {
+                Ok(value) => {
+                    if provider.name != primary {
+                        provider
+                            .health
+                            .counters
+                            .served_as_fallback
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!("{path}: served by fallback `{}`", provider.name);
+                    }
+                    return Ok((value, provider));
                 }
-                return Ok((value, provider));
-            }
-            Err(e) if e.is_not_found() => {
-                missing.get_or_insert(e);
-            }
-            Err(e) if e.is_unavailable() => {
-                if fallback == Fallback::AtOnce {
-                    failed.push(provider);
+                Err(e) if e.is_not_found() => {
+                    missing.get_or_insert(e);
                 }
-                down.get_or_insert(e);
+                Err(e) if e.is_unavailable() => {
+                    if fallback == Fallback::AtOnce {
+                        failed.push(provider);
+                    }
+                    down.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
         if queue.is_empty() && missing.is_some() {
             // About to conclude "not found": the providers that failed quickly get their full retries first.

@@ -23,7 +23,7 @@ use crate::providers::guard::{with_fallback, Fallback};
 use crate::providers::{ClientTuning, Provider};
 use crate::routing::{is_within, normalize, Resolved, Route, Router};
 use bytes::Bytes;
-use failover::{first_holder, Heals};
+use failover::{first_holder_with, Heals};
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::{
     Attribute, AttributeValue, Attributes, GetOptions, GetRange, ObjectMeta, ObjectStoreExt,
@@ -459,9 +459,24 @@ impl Storage {
         F: FnMut(&'a Arc<Provider>) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
+        self.read_routed_with(path, false, op).await
+    }
+
+    /// [`Storage::read_routed`]; `missing_concludes`: see [`failover::first_holder_with`].
+    async fn read_routed_with<'a, T, F, Fut>(
+        &'a self,
+        path: &str,
+        missing_concludes: bool,
+        op: F,
+    ) -> Result<(T, String)>
+    where
+        F: FnMut(&'a Arc<Provider>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
         let (path, resolved, _) = self.resolve(path)?;
         let order = self.read_order(&path, resolved.route);
-        let (value, _) = first_holder(&order, &resolved.route.provider, &path, op).await?;
+        let primary = &resolved.route.provider;
+        let (value, _) = first_holder_with(&order, primary, &path, missing_concludes, op).await?;
         Ok((value, path))
     }
 
@@ -571,9 +586,19 @@ impl Storage {
 
     /// Size, type, dates, ETag and user metadata of one object (`provider` says which provider answered).
     pub async fn get_info(&self, path: &str) -> Result<FileInfo> {
+        self.get_info_with(path, false).await
+    }
+
+    /// [`Storage::get_info`] for an object whose absence only means "defaults" (a directory's marker): while the
+    /// primary does not answer within its hedge delay, a fallback's "not found" stands.
+    pub async fn get_info_or_defaults(&self, path: &str) -> Result<FileInfo> {
+        self.get_info_with(path, true).await
+    }
+
+    async fn get_info_with(&self, path: &str, missing_concludes: bool) -> Result<FileInfo> {
         let clean = self.resolve(path)?.0;
         let (info, _) = self
-            .read_routed(path, |provider| {
+            .read_routed_with(path, missing_concludes, |provider| {
                 let path = clean.clone();
                 async move {
                     let options = GetOptions {
