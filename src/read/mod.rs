@@ -278,7 +278,7 @@ async fn block(cache: &BlockCache, object: &ObjectVersion, index: u64) -> FsResu
         // A copy that does not answer within its provider's hedge delay: the open file moves on to the next copy
         // and this block is asked of it too; the first to answer wins (see crate::providers::hedge).
         let hedge = || {
-            (fallback == Fallback::AtOnce).then(|| async {
+            (fallback == Fallback::AtOnce).then_some(async {
                 let stalled = FsError::from(StorageError::Unavailable {
                     provider: copy.provider.name.clone(),
                     location: copy.provider.location.clone(),
