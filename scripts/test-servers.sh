@@ -55,11 +55,23 @@ start_s3() {
   running s3 && s3_ready && return 0
   kill_stray s3
   rm -rf "$STATE/s3-data"; mkdir -p "$STATE/s3-data"
-  AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET setsid "$TOOLS/venv/bin/weed" mini -dir="$STATE/s3-data" \
+  # Like AWS S3: names up to the 1,024-byte key limit (SeaweedFS refuses names over 255 bytes by default), and a
+  # folder gone as soon as its last object is (SeaweedFS keeps it listed for 2 minutes by default). weed reads
+  # ./filer.toml from its working directory.
+  cat >"$STATE/s3-data/filer.toml" <<TOML
+[filer.options]
+recursive_delete = false
+max_file_name_length = 1024
+s3.empty_folder_cleanup_delay = "1s"
+[leveldb2]
+enabled = true
+dir = "$STATE/s3-data/filerldb2"
+TOML
+  (cd "$STATE/s3-data" && AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET exec setsid "$TOOLS/venv/bin/weed" mini -dir="$STATE/s3-data" \
     -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port=19333 -master.port.grpc=29333 -volume.port=18080 \
     -volume.port.grpc=28080 -filer.port=18888 -filer.port.grpc=28888 -s3.port="$S3_PORT" -s3.port.grpc=28334 \
     -s3.port.iceberg=18181 -s3.port.lance=18182 -webdav=false -admin.ui=false -admin.port=18023 \
-    -admin.port.grpc=28023 -debug.port=16060 -bucket=zmount,zmountwasabi >"$STATE/s3.log" 2>&1 9>&- &
+    -admin.port.grpc=28023 -debug.port=16060 -bucket=zmount,zmountwasabi) >"$STATE/s3.log" 2>&1 9>&- &
   echo $! >"$STATE/s3.pid"
   wait_for s3 s3_ready
 }

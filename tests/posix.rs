@@ -255,8 +255,18 @@ async fn names_too_long_are_refused_before_anything_is_written(case: Case) {
     assert_eq!(namelen, expected, "statfs f_namelen");
     // A name of exactly f_namelen bytes is stored, as a file and as a directory (pjdfstest's NAME_MAX cases).
     let longest = "l".repeat(namelen);
-    std::fs::write(mount.path(&longest), b"x")
-        .unwrap_or_else(|e| panic!("create of {namelen} bytes: {e}"));
+    {
+        let mut file = std::fs::File::create(mount.path(&longest))
+            .unwrap_or_else(|e| panic!("create of {namelen} bytes: {e}"));
+        std::io::Write::write_all(&mut file, b"x").unwrap();
+        file.sync_all()
+            .unwrap_or_else(|e| panic!("fsync of a name of {namelen} bytes: {e}"));
+    }
+    assert_eq!(
+        ctx.read_direct(&longest).await.as_deref(),
+        Some(&b"x"[..]),
+        "stored under its {namelen}-byte name"
+    );
     std::fs::remove_file(mount.path(&longest)).unwrap();
     std::fs::create_dir(mount.path(&longest))
         .unwrap_or_else(|e| panic!("mkdir of {namelen} bytes: {e}"));
@@ -722,4 +732,35 @@ async fn an_unlinked_open_file_has_no_links(case: Case) {
     written.read_to_string(&mut back).unwrap();
     assert_eq!(back, "written here");
     drop(read);
+}
+
+/// `chmod`, `chown` and `utimensat` of atime only change no data, so a file's mtime stays — also for a file whose
+/// mtime is its object's modification time (made by another program: zmount rewrites the object to carry the new
+/// attributes, and the new object's time must not show through). On a local folder, where that time can be set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attribute_changes_keep_the_mtime() {
+    use std::os::unix::fs::MetadataExt;
+    let (ctx, mount) = mount_for(Case::Local, "keep-mtime", "");
+    let folder = ctx
+        .dir
+        .path()
+        .join(format!("{}-root", ctx.provider.name))
+        .join(&ctx.provider.prefix);
+    std::fs::create_dir_all(&folder).unwrap();
+    for name in ["a", "b", "c"] {
+        std::fs::write(folder.join(name), b"made elsewhere\n").unwrap();
+        run(
+            "touch",
+            &["-d", "2001-02-03 04:05:06", p(&folder.join(name))],
+        );
+    }
+    let mtime = |name: &str| std::fs::metadata(mount.path(name)).unwrap().mtime();
+    let old = mtime("a");
+    assert_eq!(old, 981_173_106, "the object's time shows as mtime");
+    run("chmod", &["0600", p(&mount.path("a"))]);
+    run("chown", &["65534", p(&mount.path("b"))]);
+    run("touch", &["-a", "-d", "2020-01-01", p(&mount.path("c"))]);
+    for name in ["a", "b", "c"] {
+        assert_eq!(mtime(name), old, "{name} after an attribute change");
+    }
 }

@@ -282,6 +282,15 @@ impl Filesystem {
                 staged.change_attrs(change).await
             }
             _ => {
+                // The object is written again to carry the new attributes: a file whose mtime was its object's
+                // modification time keeps that time (a chmod is no change of data).
+                let shown = self.inodes.find(path).map(|(_, entry, _)| entry.mtime);
+                let change = move |attrs: &mut FileAttrs| {
+                    if attrs.posix.mtime.is_none() {
+                        attrs.posix.mtime = shown;
+                    }
+                    change(attrs);
+                };
                 self.change_by_path(path, posix, false, |staged| async move {
                     staged.change_attrs(change).await
                 })
