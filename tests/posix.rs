@@ -764,3 +764,75 @@ async fn attribute_changes_keep_the_mtime() {
         assert_eq!(mtime(name), old, "{name} after an attribute change");
     }
 }
+
+/// A bucket written by s3fs: its directories are objects `dir/` (a key ending in `/`) whose metadata holds the
+/// mode, owner and mtime (s3fs's keys). They show through the mount, by name and in a listing. On moto, which keeps
+/// such objects as AWS does (SeaweedFS turns them into folders without metadata).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3fs_directory_objects_show_their_modes() {
+    use std::os::unix::fs::MetadataExt;
+    let endpoint = common::server("ZMOUNT_TEST_MOTO_ENDPOINT");
+    let bucket = common::server("ZMOUNT_TEST_MOTO_BUCKET");
+    let prefix = common::unique("s3fs-dirs");
+    let client = reqwest::Client::new();
+    let put = |key: String, body: &'static [u8], meta: Vec<(&'static str, String)>| {
+        let mut request = client
+            .put(format!("{endpoint}/{bucket}/{prefix}/{key}"))
+            .header("authorization", "AWS4-HMAC-SHA256 Credential=k/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0");
+        for (name, value) in meta {
+            request = request.header(format!("x-amz-meta-{name}"), value);
+        }
+        request.body(body).send()
+    };
+    let mode = (libc::S_IFDIR | 0o750).to_string();
+    let dir_meta = vec![
+        ("mode", mode),
+        ("uid", "1234".into()),
+        ("gid", "5678".into()),
+        ("mtime", "1262304000".into()),
+    ];
+    for (key, body, meta) in [
+        ("made-by-s3fs/".to_string(), &b""[..], dir_meta),
+        (
+            "made-by-s3fs/file.txt".to_string(),
+            &b"inside\n"[..],
+            vec![],
+        ),
+    ] {
+        let status = put(key.clone(), body, meta).await.unwrap().status();
+        assert!(status.is_success(), "PUT {key}: {status}");
+    }
+    let dir = common::scratch();
+    let config = format!(
+        "[settings]\ncache_dir = {:?}\n\n[providers.s3fs]\nkind = \"s3\"\nbucket = {bucket:?}\nendpoint = {endpoint:?}\naccess_key = \"k\"\nsecret_key = \"s\"\nprefix = {prefix:?}\n\n[default]\nprovider = \"s3fs\"\n",
+        dir.path().join("cache")
+    );
+    let mount = Mount::start(dir.path(), &config);
+    let shown = |meta: std::fs::Metadata| {
+        (
+            meta.is_dir(),
+            meta.mode() & 0o7777,
+            meta.uid(),
+            meta.gid(),
+            meta.mtime(),
+        )
+    };
+    let expected = (true, 0o750, 1234, 5678, 1_262_304_000);
+    // Through a listing first (what `ls -l` shows), then by name.
+    let listed = std::fs::read_dir(&mount.dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .find(|e| e.file_name() == "made-by-s3fs")
+        .expect("listed");
+    assert!(listed.file_type().unwrap().is_dir());
+    assert_eq!(
+        shown(std::fs::metadata(mount.path("made-by-s3fs")).unwrap()),
+        expected,
+        "s3fs's mode, owner and mtime\n{}",
+        mount.log()
+    );
+    assert_eq!(
+        std::fs::read(mount.path("made-by-s3fs/file.txt")).unwrap(),
+        b"inside\n"
+    );
+}

@@ -474,8 +474,25 @@ impl Filesystem {
     pub(crate) async fn dir_posix(&self, path: &str) -> FsResult<Option<posix::Posix>> {
         match self.storage.get_info_or_defaults(&marker_of(path)).await {
             Ok(info) => Ok(posix::Posix::from_metadata(&info.metadata)),
-            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) if e.is_not_found() => Ok(self.s3fs_dir_posix(path).await),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The mode, owner and times s3fs stores on its directory object `path/` (on S3 and S3-compatible stores),
+    /// for a directory without a marker of zmount's own. Best effort: no such object, or no answer, is "defaults".
+    async fn s3fs_dir_posix(&self, path: &str) -> Option<posix::Posix> {
+        if path.is_empty() {
+            return None;
+        }
+        let (_, _, provider) = self.storage.resolve(path).ok()?;
+        let dirs = provider.dir_objects.as_ref()?;
+        match dirs.metadata(provider.key_for(path).as_ref()).await {
+            Ok(metadata) => posix::Posix::from_metadata(&metadata?),
+            Err(e) => {
+                tracing::debug!("{path}: s3fs directory object not read: {e}");
+                None
+            }
         }
     }
 

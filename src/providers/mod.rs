@@ -67,6 +67,8 @@ pub(crate) struct BuiltStore {
     pub multipart: Option<Arc<dyn object_store::multipart::MultipartStore>>,
     /// Paginated listings with a start key (see [`listing`]).
     pub paginated: Option<Arc<dyn object_store::list::PaginatedListStore>>,
+    /// s3fs's directory objects (S3 and S3-compatible stores).
+    pub dir_objects: Option<Arc<s3::DirObjects>>,
     pub signer: Option<Arc<dyn Signer>>,
     pub location: String,
     pub redactor: Redactor,
@@ -87,6 +89,8 @@ pub struct Provider {
     pub open_uploads: Option<Arc<crate::storage::uploads::OpenUploads>>,
     /// See [`BuiltStore::paginated`].
     pub paginated: Option<Arc<dyn object_store::list::PaginatedListStore>>,
+    /// See [`BuiltStore::dir_objects`].
+    pub dir_objects: Option<Arc<s3::DirObjects>>,
     pub signer: Option<Arc<dyn Signer>>,
     pub health: Arc<guard::Health>,
     /// Key prefix, without leading or trailing `/`.
@@ -126,6 +130,7 @@ impl Provider {
                     store,
                     multipart: None,
                     paginated: None,
+                    dir_objects: None,
                     signer: None,
                     location: c.path.display().to_string(),
                     redactor: Redactor::default(),
@@ -150,6 +155,7 @@ impl Provider {
             multipart,
             open_uploads: None,
             paginated: built.paginated,
+            dir_objects: built.dir_objects,
             health,
             signer: built.signer,
             prefix: common.prefix.trim_matches('/').to_string(),

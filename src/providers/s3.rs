@@ -5,7 +5,9 @@
 
 use super::{BuiltStore, ClientTuning};
 use crate::config::{Redactor, S3Config};
-use object_store::aws::{AmazonS3Builder, S3CopyIfNotExists};
+use object_store::aws::{AmazonS3Builder, AwsAuthorizer, AwsCredentialProvider, S3CopyIfNotExists};
+use object_store::client::{HttpClient, HttpConnector, HttpRequest, ReqwestConnector};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub fn wasabi_endpoint(region: &str) -> String {
@@ -47,14 +49,114 @@ pub fn build(config: &S3Config, wasabi: bool, tuning: &ClientTuning) -> Result<B
             .build()
             .map_err(|e| redactor.redact(&e.to_string()))?,
     );
+    let dir_objects = DirObjects::new(
+        config,
+        endpoint.as_deref(),
+        store.credentials().clone(),
+        tuning,
+    );
     let endpoint =
         endpoint.unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", config.region));
     Ok(BuiltStore {
         store: store.clone(),
         multipart: Some(store.clone()),
         paginated: Some(store.clone()),
+        dir_objects: dir_objects.map(Arc::new),
         signer: Some(store),
         location: format!("{endpoint} (bucket {})", config.bucket),
         redactor,
     })
+}
+
+/// Directory objects as s3fs writes them: a key ending in `/` (`photos/`) whose metadata holds the directory's
+/// mode, owner and times. object_store cannot name such a key (its paths never end in `/`), so this signs and sends
+/// the one request zmount needs — a HEAD — itself, with object_store's own signer and HTTP client.
+#[derive(Debug)]
+pub struct DirObjects {
+    /// `https://host/bucket` (path style) or `https://bucket.host` (virtual-hosted).
+    base: String,
+    region: String,
+    credentials: AwsCredentialProvider,
+    client: HttpClient,
+}
+
+impl DirObjects {
+    fn new(
+        config: &S3Config,
+        endpoint: Option<&str>,
+        credentials: AwsCredentialProvider,
+        tuning: &ClientTuning,
+    ) -> Option<DirObjects> {
+        let base = match (endpoint, config.virtual_hosted) {
+            (Some(e), false) => format!("{e}/{}", config.bucket),
+            (Some(e), true) => e.to_string(),
+            (None, false) => format!(
+                "https://s3.{}.amazonaws.com/{}",
+                config.region, config.bucket
+            ),
+            (None, true) => format!(
+                "https://{}.s3.{}.amazonaws.com",
+                config.bucket, config.region
+            ),
+        };
+        let client = ReqwestConnector::default()
+            .connect(&tuning.client(endpoint))
+            .ok()?;
+        Some(DirObjects {
+            base,
+            region: config.region.clone(),
+            credentials,
+            client,
+        })
+    }
+
+    /// The user metadata (lowercase keys, without `x-amz-meta-`) of the object `key/`, or None when there is none.
+    pub async fn metadata(&self, key: &str) -> Result<Option<BTreeMap<String, String>>, String> {
+        let url = format!("{}/{}/", self.base, encode_key(key));
+        let mut request: HttpRequest = http::Request::builder()
+            .method(http::Method::HEAD)
+            .uri(&url)
+            .body(bytes::Bytes::new().into())
+            .map_err(|e| e.to_string())?;
+        let credential = self
+            .credentials
+            .get_credential()
+            .await
+            .map_err(|e| e.to_string())?;
+        AwsAuthorizer::new(&credential, "s3", &self.region)
+            .with_sign_payload(false)
+            .try_authorize(&mut request, None)
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .client
+            .execute(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        match response.status().as_u16() {
+            200 => Ok(Some(
+                response
+                    .headers()
+                    .iter()
+                    .filter_map(|(name, value)| {
+                        let key = name.as_str().strip_prefix("x-amz-meta-")?;
+                        Some((key.to_ascii_lowercase(), value.to_str().ok()?.to_string()))
+                    })
+                    .collect(),
+            )),
+            404 => Ok(None),
+            status => Err(format!("HEAD {url}: status {status}")),
+        }
+    }
+}
+
+/// RFC 3986 encoding of an object key for a URL path, `/` kept (what S3 signs and expects).
+fn encode_key(key: &str) -> String {
+    key.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -28,6 +28,11 @@ fn sign(key: &[u8], text: &str) -> Vec<u8> {
 
 /// PUTs `body` at `key` (raw, prefix included) in the test bucket.
 pub async fn put(key: &str, body: &[u8]) {
+    put_with(key, body, &[]).await
+}
+
+/// [`put`] with user metadata (`x-amz-meta-<name>` headers).
+pub async fn put_with(key: &str, body: &[u8], metadata: &[(&str, &str)]) {
     let endpoint = super::server("ZMOUNT_TEST_S3_ENDPOINT");
     let bucket = super::server("ZMOUNT_TEST_S3_BUCKET");
     let access = super::server("ZMOUNT_TEST_S3_ACCESS_KEY");
@@ -40,8 +45,24 @@ pub async fn put(key: &str, body: &[u8]) {
     );
     let uri = format!("/{bucket}/{}", encode(key));
     let payload = "UNSIGNED-PAYLOAD";
-    let headers = format!("host:{host}\nx-amz-content-sha256:{payload}\nx-amz-date:{stamp}\n");
-    let signed = "host;x-amz-content-sha256;x-amz-date";
+    let mut all: Vec<(String, String)> = vec![
+        ("host".into(), host.to_string()),
+        ("x-amz-content-sha256".into(), payload.to_string()),
+        ("x-amz-date".into(), stamp.clone()),
+    ];
+    all.extend(metadata.iter().map(|(k, v)| {
+        (
+            format!("x-amz-meta-{}", k.to_ascii_lowercase()),
+            v.to_string(),
+        )
+    }));
+    all.sort();
+    let headers: String = all.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
+    let signed = all
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect::<Vec<_>>()
+        .join(";");
     let request = format!("PUT\n{uri}\n\n{headers}\n{signed}\n{payload}");
     let scope = format!("{day}/us-east-1/s3/aws4_request");
     let to_sign = format!(
@@ -53,10 +74,11 @@ pub async fn put(key: &str, body: &[u8]) {
         signing = sign(&signing, part);
     }
     let signature = hex(&sign(&signing, &to_sign));
-    let response = reqwest::Client::new()
-        .put(format!("http://{host}{uri}"))
-        .header("x-amz-content-sha256", payload)
-        .header("x-amz-date", &stamp)
+    let mut request = reqwest::Client::new().put(format!("http://{host}{uri}"));
+    for (k, v) in all.iter().filter(|(k, _)| k != "host") {
+        request = request.header(k.as_str(), v.as_str());
+    }
+    let response = request
         .header(
             "authorization",
             format!("AWS4-HMAC-SHA256 Credential={access}/{scope}, SignedHeaders={signed}, Signature={signature}"),
