@@ -11,7 +11,7 @@ mod local;
 mod s3;
 
 pub use local::{set_user_umask, LocalStore};
-pub use s3::wasabi_endpoint;
+pub use s3::{encode_key as encode_s3_key, wasabi_endpoint};
 
 use crate::config::{ProviderConfig, Redactor, Settings, TimeoutSettings};
 use object_store::path::Path as ObjectPath;

@@ -150,7 +150,7 @@ impl DirObjects {
 }
 
 /// RFC 3986 encoding of an object key for a URL path, `/` kept (what S3 signs and expects).
-fn encode_key(key: &str) -> String {
+pub fn encode_key(key: &str) -> String {
     key.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {

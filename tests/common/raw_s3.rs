@@ -8,18 +8,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// RFC 3986 encoding of a key, `/` kept.
-fn encode(key: &str) -> String {
-    key.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn sign(key: &[u8], text: &str) -> Vec<u8> {
     hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), text.as_bytes())
         .as_ref()
@@ -43,7 +31,7 @@ pub async fn put_with(key: &str, body: &[u8], metadata: &[(&str, &str)]) {
         now.format("%Y%m%dT%H%M%SZ").to_string(),
         now.format("%Y%m%d").to_string(),
     );
-    let uri = format!("/{bucket}/{}", encode(key));
+    let uri = format!("/{bucket}/{}", zmount::providers::encode_s3_key(key));
     let payload = "UNSIGNED-PAYLOAD";
     let mut all: Vec<(String, String)> = vec![
         ("host".into(), host.to_string()),
