@@ -4,7 +4,7 @@
 //! race between the two, and the "slow" mark a provider gets when it keeps losing such races.
 //!
 //! * **Hedge delay** ([`Pace::delay`]): the 95th percentile of the provider's recent answer times (the time to
-//!   the first byte of a GET, to the answer of a HEAD or LIST), doubled, kept within 200 ms and 1 s; 500 ms until
+//!   the first byte of a GET, to the answer of a HEAD or LIST), doubled, kept within 200 ms and 1 s; 300 ms until
 //!   enough answers were seen. A healthy provider answers well within it, so hedges are rare and its load does not
 //!   grow.
 //! * **Race** ([`race`]): the first request runs alone for the hedge delay; then the second is sent and the first
@@ -26,7 +26,7 @@ const FLOOR: Duration = Duration::from_millis(200);
 const CEILING: Duration = Duration::from_secs(1);
 /// Until this many answers were seen, the delay is [`UNKNOWN`].
 const MIN_SAMPLES: usize = 8;
-const UNKNOWN: Duration = Duration::from_millis(500);
+const UNKNOWN: Duration = Duration::from_millis(300);
 const SAMPLES: usize = 64;
 /// Races lost in a row that mark a provider slow.
 const STRIKES: u32 = 3;
