@@ -564,20 +564,70 @@ async fn times_are_kept_to_the_nanosecond(case: Case) {
     let mount = remount(mount);
     check(&mount, "after a remount");
 
-    // rsync -a into the mount, twice: the second run finds nothing to do (times, modes, directories included).
+    // rsync -aX into the mount, twice: the second run finds nothing to do (times, modes, directories and
+    // extended attributes included).
     let source = ctx.dir.path().join("tree");
     std::fs::create_dir_all(source.join("sub/deeper")).unwrap();
     std::fs::write(source.join("a.txt"), b"alpha").unwrap();
     std::fs::write(source.join("sub/b.txt"), b"beta").unwrap();
     std::fs::write(source.join("sub/deeper/c.txt"), b"gamma").unwrap();
+    run(
+        "setfattr",
+        &[
+            "-n",
+            "user.origin",
+            "-v",
+            "camera-7",
+            p(&source.join("a.txt")),
+        ],
+    );
     let target = format!("{}/", p(&mount.path("copy")));
     let from = format!("{}/", p(&source));
-    run("rsync", &["-a", &from, &target]);
-    let second = run("rsync", &["-ai", &from, &target]);
+    run("rsync", &["-aX", &from, &target]);
+    let second = run("rsync", &["-aiX", &from, &target]);
     assert_eq!(
         second.trim(),
         "",
-        "the second rsync -a changes nothing:\n{second}"
+        "the second rsync -aX changes nothing:\n{second}"
+    );
+    assert_eq!(
+        run(
+            "getfattr",
+            &[
+                "--only-values",
+                "-n",
+                "user.origin",
+                p(&mount.path("copy/a.txt"))
+            ]
+        ),
+        "camera-7"
+    );
+
+    // make rebuilds a target after an append to its source (writes move mtime, to the nanosecond).
+    let build = mount.path("build");
+    std::fs::create_dir_all(&build).unwrap();
+    std::fs::write(
+        build.join("Makefile"),
+        "out.txt: in.txt\n\tcat in.txt in.txt > out.txt\n",
+    )
+    .unwrap();
+    std::fs::write(build.join("in.txt"), "one\n").unwrap();
+    run("make", &["-s", "-C", p(&build)]);
+    assert_eq!(
+        std::fs::read_to_string(build.join("out.txt")).unwrap(),
+        "one\none\n"
+    );
+    run("make", &["-q", "-C", p(&build)]); // `make -q` exits 0 only when out.txt is up to date
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(build.join("in.txt"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"two\n"))
+        .unwrap();
+    run("make", &["-s", "-C", p(&build)]);
+    assert_eq!(
+        std::fs::read_to_string(build.join("out.txt")).unwrap(),
+        "one\ntwo\none\ntwo\n",
+        "make rebuilt out.txt after the append"
     );
 }
 

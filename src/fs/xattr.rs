@@ -148,7 +148,7 @@ impl Filesystem {
 
     /// Names of the file's extended attributes.
     pub async fn listxattr(&self, ino: Ino) -> FsResult<Vec<String>> {
-        let Some((_, facts)) = self.facts(ino).await? else {
+        let Some((path, facts)) = self.facts(ino).await? else {
             return Ok(Vec::new());
         };
         let mut names: Vec<String> = facts
@@ -163,7 +163,24 @@ impl Filesystem {
         names.extend(facts.attrs.tags.keys().map(|k| format!("{TAG}{k}")));
         // The read-only facts (provider, ETag, URL) are answered by name but not listed: `cp -a`, `rsync -X` and
         // `tar --xattrs` copy every listed attribute, and a live signed URL must not land in copies and backups.
-        names.push(CONTENT_TYPE.into());
+        // The content type is listed only when it is not the one its name gives: `rsync -aX` and `cp -a` would
+        // otherwise see an attribute the source lacks on every file, and remove it on every run.
+        let essence = |t: &str| {
+            t.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        };
+        let derived = crate::storage::guess_content_type(&path);
+        if facts
+            .attrs
+            .content_type
+            .as_deref()
+            .is_some_and(|t| essence(t) != essence(&derived))
+        {
+            names.push(CONTENT_TYPE.into());
+        }
         Ok(names)
     }
 

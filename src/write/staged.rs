@@ -268,13 +268,16 @@ impl Staged {
         self.state.lock().await.unclosed
     }
 
-    /// The bytes changed: an explicit mtime no longer stands (only `utimensat` sets one), image markers go.
+    /// The bytes changed: mtime and ctime are now (an earlier explicit mtime no longer stands), image markers go.
     fn bytes_changed(&self, st: &mut State) {
         st.unclosed = true;
-        *self.modified.lock().unwrap() = SystemTime::now();
+        let now = SystemTime::now();
+        *self.modified.lock().unwrap() = now;
         let mut attrs = self.attrs.lock().unwrap();
-        // The new bytes' time is their upload's (the provider's Last-Modified); ctime follows it.
-        (attrs.posix.mtime, attrs.posix.ctime) = (None, None);
+        // The new bytes' time is the last write's, to the nanosecond, and it is stored with them: the provider's
+        // Last-Modified (whole seconds, taken at upload) would make the file's mtime jump after close, and make
+        // the file look older than one written a moment later (`make` would then not rebuild).
+        (attrs.posix.mtime, attrs.posix.ctime) = (Some(now), Some(now));
         drop(attrs);
         if !st.bytes_changed {
             st.bytes_changed = true;
