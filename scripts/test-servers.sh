@@ -60,14 +60,13 @@ start_s3() {
   running s3 && s3_ready && return 0
   kill_stray s3
   rm -rf "$STATE/s3-data"; mkdir -p "$STATE/s3-data"
-  # Like AWS S3: names up to the 1,024-byte key limit (SeaweedFS refuses names over 255 bytes by default), and a
-  # folder gone as soon as its last object is (SeaweedFS keeps it listed for 2 minutes by default). weed reads
-  # ./filer.toml from its working directory.
+  # Like AWS S3: names up to the 1,024-byte key limit (SeaweedFS refuses names over 255 bytes by default). weed
+  # reads ./filer.toml from its working directory. (Its empty-folder cleanup keeps its default of 2 minutes: a
+  # shorter one deletes a file made under the name of a folder removed a moment before.)
   cat >"$STATE/s3-data/filer.toml" <<TOML
 [filer.options]
 recursive_delete = false
 max_file_name_length = 1024
-s3.empty_folder_cleanup_delay = "1s"
 [leveldb2]
 enabled = true
 dir = "$STATE/s3-data/filerldb2"
