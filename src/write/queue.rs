@@ -84,6 +84,16 @@ impl Uploads {
         self.files.lock().unwrap().get(path).cloned()
     }
 
+    /// [`Uploads::get`], counting a new handle on it in the same step: [`Uploads::forget_if_done`] checks the
+    /// handles under the same lock, so a file being opened is never dropped from the map between the two (its new
+    /// bytes would then be invisible to lookups until uploaded).
+    fn get_opened(&self, path: &str) -> Option<Arc<Staged>> {
+        let files = self.files.lock().unwrap();
+        let staged = files.get(path).cloned()?;
+        staged.opened();
+        Some(staged)
+    }
+
     /// Paths of such files directly in directory `dir`.
     pub fn children(&self, dir: &str) -> Vec<(String, Arc<Staged>)> {
         self.files
@@ -115,8 +125,7 @@ impl Uploads {
     /// Opens `path` for writing: the file already written here (truncated if asked), else a working copy of the
     /// object (or an empty one with `truncate`). `posix`: the object's stored mode/owner/times.
     pub async fn open(&self, path: &str, truncate: bool, posix: Posix) -> FsResult<Arc<Staged>> {
-        if let Some(staged) = self.get(path) {
-            staged.opened();
+        if let Some(staged) = self.get_opened(path) {
             if truncate {
                 if let Err(e) = staged.truncate(0, None, &self.space).await {
                     self.failed(&staged).await;
@@ -156,9 +165,7 @@ impl Uploads {
 
     /// A reader of `path` shares the file written here, if there is one.
     pub fn open_read(&self, path: &str) -> Option<Arc<Staged>> {
-        let staged = self.get(path)?;
-        staged.opened();
-        Some(staged)
+        self.get_opened(path)
     }
 
     fn install(&self, path: &str, staged: Arc<Staged>) {
