@@ -1,7 +1,9 @@
 //! Failover between a route's providers: which provider a read asks first, where a write goes when the primary is
 //! down, and the heal that copies failover writes back to their primary.
 //!
-//! Reads ask the route's providers in order (primary, then fallbacks) and take the first that holds the object.
+//! Reads ask the route's providers in order (primary, then fallbacks) and take the first that holds the object;
+//! a provider that has not answered within its hedge delay is raced by the next one, and a provider marked slow is
+//! asked last (see `crate::providers::hedge`).
 //! "Not found" and "unavailable" both move on to the next provider; when none has the object, an answer ("not
 //! found") beats an outage, so a file can be created while its primary is down. A path with a pending heal is read
 //! from the fallback that holds its newest bytes first.
