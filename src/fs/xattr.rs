@@ -165,19 +165,12 @@ impl Filesystem {
         // `tar --xattrs` copy every listed attribute, and a live signed URL must not land in copies and backups.
         // The content type is listed only when it is not the one its name gives: `rsync -aX` and `cp -a` would
         // otherwise see an attribute the source lacks on every file, and remove it on every run.
-        let essence = |t: &str| {
-            t.split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase()
-        };
         let derived = crate::storage::guess_content_type(&path);
         if facts
             .attrs
             .content_type
             .as_deref()
-            .is_some_and(|t| essence(t) != essence(&derived))
+            .is_some_and(|t| !crate::storage::same_content_type(t, &derived))
         {
             names.push(CONTENT_TYPE.into());
         }

@@ -110,6 +110,16 @@ impl Pace {
     }
 }
 
+/// A listing went on without the provider of `health` after its hedge delay: a race it lost, its request
+/// cancelled.
+pub fn given_up(health: &Health) {
+    let counters = &health.counters;
+    counters.hedges.fetch_add(1, Ordering::Relaxed);
+    counters.hedges_won.fetch_add(1, Ordering::Relaxed);
+    counters.hedges_cancelled.fetch_add(1, Ordering::Relaxed);
+    health.pace.strike();
+}
+
 /// How a race ended.
 pub enum Raced<R> {
     /// No second request was sent (the first answered within the hedge delay, or there was nobody to ask).

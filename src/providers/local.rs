@@ -336,17 +336,24 @@ impl Shared {
         Ok(out)
     }
 
-    fn list_recursive(&self, prefix: Option<&Path>) -> Result<Vec<ObjectMeta>> {
+    /// The folder a listing of `prefix` reads (None when there is none: an empty listing).
+    fn open_prefix(&self, prefix: Option<&Path>) -> Result<Option<OwnedFd>> {
         let dirs: Vec<String> = prefix
             .map(|p| p.parts().map(|p| p.as_ref().to_string()).collect())
             .unwrap_or_default();
-        let chain = match self.walk(&dirs, false) {
-            Ok(chain) => chain,
-            Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => return Ok(Vec::new()),
-            Err(e) => return Err(error(prefix.map(|p| p.as_ref()).unwrap_or(""), e)),
+        match self.walk(&dirs, false) {
+            Ok(chain) => Ok(chain.into_iter().last()),
+            Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => Ok(None),
+            Err(e) => Err(error(prefix.map(|p| p.as_ref()).unwrap_or(""), e)),
+        }
+    }
+
+    fn list_recursive(&self, prefix: Option<&Path>) -> Result<Vec<ObjectMeta>> {
+        let Some(top) = self.open_prefix(prefix)? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        let top = Arc::new(chain.into_iter().last().expect("the folder"));
+        let top = Arc::new(top);
         let at = prefix.cloned().unwrap_or_default();
         // Depth first; a folder is opened when its turn comes, from its parent's descriptor, so only the folders
         // on the current path hold descriptors (a folder of 100,000 subfolders does not open them all at once).
@@ -375,22 +382,16 @@ impl Shared {
     }
 
     fn list_one(&self, prefix: Option<&Path>) -> Result<ListResult> {
-        let dirs: Vec<String> = prefix
-            .map(|p| p.parts().map(|p| p.as_ref().to_string()).collect())
-            .unwrap_or_default();
         let mut result = ListResult {
             common_prefixes: Vec::new(),
             objects: Vec::new(),
             extensions: Default::default(),
         };
-        let chain = match self.walk(&dirs, false) {
-            Ok(chain) => chain,
-            Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => return Ok(result),
-            Err(e) => return Err(error(prefix.map(|p| p.as_ref()).unwrap_or(""), e)),
+        let Some(fd) = self.open_prefix(prefix)? else {
+            return Ok(result);
         };
         let at = prefix.cloned().unwrap_or_default();
-        let fd = chain.last().expect("the folder");
-        for (name, st) in self.read_dir(fd, at.as_ref())? {
+        for (name, st) in self.read_dir(&fd, at.as_ref())? {
             let location = child(&at, &name);
             if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
                 result.common_prefixes.push(location);
@@ -470,7 +471,7 @@ impl Shared {
         };
         let moved = rustix::fs::renameat_with(parent, temp, parent, name, flags);
         if let Err(e) = moved {
-            let _ = rustix::fs::unlinkat(parent, temp, AtFlags::empty());
+            discard(parent, temp);
             return Err(error(key, e));
         }
         rustix::fs::fsync(parent).map_err(|e| error(key, e))
@@ -490,7 +491,7 @@ impl Shared {
         let fd = rustix::fs::openat(parent, temp.as_str(), flags, Mode::from_raw_mode(0o600))
             .map_err(|e| error(key, e))?;
         if let Err(e) = rustix::fs::fchmod(&fd, disk_mode(attributes)) {
-            let _ = rustix::fs::unlinkat(parent, temp.as_str(), AtFlags::empty());
+            discard(parent, &temp);
             return Err(error(key, e));
         }
         Ok((File::from(fd), temp))
@@ -508,7 +509,7 @@ impl Shared {
         let temp = self.temp_name(name);
         rustix::fs::symlinkat(target, parent, temp.as_str()).map_err(|e| error(key, e))?;
         let undo = |e: Errno| {
-            let _ = rustix::fs::unlinkat(parent, temp.as_str(), AtFlags::empty());
+            discard(parent, &temp);
             error(key, e)
         };
         let id = |k: &str| metadata_number(attributes, k).map(|n| n as u32);
@@ -566,7 +567,7 @@ impl Shared {
                 .and_then(|()| write_xattrs(file.as_fd(), attributes))
                 .and_then(|()| file.sync_all());
             if let Err(e) = written {
-                let _ = rustix::fs::unlinkat(parent, temp.as_str(), AtFlags::empty());
+                discard(parent, &temp);
                 return Err(generic(e));
             }
             temp
@@ -611,7 +612,7 @@ impl Shared {
                     .and_then(|_| write_xattrs(out.as_fd(), &attributes))
                     .and_then(|()| out.sync_all());
                 if let Err(e) = copied {
-                    let _ = rustix::fs::unlinkat(to_parent, temp.as_str(), AtFlags::empty());
+                    discard(to_parent, &temp);
                     return Err(generic(e));
                 }
                 temp
@@ -660,6 +661,11 @@ impl Shared {
         Self::clean_up(&from_chain, &from_dirs);
         Ok(())
     }
+}
+
+/// Removes the temporary file of a write that failed (best effort: it is left out of listings anyway).
+fn discard(parent: &OwnedFd, temp: &str) {
+    let _ = rustix::fs::unlinkat(parent, temp, AtFlags::empty());
 }
 
 /// Sets the attributes on a new file (content type and user metadata; tags live in the metadata's mirror, see
@@ -849,7 +855,7 @@ impl MultipartUpload for LocalUpload {
         blocking(move || {
             let done = write_xattrs(file.as_fd(), &attributes).and_then(|()| file.sync_all());
             if let Err(e) = done {
-                let _ = rustix::fs::unlinkat(&*parent, temp.as_str(), AtFlags::empty());
+                discard(&parent, &temp);
                 return Err(generic(e));
             }
             Shared::publish(&parent, &temp, &name, false, &key)?;

@@ -92,6 +92,19 @@ pub fn check_metadata_value(key: &str, value: &str) -> Result<(), String> {
     }
 }
 
+/// Whether two content types name the same type: parameters (`; charset=utf-8`, which some servers add) and case
+/// aside.
+pub fn same_content_type(a: &str, b: &str) -> bool {
+    let essence = |t: &str| {
+        t.split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase()
+    };
+    essence(a) == essence(b)
+}
+
 /// Content type for a path, from its extension.
 pub fn guess_content_type(path: &str) -> String {
     mime_guess::from_path(path)

@@ -15,7 +15,7 @@ pub use error::{Result, StorageError};
 pub use failover::{HealRecord, HealReport};
 pub use info::{
     check_metadata_value, check_tag, decode_tags, encode_tags, guess_content_type,
-    normalize_metadata_key, FileInfo, UploadOptions, TAGS_MIRROR_KEY,
+    normalize_metadata_key, same_content_type, FileInfo, UploadOptions, TAGS_MIRROR_KEY,
 };
 
 use crate::config::Config;
