@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MNT="${1:-.zmount-data/mnt}"
 command -v fusermount3 >/dev/null || { echo "quickstart: fuse3 is needed (apt-get install fuse3)" >&2; exit 1; }
-cargo build --release --quiet
+echo "quickstart: building zmount (release). The first build compiles about 300 crates and takes several minutes"
+echo "            (about 6 on 2 cores); later runs reuse it, and so does scripts/test.sh."
+cargo build --release
 ZM=./target/release/zmount
 
 $ZM check mount.toml
@@ -26,9 +28,10 @@ echo "\$ ls -l $MNT $MNT/photos/2024"
 ls -l "$MNT" "$MNT/photos/2024"
 echo "\$ cat $MNT/reports/q4.txt"
 cat "$MNT/reports/q4.txt"
-echo "\$ cp $MNT/photos/2024/cat.jpg /tmp/zmount-cat.jpg && cmp"
-cp "$MNT/photos/2024/cat.jpg" /tmp/zmount-cat.jpg
-cmp /tmp/zmount-cat.jpg .zmount-data/media/photos/2024/cat.jpg && echo "identical"
+echo "\$ cp $MNT/photos/2024/cat.jpg .zmount-data/cat-copy.jpg && cmp"
+cp "$MNT/photos/2024/cat.jpg" .zmount-data/cat-copy.jpg
+cmp .zmount-data/cat-copy.jpg .zmount-data/media/photos/2024/cat.jpg && echo "identical"
+rm .zmount-data/cat-copy.jpg
 echo "\$ echo 'written through the mount' > $MNT/reports/notes.txt"
 echo 'written through the mount' > "$MNT/reports/notes.txt"
 echo "on the provider (.zmount-data/main/reports/notes.txt): $(cat .zmount-data/main/reports/notes.txt)"

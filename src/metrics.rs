@@ -193,6 +193,14 @@ pub fn render(fs: &Filesystem) -> String {
         "Files acknowledged (closed or fsynced) but not yet on their provider.",
     );
     let _ = writeln!(out, "{name} {}", fs.journaled_uploads());
+    let name = "zmount_uploads_running";
+    family(
+        &mut out,
+        name,
+        "gauge",
+        "Background uploads in progress (write-back versions being put on their provider).",
+    );
+    let _ = writeln!(out, "{name} {}", fs.background_uploads());
     let name = "zmount_heals_pending";
     family(
         &mut out,

@@ -521,12 +521,7 @@ async fn a_503_burst_on_every_tenth_request_loses_nothing_on_the_default_schedul
 
 /// A per-provider counter from the mount's metrics endpoint.
 async fn metric(addr: &str, name: &str, provider: &str) -> f64 {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics(addr).await;
     let wanted = format!("{name}{{provider=\"{provider}\"");
     text.lines()
         .filter(|l| l.starts_with(&wanted))

@@ -350,12 +350,7 @@ async fn bad_images_are_skipped_and_kept(case: Case) {
     }
     let peak_kib = peak_rss_kib(mnt.pid());
     assert!(peak_kib < 150 * 1024, "daemon peak RSS {peak_kib} KiB");
-    let metrics = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics(&addr).await;
     for (outcome, n) in [("skipped", 4), ("variant", 0), ("failed", 0)] {
         let line = format!("zmount_images_total{{outcome=\"{outcome}\"}} {n}");
         assert!(

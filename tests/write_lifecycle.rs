@@ -411,16 +411,32 @@ const OUTAGE_SETTINGS: &str = "[settings.retry]\nattempts = 1\ndelay = 0.05\n[se
 
 /// A write-back mount of one S3 provider reached through a fault proxy, and that provider reached directly.
 fn write_back_behind_proxy(dir: &Path, test: &str) -> (Proxy, Mount, Arc<Provider>) {
+    behind_proxy(dir, test, OUTAGE_SETTINGS, "write_back = true\n", &[])
+}
+
+/// A mount of one S3 provider reached through a fault proxy (with these `[settings]` lines, keys of the `[default]`
+/// route and command-line arguments), and that provider reached directly.
+fn behind_proxy(
+    dir: &Path,
+    test: &str,
+    settings: &str,
+    default_route: &str,
+    args: &[&str],
+) -> (Proxy, Mount, Arc<Provider>) {
     common::set_secret_env();
     let s3 = server("ZMOUNT_TEST_S3_ENDPOINT");
     let proxy = Proxy::start(s3.trim_start_matches("http://"));
     let real = provider_toml(Case::S3, "s3", &unique(test), dir);
     let via_proxy = real.replace(&s3, &proxy.endpoint());
     let text = format!(
-        "[settings]\ncache_dir = {:?}\n{OUTAGE_SETTINGS}\n{via_proxy}[default]\nprovider = \"s3\"\nwrite_back = true\n",
+        "[settings]\ncache_dir = {:?}\n{settings}\n{via_proxy}[default]\nprovider = \"s3\"\n{default_route}",
         dir.join("cache")
     );
-    let mount = Mount::start(dir, &text);
+    let config = dir.join("mount.toml");
+    std::fs::write(&config, text).unwrap();
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mount = Mount::start_at(&config, &mnt, args);
     let config = Config::parse(
         &format!("{real}[default]\nprovider = \"s3\"\n"),
         &dir.join("direct.toml"),
@@ -467,6 +483,115 @@ fn cat(path: &Path) -> Result<String, String> {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// A listing the provider answered before a background upload finished, and the mount received after it (the
+/// upload published meanwhile): what it says of the file is older than what the mount knows, so it must not
+/// replace it. Before, the old version's size and ETag came back: `cat` right after read a truncated file or
+/// failed with ESTALE (its read was pinned to a version no longer on the provider).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_older_than_an_upload_does_not_bring_the_old_version_back() {
+    let dir = scratch();
+    let addr = common::free_local_addr();
+    let (proxy, mount, direct) = behind_proxy(
+        dir.path(),
+        "stale-listing",
+        "",
+        "write_back = true\n",
+        &["--metrics-addr", &addr],
+    );
+
+    // Larger than the objects a listing asks about one by one (their type), so the listing alone speaks for f.
+    let old = "old version\n".repeat(1000);
+    let new = "the new version, longer than the old one\n".repeat(1000);
+    // At the top: a listing of the root is the only one asked (a subfolder's lookup lists it too).
+    let f = mount.path("f");
+    std::fs::write(&f, &old).unwrap();
+    uploaded(&direct, &addr, "f", &old).await;
+    assert_eq!(cat(&f).as_deref(), Ok(old.as_str()));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&f)
+        .unwrap();
+    file.write_all(new.as_bytes()).unwrap();
+
+    // The listing is answered now, while the provider holds the old version, and reaches the mount only after the
+    // new version was uploaded and published.
+    proxy.set(Fault::HoldListings);
+    let listing = {
+        let d = mount.path("");
+        std::thread::spawn(move || {
+            std::fs::read_dir(&d)
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    (
+                        e.file_name().into_string().unwrap(),
+                        e.metadata().map(|m| m.len()),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    proxy.wait_held(1);
+    drop(file); // close: the new version goes up in the background
+    uploaded(&direct, &addr, "f", &new).await;
+    proxy.release(); // (later listings pass at once)
+    let listed = listing.join().unwrap();
+    assert!(
+        listed.iter().any(|(name, _)| name == "f"),
+        "the listing shows f: {listed:?}"
+    );
+
+    for look in 0..3 {
+        assert_eq!(
+            std::fs::metadata(&f).map(|m| m.len()).ok(),
+            Some(new.len() as u64),
+            "stat size, look {look}"
+        );
+        assert_eq!(cat(&f).as_deref(), Ok(new.as_str()), "cat, look {look}");
+    }
+    let listed_again: Vec<_> = std::fs::read_dir(mount.path(""))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .collect();
+    assert_eq!(
+        listed_again,
+        vec![new.len() as u64],
+        "a later listing's size"
+    );
+    eprintln!("LOG {}", mount.log());
+}
+
+/// Waits until the provider holds `want` at `path` and the mount (metrics at `addr`) has no upload running or
+/// pending: the version is published.
+async fn uploaded(provider: &Provider, addr: &str, path: &str, want: &str) {
+    let seen = wait_stored(provider, path, want, BACKGROUND_DEADLINE).await;
+    assert_eq!(
+        seen.last().cloned().flatten().as_deref(),
+        Some(want),
+        "{path} on the provider"
+    );
+    let started = Instant::now();
+    loop {
+        let text = common::metrics(addr).await;
+        let gauge = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("{name} in the metrics"))
+                .trim()
+                .to_string()
+        };
+        if gauge("zmount_uploads_running") == "0" && gauge("zmount_uploads_pending") == "0" {
+            return;
+        }
+        assert!(
+            started.elapsed() < BACKGROUND_DEADLINE,
+            "uploads still running"
+        );
+        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -991,25 +1116,7 @@ async fn multipart_upload_of_a_killed_daemon_is_not_left_behind() {
 async fn multipart_upload_failed_mid_way_is_not_left_behind() {
     let dir = scratch();
     common::set_secret_env();
-    let s3 = server("ZMOUNT_TEST_S3_ENDPOINT");
-    let proxy = Proxy::start(s3.trim_start_matches("http://"));
-    let real = provider_toml(Case::S3, "s3", &unique("mpu-fail"), dir.path());
-    let text = format!(
-        "[settings]\ncache_dir = {:?}\n{OUTAGE_SETTINGS}\n{}[default]\nprovider = \"s3\"\n",
-        dir.path().join("cache"),
-        real.replace(&s3, &proxy.endpoint())
-    );
-    let mut mount = Mount::start(dir.path(), &text);
-    let direct = Config::parse(
-        &format!("{real}[default]\nprovider = \"s3\"\n"),
-        &dir.path().join("d.toml"),
-    )
-    .unwrap();
-    let direct = Storage::new(&direct)
-        .unwrap()
-        .provider("s3")
-        .unwrap()
-        .clone();
+    let (proxy, mut mount, direct) = behind_proxy(dir.path(), "mpu-fail", OUTAGE_SETTINGS, "", &[]);
     let key = direct.key_for("big.bin").to_string();
 
     let data = pattern(24 << 20, 23);

@@ -4,7 +4,7 @@
 mod common;
 
 use common::mount::{mount_for, run};
-use common::{server, Case, GCS_WRITE_SKIP};
+use common::{server, Case};
 use std::process::Command;
 
 fn getfattr(file: &std::path::Path) -> String {
@@ -52,10 +52,6 @@ fn s3_tagging(bucket: &str, key: &str) -> String {
 }
 
 async fn metadata_and_tags_round_trip_as_xattrs(case: Case) {
-    if case == Case::Gcs {
-        println!("SKIP gcs::metadata_and_tags_round_trip_as_xattrs: {GCS_WRITE_SKIP}");
-        return;
-    }
     let (ctx, mnt) = mount_for(case, "xattr", "");
     let file = mnt.path("doc.txt");
     let f = file.to_str().unwrap();
@@ -142,10 +138,6 @@ async fn metadata_and_tags_round_trip_as_xattrs(case: Case) {
 }
 
 async fn new_files_get_the_route_defaults(case: Case) {
-    if case == Case::Gcs {
-        println!("SKIP gcs::new_files_get_the_route_defaults: {GCS_WRITE_SKIP}");
-        return;
-    }
     let (ctx, mnt) = mount_for(case, "xattrdefaults", "");
     drop(mnt);
     // Same provider and prefix, with defaults on the default route.
@@ -160,11 +152,10 @@ async fn new_files_get_the_route_defaults(case: Case) {
     assert_eq!(info.tags.get("tier").map(String::as_str), Some("hot"));
 }
 
-async fn tags_are_refused_where_the_provider_has_none(case: Case) {
-    if case != Case::Gcs {
-        return; // every other provider stores tags (see the round-trip test)
-    }
-    let (ctx, mnt) = mount_for(case, "xattrgcs", "");
+/// GCS has no object tags (every other provider stores them, see the round-trip test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_are_refused_on_gcs_which_has_none() {
+    let (ctx, mnt) = mount_for(Case::Gcs, "xattrgcs", "");
     ctx.seed("seeded.txt", b"seeded").await;
     let f = mnt.path("seeded.txt");
     let err = setfattr_fails(&["-n", "user.tag.k", "-v", "v", f.to_str().unwrap()]);
@@ -186,9 +177,10 @@ async fn tags_are_refused_where_the_provider_has_none(case: Case) {
 }
 
 for_each_provider!(
+    ;
+    writes:
     metadata_and_tags_round_trip_as_xattrs,
     new_files_get_the_route_defaults,
-    tags_are_refused_where_the_provider_has_none
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -149,7 +149,7 @@ fn serve(
             config.settings.cache_dir.display()
         )
     })?;
-    let _lock = lock_cache_dir(&config.settings.cache_dir)?;
+    let _lock = lock_cache_dir(&config.settings.cache_dir, mountpoint)?;
     match crate::cache::make_private(&config.settings.cache_dir) {
         Ok(0) => {}
         Ok(n) => tracing::warn!(
@@ -214,7 +214,7 @@ fn serve(
     let adapter = FuseAdapter::new(fs, runtime.handle().clone());
     let cannot = |e: std::io::Error| format!("cannot mount at {}: {e}", mountpoint.display());
     // SAFETY: geteuid cannot fail.
-    let (session, mut unmounter) = if unsafe { libc::geteuid() } == 0 {
+    let (mut session, mut unmounter) = if unsafe { libc::geteuid() } == 0 {
         let acl = options.acl;
         let fd = mount_as_root(mountpoint, args.read_only, args.allow_other).map_err(cannot)?;
         let session = fuser::Session::from_fd(adapter, fd, acl, options).map_err(|e| {
@@ -227,9 +227,16 @@ fn serve(
         let unmounter = Unmounter::Fuser(session.unmount_callable());
         (session, unmounter)
     };
+    // A session unmounted from outside (`fusermount3 -u`) would try again when dropped and warn that it could not;
+    // the mount is gone already, which is what was asked.
+    let mut gone_already =
+        matches!(unmounter, Unmounter::Fuser(_)).then(|| session.unmount_callable());
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let serving = std::thread::spawn(move || {
         let result = session.run();
+        if let Some(Err(e)) = gone_already.as_mut().map(|u| u.unmount()) {
+            tracing::debug!("the mount was gone when its session ended: {e}");
+        }
         let _ = done_tx.send(());
         result
     });
@@ -473,18 +480,35 @@ async fn wait_for_stop(done: tokio::sync::oneshot::Receiver<()>, signals: Signal
     }
 }
 
-/// One daemon per cache dir: two would evict each other's blocks and, later, replay each other's uploads.
-fn lock_cache_dir(dir: &Path) -> Result<std::fs::File, String> {
+/// One daemon per cache dir: two would evict each other's blocks and, later, replay each other's uploads. The lock
+/// file names the holder (its PID and mountpoint), so a refused start can say who holds the cache dir.
+fn lock_cache_dir(dir: &Path, mountpoint: &Path) -> Result<std::fs::File, String> {
+    use std::io::{Read, Seek, Write};
     let path = dir.join("zmount.lock");
-    let file = std::fs::File::create(&path)
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false) // the holder's name stays readable until the lock is ours
+        .open(&path)
         .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     // SAFETY: flock on a file descriptor we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let mut lines = holder.lines();
+        let held_by = match (lines.next(), lines.next()) {
+            (Some(pid), Some(mnt)) => format!("zmount process {pid}, mounted at {mnt}"),
+            _ => "another zmount process".to_string(),
+        };
         return Err(format!(
-            "cache dir {} is in use by another zmount process",
+            "cache dir {} is in use by {held_by}; give this mount its own `cache_dir` in [settings], or unmount that one first",
             dir.display()
         ));
     }
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = writeln!(file, "{}\n{}", std::process::id(), mountpoint.display());
     Ok(file)
 }
 
@@ -495,6 +519,11 @@ fn daemonize(cache_dir: &Path, mountpoint: &Path) -> ExitCode {
             "zmount: cannot create cache dir {}: {e}",
             cache_dir.display()
         );
+        return ExitCode::FAILURE;
+    }
+    // A busy cache dir is said here, not in the log of the process holding it.
+    if let Err(e) = lock_cache_dir(cache_dir, mountpoint) {
+        eprintln!("zmount: {e}");
         return ExitCode::FAILURE;
     }
     let log_path = cache_dir.join("zmount.log");
@@ -509,6 +538,8 @@ fn daemonize(cache_dir: &Path, mountpoint: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // What the child writes from here on is its own: printed if it fails to start.
+    let start = log.metadata().map_or(0, |m| m.len());
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--daemon")
@@ -546,10 +577,20 @@ fn daemonize(cache_dir: &Path, mountpoint: &Path) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            eprintln!(
-                "zmount: the background process exited ({status}); see {}",
-                log_path.display()
-            );
+            let said = read_from(&log_path, start);
+            let said = said.trim_end();
+            if said.is_empty() {
+                eprintln!(
+                    "zmount: the background process exited ({status}); see {}",
+                    log_path.display()
+                );
+            } else {
+                eprintln!("{said}");
+                eprintln!(
+                    "zmount: the background process exited ({status}); its log: {}",
+                    log_path.display()
+                );
+            }
             return ExitCode::FAILURE;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -559,4 +600,15 @@ fn daemonize(cache_dir: &Path, mountpoint: &Path) -> ExitCode {
         log_path.display()
     );
     ExitCode::FAILURE
+}
+
+/// The text of `path` from byte `offset` on (empty when unreadable).
+fn read_from(path: &Path, offset: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut text = Vec::new();
+    if let Ok(mut file) = std::fs::File::open(path) {
+        let _ = file.seek(SeekFrom::Start(offset));
+        let _ = file.read_to_end(&mut text);
+    }
+    String::from_utf8_lossy(&text).into_owned()
 }

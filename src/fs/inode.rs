@@ -2,6 +2,13 @@
 //! refreshed), with the attributes last seen and when, for TTL checks.
 //!
 //! Numbers are never reused during a mount; entries stay until unmount (a path seen once costs one entry).
+//!
+//! Answers from providers race with changes made here: a listing or HEAD sent before a background upload finished
+//! (or a rename, unlink, create) answers after it with what the provider held before. The table keeps a logical
+//! clock of the changes made here, per path; a provider's answer carries the clock read before it was asked
+//! ([`Asked`]), and an answer older than a change of its path is not recorded (see [`Inodes::observed`]). The
+//! caches beside the table (negative lookups, listings) are filled through [`Inodes::if_unchanged`] under the
+//! same lock, and changes are marked before those caches are cleared, so a stale answer never lands after a change.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -86,6 +93,58 @@ struct Table {
     by_ino: HashMap<Ino, Node>,
     by_path: HashMap<String, Ino>,
     next: Ino,
+    /// Logical clock of changes made here; each change takes the next value.
+    clock: u64,
+    /// The last change made here to each path (and to the listing of its parent), with when, for pruning.
+    changes: HashMap<String, (u64, Instant)>,
+    /// A change of every path (a directory rename moves names below it).
+    all_changed: u64,
+    /// The newest change forgotten by pruning: answers asked before it are treated as stale.
+    forgotten: u64,
+    /// `changes` is pruned when it grows past this (twice what pruning left, at least CHANGES_PRUNED_PAST).
+    prune_at: usize,
+}
+
+/// The clock read before a provider was asked (see [`Inodes::clock`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Asked(u64);
+
+/// Changes remembered at least this long: an answer that took longer is asked again.
+const CHANGES_KEPT: std::time::Duration = std::time::Duration::from_secs(600);
+/// Pruning starts past this many remembered changes.
+const CHANGES_PRUNED_PAST: usize = 4096;
+
+impl Table {
+    fn mark(&mut self, path: &str) {
+        self.clock += 1;
+        let now = Instant::now();
+        let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+        for p in [path, parent] {
+            self.changes.insert(p.to_string(), (self.clock, now));
+        }
+        if self.changes.len() > self.prune_at {
+            let mut forgotten = self.forgotten;
+            self.changes.retain(|_, (stamp, at)| {
+                let keep = at.elapsed() < CHANGES_KEPT;
+                if !keep {
+                    forgotten = forgotten.max(*stamp);
+                }
+                keep
+            });
+            self.forgotten = forgotten;
+            self.prune_at = (2 * self.changes.len()).max(CHANGES_PRUNED_PAST);
+        }
+    }
+
+    /// Whether `path` changed here after `asked`.
+    fn changed_since(&self, path: &str, asked: Asked) -> bool {
+        self.all_changed > asked.0
+            || self.forgotten > asked.0
+            || self
+                .changes
+                .get(path)
+                .is_some_and(|(stamp, _)| *stamp > asked.0)
+    }
 }
 
 impl Inodes {
@@ -108,13 +167,92 @@ impl Inodes {
                 by_ino,
                 by_path,
                 next: ROOT + 1,
+                clock: 0,
+                changes: HashMap::new(),
+                all_changed: 0,
+                forgotten: 0,
+                prune_at: CHANGES_PRUNED_PAST,
             }),
         }
     }
 
-    /// Records what was just learned about `path`; returns its (stable) inode number.
+    /// The clock to read before asking a provider about a path: its answer is recorded only if nothing changed
+    /// the path here since.
+    pub fn clock(&self) -> Asked {
+        Asked(self.inner.lock().unwrap().clock)
+    }
+
+    /// A change made here to `path` (and so to its parent's listing): answers asked before it are stale. Call it
+    /// before clearing caches of `path`.
+    pub fn mark(&self, path: &str) {
+        self.inner.lock().unwrap().mark(path);
+    }
+
+    /// Runs `fill` (filling a cache of answers about `path`) unless `path` changed here since `asked`; whether it
+    /// ran. Runs under the table's lock: `fill` must not call back into the table.
+    pub fn if_unchanged(&self, path: &str, asked: Asked, fill: impl FnOnce()) -> bool {
+        let t = self.inner.lock().unwrap();
+        if t.changed_since(path, asked) {
+            return false;
+        }
+        fill();
+        true
+    }
+
+    /// Paths directly in `dir` that changed here after `asked` (files published or made while a listing of `dir`
+    /// was being asked, which it may lack).
+    pub fn changed_in(&self, dir: &str, asked: Asked) -> Vec<String> {
+        let t = self.inner.lock().unwrap();
+        if t.clock <= asked.0 {
+            return Vec::new();
+        }
+        t.changes
+            .iter()
+            .filter(|(p, (stamp, _))| {
+                *stamp > asked.0
+                    && !p.is_empty()
+                    && p.as_str() != dir
+                    && p.rsplit_once('/').map_or("", |(parent, _)| parent) == dir
+            })
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// A provider said nothing is at `path` (asked at `asked`): unless a change made here since makes that stale,
+    /// the entry expires and `fill` runs (under the table's lock, as in [`Inodes::if_unchanged`]); whether it did.
+    pub fn observed_gone(&self, path: &str, asked: Asked, fill: impl FnOnce()) -> bool {
+        let mut t = self.inner.lock().unwrap();
+        if t.changed_since(path, asked) {
+            return false;
+        }
+        if let Some(ino) = t.by_path.get(path).copied() {
+            if let Some(node) = t.by_ino.get_mut(&ino) {
+                node.seen = None;
+            }
+        }
+        fill();
+        true
+    }
+
+    /// Records a provider's answer about `path`, asked at `asked`, and returns the inode and entry as shown; None
+    /// when a change made here since makes the answer stale (nothing is recorded then).
+    pub fn observed(&self, path: &str, entry: Entry, asked: Asked) -> Option<(Ino, Entry)> {
+        let mut t = self.inner.lock().unwrap();
+        if t.changed_since(path, asked) {
+            return None;
+        }
+        let ino = Self::put(&mut t, path, entry);
+        Some((ino, t.by_ino[&ino].shown()))
+    }
+
+    /// Records what a change made here makes `path` now; returns its (stable) inode number.
     pub fn record(&self, path: &str, entry: Entry) -> Ino {
         let mut t = self.inner.lock().unwrap();
+        t.mark(path);
+        Self::put(&mut t, path, entry)
+    }
+
+    fn put(t: &mut Table, path: &str, entry: Entry) -> Ino {
         let ino = match t.by_path.get(path) {
             Some(ino) => *ino,
             None => {
@@ -145,15 +283,20 @@ impl Inodes {
     /// [`Inodes::record`], returning the entry as shown: what a directory's changes while mounted (its mtime) and
     /// a rename (ctime) put over the stored attributes, which a refresh from the provider does not know.
     pub fn record_shown(&self, path: &str, entry: Entry) -> (Ino, Entry) {
-        let ino = self.record(path, entry);
-        let t = self.inner.lock().unwrap();
-        let shown = t.by_ino.get(&ino).expect("just recorded").shown();
-        (ino, shown)
+        let mut t = self.inner.lock().unwrap();
+        t.mark(path);
+        let ino = Self::put(&mut t, path, entry);
+        (ino, t.by_ino[&ino].shown())
     }
 
-    /// Records an entry seen in a listing: listings carry no metadata, so POSIX attributes already known for the
-    /// same object version are kept.
-    pub fn record_listed(&self, path: &str, mut entry: Entry) -> (Ino, Entry) {
+    /// Records an entry seen in a listing asked at `asked` (see [`Inodes::observed`]): listings carry no
+    /// metadata, so POSIX attributes already known for the same object version are kept.
+    pub fn record_listed(
+        &self,
+        path: &str,
+        mut entry: Entry,
+        asked: Asked,
+    ) -> Option<(Ino, Entry)> {
         if let Some((_, known, _)) = self.find(path) {
             if entry.posix.is_none() && known.etag.is_some() && known.etag == entry.etag {
                 entry.posix = known.posix;
@@ -165,7 +308,7 @@ impl Inodes {
                 entry.mtime = known.mtime;
             }
         }
-        self.record_shown(path, entry)
+        self.observed(path, entry, asked)
     }
 
     /// Path, entry, and how long ago it was refreshed.
@@ -187,6 +330,7 @@ impl Inodes {
     /// the handles still open on it.
     pub fn unlink(&self, path: &str) {
         let mut t = self.inner.lock().unwrap();
+        t.mark(path);
         if let Some(ino) = t.by_path.remove(path) {
             if let Some(node) = t.by_ino.get_mut(&ino) {
                 node.seen = None;
@@ -225,9 +369,10 @@ impl Inodes {
         }
     }
 
-    /// Marks a path as gone: the next lookup asks the provider again.
+    /// Marks a path as changed here and gone: the next lookup asks the provider again.
     pub fn expire(&self, path: &str) {
         let mut t = self.inner.lock().unwrap();
+        t.mark(path);
         if let Some(ino) = t.by_path.get(path).copied() {
             if let Some(node) = t.by_ino.get_mut(&ino) {
                 node.seen = None;
@@ -264,6 +409,16 @@ impl Inodes {
     pub fn rename(&self, from: &str, to: &str) {
         let now = SystemTime::now();
         let mut t = self.inner.lock().unwrap();
+        t.mark(from);
+        t.mark(to);
+        let file = t
+            .by_path
+            .get(from)
+            .and_then(|ino| t.by_ino.get(ino))
+            .is_some_and(|node| node.entry.kind != Kind::Dir);
+        if !file {
+            t.all_changed = t.clock; // names below a directory moved, including ones this table never saw
+        }
         let moved: Vec<(String, Ino)> = t
             .by_path
             .iter()
@@ -285,5 +440,86 @@ impl Inodes {
                 node.seen = None; // a copied object may have a new ETag: ask the provider on next use
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(size: u64, etag: &str) -> Entry {
+        Entry {
+            kind: Kind::File,
+            size,
+            mtime: SystemTime::UNIX_EPOCH,
+            etag: Some(etag.into()),
+            posix: None,
+            source: None,
+        }
+    }
+
+    #[test]
+    fn an_answer_older_than_a_change_here_is_not_recorded() {
+        let inodes = Inodes::new(SystemTime::UNIX_EPOCH);
+        let asked = inodes.clock();
+        inodes.record("d/f", file(2, "new")); // published while the provider was being asked
+        assert!(inodes.observed("d/f", file(1, "old"), asked).is_none());
+        assert!(inodes.record_listed("d/f", file(1, "old"), asked).is_none());
+        assert!(!inodes.observed_gone("d/f", asked, || panic!("filled")));
+        assert!(!inodes.if_unchanged("d", asked, || panic!("filled"))); // the parent's listing changed too
+        assert_eq!(inodes.find("d/f").unwrap().1.etag.as_deref(), Some("new"));
+        // Asked after the change: recorded.
+        let asked = inodes.clock();
+        let (_, shown) = inodes.observed("d/f", file(3, "newer"), asked).unwrap();
+        assert_eq!(shown.size, 3);
+        assert!(inodes.if_unchanged("d", asked, || {}));
+        // Other paths are not held back by a change of d/f.
+        let asked_before = Asked(asked.0 - 1);
+        assert!(inodes.observed("e/g", file(1, "x"), asked_before).is_some());
+    }
+
+    #[test]
+    fn unlink_and_renames_make_older_answers_stale() {
+        let inodes = Inodes::new(SystemTime::UNIX_EPOCH);
+        inodes.record("a/f", file(1, "1"));
+        inodes.record("a", Entry::dir(SystemTime::UNIX_EPOCH));
+        let asked = inodes.clock();
+        inodes.unlink("a/f");
+        assert!(inodes.observed("a/f", file(1, "1"), asked).is_none());
+        assert!(inodes.find("a/f").is_none(), "an unlinked name stays gone");
+
+        inodes.record("a/g", file(1, "1"));
+        let asked = inodes.clock();
+        inodes.rename("a/g", "b/g"); // a file: both names change, nothing else
+        assert!(inodes.observed("a/g", file(1, "1"), asked).is_none());
+        assert!(inodes.observed("b/g", file(1, "1"), asked).is_none());
+        assert!(inodes.observed("c/h", file(1, "1"), asked).is_some());
+
+        let asked = inodes.clock();
+        inodes.rename("a", "z"); // a directory: names below it move, seen here or not
+        assert!(inodes.observed("c/h", file(1, "1"), asked).is_none());
+        assert!(inodes
+            .observed("a/never/seen", file(1, "1"), asked)
+            .is_none());
+    }
+
+    #[test]
+    fn pruned_changes_make_every_older_answer_stale() {
+        let inodes = Inodes::new(SystemTime::UNIX_EPOCH);
+        let asked = inodes.clock();
+        inodes.mark("x");
+        {
+            let mut t = inodes.inner.lock().unwrap();
+            let old = Instant::now() - CHANGES_KEPT - std::time::Duration::from_secs(1);
+            for (_, at) in t.changes.values_mut() {
+                *at = old;
+            }
+            for i in 0..=CHANGES_PRUNED_PAST {
+                t.mark(&format!("p{i}"));
+            }
+            assert!(!t.changes.contains_key("x"), "pruned");
+        }
+        assert!(inodes.observed("y", file(1, "1"), asked).is_none());
+        assert!(inodes.observed("y", file(1, "1"), inodes.clock()).is_some());
     }
 }

@@ -27,7 +27,7 @@ use crate::storage::{Storage, StorageError};
 use error::{FsError, FsResult};
 use inode::{Entry, Ino, Inodes, Kind, ROOT};
 use object_store::{ListResult, ObjectStore};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -209,6 +209,11 @@ impl Filesystem {
         self.uploads.pending()
     }
 
+    /// Background uploads in progress.
+    pub fn background_uploads(&self) -> usize {
+        self.uploads.running()
+    }
+
     pub fn storage(&self) -> &Arc<Storage> {
         &self.storage
     }
@@ -335,8 +340,35 @@ impl Filesystem {
         if self.negative.contains_key(&path) {
             return Err(FsError::NotFound);
         }
-        let entry = self.stat_path(&path).await?;
-        Ok(self.recorded(&path, entry))
+        self.refresh(&path).await
+    }
+
+    /// Asks the providers what is at `path` and records the answer. An answer older than a change made here
+    /// meanwhile (a background upload finishing, a rename, a create) is not recorded and the question is asked
+    /// again; after a few such rounds the tree's own entry, the newest, is the answer.
+    async fn refresh(&self, path: &str) -> FsResult<Attr> {
+        for _ in 0..3 {
+            let asked = self.inodes.clock();
+            match self.stat_path(path).await {
+                Ok(entry) => {
+                    if let Some((ino, shown)) = self.inodes.observed(path, entry, asked) {
+                        return Ok(self.attr(ino, &shown));
+                    }
+                }
+                Err(FsError::NotFound) => {
+                    let negative = &self.negative;
+                    let gone = self.inodes.observed_gone(path, asked, || {
+                        negative.insert(path.to_string(), ());
+                    });
+                    if gone {
+                        return Err(FsError::NotFound);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let (ino, entry) = self.current(path).ok_or(FsError::NotFound)?;
+        Ok(self.attr(ino, &entry))
     }
 
     /// The path of `name` in directory `parent`.
@@ -425,8 +457,7 @@ impl Filesystem {
         if ino == ROOT || age < self.attr_ttl() {
             return Ok(self.attr(ino, &entry));
         }
-        let entry = self.stat_path(&path).await?;
-        Ok(self.recorded(&path, entry))
+        self.refresh(&path).await
     }
 
     /// What is at `path` now: a directory if any provider holds objects below it, else the routed object.
@@ -449,7 +480,7 @@ impl Filesystem {
                 head = &mut file => (head, (&mut dir).await),
             }
         };
-        let result = match (dir, file) {
+        match (dir, file) {
             (Ok(true), _) => {
                 let posix = self.dir_posix(path).await?;
                 Ok(Entry {
@@ -460,12 +491,7 @@ impl Filesystem {
             (_, Ok(Some(entry))) => Ok(entry),
             (Err(e), _) | (_, Err(e)) => Err(e),
             (Ok(false), Ok(None)) => Err(FsError::NotFound),
-        };
-        if matches!(result, Err(FsError::NotFound)) {
-            self.negative.insert(path.to_string(), ());
-            self.inodes.expire(path);
         }
-        result
     }
 
     /// Mode, owner and times of directory `path`, stored on its marker object (none: the defaults).
@@ -664,10 +690,14 @@ impl Filesystem {
         let entries = match self.listings.get(&path) {
             Some(entries) => entries,
             None => {
+                let asked = self.inodes.clock();
                 let (entries, partial) = self.list_dir(&path).await?;
                 let entries = Arc::new(entries);
                 if partial.is_none() {
-                    self.listings.insert(path.clone(), entries.clone());
+                    let listings = &self.listings;
+                    self.inodes.if_unchanged(&path, asked, || {
+                        listings.insert(path.clone(), entries.clone());
+                    });
                 }
                 entries
             }
@@ -735,6 +765,7 @@ impl Filesystem {
     /// the outage of a provider that did not answer while a fallback stood in for it: such a listing may lack
     /// files only that provider has, so it is not cached (and `rmdir` does not trust it).
     async fn list_dir(&self, path: &str) -> FsResult<(Vec<DirEntry>, Option<StorageError>)> {
+        let asked = self.inodes.clock();
         let providers = self.providers_under(path);
         let list = |provider: &Arc<Provider>| {
             let provider = provider.clone();
@@ -842,28 +873,64 @@ impl Filesystem {
         for (child, (_, entry)) in files {
             dirs.entry(child).or_insert(entry); // a directory wins over a file of the same name
         }
+        // Names made here while the listing was asked (a write-back upload published meanwhile): the listing may
+        // lack them.
+        for child in self.inodes.changed_in(path, asked) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = dirs.entry(child) {
+                if let Some((_, entry)) = self.current(slot.key()) {
+                    slot.insert(entry);
+                }
+            }
+        }
         // Files written here: what they are now, also before their first upload.
+        let mut written = HashSet::new();
         for (child, staged) in self.uploads.children(path) {
             let known = dirs.remove(&child);
             if known.as_ref().is_some_and(|e| e.kind == Kind::Dir) {
                 dirs.insert(child, known.unwrap());
                 continue;
             }
-            dirs.insert(child, Self::staged_entry(&staged, known));
+            dirs.insert(child.clone(), Self::staged_entry(&staged, known));
+            written.insert(child);
         }
         let entries = dirs
             .into_iter()
             .filter(|(child, _)| is_within(child, path))
-            .map(|(child, entry)| {
-                let (ino, entry) = self.inodes.record_listed(&child, entry);
+            .filter_map(|(child, entry)| {
+                let (ino, entry) = if written.contains(&child) {
+                    self.inodes.record_shown(&child, entry)
+                } else {
+                    // Listed before a change made here (an upload finishing, a rename, an unlink): the tree's own
+                    // entry is newer than the listing's (none: the name is gone). A name the tree does not know
+                    // (a change of many names, a directory rename, made the answer suspect) is taken as listed.
+                    match self.inodes.record_listed(&child, entry.clone(), asked) {
+                        Some(recorded) => recorded,
+                        None if self.negative.contains_key(&child) => return None,
+                        None => match self.inodes.find(&child) {
+                            Some((ino, known, _)) => (ino, known),
+                            None => {
+                                self.inodes
+                                    .record_listed(&child, entry, self.inodes.clock())?
+                            }
+                        },
+                    }
+                };
                 let name = child.rsplit('/').next().unwrap_or(&child).to_string();
-                DirEntry {
+                Some(DirEntry {
                     name,
                     attr: self.attr(ino, &entry),
-                }
+                })
             })
             .collect();
         Ok((entries, partial))
+    }
+
+    /// What the tree knows of `path` now, unless it is known to be gone.
+    fn current(&self, path: &str) -> Option<(Ino, Entry)> {
+        if self.negative.contains_key(path) {
+            return None;
+        }
+        self.inodes.find(path).map(|(ino, entry, _)| (ino, entry))
     }
 
     /// The target of symlink `ino`: the object's bytes (s3fs's form), or gcsfuse's metadata key; kept per version.

@@ -41,8 +41,10 @@ impl Filesystem {
         Ok(self.storage.size_limit(&resolved))
     }
 
-    /// Forgets cached answers about `path` and its parent's listing after a change.
+    /// Forgets cached answers about `path` and its parent's listing after a change (marked first, so an answer
+    /// asked before it is not cached after it; see [`super::inode`]).
     fn changed(&self, path: &str) {
+        self.inodes.mark(path);
         self.negative.invalidate(path);
         self.listings.invalidate(parent_of(path));
         self.listings.invalidate(path);

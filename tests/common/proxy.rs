@@ -30,6 +30,9 @@ pub enum Fault {
     /// Answer `503 Service Unavailable` to each request with probability 1 in n, independently (a seeded random
     /// sequence: the same run of faults for the same requests), forward the rest.
     Fail503Random(u64),
+    /// Forward listings (S3 `GET ...?list-type=`) but keep each answer, as the server gave it, until
+    /// [`Proxy::release`]: an answer that is older than what happened meanwhile. Everything else is forwarded.
+    HoldListings,
 }
 
 pub struct Proxy {
@@ -39,7 +42,11 @@ pub struct Proxy {
     /// Requests seen, and 503s answered.
     pub requests: Arc<AtomicU64>,
     pub injected: Arc<AtomicU64>,
+    held: Held,
 }
+
+/// Listing answers held (count) and whether they may go (see [`Fault::HoldListings`]).
+type Held = Arc<(Mutex<(u64, bool)>, std::sync::Condvar)>;
 
 impl Proxy {
     /// Forwards 127.0.0.1:<port> to `target` (host:port).
@@ -51,12 +58,14 @@ impl Proxy {
             open: Arc::default(),
             requests: Arc::default(),
             injected: Arc::default(),
+            held: Arc::default(),
         };
         let shared = Shared {
             fault: proxy.fault.clone(),
             open: proxy.open.clone(),
             requests: proxy.requests.clone(),
             injected: proxy.injected.clone(),
+            held: proxy.held.clone(),
             target: target.to_string(),
         };
         std::thread::spawn(move || {
@@ -83,6 +92,26 @@ impl Proxy {
         }
     }
 
+    /// Waits until `n` listing answers are held (see [`Fault::HoldListings`]).
+    pub fn wait_held(&self, n: u64) {
+        let (state, changed) = &*self.held;
+        let (state, timeout) = changed
+            .wait_timeout_while(state.lock().unwrap(), Duration::from_secs(60), |s| s.0 < n)
+            .unwrap();
+        assert!(
+            !timeout.timed_out(),
+            "{} listing answer(s) held, {n} expected",
+            state.0
+        );
+    }
+
+    /// Lets held listing answers go (and later ones pass at once).
+    pub fn release(&self) {
+        let (state, changed) = &*self.held;
+        state.lock().unwrap().1 = true;
+        changed.notify_all();
+    }
+
     /// Down: refuse everything and cut open connections. Up: forward again.
     pub fn set_down(&self, down: bool) {
         self.set(if down { Fault::Refuse } else { Fault::None });
@@ -95,6 +124,7 @@ struct Shared {
     open: Open,
     requests: Arc<AtomicU64>,
     injected: Arc<AtomicU64>,
+    held: Held,
     target: String,
 }
 
@@ -191,6 +221,17 @@ impl Shared {
         {
             return;
         }
+        if fault == Fault::HoldListings && is_listing(head) {
+            eprintln!(
+                "HOLD {}",
+                String::from_utf8_lossy(head)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+            );
+            self.hold_answer(client, server);
+            return;
+        }
         let limit = match fault {
             Fault::CutResponseAfter(n) => Some(n),
             _ => None,
@@ -199,6 +240,30 @@ impl Shared {
         std::thread::spawn(move || pipe(c2, s2, None, false));
         pipe(server, client, limit, true);
     }
+}
+
+impl Shared {
+    /// Reads the server's whole answer, holds it until released, then hands it on.
+    fn hold_answer(&self, mut client: TcpStream, mut server: TcpStream) {
+        let mut answer = Vec::new();
+        if server.read_to_end(&mut answer).is_err() {
+            return;
+        }
+        let (state, changed) = &*self.held;
+        let mut st = state.lock().unwrap();
+        st.0 += 1;
+        changed.notify_all();
+        drop(changed.wait_while(st, |s| !s.1).unwrap());
+        let _ = client.write_all(&answer);
+        let _ = client.shutdown(Shutdown::Both);
+    }
+}
+
+/// An S3 listing request (`GET /bucket?list-type=2...`).
+fn is_listing(head: &[u8]) -> bool {
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    line.starts_with("GET ") && line.contains("list-type=")
 }
 
 /// A well-mixed number for the n-th request (splitmix64): which requests fail is random-looking but repeatable.
