@@ -43,7 +43,7 @@ mkdir -p target
 export ZMOUNT_MODEL_STEPS="$steps" ZMOUNT_MODEL_PROVIDER="$provider" RUST_BACKTRACE=0
 export ZMOUNT_MODEL_SHRUNK_OUT="$PWD/$out"
 rm -f "$out"
-if cargo test --test model -- --ignored --exact soak --nocapture; then
+if cargo test --release --test model -- --ignored --exact soak --nocapture; then
   exit 0
 fi
 if [ -s "$out" ]; then

@@ -29,11 +29,15 @@ ZMOUNT_TEST_S3_BUCKET=zmount
 ZMOUNT_TEST_WASABI_BUCKET=zmountwasabi
 ZMOUNT_TEST_AZURE_ENDPOINT=http://127.0.0.1:$AZURE_PORT/devstoreaccount1
 ZMOUNT_TEST_AZURE_CONTAINER=zmount
+ZMOUNT_TEST_AZURE_ACCOUNT=devstoreaccount1
+ZMOUNT_TEST_AZURE_KEY=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==
 ZMOUNT_TEST_GCS_ENDPOINT=http://127.0.0.1:$GCS_PORT
 ZMOUNT_TEST_GCS_BUCKET=zmountgcs
 ZMOUNT_TEST_MOTO_ENDPOINT=http://127.0.0.1:$MOTO_PORT
 ZMOUNT_TEST_MOTO_BUCKET=zmounts3fs
 ENV
+  # Azurite's key is its public development key; the GCS emulator and moto take requests without credentials
+  # (moto any key: use the S3 pair above).
 }
 
 # wait_for NAME CMD...: retries CMD every 0.2 s for up to 60 s.

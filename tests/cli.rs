@@ -1,5 +1,6 @@
 //! The `zmount` command itself: `check` against real servers (and a dead endpoint), `explain` on every rule form,
-//! and no secret in anything it prints.
+//! and no secret in anything it prints; `explain` without secrets, `url` of a missing file, help texts, what `check`
+//! leaves behind, and what a `--daemon` start that fails and a clean unmount print.
 
 mod common;
 
@@ -204,4 +205,192 @@ fn help_lists_every_command() {
         );
     }
     assert!(help.contains("--metrics-addr"), "{help}");
+}
+
+/// `explain` makes no requests: secrets whose variables are not set are not needed (every other command that talks
+/// to providers still refuses, naming the variable).
+#[test]
+fn explain_runs_without_the_secrets() {
+    let dir = scratch();
+    let config = "[providers.s3]\nkind = \"s3\"\nbucket = \"media\"\naccess_key = \"${ZMOUNT_NEVER_SET_KEY}\"\nsecret_key = \"${ZMOUNT_NEVER_SET_SECRET}\"\n\
+        [providers.az]\nkind = \"azure\"\ncontainer = \"docs\"\naccount = \"acct\"\nkey = \"${ZMOUNT_NEVER_SET_AZURE}\"\n\
+        [[routes]]\npattern = \"*.jpg\"\nprovider = \"s3\"\n[default]\nprovider = \"az\"\n";
+    let path = dir.path().join("secrets.toml");
+    std::fs::write(&path, config).unwrap();
+    let path = path.to_str().unwrap();
+    let out = zmount(&["explain", path, "cat.jpg", "notes.txt"]);
+    let output = text(&out);
+    assert!(out.status.success(), "{output}");
+    assert!(output.contains("key:      cat.jpg on s3"), "{output}");
+    assert!(output.contains("key:      notes.txt on az"), "{output}");
+    let out = zmount(&["check", path]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out)
+            .contains("providers.az.key: environment variable `ZMOUNT_NEVER_SET_AZURE` is not set"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// A URL of a file that does not exist is an error (exit 1, naming the path), not a URL that answers 404.
+#[test]
+fn url_of_a_missing_file_is_an_error() {
+    let dir = scratch();
+    let config = format!(
+        "{}[default]\nprovider = \"local\"\n",
+        provider_toml(Case::Local, "local", "", dir.path())
+    );
+    let path = dir.path().join("mount.toml");
+    std::fs::write(&path, config).unwrap();
+    let root = dir.path().join("local-root");
+    std::fs::create_dir_all(root.join("docs")).unwrap();
+    std::fs::write(root.join("docs/here.txt"), b"here").unwrap();
+    let config = path.to_str().unwrap();
+    let out = zmount(&["url", config, "docs/here.txt"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "http://files.example.test/media/docs/here.txt"
+    );
+    let out = zmount(&["url", config, "docs/missing.txt"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(out.stdout.is_empty(), "no URL printed: {}", text(&out));
+    assert!(text(&out).contains("docs/missing.txt"), "{}", text(&out));
+}
+
+/// Every argument of every command says what it is in `--help`.
+#[test]
+fn every_argument_has_a_help_text() {
+    for command in [
+        "check", "explain", "url", "search", "migrate", "sync", "variants",
+    ] {
+        let out = zmount(&[command, "--help"]);
+        assert!(out.status.success());
+        let help = text(&out);
+        let arguments = help
+            .split("Arguments:")
+            .nth(1)
+            .and_then(|rest| rest.split("Options:").next())
+            .unwrap_or_default();
+        for line in arguments
+            .lines()
+            .filter(|l| l.trim_start().starts_with('<'))
+        {
+            let words = line.split_whitespace().count();
+            assert!(
+                words > 1,
+                "`zmount {command} --help`: no help for {line:?}:\n{help}"
+            );
+        }
+    }
+}
+
+/// `check` writes its probe and deletes it: nothing of it is left, not even a folder (which a local provider keeps and a
+/// mount shows).
+#[test]
+fn check_leaves_nothing_behind() {
+    let dir = scratch();
+    let config = provider_toml(Case::Local, "local", "", dir.path());
+    let path = dir.path().join("mount.toml");
+    std::fs::write(&path, format!("{config}[default]\nprovider = \"local\"\n")).unwrap();
+    let root = dir.path().join("local-root");
+    std::fs::create_dir_all(&root).unwrap();
+    let out = zmount(&["check", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let left: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left in the provider's folder: {left:?}");
+}
+
+/// A local-provider config with its own cache dir, in `dir`.
+fn local_mount_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let config = format!(
+        "[settings]\ncache_dir = {:?}\n{}[default]\nprovider = \"local\"\n",
+        dir.join("cache"),
+        provider_toml(Case::Local, "local", "", dir)
+    );
+    let path = dir.join("mount.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// `--daemon` says on the terminal why a start failed: a cache dir in use names the process and mountpoint holding
+/// it (and the holder's log gets nothing); a mount refused by the child prints the child's reason.
+#[test]
+fn a_daemon_that_cannot_start_says_why() {
+    let dir = scratch();
+    let config = local_mount_config(dir.path());
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    std::fs::create_dir_all(&first).unwrap();
+    std::fs::create_dir_all(&second).unwrap();
+    let config = config.to_str().unwrap();
+    let out = zmount(&[config, first.to_str().unwrap(), "--daemon"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let log = dir.path().join("cache/zmount.log");
+    let log_before = std::fs::read_to_string(&log).unwrap_or_default();
+
+    let out = zmount(&[config, second.to_str().unwrap(), "--daemon"]);
+    let said = text(&out);
+    let holder = std::fs::read_to_string(dir.path().join("cache/zmount.lock")).unwrap();
+    let pid = holder.lines().next().unwrap();
+    let unmounted = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(&first)
+        .status()
+        .unwrap();
+    assert!(unmounted.success());
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("is in use by zmount process")
+            && said.contains(pid)
+            && said.contains(first.to_str().unwrap()),
+        "names the holder's PID and mountpoint: {said}"
+    );
+    let log_after = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(log_before, log_after, "nothing written to the holder's log");
+
+    // Refused by the child (a bucket that does not exist): its reason reaches the terminal.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "[settings]\ncache_dir = {:?}\n[providers.s3]\nkind = \"s3\"\nbucket = \"no-such-bucket-anywhere\"\nendpoint = {:?}\naccess_key = {:?}\nsecret_key = {:?}\n[default]\nprovider = \"s3\"\n",
+            dir.path().join("cache-bad"),
+            server("ZMOUNT_TEST_S3_ENDPOINT"),
+            server("ZMOUNT_TEST_S3_ACCESS_KEY"),
+            server("ZMOUNT_TEST_S3_SECRET_KEY"),
+        ),
+    )
+    .unwrap();
+    let out = zmount(&[bad.to_str().unwrap(), second.to_str().unwrap(), "--daemon"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("no-such-bucket-anywhere") && said.contains("the mount is refused"),
+        "the child's reason on the terminal: {said}"
+    );
+}
+
+/// A mount unmounted from outside (`fusermount3 -u`) exits 0 with no warning in its log.
+#[test]
+fn a_clean_unmount_logs_no_warning() {
+    let dir = scratch();
+    let config = local_mount_config(dir.path());
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut mount = common::mount::Mount::start_at(&config, &mnt, &[]);
+    std::fs::write(mnt.join("f"), b"x").unwrap();
+    let unmounted = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(unmounted.success());
+    let status = mount.wait_exit();
+    let log = mount.log();
+    assert!(status.success(), "{status}\n{log}");
+    assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
 }

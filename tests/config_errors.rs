@@ -34,7 +34,7 @@ fn bad_configs_get_exact_messages() {
         (
             "unknown key",
             format!("{GOOD_PROVIDERS}\n[providers.gcs]\nkind = \"gcs\"\nbukket = \"media\"\n"),
-            "/etc/zmount/mount.toml: providers.gcs.bukket: unknown key; expected one of: bucket, credentials, project, prefix, read_only",
+            "/etc/zmount/mount.toml:14:1: providers.gcs.bukket: unknown key; expected one of: bucket, credentials, project, prefix, read_only",
         ),
         (
             "unknown top-level key",
@@ -84,7 +84,7 @@ fn bad_configs_get_exact_messages() {
         (
             "missing environment variable",
             "[providers.s3]\nkind = \"s3\"\nbucket = \"b\"\nsecret_key = \"${ZMOUNT_TEST_UNSET_SECRET}\"\n".to_string(),
-            "/etc/zmount/mount.toml: providers.s3.secret_key: environment variable `ZMOUNT_TEST_UNSET_SECRET` is not set",
+            "/etc/zmount/mount.toml:4:1: providers.s3.secret_key: environment variable `ZMOUNT_TEST_UNSET_SECRET` is not set",
         ),
         (
             "invalid glob",
@@ -104,17 +104,17 @@ fn bad_configs_get_exact_messages() {
         (
             "missing bucket",
             "[providers.s3]\nkind = \"s3\"\nregion = \"eu-west-1\"\n".to_string(),
-            "/etc/zmount/mount.toml: providers.s3.bucket: missing required key",
+            "/etc/zmount/mount.toml:1:1: providers.s3.bucket: missing required key",
         ),
         (
             "missing kind",
             "[providers.s3]\nbucket = \"b\"\n".to_string(),
-            "/etc/zmount/mount.toml: providers.s3.kind: missing required key; expected one of: s3, wasabi, gcs, azure, local",
+            "/etc/zmount/mount.toml:1:1: providers.s3.kind: missing required key; expected one of: s3, wasabi, gcs, azure, local",
         ),
         (
             "unknown kind",
             "[providers.x]\nkind = \"dropbox\"\n".to_string(),
-            "/etc/zmount/mount.toml: providers.x.kind: unknown provider kind `dropbox`; expected one of: s3, wasabi, gcs, azure, local",
+            "/etc/zmount/mount.toml:2:1: providers.x.kind: unknown provider kind `dropbox`; expected one of: s3, wasabi, gcs, azure, local",
         ),
         (
             "TOML syntax error",
@@ -149,7 +149,7 @@ fn bad_configs_get_exact_messages() {
         (
             "azure without credentials",
             "[providers.az]\nkind = \"azure\"\ncontainer = \"docs\"\n".to_string(),
-            "provider `az` (azure) could not be set up: needs `connection_string`, or `account` and `key`",
+            "/etc/zmount/mount.toml:1:1: providers.az.account: missing: Azure needs `account` (the storage account name) and `key`, or `connection_string`",
         ),
         (
             "variant size without a height",
@@ -205,17 +205,22 @@ fn bad_configs_get_exact_messages() {
         (
             "a secret typed as a number is not echoed",
             "[providers.s3]\nkind = \"s3\"\nbucket = \"b\"\nsecret_key = 987654321\n".to_string(),
-            "/etc/zmount/mount.toml: providers.s3.secret_key: expected a string in quotes (the value given is not shown: it is a secret)",
+            "/etc/zmount/mount.toml:4:1: providers.s3.secret_key: expected a string in quotes (the value given is not shown: it is a secret)",
         ),
         (
             "an empty bucket",
             "[providers.s3]\nkind = \"s3\"\nbucket = \"\"\n".to_string(),
-            "/etc/zmount/mount.toml: providers.s3.bucket: must not be empty",
+            "/etc/zmount/mount.toml:3:1: providers.s3.bucket: must not be empty",
+        ),
+        (
+            "azure with an account and no key",
+            "[providers.az]\nkind = \"azure\"\ncontainer = \"docs\"\naccount = \"acct\"\n".to_string(),
+            "/etc/zmount/mount.toml:1:1: providers.az.key: missing: Azure needs `key` (the storage account key), or `connection_string`, or `managed_identity = true` to take a token from the machine's Azure identity",
         ),
         (
             "an empty container",
             "[providers.az]\nkind = \"azure\"\ncontainer = \" \"\naccount = \"a\"\nkey = \"k\"\n".to_string(),
-            "/etc/zmount/mount.toml: providers.az.container: must not be empty",
+            "/etc/zmount/mount.toml:3:1: providers.az.container: must not be empty",
         ),
         (
             "no disk cache",
@@ -240,12 +245,12 @@ fn bad_configs_get_exact_messages() {
         (
             "an endpoint without a scheme",
             "[providers.s3]\nkind = \"s3\"\nbucket = \"b\"\nendpoint = \"127.0.0.1:18333\"\n".to_string(),
-            "/etc/zmount/mount.toml: providers.s3.endpoint: `127.0.0.1:18333` has no http:// or https:// scheme; expected a URL such as `https://s3.example.com` or `http://127.0.0.1:9000`",
+            "/etc/zmount/mount.toml:4:1: providers.s3.endpoint: `127.0.0.1:18333` has no http:// or https:// scheme; expected a URL such as `https://s3.example.com` or `http://127.0.0.1:9000`",
         ),
         (
             "an endpoint with a host name and port but no scheme",
             "[providers.s3]\nkind = \"s3\"\nbucket = \"b\"\nendpoint = \"minio:9000\"\n".to_string(),
-            "/etc/zmount/mount.toml: providers.s3.endpoint: `minio:9000` has no http:// or https:// scheme; expected a URL such as `https://s3.example.com` or `http://127.0.0.1:9000`",
+            "/etc/zmount/mount.toml:4:1: providers.s3.endpoint: `minio:9000` has no http:// or https:// scheme; expected a URL such as `https://s3.example.com` or `http://127.0.0.1:9000`",
         ),
         (
             "a cache dir that is a file",

@@ -280,7 +280,7 @@ async fn signed_url_serves_the_bytes(case: Case) {
         );
         return;
     }
-    let resp = reqwest::get(&url).await.unwrap();
+    let resp = common::get(&url).await;
     assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
     assert_eq!(resp.bytes().await.unwrap(), data);
 }

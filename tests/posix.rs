@@ -824,7 +824,7 @@ async fn s3fs_directory_objects_show_their_modes() {
     let endpoint = common::server("ZMOUNT_TEST_MOTO_ENDPOINT");
     let bucket = common::server("ZMOUNT_TEST_MOTO_BUCKET");
     let prefix = common::unique("s3fs-dirs");
-    let client = reqwest::Client::new();
+    let client = common::http();
     let put = |key: String, body: &'static [u8], meta: Vec<(&'static str, String)>| {
         let mut request = client
             .put(format!("{endpoint}/{bucket}/{prefix}/{key}"))

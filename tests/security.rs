@@ -248,7 +248,7 @@ async fn one_odd_key_never_hides_a_directory() {
 
 /// Requests of `provider` so far, summed over operations, from the mount's metrics endpoint.
 async fn requests_of(metrics: &str, provider: &str) -> f64 {
-    let text = reqwest::get(metrics).await.unwrap().text().await.unwrap();
+    let text = common::get(metrics).await.text().await.unwrap();
     let wanted = format!("zmount_provider_requests_total{{provider=\"{provider}\",");
     text.lines()
         .filter(|l| l.starts_with(&wanted))

@@ -99,7 +99,7 @@ async fn search_finds_exactly_the_tagged_files_across_providers() {
 }
 
 async fn fetch(url: &str) -> (u16, Bytes) {
-    let resp = reqwest::get(url).await.unwrap();
+    let resp = common::get(url).await;
     (resp.status().as_u16(), resp.bytes().await.unwrap())
 }
 
@@ -168,6 +168,13 @@ async fn migrate_moves_a_tree_with_metadata_and_deletes_the_source() {
         "--dry-run",
     ]));
     assert_eq!(plan.matches("would copy").count(), files.len(), "{plan}");
+    assert!(
+        plan.lines().any(|l| l.starts_with(&format!(
+            "migrate s3 -> azure (dry run: what a run would do; nothing changed): {} copied (",
+            files.len()
+        ))),
+        "a summary line: {plan}"
+    );
     assert!(
         read(&storage, "azure", "tree/big.bin").await.is_none(),
         "a dry run copies nothing"
@@ -319,17 +326,25 @@ async fn sync_copies_only_changes_and_deletes_extras() {
     for expected in [
         "would copy b.txt",
         "would copy d.txt",
-        "unchanged a.txt",
+        "would skip a.txt (already on azure)",
         "would delete c.txt",
         "would delete extra.txt",
     ] {
         assert!(plan.contains(expected), "{expected}:\n{plan}");
     }
+    // The summary: the real run's words and counts, said to be a dry run.
+    let counts = "2 copied (11 B), 1 skipped (already there), 2 deleted, 0 failed";
+    assert!(
+        plan.contains(&format!(
+            "sync s3 -> azure (dry run: what a run would do; nothing changed): {counts}"
+        )),
+        "{plan}"
+    );
     let out = stdout(&zmount(&[
         "sync", cfg, "--source", "s3", "--target", "azure", "--delete",
     ]));
     assert!(
-        out.contains("2 copied") && out.contains("1 skipped") && out.contains("2 deleted"),
+        out.contains(&format!("sync s3 -> azure: {counts}, in ")),
         "{out}"
     );
     assert_eq!(
@@ -397,8 +412,7 @@ async fn metrics_parse_as_prometheus_text_and_move_when_files_are_read() {
         common::mount::mount_for_with(Case::S3, "metrics", "", &["--metrics-addr", &addr]);
     ctx.seed("data.bin", &pattern(3 << 20, 1)).await;
     let url = format!("http://{addr}/metrics");
-    let scrape =
-        || async { parse_metrics(&reqwest::get(&url).await.unwrap().text().await.unwrap()) };
+    let scrape = || async { parse_metrics(&common::get(&url).await.text().await.unwrap()) };
     let before = scrape().await;
     assert_eq!(
         std::fs::read(mnt.path("data.bin")).unwrap(),

@@ -990,7 +990,7 @@ const FILER: &str = "http://127.0.0.1:18888";
 /// aborting an upload removes the entry.
 async fn incomplete_uploads(key: &str) -> Vec<String> {
     let bucket = server("ZMOUNT_TEST_S3_BUCKET");
-    let client = reqwest::Client::new();
+    let client = common::http();
     let mut found = Vec::new();
     let mut last = String::new();
     loop {

@@ -12,8 +12,9 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-/// Folder (under the provider's prefix) that holds probe objects while a check runs.
-const PROBE_DIR: &str = ".zmount-check";
+/// Name start of the probe object a check writes at the top of the provider's prefix (never in a folder of its
+/// own, which a local provider would keep, and a mount would show, after the probe is deleted).
+const PROBE_NAME: &str = ".zmount-check";
 /// Probe object size: big enough to catch a truncating server, small enough to cost nothing.
 const PROBE_SIZE: usize = 4096;
 
@@ -135,7 +136,7 @@ async fn check_provider(provider: &Provider) -> Result<String, (&'static str, St
         return Ok(summary.join(" · "));
     }
     let probe_path = format!(
-        "{PROBE_DIR}/probe-{}-{}",
+        "{PROBE_NAME}-{}-{}",
         std::process::id(),
         chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
     );

@@ -1,11 +1,13 @@
 //! `zmount explain CONFIG PATH...`: which rule routes each path, to which provider and fallbacks, under which
-//! object key. Makes routing precedence inspectable without touching any provider.
+//! object key. Makes routing precedence inspectable without touching any provider (so without the secrets).
 
 use std::path::Path;
 use std::process::ExitCode;
 
 pub fn run(config_path: &Path, paths: &[String]) -> ExitCode {
-    let Some((_config, storage)) = super::load_storage(config_path) else {
+    // No requests are made: secrets whose environment variables are not set are not needed.
+    let loaded = super::printed(crate::Config::load_without_secrets(config_path));
+    let Some((_config, storage)) = loaded.and_then(super::storage_of) else {
         return ExitCode::FAILURE;
     };
     let mut status = ExitCode::SUCCESS;

@@ -41,6 +41,7 @@ struct Cli {
 enum Command {
     /// Test every configured provider: reachability, list, write/read/delete of a probe object, latency
     Check {
+        /// The mount.toml to read
         config: PathBuf,
         /// Only these providers (default: all)
         #[arg(long = "provider")]
@@ -48,13 +49,17 @@ enum Command {
     },
     /// Show which rule, provider, fallbacks and object key a path maps to
     Explain {
+        /// The mount.toml to read
         config: PathBuf,
+        /// Paths in the mount (e.g. photos/2024/cat.jpg), one or more
         #[arg(required = true)]
         paths: Vec<String>,
     },
     /// Print a URL for a file: CDN, signed (S3/Wasabi/GCS/Azure) or base_url (local)
     Url {
+        /// The mount.toml to read
         config: PathBuf,
+        /// Path of the file in the mount (e.g. reports/q4.pdf)
         path: String,
         /// Lifetime of a signed URL, in seconds
         #[arg(long, default_value_t = 3600)]
@@ -62,6 +67,7 @@ enum Command {
     },
     /// Print the files whose tags and metadata match (path and provider), across all providers
     Search {
+        /// The mount.toml to read
         config: PathBuf,
         /// Tag that must be present, KEY=VALUE (repeatable)
         #[arg(long = "tag")]
@@ -96,6 +102,7 @@ enum Command {
     /// Transform images and write their variants now, as the mount does after each upload (routes with
     /// `transforms`/`variants`)
     Variants {
+        /// The mount.toml to read
         config: PathBuf,
         /// Files: a path, a folder (every file below it), or a glob (`*` also crosses `/`)
         #[arg(required = true)]
@@ -232,7 +239,11 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 
 /// Loads a config and builds its storage, printing the error the way every subcommand does.
 fn load_storage(path: &std::path::Path) -> Option<(crate::Config, crate::Storage)> {
-    let config = load_config(path)?;
+    storage_of(load_config(path)?)
+}
+
+/// The storage of `config` (the error printed as by every subcommand).
+fn storage_of(config: crate::Config) -> Option<(crate::Config, crate::Storage)> {
     match crate::Storage::new(&config) {
         Ok(storage) => Some((config, storage)),
         Err(e) => {
@@ -244,7 +255,11 @@ fn load_storage(path: &std::path::Path) -> Option<(crate::Config, crate::Storage
 
 /// Loads a config, printing the error the way every subcommand does.
 fn load_config(path: &std::path::Path) -> Option<crate::Config> {
-    match crate::Config::load(path) {
+    printed(crate::Config::load(path))
+}
+
+fn printed(loaded: Result<crate::Config, crate::config::ConfigError>) -> Option<crate::Config> {
+    match loaded {
         Ok(c) => Some(c),
         Err(e) => {
             eprintln!("zmount: {e}");

@@ -128,13 +128,28 @@ async fn execute(
 ) -> ExitCode {
     let started = Instant::now();
     if options.dry_run {
+        let mut tally = Tally::default();
         for step in &plan {
             match step {
-                Step::Copy(i) => println!("would copy {} ({})", i.path, human(i.size)),
-                Step::Skip(i) => println!("unchanged {}", i.path),
-                Step::DeleteExtra(p) => println!("would delete {p} from {}", target.name),
+                Step::Copy(i) => {
+                    println!("would copy {} ({})", i.path, human(i.size));
+                    tally.copied += 1;
+                    tally.bytes += i.size;
+                }
+                Step::Skip(i) => {
+                    println!("would skip {} (already on {})", i.path, target.name);
+                    tally.skipped += 1;
+                }
+                Step::DeleteExtra(p) => {
+                    println!("would delete {p} from {}", target.name);
+                    tally.deleted += 1;
+                }
             }
         }
+        if kind == Kind::Migrate && options.delete_source {
+            tally.deleted = tally.copied + tally.skipped; // each source object, once its copy is verified
+        }
+        summary(kind, source, target, &tally, None);
         return ExitCode::SUCCESS;
     }
     let total: u64 = plan
@@ -172,7 +187,7 @@ async fn execute(
             Err(e) => tally.failed.push(format!("{path}: {e}")),
         }
     }
-    summary(kind, source, target, &tally, started);
+    summary(kind, source, target, &tally, Some(started));
     if tally.failed.is_empty() {
         ExitCode::SUCCESS
     } else {
@@ -267,15 +282,31 @@ async fn delete(provider: &Provider, path: &str) -> Result<(), StorageError> {
     }
 }
 
-fn summary(kind: Kind, source: &Provider, target: &Provider, tally: &Tally, started: Instant) {
-    let secs = started.elapsed().as_secs_f64();
+/// The closing line, in the same words for a real run and a dry run (`started` None: what a run would do).
+fn summary(
+    kind: Kind,
+    source: &Provider,
+    target: &Provider,
+    tally: &Tally,
+    started: Option<Instant>,
+) {
     let what = if kind == Kind::Migrate {
         "migrate"
     } else {
         "sync"
     };
+    let (when, end) = match started {
+        Some(started) => (
+            String::new(),
+            format!(", in {:.1} s", started.elapsed().as_secs_f64()),
+        ),
+        None => (
+            " (dry run: what a run would do; nothing changed)".to_string(),
+            String::new(),
+        ),
+    };
     println!(
-        "{what} {} -> {}: {} copied ({}), {} skipped (already there), {} deleted, {} failed, in {secs:.1} s",
+        "{what} {} -> {}{when}: {} copied ({}), {} skipped (already there), {} deleted, {} failed{end}",
         source.name,
         target.name,
         tally.copied,

@@ -14,6 +14,7 @@ mod size;
 
 pub use error::ConfigError;
 pub use images::{Fit, ImageSettings, OutputFormat, RouteImages, Transform};
+use secret::expand_env_if_set;
 pub use secret::{expand_env, Redactor, Secret};
 pub use size::{parse_size, ByteSize};
 
@@ -402,6 +403,10 @@ pub struct AzureConfig {
     pub key: Option<Secret>,
     /// Blob endpoint including the account for emulators, e.g. `http://127.0.0.1:10000/devstoreaccount1`.
     pub endpoint: Option<String>,
+    /// Without `key` or `connection_string`: authenticate with the machine's Azure identity (managed identity,
+    /// through the instance metadata service).
+    #[serde(default)]
+    pub managed_identity: bool,
     /// Key prefix inside the bucket/container/folder; every object key is `prefix/path`.
     #[serde(default)]
     pub prefix: String,
@@ -484,15 +489,29 @@ struct RawConfig {
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with(path, UnsetSecrets::Refuse)
+    }
+
+    /// [`Config::load`] for commands that make no requests (`explain`): a secret whose environment variable is
+    /// not set is left out instead of refused.
+    pub fn load_without_secrets(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with(path, UnsetSecrets::LeaveOut)
+    }
+
+    fn load_with(path: &Path, unset: UnsetSecrets) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new(path, "", format!("cannot read config file: {e}")))?;
         // Anchor relative paths in the config to an absolute folder: a daemon may change directory later.
         let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        Self::parse(&text, &absolute)
+        Self::parse_with(&text, &absolute, unset)
     }
 
     /// Parses config text; `file` names it in errors and anchors relative paths.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        Self::parse_with(text, file, UnsetSecrets::Refuse)
+    }
+
+    fn parse_with(text: &str, file: &Path, unset: UnsetSecrets) -> Result<Config, ConfigError> {
         let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
             .map_err(|e| {
                 let inner = e.inner();
@@ -507,7 +526,12 @@ impl Config {
         let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut providers = BTreeMap::new();
         for (name, table) in raw.providers {
-            let provider = parse_provider(file, &name, table)?;
+            let provider = parse_provider(file, &name, table, unset).map_err(|mut e| {
+                if e.position.is_none() {
+                    e.position = locate_provider_key(text, &name, &e.key);
+                }
+                e
+            })?;
             providers.insert(name, resolve_provider_paths(provider, &base));
         }
         let mut settings = raw.settings;
@@ -519,7 +543,18 @@ impl Config {
             routes: raw.routes,
             default: raw.default,
         };
-        config.validate()?;
+        config.validate().map_err(|mut e| {
+            if let Some(name) = e
+                .key
+                .strip_prefix("providers.")
+                .and_then(|k| k.split('.').next())
+            {
+                e.position = e
+                    .position
+                    .or_else(|| locate_provider_key(text, name, &e.key));
+            }
+            e
+        })?;
         Ok(config)
     }
 
@@ -859,10 +894,58 @@ fn check_endpoint(endpoint: &str) -> Result<(), String> {
 }
 
 /// Types one `[providers.NAME]` table by its `kind`, expanding `${ENV}` references first.
+/// What to do with a secret whose `${VAR}` is not set.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum UnsetSecrets {
+    Refuse,
+    LeaveOut,
+}
+
+/// Provider keys that hold secrets (the [`Secret`] fields).
+const SECRET_KEYS: [&str; 6] = [
+    "access_key",
+    "secret_key",
+    "session_token",
+    "credentials",
+    "connection_string",
+    "key",
+];
+
+/// `line:col` of key `key` (`providers.NAME.FIELD`, or the table itself) in the `[providers.NAME]` table of
+/// `text`: provider tables are read as plain tables (their `kind` decides the type), which keep no positions.
+fn locate_provider_key(text: &str, name: &str, key: &str) -> Option<(usize, usize)> {
+    let field = key
+        .strip_prefix(&format!("providers.{name}"))?
+        .trim_start_matches('.');
+    let field = field.split('.').next().unwrap_or_default();
+    let header = |line: &str| {
+        let inner = line.trim().strip_prefix('[')?.strip_suffix(']')?;
+        let (table, table_name) = inner.split_once('.')?;
+        (table.trim() == "providers" && table_name.trim().trim_matches('"') == name).then_some(())
+    };
+    let mut lines = text.lines().enumerate();
+    let (start, _) = lines.find(|(_, line)| header(line).is_some())?;
+    if field.is_empty() {
+        return Some((start + 1, 1));
+    }
+    for (i, line) in lines {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('[') {
+            break;
+        }
+        let written = trimmed.split('=').next().unwrap_or_default().trim();
+        if written.trim_matches('"') == field {
+            return Some((i + 1, line.len() - trimmed.len() + 1));
+        }
+    }
+    Some((start + 1, 1)) // a missing key: the table that lacks it
+}
+
 fn parse_provider(
     file: &Path,
     name: &str,
     mut table: toml::Table,
+    unset: UnsetSecrets,
 ) -> Result<ProviderConfig, ConfigError> {
     let key = format!("providers.{name}");
     let kinds = ProviderConfig::KINDS.join(", ");
@@ -883,12 +966,22 @@ fn parse_provider(
             ))
         }
     };
+    let mut left_out = Vec::new();
     for (field, value) in table.iter_mut() {
         if let toml::Value::String(text) = value {
-            *text = expand_env(text)
-                .map_err(|m| ConfigError::new(file, format!("{key}.{field}"), m))?;
+            let error = |m| ConfigError::new(file, format!("{key}.{field}"), m);
+            match expand_env_if_set(text).map_err(error)? {
+                Some(expanded) => *text = expanded,
+                None if unset == UnsetSecrets::LeaveOut
+                    && SECRET_KEYS.contains(&field.as_str()) =>
+                {
+                    left_out.push(field.clone())
+                }
+                None => return Err(error(expand_env(text).unwrap_err())),
+            }
         }
     }
+    table.retain(|field, _| !left_out.iter().any(|f| f == field));
     fn typed<T: DeserializeOwned>(
         file: &Path,
         key: &str,
@@ -909,7 +1002,31 @@ fn parse_provider(
         "s3" => ProviderConfig::S3(typed(file, &key, table)?),
         "wasabi" => ProviderConfig::Wasabi(typed(file, &key, table)?),
         "gcs" => ProviderConfig::Gcs(typed(file, &key, table)?),
-        "azure" => ProviderConfig::Azure(typed(file, &key, table)?),
+        "azure" => {
+            let c: AzureConfig = typed(file, &key, table)?;
+            let missing = |field: &str, message: &str| {
+                Err(ConfigError::new(
+                    file,
+                    format!("{key}.{field}"),
+                    message.to_string(),
+                ))
+            };
+            if c.connection_string.is_none() && !left_out.iter().any(|f| f == "connection_string") {
+                if c.account.is_none() {
+                    return missing(
+                        "account",
+                        "missing: Azure needs `account` (the storage account name) and `key`, or `connection_string`",
+                    );
+                }
+                if c.key.is_none() && !c.managed_identity && !left_out.iter().any(|f| f == "key") {
+                    return missing(
+                        "key",
+                        "missing: Azure needs `key` (the storage account key), or `connection_string`, or `managed_identity = true` to take a token from the machine's Azure identity",
+                    );
+                }
+            }
+            ProviderConfig::Azure(c)
+        }
         "local" => ProviderConfig::Local(typed(file, &key, table)?),
         other => {
             return Err(ConfigError::new(

@@ -73,6 +73,19 @@ pub fn expand_env(text: &str) -> Result<String, String> {
     expand_with(text, |name| std::env::var(name).ok())
 }
 
+/// [`expand_env`], with None when a variable it names is not set (other errors as there).
+pub fn expand_env_if_set(text: &str) -> Result<Option<String>, String> {
+    let unset = std::cell::Cell::new(false);
+    let expanded = expand_with(text, |name| {
+        let value = std::env::var(name).ok();
+        if value.is_none() {
+            unset.set(true);
+        }
+        Some(value.unwrap_or_default())
+    })?;
+    Ok((!unset.get()).then_some(expanded))
+}
+
 fn expand_with(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;

@@ -111,12 +111,23 @@ impl fmt::Debug for Provider {
     }
 }
 
+/// Makes ring the process's TLS provider (once; the HTTP clients of every provider use it). Called before any
+/// client is built; a program that builds its own `reqwest` clients beside zmount's calls it first too.
+pub fn use_ring_tls() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err: a provider was installed already (by the program using this library), which is then used.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 impl Provider {
     pub fn build(
         name: &str,
         config: &ProviderConfig,
         tuning: &ClientTuning,
     ) -> Result<Provider, String> {
+        use_ring_tls();
         let mut base_url = None;
         let built = match config {
             ProviderConfig::S3(c) => s3::build(c, false, tuning)?,

@@ -233,12 +233,7 @@ pub async fn seed_gcs(key: &str, data: &[u8]) {
         server("ZMOUNT_TEST_GCS_BUCKET"),
         url::form_urlencoded::byte_serialize(key.as_bytes()).collect::<String>()
     );
-    let resp = reqwest::Client::new()
-        .post(url)
-        .body(data.to_vec())
-        .send()
-        .await
-        .unwrap();
+    let resp = http().post(url).body(data.to_vec()).send().await.unwrap();
     assert!(
         resp.status().is_success(),
         "seeding GCS object {key}: {}",
@@ -246,11 +241,21 @@ pub async fn seed_gcs(key: &str, data: &[u8]) {
     );
 }
 
+/// An HTTP client for tests (zmount's TLS provider made the process's first, as the library needs).
+pub fn http() -> reqwest::Client {
+    zmount::providers::use_ring_tls();
+    reqwest::Client::new()
+}
+
+/// GET `url` (panics when the request cannot be sent).
+pub async fn get(url: &str) -> reqwest::Response {
+    http().get(url).send().await.unwrap()
+}
+
 /// The text of a mount's metrics endpoint (`--metrics-addr addr`).
 pub async fn metrics(addr: &str) -> String {
-    reqwest::get(format!("http://{addr}/metrics"))
+    get(&format!("http://{addr}/metrics"))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap()

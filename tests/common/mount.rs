@@ -94,9 +94,15 @@ impl Mount {
 
     /// Sends `signal` and waits for the daemon to exit; returns its exit status.
     pub fn stop_with(&mut self, signal: i32) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("still running");
+        let child = self.child.as_ref().expect("still running");
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(child.id() as i32, signal) };
+        self.wait_exit()
+    }
+
+    /// Waits for the daemon to exit (after an unmount from outside, or a signal); its exit status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("still running");
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -104,7 +110,7 @@ impl Mount {
             }
             if started.elapsed() > MOUNT_DEADLINE {
                 let _ = child.kill();
-                panic!("zmount did not exit after signal {signal}:\n{}", self.log());
+                panic!("zmount did not exit:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -62,7 +62,7 @@ pub async fn put_with(key: &str, body: &[u8], metadata: &[(&str, &str)]) {
         signing = sign(&signing, part);
     }
     let signature = hex(&sign(&signing, &to_sign));
-    let mut request = reqwest::Client::new().put(format!("http://{host}{uri}"));
+    let mut request = super::http().put(format!("http://{host}{uri}"));
     for (k, v) in all.iter().filter(|(k, _)| k != "host") {
         request = request.header(k.as_str(), v.as_str());
     }
