@@ -519,16 +519,6 @@ async fn a_503_burst_on_every_tenth_request_loses_nothing_on_the_default_schedul
     );
 }
 
-/// A per-provider counter from the mount's metrics endpoint.
-async fn metric(addr: &str, name: &str, provider: &str) -> f64 {
-    let text = common::metrics(addr).await;
-    let wanted = format!("{name}{{provider=\"{provider}\"");
-    text.lines()
-        .filter(|l| l.starts_with(&wanted))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Files on both providers of a hedging test: a folder with a small file and a 64 MiB one.
 async fn seed_both(dir: &Path, primary: &str, backup: &str, folder: &str) -> Vec<u8> {
     let big = pattern(64 << 20, 11);
@@ -593,8 +583,8 @@ async fn a_stalled_primary_is_answered_by_the_fallback_after_the_hedge_delay() {
 
     let took = stat_list_read(&mnt, "healthy", &big);
     println!("healthy primary: stat, ls, first byte, 64 MiB read: {took:?}");
-    let requests = metric(&addr, "zmount_provider_requests_total", "primary").await;
-    let hedges = metric(&addr, "zmount_hedged_requests_total", "primary").await;
+    let requests = common::metric(&addr, "zmount_provider_requests_total", "primary").await;
+    let hedges = common::metric(&addr, "zmount_hedged_requests_total", "primary").await;
     println!("healthy primary: {requests} requests, {hedges} hedged");
     assert!(requests > 60.0, "the reads went to the primary: {requests}");
     assert!(
@@ -603,17 +593,17 @@ async fn a_stalled_primary_is_answered_by_the_fallback_after_the_hedge_delay() {
     );
 
     proxy.set(Fault::Stall);
-    let failures = metric(&addr, "zmount_provider_failures_total", "primary").await;
+    let failures = common::metric(&addr, "zmount_provider_failures_total", "primary").await;
     let took = stat_list_read(&mnt, "stalled", &big);
     println!("stalled primary: stat, ls, first byte, 64 MiB read: {took:?}");
-    let won = metric(&addr, "zmount_hedge_wins_total", "primary").await;
+    let won = common::metric(&addr, "zmount_hedge_wins_total", "primary").await;
     println!("stalled primary: {won} hedges won by the fallback");
     assert!(
         won >= 3.0,
         "stat, ls and the read went to the fallback: {won}"
     );
     assert_eq!(
-        metric(&addr, "zmount_provider_failures_total", "primary").await,
+        common::metric(&addr, "zmount_provider_failures_total", "primary").await,
         failures,
         "no request waited out a timeout on the stalled primary"
     );

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::mount::{mount_for, run, Mount};
+use common::mount::{mount_for, mount_for_with, run, Mount};
 use common::Case;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -813,6 +813,66 @@ async fn attribute_changes_keep_the_mtime() {
     for name in ["a", "b", "c"] {
         assert_eq!(mtime(name), old, "{name} after an attribute change");
     }
+}
+
+/// `chmod`, `touch`, a new xattr and a rename that changes the content type, on closed files of an S3 provider made
+/// elsewhere: the provider replaces what each object carries in place (a copy onto itself), so no byte of the files
+/// is read or written (the byte counters of the metrics stay put), and what was asked is stored with the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_changes_of_closed_files_move_no_data() {
+    use std::os::unix::fs::MetadataExt;
+    let addr = common::free_local_addr();
+    let (ctx, mount) = mount_for_with(Case::S3, "in-place", "", &["--metrics-addr", &addr]);
+    let data = common::pattern(3 << 20, 5);
+    ctx.seed("big.bin", &data).await;
+    // rsync's temporary name, written through the mount (so stored as application/octet-stream, derived from it).
+    std::fs::write(mount.path(".notes.txt.Xy12"), b"# notes\n").unwrap();
+    let bytes = || async {
+        let read = common::metric(&addr, "zmount_provider_read_bytes_total", "s3").await;
+        let written = common::metric(&addr, "zmount_provider_written_bytes_total", "s3").await;
+        (read, written)
+    };
+    let big = mount.path("big.bin");
+    assert_eq!(std::fs::metadata(&big).unwrap().len(), data.len() as u64);
+    let before = bytes().await;
+    run("chmod", &["0600", p(&big)]);
+    // `-c`: by path (utimensat), as rsync and tar set times; plain `touch` opens the file for writing, and a file
+    // opened for writing is copied in and published as a whole version.
+    run("touch", &["-c", "-m", "-d", "2001-02-03 04:05:06", p(&big)]);
+    run(
+        "setfattr",
+        &["-n", "user.meta.owner", "-v", "alice", p(&big)],
+    );
+    run(
+        "mv",
+        &[
+            p(&mount.path(".notes.txt.Xy12")),
+            p(&mount.path("notes.md")),
+        ],
+    );
+    assert_eq!(
+        bytes().await,
+        before,
+        "(read, written) bytes of the provider after the changes"
+    );
+
+    let info = ctx.storage.get_info("big.bin").await.unwrap();
+    assert_eq!(
+        info.metadata.get("owner").map(String::as_str),
+        Some("alice")
+    );
+    assert_eq!(
+        info.metadata.get("mode").map(String::as_str),
+        Some("33152"),
+        "{info:?}"
+    ); // S_IFREG | 0600
+    assert_eq!(ctx.read_direct("big.bin").await.as_deref(), Some(&data[..]));
+    let retyped = ctx.storage.get_info("notes.md").await.unwrap().content_type;
+    assert!(retyped.starts_with("text/markdown"), "{retyped}");
+    let mount = remount(mount);
+    let meta = std::fs::metadata(mount.path("big.bin")).unwrap();
+    assert_eq!((meta.mode() & 0o7777, meta.mtime()), (0o600, 981_173_106));
+    assert_eq!(std::fs::read(mount.path("notes.md")).unwrap(), b"# notes\n");
 }
 
 /// A bucket written by s3fs: its directories are objects `dir/` (a key ending in `/`) whose metadata holds the

@@ -510,7 +510,7 @@ impl Filesystem {
             return None;
         }
         let (_, _, provider) = self.storage.resolve(path).ok()?;
-        let dirs = provider.dir_objects.as_ref()?;
+        let dirs = provider.s3_direct.as_ref()?;
         match dirs.metadata(provider.key_for(path).as_ref()).await {
             Ok(metadata) => posix::Posix::from_metadata(&metadata?),
             Err(e) => {

@@ -263,13 +263,14 @@ impl Filesystem {
 
     /// Changes what a closed file carries besides its bytes (`chmod`, `chown`, `touch`, xattrs). A file written
     /// here takes the change with its bytes: published now when its bytes were already closed, else with its
-    /// next `close`. Any other file is uploaded again with the change (object stores cannot change metadata in
-    /// place through this API): a GET and a PUT of the whole object, as SEMANTICS.md states.
+    /// next `close`. Any other file: its provider replaces what the object carries in place where it can (S3 and
+    /// S3-compatible stores, see [`Storage::replace_attributes`]); elsewhere, or when that is refused, the object
+    /// is written again with the change (a GET and a PUT of the whole object), as SEMANTICS.md states.
     pub(super) async fn change_file(
         &self,
         path: &str,
         posix: Posix,
-        change: impl FnOnce(&mut FileAttrs) + Send,
+        change: impl Fn(&mut FileAttrs) + Send + Sync + Clone + 'static,
     ) -> FsResult<()> {
         self.check_writable(path)?;
         // Every change of what a file carries moves its ctime.
@@ -283,9 +284,9 @@ impl Filesystem {
                 // Still being written: the change rides along with the upload at its close.
                 staged.change_attrs(change).await
             }
-            _ => {
-                // The object is written again to carry the new attributes: a file whose mtime was its object's
-                // modification time keeps that time (a chmod is no change of data).
+            staged => {
+                // A file whose mtime was its object's modification time keeps that time (a chmod is no change of
+                // data).
                 let shown = self.inodes.find(path).map(|(_, entry, _)| entry.mtime);
                 let change = move |attrs: &mut FileAttrs| {
                     if attrs.posix.mtime.is_none() {
@@ -293,12 +294,47 @@ impl Filesystem {
                     }
                     change(attrs);
                 };
+                if staged.is_none() && self.change_in_place(path, posix, &change).await? {
+                    return Ok(());
+                }
                 self.change_by_path(path, posix, false, |staged| async move {
                     staged.change_attrs(change).await
                 })
                 .await
             }
         }
+    }
+
+    /// [`Filesystem::change_file`] of a file not written here, by its provider in place: true when done, false
+    /// when the provider cannot (the caller then writes the object again).
+    async fn change_in_place(
+        &self,
+        path: &str,
+        posix: Posix,
+        change: &(impl Fn(&mut FileAttrs) + Sync),
+    ) -> FsResult<bool> {
+        let info = match self.storage.get_info(path).await {
+            Ok(info) => info,
+            Err(e) if e.is_not_found() => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let mut attrs = FileAttrs::of_info(&self.storage, info.clone(), posix);
+        change(&mut attrs);
+        let Some(done) = self
+            .storage
+            .replace_attributes(path, attrs.upload_options(), &info)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let modified = attrs.posix.mtime.unwrap_or_else(SystemTime::now);
+        self.published(crate::write::Published {
+            path: path.to_string(),
+            info: done,
+            posix: attrs.posix,
+            modified,
+        });
+        Ok(true)
     }
 
     /// `chmod`, `chown`, `touch`: stored with the object (see [`Filesystem::change_file`]). Directories keep the
@@ -552,9 +588,10 @@ impl Filesystem {
     }
 
     /// After a rename of a stored file: a content type that was derived from the old name (`x.txt` stored as
-    /// text/plain) is derived from the new one (`x.md`: text/markdown), by rewriting the object as `chmod` does. Only
-    /// files up to [`RETYPE_MAX`]: object_store cannot change a stored object's content type without sending its
-    /// bytes again, and a rename must not cost a transfer of gigabytes. Best effort: the rename has happened.
+    /// text/plain) is derived from the new one (`x.md`: text/markdown), changed as `chmod` changes attributes (see
+    /// [`Filesystem::change_file`]): in place where the provider can (up to 5 GiB), else by rewriting the object,
+    /// then only for files up to [`RETYPE_MAX`] (a rename must not cost a transfer of gigabytes). Best effort: the
+    /// rename has happened.
     async fn retype(&self, from: &str, to: &str) {
         let (old, new) = (guess_content_type(from), guess_content_type(to));
         if old == new {
@@ -563,7 +600,17 @@ impl Filesystem {
         let Ok(info) = self.storage.get_info(to).await else {
             return;
         };
-        if !same_content_type(&info.content_type, &old) || info.size > RETYPE_MAX {
+        // In place (S3) a retype moves no data; elsewhere it sends the bytes again, so only small files get it.
+        let in_place = self
+            .storage
+            .resolve(to)
+            .is_ok_and(|(_, _, provider)| provider.s3_direct.is_some());
+        let limit = if in_place {
+            crate::providers::COPY_MAX
+        } else {
+            RETYPE_MAX
+        };
+        if !same_content_type(&info.content_type, &old) || info.size > limit {
             return;
         }
         let posix = self
@@ -572,7 +619,9 @@ impl Filesystem {
             .and_then(|(_, entry, _)| entry.posix)
             .unwrap_or_default();
         let retyped = self
-            .change_file(to, posix, move |attrs| attrs.content_type = Some(new))
+            .change_file(to, posix, move |attrs| {
+                attrs.content_type = Some(new.clone())
+            })
             .await;
         match retyped {
             Ok(()) => self.changed(to),

@@ -224,7 +224,7 @@ impl Filesystem {
         let (_, _, primary) = self.storage.resolve(&path)?;
         let invalid = |reason: String| FsError::Invalid(format!("{name}: {reason}"));
         let current = &facts.attrs;
-        let change: Box<dyn FnOnce(&mut FileAttrs) + Send> = match parsed {
+        let change: std::sync::Arc<dyn Fn(&mut FileAttrs) + Send + Sync> = match parsed {
             Name::User(user) => {
                 use base64::Engine;
                 let key = user_key(user);
@@ -244,7 +244,9 @@ impl Filesystem {
                         primary.name, primary.kind
                     )));
                 }
-                Box::new(move |a| set_entry(&mut a.metadata, key, encoded))
+                std::sync::Arc::new(move |a| {
+                    set_entry(&mut a.metadata, key.clone(), encoded.clone())
+                })
             }
             Name::Meta(key) => {
                 let key = normalize_metadata_key(key).map_err(invalid)?;
@@ -261,7 +263,7 @@ impl Filesystem {
                     check_metadata_value(&key, v).map_err(invalid)?;
                 }
                 check_mode(current.metadata.contains_key(&key), mode)?;
-                Box::new(move |a| set_entry(&mut a.metadata, key, value))
+                std::sync::Arc::new(move |a| set_entry(&mut a.metadata, key.clone(), value.clone()))
             }
             Name::Tag(key) => {
                 if !primary.supports_tags() {
@@ -275,11 +277,11 @@ impl Filesystem {
                 }
                 check_mode(current.tags.contains_key(key), mode)?;
                 let key = key.to_string();
-                Box::new(move |a| set_entry(&mut a.tags, key, value))
+                std::sync::Arc::new(move |a| set_entry(&mut a.tags, key.clone(), value.clone()))
             }
             Name::ContentType => {
                 check_mode(current.content_type.is_some(), mode)?;
-                Box::new(move |a| a.content_type = value)
+                std::sync::Arc::new(move |a| a.content_type = value.clone())
             }
             Name::Provider | Name::Etag | Name::Url => {
                 return Err(FsError::ReadOnlyAttribute(name.to_string()))
@@ -287,7 +289,8 @@ impl Filesystem {
         };
         let (_, entry, _) = self.path_of(ino)?;
         let posix = entry.posix.unwrap_or_default();
-        self.change_file(&path, posix, change).await
+        self.change_file(&path, posix, move |a: &mut FileAttrs| change(a))
+            .await
     }
 }
 

@@ -56,7 +56,7 @@ pub fn build(config: &GcsConfig, tuning: &ClientTuning) -> Result<BuiltStore, St
         multipart: None,
         store: store.clone(),
         paginated: Some(store.clone()),
-        dir_objects: None,
+        s3_direct: None,
         signer: Some(store),
         location: format!("{endpoint} (bucket {})", config.bucket),
         redactor,

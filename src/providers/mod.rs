@@ -11,7 +11,7 @@ mod local;
 mod s3;
 
 pub use local::{set_user_umask, LocalStore};
-pub use s3::{encode_key as encode_s3_key, wasabi_endpoint};
+pub use s3::{encode_key as encode_s3_key, wasabi_endpoint, Replaced, COPY_MAX};
 
 use crate::config::{ProviderConfig, Redactor, Settings, TimeoutSettings};
 use object_store::path::Path as ObjectPath;
@@ -67,8 +67,9 @@ pub(crate) struct BuiltStore {
     pub multipart: Option<Arc<dyn object_store::multipart::MultipartStore>>,
     /// Paginated listings with a start key (see [`listing`]).
     pub paginated: Option<Arc<dyn object_store::list::PaginatedListStore>>,
-    /// s3fs's directory objects (S3 and S3-compatible stores).
-    pub dir_objects: Option<Arc<s3::DirObjects>>,
+    /// Requests object_store cannot make: s3fs's directory objects, metadata-replacing copies (S3 and S3-compatible
+    /// stores).
+    pub s3_direct: Option<Arc<s3::S3Direct>>,
     pub signer: Option<Arc<dyn Signer>>,
     pub location: String,
     pub redactor: Redactor,
@@ -89,8 +90,8 @@ pub struct Provider {
     pub open_uploads: Option<Arc<crate::storage::uploads::OpenUploads>>,
     /// See [`BuiltStore::paginated`].
     pub paginated: Option<Arc<dyn object_store::list::PaginatedListStore>>,
-    /// See [`BuiltStore::dir_objects`].
-    pub dir_objects: Option<Arc<s3::DirObjects>>,
+    /// See [`BuiltStore::s3_direct`].
+    pub s3_direct: Option<Arc<s3::S3Direct>>,
     pub signer: Option<Arc<dyn Signer>>,
     pub health: Arc<guard::Health>,
     /// Key prefix, without leading or trailing `/`.
@@ -141,7 +142,7 @@ impl Provider {
                     store,
                     multipart: None,
                     paginated: None,
-                    dir_objects: None,
+                    s3_direct: None,
                     signer: None,
                     location: c.path.display().to_string(),
                     redactor: Redactor::default(),
@@ -166,7 +167,7 @@ impl Provider {
             multipart,
             open_uploads: None,
             paginated: built.paginated,
-            dir_objects: built.dir_objects,
+            s3_direct: built.s3_direct,
             health,
             signer: built.signer,
             prefix: common.prefix.trim_matches('/').to_string(),

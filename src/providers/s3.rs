@@ -49,7 +49,7 @@ pub fn build(config: &S3Config, wasabi: bool, tuning: &ClientTuning) -> Result<B
             .build()
             .map_err(|e| redactor.redact(&e.to_string()))?,
     );
-    let dir_objects = DirObjects::new(
+    let s3_direct = S3Direct::new(
         config,
         endpoint.as_deref(),
         store.credentials().clone(),
@@ -61,32 +61,48 @@ pub fn build(config: &S3Config, wasabi: bool, tuning: &ClientTuning) -> Result<B
         store: store.clone(),
         multipart: Some(store.clone()),
         paginated: Some(store.clone()),
-        dir_objects: dir_objects.map(Arc::new),
+        s3_direct: s3_direct.map(Arc::new),
         signer: Some(store),
         location: format!("{endpoint} (bucket {})", config.bucket),
         redactor,
     })
 }
 
-/// Directory objects as s3fs writes them: a key ending in `/` (`photos/`) whose metadata holds the directory's
-/// mode, owner and times. object_store cannot name such a key (its paths never end in `/`), so this signs and sends
-/// the one request zmount needs — a HEAD — itself, with object_store's own signer and HTTP client.
+/// The two S3 requests object_store cannot make, signed and sent with object_store's own signer and HTTP client:
+/// - the HEAD of a directory object as s3fs writes it: a key ending in `/` (`photos/`) whose metadata holds the
+///   directory's mode, owner and times (object_store's paths never end in `/`);
+/// - a copy of an object onto itself that replaces its metadata, content type and tags (`CopyObject` with
+///   `x-amz-metadata-directive: REPLACE`), so `chmod`, `touch` or a new xattr on a closed file cost one request
+///   and no data transfer.
 #[derive(Debug)]
-pub struct DirObjects {
+pub struct S3Direct {
     /// `https://host/bucket` (path style) or `https://bucket.host` (virtual-hosted).
     base: String,
+    bucket: String,
     region: String,
     credentials: AwsCredentialProvider,
     client: HttpClient,
 }
 
-impl DirObjects {
+/// How a metadata-replacing copy ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Replaced {
+    /// Done; the object's ETag now, when the answer gave it.
+    Done(Option<String>),
+    /// Not done: the object is not the version asked for (412), or gone (404).
+    Changed,
+}
+
+/// The largest object one `CopyObject` copies (AWS's limit; larger ones need a multipart copy).
+pub const COPY_MAX: u64 = 5 << 30;
+
+impl S3Direct {
     fn new(
         config: &S3Config,
         endpoint: Option<&str>,
         credentials: AwsCredentialProvider,
         tuning: &ClientTuning,
-    ) -> Option<DirObjects> {
+    ) -> Option<S3Direct> {
         let base = match (endpoint, config.virtual_hosted) {
             (Some(e), false) => format!("{e}/{}", config.bucket),
             (Some(e), true) => e.to_string(),
@@ -102,8 +118,9 @@ impl DirObjects {
         let client = ReqwestConnector::default()
             .connect(&tuning.client(endpoint))
             .ok()?;
-        Some(DirObjects {
+        Some(S3Direct {
             base,
+            bucket: config.bucket.clone(),
             region: config.region.clone(),
             credentials,
             client,
@@ -147,6 +164,79 @@ impl DirObjects {
             status => Err(format!("HEAD {url}: status {status}")),
         }
     }
+}
+
+impl S3Direct {
+    /// Copies object `key` onto itself with `headers` (`content-type`, `x-amz-meta-*`, `x-amz-tagging`) replacing
+    /// what it carries, only while its ETag is `if_match` (when given). An error is an answer other than success,
+    /// 404 or 412 (the caller can then write the object again the ordinary way).
+    pub async fn replace_attributes(
+        &self,
+        key: &str,
+        if_match: Option<&str>,
+        headers: &[(String, String)],
+    ) -> Result<Replaced, String> {
+        let url = format!("{}/{}", self.base, encode_key(key));
+        let mut builder = http::Request::builder()
+            .method(http::Method::PUT)
+            .uri(&url)
+            .header(
+                "x-amz-copy-source",
+                format!("/{}/{}", self.bucket, encode_key(key)),
+            )
+            .header("x-amz-metadata-directive", "REPLACE")
+            .header("x-amz-tagging-directive", "REPLACE");
+        if let Some(etag) = if_match {
+            builder = builder.header("x-amz-copy-source-if-match", etag);
+        }
+        for (name, value) in headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        let mut request: HttpRequest = builder
+            .body(bytes::Bytes::new().into())
+            .map_err(|e| e.to_string())?;
+        let credential = self
+            .credentials
+            .get_credential()
+            .await
+            .map_err(|e| e.to_string())?;
+        AwsAuthorizer::new(&credential, "s3", &self.region)
+            .with_sign_payload(false)
+            .try_authorize(&mut request, None)
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .client
+            .execute(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .bytes()
+            .await
+            .map_err(|e| e.to_string())?;
+        let body = String::from_utf8_lossy(&body);
+        match status {
+            // A copy can fail after its 200 has been sent: the error is then in the body.
+            200 if !body.contains("<Error>") => Ok(Replaced::Done(xml_element(&body, "ETag"))),
+            404 | 412 => Ok(Replaced::Changed),
+            status => Err(format!(
+                "PUT {url} (copy replacing metadata): status {status}: {}",
+                xml_element(&body, "Code").unwrap_or_default()
+            )),
+        }
+    }
+}
+
+/// The text of the first `<name>` element of `xml`, entities `&quot;` and `&amp;` decoded.
+fn xml_element(xml: &str, name: &str) -> Option<String> {
+    let start = xml.find(&format!("<{name}>"))? + name.len() + 2;
+    let end = start + xml[start..].find(&format!("</{name}>"))?;
+    Some(
+        xml[start..end]
+            .replace("&quot;", "\"")
+            .replace("&amp;", "&"),
+    )
 }
 
 /// RFC 3986 encoding of an object key for a URL path, `/` kept (what S3 signs and expects).

@@ -337,6 +337,86 @@ impl Storage {
         self.put_bytes(&clean, data, options, false).await.map(Some)
     }
 
+    /// Gives the object at `path` new metadata, content type and tags (`options`) without moving its bytes, where
+    /// the provider can (S3 and S3-compatible stores: a copy onto itself; objects up to 5 GiB), and only while it
+    /// is the version `expected` describes, on the route's primary. `Ok(None)`: not done (another provider, another
+    /// version, or a provider that cannot), and the caller writes the object again the ordinary way, which is
+    /// always correct. Under the path's write lock, as [`Storage::upload_if_unchanged`].
+    pub async fn replace_attributes(
+        &self,
+        path: &str,
+        options: UploadOptions,
+        expected: &FileInfo,
+    ) -> Result<Option<FileInfo>> {
+        let (clean, resolved, primary) = self.resolve(path)?;
+        let Some(direct) = primary.s3_direct.as_ref() else {
+            return Ok(None);
+        };
+        if expected.provider != primary.name
+            || expected.size > crate::providers::COPY_MAX
+            || resolved.route.write == crate::config::WritePolicy::Failover
+        {
+            return Ok(None);
+        }
+        let (attributes, tags) = self.upload_attributes(&clean, &options)?;
+        Self::check_tags_supported(primary, &clean, &options)?;
+        let mut headers = Vec::new();
+        for (attribute, value) in attributes.iter() {
+            let name = match attribute {
+                Attribute::ContentType => "content-type".to_string(),
+                Attribute::Metadata(key) => format!("x-amz-meta-{key}"),
+                _ => continue, // zmount sets no others
+            };
+            headers.push((name, value.to_string()));
+        }
+        let tagging = tags.encoded();
+        if !tagging.is_empty() {
+            headers.push(("x-amz-tagging".to_string(), tagging.to_string()));
+        }
+        let lock = self.heals.lock_of(&clean);
+        let _held = lock.lock().await;
+        let key = primary.key_for(&clean);
+        let replaced = direct
+            .replace_attributes(key.as_ref(), expected.etag.as_deref(), &headers)
+            .await;
+        match replaced {
+            Ok(crate::providers::Replaced::Done(answered)) => {
+                tracing::debug!(
+                    "{clean}: attributes replaced on `{}` (no data moved)",
+                    primary.name
+                );
+                // The version's ETag as reads see it: servers differ in what a copy's answer says (quoting, or
+                // another value than GET and HEAD give), and reads are pinned to it (If-Match).
+                let etag = match primary.store.head(&key).await {
+                    Ok(meta) => meta.e_tag,
+                    Err(_) => answered,
+                };
+                Ok(Some(self.uploaded_info(
+                    primary,
+                    clean,
+                    expected.size,
+                    etag,
+                    options,
+                )))
+            }
+            Ok(crate::providers::Replaced::Changed) => {
+                tracing::debug!(
+                    "{clean}: not replaced in place: `{}` no longer holds version {:?}",
+                    primary.name,
+                    expected.etag
+                );
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::debug!(
+                    "{clean}: attributes not replaced in place ({}); written again",
+                    primary.redactor.redact(&e)
+                );
+                Ok(None)
+            }
+        }
+    }
+
     /// `exclusive`: take the path's write lock (false when the caller holds it).
     async fn put_bytes(
         &self,

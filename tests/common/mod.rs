@@ -261,6 +261,16 @@ pub async fn metrics(addr: &str) -> String {
         .unwrap()
 }
 
+/// A per-provider counter from the mount's metrics endpoint, summed over its other labels.
+pub async fn metric(addr: &str, name: &str, provider: &str) -> f64 {
+    let text = metrics(addr).await;
+    let wanted = format!("{name}{{provider=\"{provider}\"");
+    text.lines()
+        .filter(|l| l.starts_with(&wanted))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Deterministic bytes that differ at every offset, so a misplaced range shows.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
