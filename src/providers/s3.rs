@@ -6,7 +6,9 @@
 use super::{BuiltStore, ClientTuning};
 use crate::config::{Redactor, S3Config};
 use object_store::aws::{AmazonS3Builder, AwsAuthorizer, AwsCredentialProvider, S3CopyIfNotExists};
-use object_store::client::{HttpClient, HttpConnector, HttpRequest, ReqwestConnector};
+use object_store::client::{
+    HttpClient, HttpConnector, HttpRequest, HttpResponse, ReqwestConnector,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -127,12 +129,9 @@ impl S3Direct {
         })
     }
 
-    /// The user metadata (lowercase keys, without `x-amz-meta-`) of the object `key/`, or None when there is none.
-    pub async fn metadata(&self, key: &str) -> Result<Option<BTreeMap<String, String>>, String> {
-        let url = format!("{}/{}/", self.base, encode_key(key));
-        let mut request: HttpRequest = http::Request::builder()
-            .method(http::Method::HEAD)
-            .uri(&url)
+    /// Sends `request` (no body), signed with the provider's credentials.
+    async fn send(&self, request: http::request::Builder) -> Result<HttpResponse, String> {
+        let mut request: HttpRequest = request
             .body(bytes::Bytes::new().into())
             .map_err(|e| e.to_string())?;
         let credential = self
@@ -149,6 +148,16 @@ impl S3Direct {
             .execute(request)
             .await
             .map_err(|e| e.to_string())?;
+        Ok(response)
+    }
+
+    /// The user metadata (lowercase keys, without `x-amz-meta-`) of the object `key/`, or None when there is none.
+    pub async fn metadata(&self, key: &str) -> Result<Option<BTreeMap<String, String>>, String> {
+        let url = format!("{}/{}/", self.base, encode_key(key));
+        let request = http::Request::builder()
+            .method(http::Method::HEAD)
+            .uri(&url);
+        let response = self.send(request).await?;
         match response.status().as_u16() {
             200 => Ok(Some(
                 response
@@ -192,23 +201,7 @@ impl S3Direct {
         for (name, value) in headers {
             builder = builder.header(name.as_str(), value.as_str());
         }
-        let mut request: HttpRequest = builder
-            .body(bytes::Bytes::new().into())
-            .map_err(|e| e.to_string())?;
-        let credential = self
-            .credentials
-            .get_credential()
-            .await
-            .map_err(|e| e.to_string())?;
-        AwsAuthorizer::new(&credential, "s3", &self.region)
-            .with_sign_payload(false)
-            .try_authorize(&mut request, None)
-            .map_err(|e| e.to_string())?;
-        let response = self
-            .client
-            .execute(request)
-            .await
-            .map_err(|e| e.to_string())?;
+        let response = self.send(builder).await?;
         let status = response.status().as_u16();
         let body = response
             .into_body()
