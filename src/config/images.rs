@@ -115,7 +115,7 @@ impl<'de> Deserialize<'de> for Transform {
         struct TransformVisitor;
         impl<'de> Visitor<'de> for TransformVisitor {
             type Value = Transform;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a size like \"150x150\" or a table { resize, fit, format, quality }")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Transform, E> {

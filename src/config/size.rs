@@ -71,7 +71,7 @@ impl<'de> Deserialize<'de> for ByteSize {
         struct SizeVisitor;
         impl Visitor<'_> for SizeVisitor {
             type Value = ByteSize;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a number of bytes or a string like \"512 MiB\"")
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {

@@ -511,7 +511,11 @@ impl Filesystem {
         }
         let (_, _, provider) = self.storage.resolve(path).ok()?;
         let dirs = provider.s3_direct.as_ref()?;
-        match dirs.metadata(provider.key_for(path).as_ref()).await {
+        let started = std::time::Instant::now();
+        let answer = dirs.metadata(provider.key_for(path).as_ref()).await;
+        let head = crate::providers::guard::Op::Head;
+        provider.health.counters.record(head, started.elapsed());
+        match answer {
             Ok(metadata) => posix::Posix::from_metadata(&metadata?),
             Err(e) => {
                 tracing::debug!("{path}: s3fs directory object not read: {e}");

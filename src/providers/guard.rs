@@ -221,7 +221,8 @@ pub struct Counters {
 }
 
 impl Counters {
-    fn record(&self, op: Op, took: Duration) {
+    /// One request of `op` that took `took` (requests made beside the wrapped store count here too).
+    pub(crate) fn record(&self, op: Op, took: Duration) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.by_op[op as usize].fetch_add(1, Ordering::Relaxed);
         let secs = took.as_secs_f64();

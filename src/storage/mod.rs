@@ -376,9 +376,12 @@ impl Storage {
         let lock = self.heals.lock_of(&clean);
         let _held = lock.lock().await;
         let key = primary.key_for(&clean);
+        let started = std::time::Instant::now();
         let replaced = direct
             .replace_attributes(key.as_ref(), expected.etag.as_deref(), &headers)
             .await;
+        let copy = crate::providers::guard::Op::Copy;
+        primary.health.counters.record(copy, started.elapsed());
         match replaced {
             Ok(crate::providers::Replaced::Done(answered)) => {
                 tracing::debug!(
