@@ -565,6 +565,69 @@ async fn a_listing_older_than_an_upload_does_not_bring_the_old_version_back() {
     eprintln!("LOG {}", mount.log());
 }
 
+/// `rsync -a` into a write-back route: each file is written under a temporary name, closed, given its times and
+/// mode, and renamed into place, within milliseconds. Those changes join the journaled version while its upload
+/// waits (`write_back_delay`), so each file is uploaded once, under its final name: the provider receives exactly
+/// the tree's bytes (before, the version closed under the temporary name went up too: about twice the tree).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsync_into_a_write_back_route_uploads_each_file_once() {
+    let dir = scratch();
+    let addr = common::free_local_addr();
+    let (_proxy, mount, direct) = behind_proxy(
+        dir.path(),
+        "rsync-once",
+        "[settings.mount]\nwrite_back_delay = 5\n",
+        "write_back = true\n",
+        &["--metrics-addr", &addr],
+    );
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    let mut total = 0;
+    for i in 0..12 {
+        let data = pattern(1000 + i * 7919, i as u8);
+        total += data.len();
+        let name = if i % 2 == 0 {
+            format!("f{i}.txt")
+        } else {
+            format!("sub/g{i}.bin")
+        };
+        std::fs::write(tree.join(&name), data).unwrap();
+    }
+    run("chmod", &["0600", p(&tree.join("f0.txt"))]);
+    let before = common::metric(&addr, "zmount_provider_written_bytes_total", "s3").await;
+    run(
+        "rsync",
+        &["-a", &format!("{}/", p(&tree)), p(&mount.path("t"))],
+    );
+    uploads_idle(&addr).await;
+    for i in 0..12 {
+        let name = if i % 2 == 0 {
+            format!("t/f{i}.txt")
+        } else {
+            format!("t/sub/g{i}.bin")
+        };
+        let stored = common::read_direct(&direct, &name).await;
+        assert_eq!(
+            stored.as_deref(),
+            Some(&pattern(1000 + i * 7919, i as u8)[..]),
+            "{name}"
+        );
+    }
+    let written = common::metric(&addr, "zmount_provider_written_bytes_total", "s3").await - before;
+    assert_eq!(
+        written as usize, total,
+        "bytes uploaded for a {total}-byte tree"
+    );
+    run(
+        "rsync",
+        &["-ac", &format!("{}/", p(&tree)), p(&mount.path("t"))],
+    );
+    let again = common::metric(&addr, "zmount_provider_written_bytes_total", "s3").await - before;
+    assert_eq!(again, written, "a second rsync -ac finds nothing to do");
+    let stat = std::fs::metadata(mount.path("t/f0.txt")).unwrap();
+    assert_eq!(stat.mode() & 0o777, 0o600);
+}
+
 /// Waits until the provider holds `want` at `path` and the mount (metrics at `addr`) has no upload running or
 /// pending: the version is published.
 async fn uploaded(provider: &Provider, addr: &str, path: &str, want: &str) {
@@ -574,6 +637,11 @@ async fn uploaded(provider: &Provider, addr: &str, path: &str, want: &str) {
         Some(want),
         "{path} on the provider"
     );
+    uploads_idle(addr).await;
+}
+
+/// Waits until the mount (metrics at `addr`) has no upload running or pending.
+async fn uploads_idle(addr: &str) {
     let started = Instant::now();
     loop {
         let text = common::metrics(addr).await;

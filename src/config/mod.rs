@@ -284,6 +284,9 @@ pub struct MountSettings {
     pub memory_cache_size: ByteSize,
     /// Largest read-ahead window of one sequential reader.
     pub read_ahead: ByteSize,
+    /// Seconds a write-back route waits after a file's `close` before uploading it, so that what programs do
+    /// right after writing (set times and mode, rename into place) joins that one upload.
+    pub write_back_delay: f64,
 }
 
 impl Default for MountSettings {
@@ -301,6 +304,8 @@ impl Default for MountSettings {
             memory_cache_size: ByteSize::mib(32),
             // 32 MiB: enough requests in flight to fill a fast link; the memory cache must hold several of these.
             read_ahead: ByteSize::mib(32),
+            // 1 s: rsync, cp -p and tar set a file's times and mode and rename it within milliseconds of its close.
+            write_back_delay: 1.0,
         }
     }
 }
@@ -653,6 +658,13 @@ impl Config {
                 0.0,
                 true,
                 DAY,
+            ),
+            (
+                "settings.mount.write_back_delay",
+                m.write_back_delay,
+                0.0,
+                true,
+                3_600.0,
             ),
         ];
         for (key, value, min, min_ok, max) in seconds {

@@ -108,11 +108,14 @@ impl Filesystem {
             let cache = cache.clone();
             Arc::new(move |bytes| cache.evict_disk(bytes))
         };
-        let uploads = Arc::new(crate::write::Uploads::new(
-            storage.clone(),
-            &config.settings.cache_dir.join("staging"),
-            Some(space),
-        ));
+        let uploads = Arc::new(
+            crate::write::Uploads::new(
+                storage.clone(),
+                &config.settings.cache_dir.join("staging"),
+                Some(space),
+            )
+            .settle_for(Duration::from_secs_f64(settings.write_back_delay)),
+        );
         let negative = moka::sync::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(Duration::from_secs_f64(settings.negative_ttl.max(0.0)))

@@ -40,6 +40,9 @@ pub struct Uploads {
     in_flight: crate::tasks::InFlight,
     on_published: OnceLock<OnPublished>,
     space: Option<Space>,
+    /// How long a write-back version waits after its `close` before its upload starts (see
+    /// [`Uploads::settle_for`]).
+    settle: std::time::Duration,
 }
 
 /// Outcome of a retry pass.
@@ -63,7 +66,16 @@ impl Uploads {
             in_flight: Default::default(),
             on_published: OnceLock::new(),
             space,
+            settle: std::time::Duration::ZERO,
         }
+    }
+
+    /// Write-back uploads start `delay` after the `close` that queued them: the burst of changes programs make
+    /// right after writing a file (`rsync`, `cp -p`, `tar x`: set times, mode, then rename into place) joins the
+    /// journaled version, which is then uploaded once, under its final name. `fsync` uploads at once.
+    pub fn settle_for(mut self, delay: std::time::Duration) -> Self {
+        self.settle = delay;
+        self
     }
 
     /// Where the tree hears of published versions (set once, before serving).
@@ -281,6 +293,7 @@ impl Uploads {
         let running = self.in_flight.start();
         let this = self.clone();
         tokio::spawn(async move {
+            tokio::time::sleep(this.settle).await;
             let _permit = this.permits.clone().acquire_owned().await;
             match this.publish_pending(&staged).await {
                 Ok(_) => this.forget_if_done(&staged).await,
