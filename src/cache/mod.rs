@@ -11,9 +11,8 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Block size: 1 MiB. Large enough that a sequential read is a few hundred requests per GiB, small enough that a
-/// random 4 KiB read does not drag in much more than it needs.
-pub const BLOCK_SIZE: u64 = 1024 * 1024;
+/// Block size (defined with the settings it bounds, [`crate::config::BLOCK_SIZE`]).
+pub const BLOCK_SIZE: u64 = crate::config::BLOCK_SIZE;
 
 /// Makes `cache_dir` and everything under it private to the user running zmount: folders 0700, files 0600 (what
 /// an older version or a wide umask left readable). Links are not followed. Returns how many entries were tightened.

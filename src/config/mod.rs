@@ -13,6 +13,11 @@ mod secret;
 mod size;
 
 pub use error::ConfigError;
+
+/// The block cache's block size: 1 MiB. Large enough that a sequential read is a few hundred requests per GiB,
+/// small enough that a random 4 KiB read does not drag in much more than it needs. Cache sizes are checked against
+/// it here.
+pub const BLOCK_SIZE: u64 = 1024 * 1024;
 pub use images::{Fit, ImageSettings, OutputFormat, RouteImages, Transform};
 use secret::expand_env_if_set;
 pub use secret::{expand_env, Redactor, Secret};
@@ -702,7 +707,7 @@ impl Config {
                 ));
             }
         }
-        let block = crate::cache::BLOCK_SIZE;
+        let block = BLOCK_SIZE;
         let sizes = [
             // The disk cache holds blocks of the files being read: a few blocks at least.
             ("settings.cache_size", s.cache_size.0, 4 * block, 1 << 50),
@@ -852,13 +857,13 @@ impl Config {
 
     /// A route's default `metadata` and `tags` must be what every upload accepts, so new files never fail late.
     fn check_route_attributes(&self, key: &str, route: &RouteConfig) -> Result<(), ConfigError> {
-        use crate::storage::{
+        use crate::meta::{
             check_metadata_value, check_tag, normalize_metadata_key, TAGS_MIRROR_KEY,
         };
         for (k, v) in &route.metadata {
             let checked = normalize_metadata_key(k).and_then(|lower| {
-                let reserved = crate::fs::posix::KEYS.contains(&lower.as_str())
-                    || crate::images::MARKER_KEYS.contains(&lower.as_str())
+                let reserved = crate::meta::posix::KEYS.contains(&lower.as_str())
+                    || crate::meta::MARKER_KEYS.contains(&lower.as_str())
                     || lower == TAGS_MIRROR_KEY;
                 match reserved {
                     true => Err(format!("`{lower}` is kept by zmount itself")),

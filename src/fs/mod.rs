@@ -10,7 +10,7 @@
 
 pub mod error;
 pub mod inode;
-pub mod posix;
+pub use crate::meta::posix;
 mod write_ops;
 pub mod xattr;
 

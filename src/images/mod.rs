@@ -23,13 +23,7 @@ use crate::storage::{normalize_metadata_key, FileInfo, Storage, UploadOptions};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 
-/// Metadata a variant carries: which variant it is (`thumbnail`) and the path of its original.
-pub const VARIANT_KEY: &str = "variant";
-pub const VARIANT_OF_KEY: &str = "variant_of";
-/// Metadata of a transformed stored file: SHA-256 (hex) of the bytes the transform wrote.
-pub const TRANSFORMED_KEY: &str = "zmount_transformed";
-/// The metadata keys image work writes: not settable by users, dropped when a file's bytes are replaced.
-pub const MARKER_KEYS: [&str; 3] = [VARIANT_KEY, VARIANT_OF_KEY, TRANSFORMED_KEY];
+pub use crate::meta::{MARKER_KEYS, TRANSFORMED_KEY, VARIANT_KEY, VARIANT_OF_KEY};
 
 /// What one job did.
 #[derive(Debug, Default, PartialEq, Eq)]

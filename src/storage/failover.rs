@@ -140,7 +140,7 @@ impl Heals {
             file: file.clone(),
         };
         std::fs::create_dir_all(&self.dir)?;
-        crate::write::write_durably(&file, &serde_json::to_vec(&record)?)?;
+        crate::meta::write_durably(&file, &serde_json::to_vec(&record)?)?;
         let old = self
             .pending
             .lock()

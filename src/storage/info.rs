@@ -33,10 +33,7 @@ pub struct UploadOptions {
     pub tags: BTreeMap<String, String>,
 }
 
-/// Metadata entry that mirrors an object's tags: object_store writes provider tags but cannot read them back, so
-/// zmount reads the mirror. Hidden from [`FileInfo::metadata`]; tags set by other tools directly on the provider
-/// are not seen.
-pub const TAGS_MIRROR_KEY: &str = "zmount_tags";
+pub use crate::meta::{check_metadata_value, check_tag, normalize_metadata_key, TAGS_MIRROR_KEY};
 
 /// Tags as one metadata value (`k=v&k2=v2`, form-encoded).
 pub fn encode_tags(tags: &BTreeMap<String, String>) -> String {
@@ -49,47 +46,6 @@ pub fn decode_tags(value: &str) -> BTreeMap<String, String> {
     url::form_urlencoded::parse(value.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
-}
-
-/// Tag keys: like metadata keys, but case is kept (providers keep it) and `-`, `.`, `:` are allowed.
-pub fn check_tag(key: &str, value: &str) -> Result<(), String> {
-    let allowed = |c: char| c.is_ascii_alphanumeric() || "_-.:/ +=@".contains(c);
-    if key.is_empty() || key.len() > 128 || !key.chars().all(allowed) {
-        return Err(format!(
-            "tag key {key:?}: use 1-128 ASCII letters, digits and _-.:/+=@ or space"
-        ));
-    }
-    if value.len() > 256 || !value.chars().all(allowed) {
-        return Err(format!(
-            "tag value {value:?}: use up to 256 ASCII letters, digits and _-.:/+=@ or space"
-        ));
-    }
-    Ok(())
-}
-
-/// Metadata keys come back lowercase from every server, so zmount lowercases them on the way in: what you read is
-/// what you wrote. Keys must also be portable to every provider: Azure only accepts identifier-like names, so a
-/// key is ASCII letters, digits and `_`, starting with a letter or `_`. Values must be printable ASCII (HTTP
-/// headers carry them).
-pub fn normalize_metadata_key(key: &str) -> Result<String, String> {
-    let ok_start = key
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-    if !ok_start || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(format!(
-            "metadata key {key:?} is not portable across providers: use ASCII letters, digits and `_`, starting with a letter"
-        ));
-    }
-    Ok(key.to_ascii_lowercase())
-}
-
-pub fn check_metadata_value(key: &str, value: &str) -> Result<(), String> {
-    if value.chars().all(|c| c == ' ' || c.is_ascii_graphic()) {
-        Ok(())
-    } else {
-        Err(format!("metadata value of {key:?} must be printable ASCII"))
-    }
 }
 
 /// Whether two content types name the same type: parameters (`; charset=utf-8`, which some servers add) and case

@@ -57,7 +57,7 @@ impl OpenUploads {
         };
         self.live.lock().unwrap().insert(file.clone());
         let written =
-            crate::write::write_durably(&file, &serde_json::to_vec(&record).expect("serializes"));
+            crate::meta::write_durably(&file, &serde_json::to_vec(&record).expect("serializes"));
         if written.is_err() {
             self.live.lock().unwrap().remove(&file);
         }

@@ -8,8 +8,8 @@
 //! process left (bytes never acknowledged) are removed. One [`Journal`] per mount, owned by the upload queue.
 
 use super::FileAttrs;
+pub use crate::meta::write_durably;
 use crate::storage::UploadOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -181,20 +181,6 @@ impl Journal {
 /// The journal record beside a data file.
 fn record_of(local: &Path) -> PathBuf {
     local.with_extension("json")
-}
-
-/// Writes `body` to `file` so that after a crash the file is either absent or complete: a `.tmp` sibling is
-/// written and fsynced, renamed over `file`, and the folder is fsynced so the rename itself survives.
-pub fn write_durably(file: &Path, body: &[u8]) -> std::io::Result<()> {
-    let tmp = file.with_extension("json.tmp");
-    let out = std::fs::File::create(&tmp)?;
-    (&out).write_all(body)?;
-    out.sync_all()?;
-    std::fs::rename(&tmp, file)?;
-    if let Some(dir) = file.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

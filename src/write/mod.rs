@@ -30,7 +30,7 @@ pub use queue::{Published, Replay, Uploads};
 pub use staged::{Space, Staged};
 
 use crate::fs::error::FsResult;
-use crate::fs::posix::Posix;
+use crate::meta::posix::Posix;
 use crate::storage::{FileInfo, Storage, UploadOptions};
 use bytes::Bytes;
 use std::os::unix::fs::FileExt;
@@ -75,7 +75,7 @@ impl FileAttrs {
         let path = &info.path;
         let mut metadata = std::collections::BTreeMap::new();
         for (key, value) in info.metadata {
-            if crate::fs::posix::KEYS.contains(&key.as_str()) {
+            if crate::meta::posix::KEYS.contains(&key.as_str()) {
                 continue;
             }
             let portable = crate::storage::normalize_metadata_key(&key)
@@ -114,7 +114,7 @@ impl FileAttrs {
         let mut attributes = object_store::Attributes::new();
         let mut metadata = std::collections::BTreeMap::new();
         for (key, value) in options.metadata {
-            if crate::fs::posix::KEYS.contains(&key.as_str()) {
+            if crate::meta::posix::KEYS.contains(&key.as_str()) {
                 attributes.insert(
                     object_store::Attribute::Metadata(key.into()),
                     object_store::AttributeValue::from(value),

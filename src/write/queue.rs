@@ -15,7 +15,7 @@ use super::journal::Journal;
 use super::staged::{Space, Staged, State};
 use super::FileAttrs;
 use crate::fs::error::{FsError, FsResult};
-use crate::fs::posix::Posix;
+use crate::meta::posix::Posix;
 use crate::routing::is_within;
 use crate::storage::{FileInfo, Storage};
 use std::collections::HashMap;

@@ -15,7 +15,7 @@ use super::journal::Journal;
 use super::stream::SequentialUpload;
 use super::FileAttrs;
 use crate::fs::error::{FsError, FsResult};
-use crate::fs::posix::Posix;
+use crate::meta::posix::Posix;
 use crate::storage::{FileInfo, Storage};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -260,7 +260,7 @@ impl Staged {
         let mut attrs = self.attrs.lock().unwrap();
         attrs
             .metadata
-            .retain(|key, _| !crate::images::MARKER_KEYS.contains(&key.as_str()));
+            .retain(|key, _| !crate::meta::MARKER_KEYS.contains(&key.as_str()));
     }
 
     /// Whether bytes were written since the last acknowledged version (a program is mid-write).
