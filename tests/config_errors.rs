@@ -321,3 +321,16 @@ fn a_mount_needs_a_route_or_a_default() {
     let config = Config::parse(&routed, Path::new("/etc/zmount/mount.toml")).unwrap();
     assert!(config.check_mountable().is_ok());
 }
+
+/// A path no rule matches, in a config without `[default]`: the error names the config file given, whatever its name.
+#[test]
+fn an_unrouted_path_names_the_config_file() {
+    let text = format!("{GOOD_PROVIDERS}\n[[routes]]\nprefix = \"docs\"\nprovider = \"s3\"\n");
+    let config = Config::parse(&text, Path::new("/srv/zmount/office.toml")).unwrap();
+    let storage = Storage::new(&config).unwrap();
+    let err = storage.resolve("photos/cat.jpg").unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "photos/cat.jpg: no route matches this path and /srv/zmount/office.toml has no [default] route"
+    );
+}

@@ -48,8 +48,12 @@ pub enum StorageError {
     #[error("{path}: {size} bytes exceeds the limit of {limit} bytes for this route")]
     TooLarge { path: String, size: u64, limit: u64 },
 
-    #[error("{path}: no route matches this path and mount.toml has no [default] route")]
-    NoRoute { path: String },
+    #[error("{path}: no route matches this path and {config} has no [default] route")]
+    NoRoute {
+        path: String,
+        /// The config file that lacks the route.
+        config: String,
+    },
 
     #[error("{path}: invalid {what}: {reason}")]
     Invalid {

@@ -289,5 +289,6 @@ where
     }
     Err(missing.or(down).unwrap_or_else(|| StorageError::NoRoute {
         path: path.to_string(),
+        config: "the config".to_string(), // no provider to ask: resolve refuses such paths first
     }))
 }

@@ -52,6 +52,8 @@ pub struct Storage {
     heals: Heals,
     keep_fallback_copy: bool,
     open_uploads: Arc<uploads::OpenUploads>,
+    /// The config file, as errors name it.
+    config_file: String,
 }
 
 impl std::fmt::Debug for Storage {
@@ -94,6 +96,7 @@ impl Storage {
             heals: Heals::open(&config.settings.cache_dir.join("heal")),
             keep_fallback_copy: config.settings.failover.keep_fallback_copy,
             open_uploads,
+            config_file: config.file.display().to_string(),
         })
     }
 
@@ -273,6 +276,7 @@ impl Storage {
             .resolve(&clean)
             .ok_or_else(|| StorageError::NoRoute {
                 path: clean.clone(),
+                config: self.config_file.clone(),
             })?;
         let provider = &self.providers[&resolved.route.provider];
         Ok((clean, resolved, provider))
