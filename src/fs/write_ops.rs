@@ -272,6 +272,18 @@ impl Filesystem {
         posix: Posix,
         change: impl Fn(&mut FileAttrs) + Send + Sync + Clone + 'static,
     ) -> FsResult<()> {
+        self.change_file_with(path, posix, change, true).await
+    }
+
+    /// [`Filesystem::change_file`]; without `rewrite`, a stored file whose provider cannot change it in place is
+    /// left as it is (ENOTSUP), rather than sent again.
+    async fn change_file_with(
+        &self,
+        path: &str,
+        posix: Posix,
+        change: impl Fn(&mut FileAttrs) + Send + Sync + Clone + 'static,
+        rewrite: bool,
+    ) -> FsResult<()> {
         self.check_writable(path)?;
         // Every change of what a file carries moves its ctime.
         let now = SystemTime::now();
@@ -296,6 +308,11 @@ impl Filesystem {
                 };
                 if staged.is_none() && self.change_in_place(path, posix, &change).await? {
                     return Ok(());
+                }
+                if staged.is_none() && !rewrite {
+                    return Err(FsError::NotSupported(format!(
+                        "{path}: its provider did not change it in place, and it is not sent again"
+                    )));
                 }
                 self.change_by_path(path, posix, false, |staged| async move {
                     staged.change_attrs(change).await
@@ -618,10 +635,10 @@ impl Filesystem {
             .find(to)
             .and_then(|(_, entry, _)| entry.posix)
             .unwrap_or_default();
+        // Past RETYPE_MAX, only in place: a refused copy must not turn a rename into a transfer of gigabytes.
+        let retype = move |attrs: &mut FileAttrs| attrs.content_type = Some(new.clone());
         let retyped = self
-            .change_file(to, posix, move |attrs| {
-                attrs.content_type = Some(new.clone())
-            })
+            .change_file_with(to, posix, retype, info.size <= RETYPE_MAX)
             .await;
         match retyped {
             Ok(()) => self.changed(to),
