@@ -105,6 +105,12 @@ struct Table {
     prune_at: usize,
 }
 
+/// A provider's answer offered to the table: recorded (inode and entry as shown), or handed back as stale.
+pub enum Answer {
+    Recorded(Ino, Entry),
+    Stale(Entry),
+}
+
 /// The clock read before a provider was asked (see [`Inodes::clock`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Asked(u64);
@@ -237,12 +243,19 @@ impl Inodes {
     /// Records a provider's answer about `path`, asked at `asked`, and returns the inode and entry as shown; None
     /// when a change made here since makes the answer stale (nothing is recorded then).
     pub fn observed(&self, path: &str, entry: Entry, asked: Asked) -> Option<(Ino, Entry)> {
+        match self.put_unless_stale(path, entry, asked) {
+            Answer::Recorded(ino, shown) => Some((ino, shown)),
+            Answer::Stale(_) => None,
+        }
+    }
+
+    fn put_unless_stale(&self, path: &str, entry: Entry, asked: Asked) -> Answer {
         let mut t = self.inner.lock().unwrap();
         if t.changed_since(path, asked) {
-            return None;
+            return Answer::Stale(entry);
         }
         let ino = Self::put(&mut t, path, entry);
-        Some((ino, t.by_ino[&ino].shown()))
+        Answer::Recorded(ino, t.by_ino[&ino].shown())
     }
 
     /// Records what a change made here makes `path` now; returns its (stable) inode number.
@@ -290,13 +303,9 @@ impl Inodes {
     }
 
     /// Records an entry seen in a listing asked at `asked` (see [`Inodes::observed`]): listings carry no
-    /// metadata, so POSIX attributes already known for the same object version are kept.
-    pub fn record_listed(
-        &self,
-        path: &str,
-        mut entry: Entry,
-        asked: Asked,
-    ) -> Option<(Ino, Entry)> {
+    /// metadata, so POSIX attributes already known for the same object version are kept. A stale entry is not
+    /// recorded and comes back.
+    pub fn record_listed(&self, path: &str, mut entry: Entry, asked: Asked) -> Answer {
         if let Some((_, known, _)) = self.find(path) {
             if entry.posix.is_none() && known.etag.is_some() && known.etag == entry.etag {
                 entry.posix = known.posix;
@@ -308,7 +317,7 @@ impl Inodes {
                 entry.mtime = known.mtime;
             }
         }
-        self.observed(path, entry, asked)
+        self.put_unless_stale(path, entry, asked)
     }
 
     /// Path, entry, and how long ago it was refreshed.
@@ -464,7 +473,10 @@ mod tests {
         let asked = inodes.clock();
         inodes.record("d/f", file(2, "new")); // published while the provider was being asked
         assert!(inodes.observed("d/f", file(1, "old"), asked).is_none());
-        assert!(inodes.record_listed("d/f", file(1, "old"), asked).is_none());
+        assert!(matches!(
+            inodes.record_listed("d/f", file(1, "old"), asked),
+            Answer::Stale(_)
+        ));
         assert!(!inodes.observed_gone("d/f", asked, || panic!("filled")));
         assert!(!inodes.if_unchanged("d", asked, || panic!("filled"))); // the parent's listing changed too
         assert_eq!(inodes.find("d/f").unwrap().1.etag.as_deref(), Some("new"));

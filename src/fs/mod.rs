@@ -910,15 +910,12 @@ impl Filesystem {
                     // Listed before a change made here (an upload finishing, a rename, an unlink): the tree's own
                     // entry is newer than the listing's (none: the name is gone). A name the tree does not know
                     // (a change of many names, a directory rename, made the answer suspect) is taken as listed.
-                    match self.inodes.record_listed(&child, entry.clone(), asked) {
-                        Some(recorded) => recorded,
-                        None if self.negative.contains_key(&child) => return None,
-                        None => match self.inodes.find(&child) {
-                            Some((ino, known, _)) => (ino, known),
-                            None => {
-                                self.inodes
-                                    .record_listed(&child, entry, self.inodes.clock())?
-                            }
+                    match self.inodes.record_listed(&child, entry, asked) {
+                        inode::Answer::Recorded(ino, shown) => (ino, shown),
+                        inode::Answer::Stale(listed) => match self.current(&child) {
+                            Some(known) => known,
+                            None if self.negative.contains_key(&child) => return None,
+                            None => self.inodes.observed(&child, listed, self.inodes.clock())?,
                         },
                     }
                 };
