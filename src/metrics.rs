@@ -294,6 +294,13 @@ fn cache(out: &mut String, fs: &Filesystem) {
     let _ = writeln!(out, "zmount_cache_misses_total {}", load(&s.misses));
     family(
         out,
+        "zmount_cache_fills_total",
+        "counter",
+        "Objects read at random that were fetched whole into the disk cache.",
+    );
+    let _ = writeln!(out, "zmount_cache_fills_total {}", load(&s.fills));
+    family(
+        out,
         "zmount_cache_evictions_total",
         "counter",
         "Blocks dropped to make room, by tier.",

@@ -325,7 +325,7 @@ async fn a_tree_copied_through_a_flaky_provider_arrives_intact() {
     }
     std::fs::write(src.join("large.bin"), pattern(20 << 20, 9)).unwrap();
     expected.push("large.bin".into());
-    proxy.set(Fault::Fail503Every(10));
+    proxy.set(Fault::Fail503Every(5));
 
     run(
         "cp",
@@ -354,7 +354,7 @@ async fn a_tree_copied_through_a_flaky_provider_arrives_intact() {
     let injected = proxy.injected.load(std::sync::atomic::Ordering::SeqCst);
     let requests = proxy.requests.load(std::sync::atomic::Ordering::SeqCst);
     assert!(
-        injected >= requests / 10 - 1 && injected > 20,
+        injected >= requests / 5 - 1 && injected > 20,
         "{injected} 503s in {requests} requests"
     );
 }
@@ -585,15 +585,23 @@ async fn a_stalled_primary_is_answered_by_the_fallback_after_the_hedge_delay() {
     println!("healthy primary: stat, ls, first byte, 64 MiB read: {took:?}");
     let requests = common::metric(&addr, "zmount_provider_requests_total", "primary").await;
     let hedges = common::metric(&addr, "zmount_hedged_requests_total", "primary").await;
-    println!("healthy primary: {requests} requests, {hedges} hedged");
-    assert!(requests > 60.0, "the reads went to the primary: {requests}");
+    let read = common::metric(&addr, "zmount_provider_read_bytes_total", "primary").await;
+    println!("healthy primary: {requests} requests, {hedges} hedged, {read} bytes read");
+    assert!(
+        read >= big.len() as f64,
+        "the read went to the primary: {read} bytes"
+    );
     assert!(
         hedges * 10.0 <= requests,
         "a healthy primary is seldom hedged: {hedges} of {requests}"
     );
 
     proxy.set(Fault::Stall);
-    let failures = common::metric(&addr, "zmount_provider_failures_total", "primary").await;
+    let waited = || async {
+        let errors = common::metric(&addr, "zmount_provider_errors_total", "primary").await;
+        errors + common::metric(&addr, "zmount_provider_retries_total", "primary").await
+    };
+    let failures = waited().await;
     let took = stat_list_read(&mnt, "stalled", &big);
     println!("stalled primary: stat, ls, first byte, 64 MiB read: {took:?}");
     let won = common::metric(&addr, "zmount_hedge_wins_total", "primary").await;
@@ -603,9 +611,9 @@ async fn a_stalled_primary_is_answered_by_the_fallback_after_the_hedge_delay() {
         "stat, ls and the read went to the fallback: {won}"
     );
     assert_eq!(
-        common::metric(&addr, "zmount_provider_failures_total", "primary").await,
+        waited().await,
         failures,
-        "no request waited out a timeout on the stalled primary"
+        "no request waited out a timeout on the stalled primary (errors and retries)"
     );
     proxy.set(Fault::None);
 }

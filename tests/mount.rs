@@ -16,6 +16,9 @@ for_each_provider!(
     changes_behind_the_mount_appear_after_the_ttl,
     writes_are_refused_read_only,
     one_gib_object_reads_back_intact,
+    a_second_program_reads_from_the_kernel_cache_until_the_file_changes,
+    a_file_read_at_random_is_fetched_whole_in_the_background;
+    writes: a_run_of_lookups_in_a_directory_costs_one_listing,
 );
 
 async fn programs_read_the_tree(case: Case) {
@@ -118,21 +121,174 @@ fn read_fully(file: &mut std::fs::File, buf: &mut [u8]) -> usize {
     n
 }
 
+/// A sequential reader's read-ahead asks for large ranges, each one GET cut into cache blocks as it streams in:
+/// far fewer GETs than 1 MiB blocks, every byte in place.
 async fn sequential_read_of_a_large_object_is_intact(case: Case) {
-    let (ctx, mount) = mount_for(case, "sequential", "");
+    let addr = common::free_local_addr();
+    let (ctx, mount) = mount_for_with(case, "sequential", "", &["--metrics-addr", &addr]);
     let data = pattern(48 << 20, 5);
     ctx.seed("video.mp4", &data).await;
     let original = ctx.dir.path().join("original.mp4");
     std::fs::write(&original, &data).unwrap();
+    let gets = format!(
+        "zmount_provider_requests_total{{provider=\"{}\",op=\"get\"",
+        ctx.provider.name
+    );
+    let before = common::metric_sum(&addr, &gets).await;
     assert_eq!(
         sha256(&mount.path("video.mp4")),
         sha256(&original),
         "cold read"
     );
+    let sent = common::metric_sum(&addr, &gets).await - before;
+    assert!(
+        sent <= 24.0,
+        "{sent} GETs for a sequential read of 48 MiB (48 would be one per block)"
+    );
     assert_eq!(
         sha256(&mount.path("video.mp4")),
         sha256(&original),
         "warm read from the cache"
+    );
+}
+
+/// Requests that reached the mount's block cache (hits of either tier and misses).
+async fn cache_lookups(addr: &str) -> f64 {
+    common::metric_sum(addr, "zmount_cache_hits_total").await
+        + common::metric_sum(addr, "zmount_cache_misses_total").await
+}
+
+/// The next program to read a file gets it from the kernel's page cache (FOPEN_KEEP_CACHE: no read reaches the
+/// mount), as long as the object is the version those pages came from: a new version on the provider, or a write
+/// through the mount, is read afresh.
+async fn a_second_program_reads_from_the_kernel_cache_until_the_file_changes(case: Case) {
+    let addr = common::free_local_addr();
+    let (ctx, mount) = mount_for_with(
+        case,
+        "keep-cache",
+        "[settings.mount]\nattr_ttl = 0\n",
+        &["--metrics-addr", &addr],
+    );
+    let first = pattern(3 << 20, 11);
+    ctx.seed("page.bin", &first).await;
+    let path = mount.path("page.bin");
+    assert!(std::fs::read(&path).unwrap() == first, "first read");
+    let after_first = cache_lookups(&addr).await;
+    assert!(after_first > 0.0, "the first read went through the mount");
+    assert!(std::fs::read(&path).unwrap() == first, "second read");
+    assert_eq!(
+        cache_lookups(&addr).await,
+        after_first,
+        "the second read came from the kernel's page cache"
+    );
+    let second = pattern(3 << 20, 12); // same size, new content: only the ETag tells
+    ctx.seed("page.bin", &second).await;
+    assert!(
+        std::fs::read(&path).unwrap() == second,
+        "a new version on the provider is read, not the cached pages"
+    );
+    if case != Case::Gcs {
+        let third = pattern(3 << 20, 13);
+        std::fs::write(&path, &third).unwrap();
+        assert!(std::fs::read(&path).unwrap() == third, "read after a write");
+        assert!(std::fs::read(&path).unwrap() == third, "read again");
+    }
+}
+
+/// A file read at random is fetched whole into the disk cache in the background (with the handle open), after
+/// which every block of it reads without asking the provider; it is fetched about once.
+async fn a_file_read_at_random_is_fetched_whole_in_the_background(case: Case) {
+    use std::os::unix::fs::FileExt;
+    let addr = common::free_local_addr();
+    let (ctx, mount) = mount_for_with(case, "fill", "", &["--metrics-addr", &addr]);
+    let data = pattern(24 << 20, 21);
+    ctx.seed("random.db", &data).await;
+    let name = &ctx.provider.name;
+    let requests = format!("zmount_provider_requests_total{{provider=\"{name}\"");
+    let bytes = format!("zmount_provider_read_bytes_total{{provider=\"{name}\"");
+    let file = std::fs::File::open(mount.path("random.db")).unwrap();
+    for block in [17u64, 3, 11] {
+        let offset = (block << 20) + 4096 * block;
+        let mut page = vec![0u8; 4096];
+        file.read_exact_at(&mut page, offset).unwrap();
+        assert!(page == data[offset as usize..][..4096], "page at {offset}");
+    }
+    let started = Instant::now();
+    while common::metric_sum(&addr, "zmount_cache_fills_total").await < 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the file was not fetched whole: {} bytes on disk",
+            common::metric_sum(&addr, "zmount_cache_disk_bytes").await
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let asked = common::metric_sum(&addr, &requests).await;
+    let mut all = vec![0u8; data.len()];
+    for (i, chunk) in all.chunks_mut(1 << 20).enumerate() {
+        file.read_exact_at(chunk, (i as u64) << 20).unwrap();
+    }
+    assert!(all == data, "the whole file reads back intact");
+    assert_eq!(
+        common::metric_sum(&addr, &requests).await,
+        asked,
+        "no request once the file is cached"
+    );
+    let read = common::metric_sum(&addr, &bytes).await;
+    assert!(
+        read <= (data.len() + (4 << 20)) as f64,
+        "{read} bytes fetched for a {} byte file",
+        data.len()
+    );
+}
+
+/// `stat` of every file of a directory on a fresh mount: the second lookup lists the directory once and asks each
+/// file for its attributes, instead of a HEAD and a LIST per name; stored modes show. Names the listing lacks are
+/// still asked for, so an object another client adds after the listing is found at once.
+async fn a_run_of_lookups_in_a_directory_costs_one_listing(case: Case) {
+    use std::os::unix::fs::PermissionsExt;
+    let (ctx, writer) = mount_for(case, "lookups", "");
+    for i in 0..40u8 {
+        ctx.seed(&format!("d/f{i:02}"), &pattern(5000, i)).await;
+    }
+    let script = writer.path("d/run.sh");
+    std::fs::write(&script, b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (config, dir) = (writer.config.clone(), writer.dir.clone());
+    drop(writer);
+    let addr = common::free_local_addr();
+    let mount = Mount::start_at(&config, &dir, &["--metrics-addr", &addr]);
+    let requests = format!(
+        "zmount_provider_requests_total{{provider=\"{}\"",
+        ctx.provider.name
+    );
+    let before = common::metric_sum(&addr, &requests).await;
+    for i in 0..40 {
+        let meta = std::fs::metadata(mount.path(&format!("d/f{i:02}"))).unwrap();
+        assert_eq!(meta.len(), 5000, "f{i:02}");
+    }
+    let mode = std::fs::metadata(mount.path("d/run.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o7777,
+        0o755,
+        "the stored mode of a file first seen through the listing"
+    );
+    let sent = common::metric_sum(&addr, &requests).await - before;
+    // The directory itself, two lookups asked name by name, one LIST and a HEAD per file: about 50. Asked name by
+    // name, the 41 lookups would take two requests each.
+    assert!(
+        sent <= 60.0,
+        "{sent} requests for 41 lookups in one directory"
+    );
+    let err = std::fs::metadata(mount.path("d/late")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    ctx.seed("d/later", b"added elsewhere").await;
+    assert_eq!(
+        std::fs::read(mount.path("d/later")).unwrap(),
+        b"added elsewhere",
+        "a name the listing lacked is asked for"
     );
 }
 

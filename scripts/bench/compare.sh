@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark (not a test): zmount vs rclone mount (--vfs-cache-mode off and full) vs s3fs-fuse, with a
-# native directory and direct object_store calls as the ceilings, all against the same local SeaweedFS bucket in one
-# run. Installs rclone, s3fs and fio (apt) if missing. Prints a markdown table (medians of RUNS runs) and writes it,
-# with the machine and the exact flags, to BENCHMARKS.md.
+# Side-by-side benchmark (not a test): zmount vs rclone mount (--vfs-cache-mode off and full) vs s3fs-fuse vs
+# mountpoint-s3, with a native directory and direct object_store calls as the ceilings, all against the same local
+# SeaweedFS bucket in one run. Installs rclone, s3fs and fio (apt) if missing. mountpoint-s3 has no package: its
+# front end is taken from $MOUNT_S3 (default /tmp/mount-s3-target/release/mount-s3), built from $MOUNT_S3_SRC
+# (default ../shared/tools/mount-s3, a Cargo project mounting a bucket with the mountpoint-s3-fs library) when
+# missing; without either, mountpoint-s3 is left out and the table says so. Prints a markdown table (medians of RUNS
+# runs) and writes it, with the machine and the exact flags, to BENCHMARKS.md.
 # usage: scripts/bench/compare.sh [RUNS (default 3)] [SIZE_MIB (default 1024)] [SMALL (default 1000)] [MANY (default 10000)]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -11,7 +14,16 @@ SIZE_MIB="${2:-1024}"
 SMALL="${3:-1000}"
 MANY="${4:-10000}"
 FIO_SECONDS=5
-TOOLS_UNDER_TEST="${BENCH_TOOLS:-native zmount rclone-off rclone-full s3fs}" # a subset, for quick looks
+MOUNT_S3="${MOUNT_S3:-/tmp/mount-s3-target/release/mount-s3}"
+MOUNT_S3_SRC="${MOUNT_S3_SRC:-../shared/tools/mount-s3}"
+if [ ! -x "$MOUNT_S3" ] && [ -f "$MOUNT_S3_SRC/Cargo.toml" ]; then
+  echo "building mountpoint-s3's front end from $MOUNT_S3_SRC (minutes; needs cmake, clang, libfuse3-dev)" >&2
+  CARGO_TARGET_DIR="$(dirname "$(dirname "$MOUNT_S3")")" cargo build --release --quiet --manifest-path "$MOUNT_S3_SRC/Cargo.toml" ||
+    echo "mountpoint-s3 could not be built: left out" >&2
+fi
+ALL_TOOLS="native zmount rclone-off rclone-full s3fs"
+[ -x "$MOUNT_S3" ] && ALL_TOOLS="$ALL_TOOLS mountpoint-s3"
+TOOLS_UNDER_TEST="${BENCH_TOOLS:-$ALL_TOOLS}" # a subset, for quick looks
 
 missing=()
 for pair in rclone:rclone s3fs:s3fs fio:fio; do
@@ -52,6 +64,7 @@ export RCLONE_CONFIG_SW_TYPE=s3 RCLONE_CONFIG_SW_PROVIDER=Other RCLONE_CONFIG_SW
   RCLONE_CONFIG_SW_ACCESS_KEY_ID="$ZMOUNT_TEST_S3_ACCESS_KEY" RCLONE_CONFIG_SW_SECRET_ACCESS_KEY="$ZMOUNT_TEST_S3_SECRET_KEY"
 RCLONE_FLAGS="--daemon --cache-dir $WORK/rclone-cache"
 S3FS_FLAGS="-o url=$ZMOUNT_TEST_S3_ENDPOINT -o use_path_request_style -o passwd_file=$WORK/s3fs.passwd"
+MOUNT_S3_FLAGS="--endpoint-url $ZMOUNT_TEST_S3_ENDPOINT --force-path-style --foreground"
 
 ROOT="" # where the tool's tree is (the mountpoint, or the native folder)
 start_tool() {
@@ -67,6 +80,11 @@ start_tool() {
     s3fs)
       s3fs "$ZMOUNT_TEST_S3_BUCKET:/$PREFIX" "$MNT" $S3FS_FLAGS
       PID=$(pgrep -nf "^s3fs $ZMOUNT_TEST_S3_BUCKET"); ROOT="$MNT" ;;
+    mountpoint-s3)
+      # No prefix option: the whole bucket is mounted and the tree is the prefix's folder.
+      AWS_ACCESS_KEY_ID="$ZMOUNT_TEST_S3_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$ZMOUNT_TEST_S3_SECRET_KEY" \
+        "$MOUNT_S3" "$ZMOUNT_TEST_S3_BUCKET" "$MNT" $MOUNT_S3_FLAGS >"$WORK/mount-s3.log" 2>&1 &
+      PID=$!; ROOT="$MNT/$PREFIX" ;;
   esac
   if [ "$1" != native ]; then
     for _ in $(seq 200); do mountpoint -q "$MNT" && break; sleep 0.05; done
@@ -79,6 +97,13 @@ stop_tool() {
   record "$1" rss "$rss"
   fusermount3 -u "$MNT"
   while kill -0 "$PID" 2>/dev/null; do sleep 0.05; done
+}
+
+# IOPS of fio's random 4 KiB reads of the big fixture with JOBS jobs.
+random_reads() {
+  fio --name=rand --filename="$ROOT/fixtures/big.bin" --readonly --rw=randread --bs=4k --ioengine=psync \
+    --numjobs="$1" --runtime=$FIO_SECONDS --time_based --group_reporting --output-format=json 2>/dev/null |
+    python3 -c 'import json, sys; print(round(json.load(sys.stdin)["jobs"][0]["read"]["iops"]))'
 }
 
 # Workloads; each records its figure. Keys in the bucket are unique per tool and run.
@@ -101,13 +126,14 @@ run_tool() {
   record "$tool" read-cold "$(rate "$SIZE_MIB" "$s" "$e")"
   s=$(now); dd if="$ROOT/fixtures/big.bin" of=/dev/null bs=1M status=none; e=$(now)
   record "$tool" read-warm "$(rate "$SIZE_MIB" "$s" "$e")"
-  for jobs in 1 4; do
-    iops=$(fio --name=rand --filename="$ROOT/fixtures/big.bin" --readonly --rw=randread --bs=4k --ioengine=psync \
-      --numjobs=$jobs --runtime=$FIO_SECONDS --time_based --group_reporting --output-format=json 2>/dev/null |
-      python3 -c 'import json, sys; print(round(json.load(sys.stdin)["jobs"][0]["read"]["iops"]))')
-    record "$tool" "rand$jobs" "$iops"
-  done
+  for jobs in 1 4; do record "$tool" "rand$jobs" "$(random_reads "$jobs")"; done
   stop_tool "$tool"
+
+  for jobs in 1 4; do # truly cold: a fresh daemon, empty caches, the file never read before on this mount
+    start_tool "$tool"
+    record "$tool" "rand$jobs-cold" "$(random_reads "$jobs")"
+    stop_tool "$tool"
+  done
 
   start_tool "$tool"
   s=$(now); ls -l "$ROOT/fixtures/many" >/dev/null; e=$(now); record "$tool" ls-cold "$(secs "$s" "$e")"
@@ -151,8 +177,10 @@ rows = [  # workload, label, higher is better
     ("write", f"{size} MiB sequential write, until complete on the server (MiB/s)", True),
     ("read-cold", f"{size} MiB sequential read, cold (MiB/s)", True),
     ("read-warm", f"{size} MiB sequential read, warm (MiB/s)", True),
-    ("rand1", "random 4 KiB reads, 1 job (IOPS)", True),
-    ("rand4", "random 4 KiB reads, 4 jobs (IOPS)", True),
+    ("rand1-cold", "random 4 KiB reads, cold file, 1 job (IOPS)", True),
+    ("rand4-cold", "random 4 KiB reads, cold file, 4 jobs (IOPS)", True),
+    ("rand1", "random 4 KiB reads after the sequential reads, 1 job (IOPS)", True),
+    ("rand4", "random 4 KiB reads after the sequential reads, 4 jobs (IOPS)", True),
     ("small", f"create {small} x 4 KiB files, until listed on the server (files/s)", True),
     ("small-read", f"read {small} x 4 KiB files back, cold (files/s)", True),
     ("ls-cold", f"`ls -l` of {many} objects, cold (s)", False),
@@ -160,7 +188,8 @@ rows = [  # workload, label, higher is better
     ("stat", f"`stat` of {small} files, cold (s)", False),
     ("rss", "daemon peak RSS (MiB)", False),
 ]
-cols = ["native", "direct", "zmount", "rclone-off", "rclone-full", "s3fs"]
+cols = ["native", "direct", "zmount", "rclone-off", "rclone-full", "s3fs", "mountpoint-s3"]
+peers = ["rclone-off", "rclone-full", "s3fs", "mountpoint-s3"]
 def fmt(v):
     if v is None:
         return "–"
@@ -169,13 +198,17 @@ def ratio(z, other, higher):
     if z is None or other in (None, 0) or z == 0:
         return "–"
     return f"{(z / other) if higher else (other / z):.2f}"
-head = cols + ["÷ rclone off", "÷ rclone full", "÷ s3fs", "÷ direct"]
+head = cols + ["÷ rclone off", "÷ rclone full", "÷ s3fs", "÷ mountpoint-s3", "÷ best peer", "÷ direct"]
+def best(work, higher):
+    found = [v for v in (med(c, work) for c in peers) if v]
+    return (max(found) if higher else min(found)) if found else None
 print("| workload | " + " | ".join(head) + " |")
 print("|---" * (len(head) + 1) + "|")
 for work, label, higher in rows:
     z = med("zmount", work)
     cells = [fmt(med(c, work)) for c in cols]
-    cells += [ratio(z, med(c, work), higher) for c in ["rclone-off", "rclone-full", "s3fs", "direct"]]
+    cells += [ratio(z, med(c, work), higher) for c in peers]
+    cells += [ratio(z, best(work, higher), higher), ratio(z, med("direct", work), higher)]
     print(f"| {label} | " + " | ".join(cells) + " |")
 PY
 )
@@ -195,15 +228,21 @@ echo "$TABLE"
   echo "- $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, $(uname -sr)"
   echo "- SeaweedFS $("$HOME/.cache/zmount-test-servers/venv/bin/weed" version 2>/dev/null | head -1 | awk '{ print $3 }') (\`weed mini\`, see scripts/test-servers.sh)"
   echo "- zmount $(git rev-parse --short HEAD), rclone $(rclone version | head -1 | awk '{ print $2 }'), s3fs $(s3fs --version 2>&1 | head -1 | grep -o 'V[0-9.]*'), fio $(fio --version)"
+  if [ -x "$MOUNT_S3" ]; then
+    echo "- mountpoint-s3: the mountpoint-s3-fs library $(grep -A1 'name = "mountpoint-s3-fs"' "$MOUNT_S3_SRC/Cargo.lock" 2>/dev/null | awk -F'"' '/version/ { print $2 }') behind a small front end with the upstream CLI's defaults"
+  else
+    echo "- mountpoint-s3: not in this run (no front end at \$MOUNT_S3 and none could be built)"
+  fi
   echo
   echo "## Flags"
   echo
   echo "- zmount: \`zmount mount.toml MNT --daemon\`, defaults (one S3 provider with a key prefix)"
   echo "- rclone: \`rclone mount sw:BUCKET/PREFIX MNT --vfs-cache-mode off|full --daemon --cache-dir DIR\` (remote: type s3, provider Other, endpoint $ZMOUNT_TEST_S3_ENDPOINT)"
   echo "- s3fs: \`s3fs BUCKET:/PREFIX MNT -o url=$ZMOUNT_TEST_S3_ENDPOINT -o use_path_request_style -o passwd_file=FILE\`"
+  echo "- mountpoint-s3: \`mount-s3 BUCKET MNT $MOUNT_S3_FLAGS\` (defaults otherwise: no data cache; it has no prefix option, so the tree is the prefix's folder in the mounted bucket)"
   echo "- native: a folder on the same disk (writes timed through \`sync\`)"
   echo "- direct: object_store from \`zmount-bench\` (multipart 8 MiB parts; 1,000 puts 32 in flight; one streamed GET; 2,000 sequential 4 KiB ranged GETs; one LIST)"
-  echo "- fio: \`--rw=randread --bs=4k --ioengine=psync --numjobs=1|4 --runtime=$FIO_SECONDS --time_based\` on the cold-read file"
+  echo "- fio: \`--rw=randread --bs=4k --ioengine=psync --numjobs=1|4 --runtime=$FIO_SECONDS --time_based\` on the 1 GiB fixture: \"cold file\" on a fresh daemon with empty caches, the file not read before; \"after the sequential reads\" on the mount that just read it twice"
   echo "- workloads: \`cp\` of a ${SIZE_MIB} MiB file (then HEAD polled until the object is complete), \`dd bs=1M\` reads, a \`cp\` loop of $SMALL files (then LIST polled until all are there), \`cat\` of them after a remount, \`ls -l\`, \`os.stat\` of each file after a remount; peak RSS is the daemon's VmHWM, largest over the run's mounts"
   [ -f BENCHMARKS.notes.md ] && { echo; cat BENCHMARKS.notes.md; }
 } >BENCHMARKS.md

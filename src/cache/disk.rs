@@ -96,7 +96,9 @@ impl DiskCache {
     /// must not cost a whole block read from disk.
     pub fn get_range(&self, key: &BlockKey, range: std::ops::Range<usize>) -> Option<Bytes> {
         let name = key.file_name();
-        self.state.lock().unwrap().lru.get(&name)?;
+        if !self.indexed(&name) {
+            return None;
+        }
         match read_block_range(&self.path_of(&name), key, range) {
             Some(data) => Some(data),
             None => {
@@ -108,7 +110,9 @@ impl DiskCache {
 
     pub fn get(&self, key: &BlockKey) -> Option<Bytes> {
         let name = key.file_name();
-        self.state.lock().unwrap().lru.get(&name)?;
+        if !self.indexed(&name) {
+            return None;
+        }
         match read_block(&self.path_of(&name), key) {
             Some(data) => Some(data),
             None => {
@@ -116,6 +120,23 @@ impl DiskCache {
                 None
             }
         }
+    }
+
+    /// Whether block `name` is cached and written (marked as used); a block still being written is not, and
+    /// reading it must not make it forgotten.
+    fn indexed(&self, name: &str) -> bool {
+        let mut state = self.state.lock().unwrap();
+        !state.writing.contains(name) && state.lru.get(name).is_some()
+    }
+
+    /// Whether block `key` is cached (or being written), without marking it as used.
+    pub fn contains(&self, key: &BlockKey) -> bool {
+        self.state.lock().unwrap().lru.contains(&key.file_name())
+    }
+
+    /// The most bytes this tier holds.
+    pub fn cap(&self) -> u64 {
+        self.cap
     }
 
     pub fn put(&self, key: &BlockKey, data: &[u8]) {

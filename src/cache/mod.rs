@@ -95,6 +95,8 @@ pub struct CacheStats {
     pub misses: AtomicU64,
     /// Blocks dropped from the memory tier to make room.
     pub memory_evictions: Arc<AtomicU64>,
+    /// Whole-object fills that completed (every block of the object in the disk tier).
+    pub fills: AtomicU64,
 }
 
 pub struct BlockCache {
@@ -198,6 +200,26 @@ impl BlockCache {
 
     pub fn contains(&self, key: &BlockKey) -> bool {
         self.memory.contains_key(key)
+    }
+
+    /// Whether block `key` is in either tier (or being written to disk).
+    pub fn holds(&self, key: &BlockKey) -> bool {
+        self.memory.contains_key(key) || self.disk.as_ref().is_some_and(|d| d.contains(key))
+    }
+
+    /// Bytes the disk tier holds at most (0 without one).
+    pub fn disk_capacity(&self) -> u64 {
+        self.disk.as_ref().map_or(0, |d| d.cap())
+    }
+
+    /// Puts a fetched block straight into the disk tier, waiting for the write: for a whole-object fill, whose
+    /// blocks must neither push the blocks readers use out of memory nor be skipped when the disk is behind.
+    pub async fn put_on_disk(&self, key: BlockKey, data: Bytes) {
+        let Some(disk) = self.disk.clone() else {
+            return;
+        };
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        let _ = tokio::task::spawn_blocking(move || disk.put(&key, &data)).await;
     }
 
     /// Frees at least `bytes` of the disk tier if it holds that much (see [`disk::DiskCache::evict`]).

@@ -31,6 +31,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+use write_ops::parent_of;
 
 /// Attributes of one entry as a program sees them.
 #[derive(Clone, Debug)]
@@ -85,10 +86,18 @@ pub struct Filesystem {
     negative: moka::sync::Cache<String, ()>,
     /// Directory listings, trusted for the attribute TTL (a second `ls` does not list the providers again).
     listings: moka::sync::Cache<String, Arc<Vec<DirEntry>>>,
+    /// Lookups of names not known yet, per directory, within the TTL (see [`Filesystem::lookup_listed`]).
+    lookup_misses: moka::sync::Cache<String, Arc<AtomicU64>>,
+    /// The names of a directory a run of lookups listed; None when the listing could not answer lookups
+    /// (incomplete, or too large). At most one listing per directory per TTL.
+    looked_up: moka::future::Cache<String, Option<Arc<HashSet<String>>>>,
     /// Symlink targets by path, with the object version they were read from.
     links: moka::sync::Cache<String, (Option<String>, String)>,
     /// Open handles and the inode each was opened on.
     handles: Mutex<HashMap<u64, (Ino, Arc<Handle>)>>,
+    /// The object version whose bytes the kernel's page cache holds for an inode, when only one version has been
+    /// read since the kernel last dropped its pages (see [`Filesystem::keep_pages`]).
+    page_versions: Mutex<HashMap<Ino, String>>,
     next_handle: AtomicU64,
     reader: Reader,
     mounted_at: SystemTime,
@@ -124,6 +133,15 @@ impl Filesystem {
             .max_capacity(1024)
             .time_to_live(Duration::from_secs_f64(settings.attr_ttl.max(0.0)))
             .build();
+        let lookup_ttl = settings.attr_ttl.min(settings.negative_ttl).max(0.0);
+        let lookup_misses = moka::sync::Cache::builder()
+            .max_capacity(4096)
+            .time_to_live(Duration::from_secs_f64(lookup_ttl))
+            .build();
+        let looked_up = moka::future::Cache::builder()
+            .max_capacity(1024)
+            .time_to_live(Duration::from_secs_f64(lookup_ttl))
+            .build();
         let mounted_at = SystemTime::now();
         let has_images = config
             .routes
@@ -148,8 +166,11 @@ impl Filesystem {
             inodes: Inodes::new(mounted_at),
             negative,
             listings,
+            lookup_misses,
+            looked_up,
             links: moka::sync::Cache::new(10_000),
             handles: Mutex::new(HashMap::new()),
+            page_versions: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             mounted_at,
             read_only,
@@ -343,7 +364,55 @@ impl Filesystem {
         if self.negative.contains_key(&path) {
             return Err(FsError::NotFound);
         }
+        if let Some(answer) = self.lookup_listed(&path, name).await {
+            return answer;
+        }
         self.refresh(&path).await
+    }
+
+    /// A lookup answered from a listing of its directory, taken on the second lookup of an unknown name there
+    /// within the TTL: a run of lookups (`stat` of every file, `git status`, `ls` of files one by one) then costs
+    /// one listing, which asks each file it shows for its attributes (at most [`LISTED_HEADS`]), instead of a HEAD
+    /// and a LIST per name. A name the listing lacks is still asked for (another client may have just made it:
+    /// such a name is found at once, as without the listing). None: ask the providers.
+    async fn lookup_listed(&self, path: &str, name: &str) -> Option<FsResult<Attr>> {
+        let dir = parent_of(path);
+        let misses = self
+            .lookup_misses
+            .get_with(dir.to_string(), Default::default)
+            .fetch_add(1, Ordering::Relaxed);
+        if misses == 0 && !self.looked_up.contains_key(dir) {
+            return None;
+        }
+        let names = self
+            .looked_up
+            .get_with(dir.to_string(), async {
+                let asked = self.inodes.clock();
+                match self.list_dir(dir, Heads::All).await {
+                    Ok((entries, None, unasked)) if entries.len() <= LISTED_MAX => {
+                        // Files whose attributes could not be asked are looked up by name.
+                        let names = entries
+                            .iter()
+                            .filter(|e| !unasked.contains(&child_of(dir, &e.name)))
+                            .map(|e| e.name.clone())
+                            .collect();
+                        let entries = Arc::new(entries);
+                        let listings = &self.listings;
+                        self.inodes.if_unchanged(dir, asked, || {
+                            listings.insert(dir.to_string(), entries.clone());
+                        });
+                        Some(Arc::new(names))
+                    }
+                    _ => None,
+                }
+            })
+            .await?;
+        if !names.contains(name) {
+            return None;
+        }
+        // Recorded by the listing (or newer, when changed here since); a name unlinked since is asked for.
+        let (ino, entry, _) = self.inodes.find(path)?;
+        Some(Ok(self.attr(ino, &entry)))
     }
 
     /// Asks the providers what is at `path` and records the answer. An answer older than a change made here
@@ -383,11 +452,7 @@ impl Filesystem {
         if name.contains('/') || name == "." || name == ".." || name.is_empty() {
             return Err(FsError::Invalid(format!("name {name:?}")));
         }
-        let path = if dir.is_empty() {
-            name.to_string()
-        } else {
-            format!("{dir}/{name}")
-        };
+        let path = child_of(&dir, name);
         self.check_name_length(&path, name)?;
         Ok(path)
     }
@@ -515,7 +580,19 @@ impl Filesystem {
         let (_, _, provider) = self.storage.resolve(path).ok()?;
         let dirs = provider.s3_direct.as_ref()?;
         let started = std::time::Instant::now();
-        let answer = dirs.metadata(provider.key_for(path).as_ref()).await;
+        let key = provider.key_for(path);
+        let ask = dirs.metadata(key.as_ref());
+        // Best effort: where fallbacks stand in for this provider, it gets its hedge delay, not its timeouts.
+        let answer = match self.read_fallback(path, provider) {
+            Fallback::None => ask.await,
+            _ => match tokio::time::timeout(provider.health.pace.delay(), ask).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    crate::providers::hedge::given_up(&provider.health);
+                    return None;
+                }
+            },
+        };
         let head = crate::providers::guard::Op::Head;
         provider.health.counters.record(head, started.elapsed());
         match answer {
@@ -698,7 +775,7 @@ impl Filesystem {
             Some(entries) => entries,
             None => {
                 let asked = self.inodes.clock();
-                let (entries, partial) = self.list_dir(&path).await?;
+                let (entries, partial, _) = self.list_dir(&path, Heads::Small).await?;
                 let entries = Arc::new(entries);
                 if partial.is_none() {
                     let listings = &self.listings;
@@ -771,7 +848,11 @@ impl Filesystem {
     /// The merged listing of directory `path`, each name once; records every entry's attributes. Also returns
     /// the outage of a provider that did not answer while a fallback stood in for it: such a listing may lack
     /// files only that provider has, so it is not cached (and `rmdir` does not trust it).
-    async fn list_dir(&self, path: &str) -> FsResult<(Vec<DirEntry>, Option<StorageError>)> {
+    async fn list_dir(
+        &self,
+        path: &str,
+        heads: Heads,
+    ) -> FsResult<(Vec<DirEntry>, Option<StorageError>, HashSet<String>)> {
         let asked = self.inodes.clock();
         let providers = self.providers_under(path);
         let list = |provider: &Arc<Provider>| {
@@ -850,16 +931,18 @@ impl Filesystem {
         // metadata says (a listing carries none, and the kernel takes a listing's file type as the truth): asked
         // once each, up to SMALL_HEADS per listing; in a larger listing of small objects they show as files until
         // looked up by name.
-        let mut small: Vec<String> = files
-            .iter()
-            .filter(|(child, (_, entry))| {
-                entry.size < SMALL_OBJECT
-                    && self.inodes.find(child).is_none_or(|(_, known, _)| {
-                        known.etag.is_none() || known.etag != entry.etag
-                    })
+        // A listing taken for lookups asks every file it has not seen (up to LISTED_HEADS), as a lookup by name
+        // would have.
+        let unseen = |child: &String| {
+            self.inodes.find(child).is_none_or(|(_, known, _)| {
+                known.etag.is_none() || known.etag.as_ref() != files[child].1.etag.as_ref()
             })
-            .map(|(child, _)| child.clone())
-            .collect();
+        };
+        let mut unasked: HashSet<String> = files.keys().filter(|c| unseen(c)).cloned().collect();
+        let mut small: Vec<String> = unasked.iter().cloned().collect();
+        if heads == Heads::Small || small.len() > LISTED_HEADS {
+            small.retain(|child| files[child].1.size < SMALL_OBJECT);
+        }
         if small.len() > SMALL_HEADS {
             tracing::debug!(
                 "{path:?}: {} small objects not asked for their type (more than {SMALL_HEADS})",
@@ -875,6 +958,7 @@ impl Filesystem {
         for (child, entry) in headed {
             if let (Some(entry), Some((_, listed))) = (entry, files.get_mut(&child)) {
                 *listed = entry;
+                unasked.remove(&child);
             }
         }
         for (child, (_, entry)) in files {
@@ -926,7 +1010,7 @@ impl Filesystem {
                 })
             })
             .collect();
-        Ok((entries, partial))
+        Ok((entries, partial, unasked))
     }
 
     /// What the tree knows of `path` now, unless it is known to be gone.
@@ -1041,6 +1125,36 @@ impl Filesystem {
         fh
     }
 
+    /// Whether the kernel may keep the pages it cached of the file `fh` was just opened on (FOPEN_KEEP_CACHE), so
+    /// a second read of a file, by the next program, comes from memory: only when the handle reads an object
+    /// version, and the pages were filled from that same version alone. Any other open of the inode (another
+    /// version, a file being written, a staged copy) makes the next open drop them. Called once per open.
+    pub fn keep_pages(&self, fh: u64) -> bool {
+        let handles = self.handles.lock().unwrap();
+        let Some((ino, handle)) = handles.get(&fh) else {
+            return false;
+        };
+        let version_of = |handle: &Handle| match handle {
+            Handle::File { object, .. } => {
+                let copy = object.current();
+                Some(format!("{}\n{}", copy.provider.name, copy.version_tag))
+            }
+            _ => None,
+        };
+        let version = version_of(handle);
+        let alone = handles
+            .iter()
+            .filter(|(other, (i, _))| **other != fh && i == ino)
+            .all(|(_, (_, h))| version.is_some() && version_of(h) == version);
+        let mut pages = self.page_versions.lock().unwrap();
+        let keep = version.is_some() && pages.get(ino) == version.as_ref();
+        match version {
+            Some(version) if alone => pages.insert(*ino, version),
+            _ => pages.remove(ino),
+        };
+        keep
+    }
+
     /// A handle still open on `ino` (a file whose name is gone is reached through its handles only); one on the
     /// file written here when there is one, as that is the truth.
     fn open_on(&self, ino: Ino) -> Option<Arc<Handle>> {
@@ -1080,6 +1194,27 @@ where
 const SMALL_OBJECT: u64 = 4096;
 /// Small objects a listing asks for their type at most (16 at a time).
 const SMALL_HEADS: usize = 1000;
+
+/// The path of `name` in directory `dir` (the root is "").
+fn child_of(dir: &str, name: &str) -> String {
+    match dir {
+        "" => name.to_string(),
+        dir => format!("{dir}/{name}"),
+    }
+}
+
+/// Files a listing taken for lookups asks for their attributes at most (16 at a time).
+const LISTED_HEADS: usize = 1000;
+/// Entries a listing may have and still answer lookups (a larger directory is asked name by name).
+const LISTED_MAX: usize = 5000;
+
+/// Which files a listing asks for their attributes: small ones (which may be symlinks or special files), or every
+/// one it has not seen (a listing taken to answer lookups).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Heads {
+    Small,
+    All,
+}
 
 /// The marker object of directory `path` (the root's is routed like a file `.zmount-dir` at the top).
 pub(crate) fn marker_of(path: &str) -> String {

@@ -25,7 +25,7 @@ const RETYPE_MAX: u64 = 16 << 20;
 
 pub use crate::storage::DIR_MARKER;
 
-fn parent_of(path: &str) -> &str {
+pub(super) fn parent_of(path: &str) -> &str {
     path.rsplit_once('/').map_or("", |(p, _)| p)
 }
 
@@ -573,7 +573,7 @@ impl Filesystem {
     /// Whether directory `path` holds nothing. Subdirectories are checked for content, because some servers
     /// (SeaweedFS) keep listing a folder after its last object is gone.
     async fn is_empty_dir(&self, path: &str) -> FsResult<bool> {
-        let (entries, partial) = self.list_dir(path).await?;
+        let (entries, partial, _) = self.list_dir(path, super::Heads::Small).await?;
         if let Some(outage) = partial {
             return Err(outage.into()); // a provider that did not answer may hold files here
         }

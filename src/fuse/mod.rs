@@ -255,7 +255,13 @@ impl fuser::Filesystem for FuseAdapter {
         let opener = if write { process_of(req.pid()) } else { 0 };
         self.spawn(move |fs| async move {
             match fs.open(ino.0, write, truncate, opener).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Ok(fh) => {
+                    let flags = match fs.keep_pages(fh) {
+                        true => FopenFlags::FOPEN_KEEP_CACHE,
+                        false => FopenFlags::empty(),
+                    };
+                    reply.opened(FileHandle(fh), flags)
+                }
                 Err(e) => reply.error(errno("open", &e)),
             }
         });

@@ -27,6 +27,9 @@ use tokio::sync::Semaphore;
 /// kernel's largest FUSE read (128 KiB to 1 MiB), so its concurrent read-ahead requests do not look random.
 const SEQUENTIAL_SLACK: u64 = 4 * 1024 * 1024;
 
+/// Blocks read-ahead asks for with one GET at most: 8 MiB, cut into blocks as it arrives.
+const RUN_BLOCKS: u64 = 8;
+
 /// The object an open file reads: which copy (provider + ETag) it reads now, and where to go if that fails.
 #[derive(Clone, Debug)]
 pub struct ObjectVersion {
@@ -138,13 +141,26 @@ pub struct ReadState {
     window: u64,
     /// Blocks below this index were already requested by read-ahead.
     requested_until: u64,
+    /// Random reads of this handle that found their block in neither cache tier.
+    random_misses: u32,
+    /// Held while a whole-object fill started by this handle may go on: the fill stops once the handle is gone.
+    fill: Option<Arc<()>>,
 }
 
 pub struct Reader {
     cache: Arc<BlockCache>,
     max_window: u64,
     read_ahead_permits: Arc<Semaphore>,
+    /// GETs of whole-object fills in flight, over all files.
+    fill_permits: Arc<Semaphore>,
+    /// Object versions being filled (provider, key, version), so two handles do not fill one twice.
+    filling: Arc<Mutex<std::collections::HashSet<(String, String, String)>>>,
 }
+
+/// Random reads of one handle that miss both cache tiers before the whole object is fetched in the background.
+const FILL_AFTER: u32 = 3;
+/// Run GETs in flight for whole-object fills (each holds up to [`RUN_BLOCKS`] blocks in memory).
+const FILL_RUNS: usize = 4;
 
 impl Reader {
     pub fn new(cache: Arc<BlockCache>, read_ahead_bytes: u64) -> Self {
@@ -155,6 +171,8 @@ impl Reader {
             cache,
             max_window,
             read_ahead_permits: Arc::new(Semaphore::new(permits)),
+            fill_permits: Arc::new(Semaphore::new(FILL_RUNS)),
+            filling: Default::default(),
         }
     }
 
@@ -177,9 +195,7 @@ impl Reader {
         let first = offset / BLOCK_SIZE;
         let last = (end - 1) / BLOCK_SIZE;
         let ahead = self.plan_read_ahead(state, offset, end, last, object.size);
-        for index in ahead {
-            self.spawn_read_ahead(object, index);
-        }
+        self.spawn_read_ahead(object, ahead);
         if first == last {
             let from = (offset - first * BLOCK_SIZE) as usize;
             let to = (end - first * BLOCK_SIZE) as usize;
@@ -187,6 +203,7 @@ impl Reader {
             // 1 MiB one). Sequential readers take the whole block into memory, as they will read all of it.
             if state.lock().unwrap().window == 0 {
                 let key = block_key(&object.current(), first);
+                self.note_random_read(object, state, &key);
                 if !self.cache.contains(&key) {
                     if let Some(bytes) = self.cache.disk_range(&key, from..to).await {
                         if bytes.len() == to - from {
@@ -212,6 +229,48 @@ impl Reader {
             }
         }
         Ok(out.freeze())
+    }
+
+    /// A random read of block `key`: after [`FILL_AFTER`] of them missed the cache, the whole object is fetched
+    /// into the disk tier in the background (large GETs, several in flight), as s3fs does, so a file read at random
+    /// soon reads at cache speed instead of paying a round trip per block. Only objects that take at most a
+    /// quarter of the disk tier; the fill ends when the handle that started it is closed.
+    fn note_random_read(&self, object: &ObjectVersion, state: &Mutex<ReadState>, key: &BlockKey) {
+        if self.cache.holds(key) {
+            return;
+        }
+        let token = {
+            let mut st = state.lock().unwrap();
+            st.random_misses += 1;
+            if st.random_misses != FILL_AFTER
+                || object.size <= 2 * BLOCK_SIZE
+                || object.size > self.cache.disk_capacity() / 4
+            {
+                return;
+            }
+            let token = Arc::new(());
+            st.fill = Some(token.clone());
+            Arc::downgrade(&token)
+        };
+        let copy = object.current();
+        let id = (
+            copy.provider.name.clone(),
+            copy.key.to_string(),
+            copy.version_tag.clone(),
+        );
+        if !self.filling.lock().unwrap().insert(id.clone()) {
+            return;
+        }
+        let (cache, object, permits) = (
+            self.cache.clone(),
+            object.clone(),
+            self.fill_permits.clone(),
+        );
+        let filling = self.filling.clone();
+        tokio::spawn(async move {
+            fill(&cache, &object, &copy, &permits, token).await;
+            filling.lock().unwrap().remove(&id);
+        });
     }
 
     /// Updates the window and returns the blocks read-ahead should request now.
@@ -243,18 +302,52 @@ impl Reader {
         from..to.max(from)
     }
 
-    fn spawn_read_ahead(&self, object: &ObjectVersion, index: u64) {
-        if self.cache.contains(&block_key(&object.current(), index)) {
-            return;
+    /// Fetches the blocks of `ahead` not yet cached in the background, consecutive ones together: one GET per
+    /// run of up to [`RUN_BLOCKS`] blocks, cut into blocks as it streams in (a 1 MiB ranged GET costs about as
+    /// much in round trips as it moves data). Each block takes a read-ahead permit until it is cached.
+    fn spawn_read_ahead(&self, object: &ObjectVersion, ahead: std::ops::Range<u64>) {
+        let copy = object.current();
+        let mut index = ahead.start;
+        while index < ahead.end {
+            let key = block_key(&copy, index);
+            if self.cache.contains(&key) {
+                index += 1;
+                continue;
+            }
+            // A block on disk is loaded on its own; a run gathers blocks neither tier holds.
+            let mut end = index + 1;
+            if !self.cache.holds(&key) {
+                while end < ahead.end
+                    && end - index < RUN_BLOCKS
+                    && !self.cache.holds(&block_key(&copy, end))
+                {
+                    end += 1;
+                }
+            }
+            // Read-ahead budget spent: the reader fetches blocks itself when it gets there.
+            let budget = (self.read_ahead_permits.available_permits() as u64).min(end - index);
+            if budget == 0 {
+                return;
+            }
+            let Ok(permits) = self
+                .read_ahead_permits
+                .clone()
+                .try_acquire_many_owned(budget as u32)
+            else {
+                return;
+            };
+            let run = index..index + budget;
+            index = run.end;
+            let (cache, object) = (self.cache.clone(), object.clone());
+            if run.end - run.start == 1 {
+                tokio::spawn(async move {
+                    let _ = block(&cache, &object, run.start).await;
+                    drop(permits);
+                });
+            } else {
+                tokio::spawn(fetch_run(cache, object, copy.clone(), run, permits));
+            }
         }
-        let Ok(permit) = self.read_ahead_permits.clone().try_acquire_owned() else {
-            return; // read-ahead budget spent: the reader fetches the block itself when it gets there
-        };
-        let (cache, object) = (self.cache.clone(), object.clone());
-        tokio::spawn(async move {
-            let _ = block(&cache, &object, index).await;
-            drop(permit);
-        });
     }
 
     async fn block(&self, object: &ObjectVersion, index: u64) -> FsResult<Bytes> {
@@ -327,6 +420,138 @@ fn block_key(copy: &Copy, index: u64) -> BlockKey {
         &copy.version_tag,
         index,
     )
+}
+
+/// Read-ahead of the blocks `run` (not yet cached) with one GET of their whole range, pinned to `copy`'s version.
+/// Each block is put in the cache as soon as its bytes have arrived, through the cache's shared fetch, so a reader
+/// asking for it meanwhile waits for this GET instead of sending its own. A block this GET cannot deliver (the
+/// stream broke, the object changed) is fetched on its own; a provider that fails is then the reader's to handle.
+async fn fetch_run(
+    cache: Arc<BlockCache>,
+    object: ObjectVersion,
+    copy: Copy,
+    run: std::ops::Range<u64>,
+    permits: tokio::sync::OwnedSemaphorePermit,
+) {
+    let mut senders = Vec::new();
+    let mut waiting = tokio::task::JoinSet::new();
+    for index in run.clone() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<Bytes>();
+        senders.push(tx);
+        let (cache, object, copy) = (cache.clone(), object.clone(), copy.clone());
+        waiting.spawn(async move {
+            let arrived = async {
+                match rx.await {
+                    Ok(bytes) => Ok(bytes),
+                    Err(_) => fetch_block(&object, &copy, index).await,
+                }
+            };
+            let _ = cache.get_or_fetch(block_key(&copy, index), arrived).await;
+        });
+    }
+    let mut senders = senders.into_iter();
+    stream_run(&object, &copy, run, |_, block| {
+        if let Some(tx) = senders.next() {
+            let _ = tx.send(block);
+        }
+    })
+    .await;
+    drop(senders);
+    while waiting.join_next().await.is_some() {}
+    drop(permits);
+}
+
+/// Fetches every block of `copy` not yet cached into the disk tier, [`RUN_BLOCKS`] per GET, [`FILL_RUNS`] GETs in
+/// flight over all fills; stops early when `alive` is gone (the handle closed) or a GET fails.
+async fn fill(
+    cache: &Arc<BlockCache>,
+    object: &ObjectVersion,
+    copy: &Copy,
+    permits: &Arc<Semaphore>,
+    alive: std::sync::Weak<()>,
+) {
+    use futures::StreamExt;
+    let blocks = object.size.div_ceil(BLOCK_SIZE);
+    let runs = (0..blocks).step_by(RUN_BLOCKS as usize).map(|start| {
+        let run = start..(start + RUN_BLOCKS).min(blocks);
+        let alive = alive.clone();
+        async move {
+            let _permit = permits.acquire().await.ok()?;
+            alive.upgrade()?;
+            let missing: Vec<u64> = run
+                .clone()
+                .filter(|i| !cache.holds(&block_key(copy, *i)))
+                .collect();
+            let (Some(first), Some(last)) = (missing.first(), missing.last()) else {
+                return Some(());
+            };
+            let run = *first..*last + 1;
+            let mut arrived = Vec::new();
+            let got = stream_run(object, copy, run.clone(), |i, block| {
+                arrived.push((i, block))
+            })
+            .await;
+            for (i, block) in arrived {
+                cache.put_on_disk(block_key(copy, i), block).await;
+            }
+            (got == run.end - run.start).then_some(())
+        }
+    });
+    let mut runs = futures::stream::iter(runs).buffered(FILL_RUNS);
+    while let Some(done) = runs.next().await {
+        if done.is_none() {
+            tracing::debug!(path = %object.path, "whole-object fill stopped");
+            return;
+        }
+    }
+    cache
+        .stats
+        .fills
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// One GET of the blocks `run` of `copy`, handing each complete block to `deliver` as it arrives (in order). Returns
+/// how many blocks were delivered: fewer than asked when the request or the stream failed (never a partial block).
+async fn stream_run(
+    object: &ObjectVersion,
+    copy: &Copy,
+    run: std::ops::Range<u64>,
+    mut deliver: impl FnMut(u64, Bytes),
+) -> u64 {
+    let start = run.start * BLOCK_SIZE;
+    let end = (run.end * BLOCK_SIZE).min(object.size);
+    if start >= end {
+        return 0;
+    }
+    let options = GetOptions {
+        range: Some(GetRange::Bounded(start..end)),
+        if_match: copy.etag.clone(),
+        ..Default::default()
+    };
+    let Ok(result) = copy.provider.store.get_opts(&copy.key, options).await else {
+        return 0;
+    };
+    let mut stream = result.into_stream();
+    let mut block = BytesMut::new();
+    let mut index = run.start;
+    let mut at = start;
+    let mut want = BLOCK_SIZE.min(end - at) as usize;
+    while let Some(Ok(mut chunk)) = futures::StreamExt::next(&mut stream).await {
+        while !chunk.is_empty() && at < end {
+            let take = (want - block.len()).min(chunk.len());
+            block.extend_from_slice(&chunk.split_to(take));
+            if block.len() == want {
+                deliver(index, block.split().freeze());
+                index += 1;
+                at += want as u64;
+                want = BLOCK_SIZE.min(end.saturating_sub(at)) as usize;
+            }
+        }
+        if at >= end {
+            break;
+        }
+    }
+    index - run.start
 }
 
 /// One ranged GET for block `index`, pinned to the version the file was opened at.

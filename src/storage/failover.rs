@@ -282,6 +282,13 @@ where
                 Err(e) => return Err(e),
             }
         }
+        // A "not found" that concludes anyway is not held up by providers marked slow (whose fallbacks answered).
+        if missing_concludes
+            && missing.is_some()
+            && queue.iter().all(|(p, _)| p.health.pace.is_slow())
+        {
+            break;
+        }
         if queue.is_empty() && missing.is_some() {
             // About to conclude "not found": the providers that failed quickly get their full retries first.
             queue.extend(failed.drain(..).map(|p| (p, Fallback::AfterRetries)));

@@ -17,7 +17,7 @@
 //! 2. `Staged::state` of that file (tokio mutex; held across a write-through upload, so writes wait for it),
 //! 3. a path's write lock in storage (`Storage::lock_paths`, tokio, in path order) — taken inside uploads,
 //! 4. short std mutexes, never held across an await: `Uploads::files`, `Staged::{path, attrs, modified}`, the
-//!    filesystem's `handles` and `Inodes`; `Inodes` is held while a cache beside it (negative lookups, listings,
+//!    filesystem's `handles` (then `page_versions` inside it) and `Inodes`; `Inodes` is held while a cache beside it (negative lookups, listings,
 //!    both `moka` caches with locks of their own) is filled, and nothing of ours is taken inside it.
 
 pub mod journal;

@@ -271,6 +271,17 @@ pub async fn metric(addr: &str, name: &str, provider: &str) -> f64 {
         .sum()
 }
 
+/// The sum of a mount's metric lines that start with `prefix` (a name, or a name with its first labels, e.g.
+/// `zmount_provider_requests_total{provider="s3",op="get"`).
+pub async fn metric_sum(addr: &str, prefix: &str) -> f64 {
+    metrics(addr)
+        .await
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Deterministic bytes that differ at every offset, so a misplaced range shows.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
