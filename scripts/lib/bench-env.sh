@@ -11,7 +11,12 @@ BENCH=$PWD/target/release/zmount-bench
 WORK=$(mktemp -d /tmp/zmount-bench.XXXXXX)
 MNT=$WORK/mnt
 mkdir -p "$MNT"
-cleanup() { fusermount3 -u "$MNT" 2>/dev/null || true; rm -rf "$WORK"; }
+# On exit: unmount, delete what the run wrote to the server (its prefix), remove the scratch folder.
+cleanup() {
+  fusermount3 -u "$MNT" 2>/dev/null || true
+  [ -f "$WORK/mount.toml" ] && "$BENCH" "$WORK/mount.toml" s3 purge >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 
 # s3_config FILE [ROUTE_KEYS...]: a mount.toml over the S3 server, under a prefix of its own.

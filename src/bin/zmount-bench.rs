@@ -5,9 +5,10 @@
 //!   seed KEY MIB          write a KEY of MIB mebibytes (multipart, 8 MiB parts)
 //!   seed-many PREFIX N [BYTES [IN_FLIGHT]]   write N objects PREFIX/fNNNNN.txt (3 bytes, 64 in flight by default)
 //!   get KEY               streamed GET of the whole object           -> MiB/s
-//!   ranged KEY            1 MiB ranged GETs, 32 in flight (like read-ahead) -> MiB/s
+//!   ranged KEY [MIB [IN_FLIGHT]]   ranged GETs of MIB mebibytes (1), IN_FLIGHT at a time (32) -> MiB/s
 //!   random KEY N          N random 4 KiB ranged GETs, one at a time  -> IOPS
 //!   list PREFIX           list every key below PREFIX                -> seconds, count, bytes
+//!   purge                 delete every object below the provider's prefix (what a benchmark wrote)
 //!   wait-size KEY BYTES   poll (HEAD every 20 ms) until KEY holds BYTES bytes (a write is complete on the server)
 //!   photo FILE W H SEED   write a photo-like W×H JPEG (gradients and grain, quality 90) to the local FILE
 
@@ -23,7 +24,7 @@ async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 4 {
         eprintln!(
-            "usage: zmount-bench CONFIG PROVIDER seed|seed-many|get|ranged|random|list ARGS..."
+            "usage: zmount-bench CONFIG PROVIDER seed|seed-many|get|ranged|random|list|purge ARGS..."
         );
         std::process::exit(2);
     }
@@ -49,9 +50,13 @@ async fn main() {
             .await
         }
         "get" => get(&provider, &rest[0]).await,
-        "ranged" => ranged(&provider, &rest[0]).await,
+        "ranged" => {
+            let n = |i: usize, default: u64| rest.get(i).map_or(default, |v| v.parse().unwrap());
+            ranged(&provider, &rest[0], n(1, 1) << 20, n(2, 32) as usize).await
+        }
         "random" => random(&provider, &rest[0], rest[1].parse().unwrap()).await,
         "list" => list(&provider, &rest[0]).await,
+        "purge" => purge(&provider).await,
         "wait-size" => wait_size(&provider, &rest[0], rest[1].parse().unwrap()).await,
         "photo" => {
             let n = |i: usize| rest[i].parse().unwrap();
@@ -166,11 +171,11 @@ async fn get(p: &Provider, key: &str) {
     println!("{:.0}", mib_per_s(total, started));
 }
 
-async fn ranged(p: &Provider, key: &str) {
+/// Reads `key` in ranges of `block` bytes, `in_flight` GETs at a time; prints MiB/s.
+async fn ranged(p: &Provider, key: &str, block: u64, in_flight: usize) {
     let path = p.key_for(key);
     let size = p.store.head(&path).await.unwrap_or_else(|e| fail(&e)).size;
     let started = Instant::now();
-    let block = 1u64 << 20;
     let total: u64 = futures::stream::iter((0..size).step_by(block as usize))
         .map(|start| {
             let path = path.clone();
@@ -181,7 +186,7 @@ async fn ranged(p: &Provider, key: &str) {
                     .map(|b| b.len() as u64)
             }
         })
-        .buffered(32)
+        .buffered(in_flight)
         .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
         .await
         .unwrap_or_else(|e| fail(&e));
@@ -204,6 +209,18 @@ async fn random(p: &Provider, key: &str, n: usize) {
             .unwrap_or_else(|e| fail(&e));
     }
     println!("{:.0}", n as f64 / started.elapsed().as_secs_f64());
+}
+
+async fn purge(p: &Provider) {
+    let prefix = (!p.prefix.is_empty()).then(|| object_store::path::Path::from(p.prefix.as_str()));
+    let keys = p.store.list(prefix.as_ref()).map_ok(|m| m.location).boxed();
+    let deleted = p
+        .store
+        .delete_stream(keys)
+        .try_fold(0usize, |n, _| async move { Ok(n + 1) })
+        .await
+        .unwrap_or_else(|e| fail(&e));
+    println!("{deleted}");
 }
 
 async fn list(p: &Provider, prefix: &str) {

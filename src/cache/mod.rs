@@ -5,7 +5,6 @@
 
 pub mod disk;
 
-use crate::fs::error::{FsError, FsResult};
 use bytes::Bytes;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -117,6 +116,9 @@ impl BlockCache {
         let evictions = stats.memory_evictions.clone();
         let memory = moka::future::Cache::builder()
             .max_capacity(memory_bytes)
+            // Least recently used out, every new block in: read-ahead blocks are read soon after they arrive, and an
+            // admission policy that turns new blocks away makes a sequential reader fetch them twice.
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .weigher(|_k: &BlockKey, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
             .eviction_listener(move |_k, _v, cause| {
                 if cause.was_evicted() {
@@ -132,10 +134,12 @@ impl BlockCache {
         }
     }
 
-    /// The block, from memory, disk, or `fetch` (whose result is then cached in both tiers).
-    pub async fn get_or_fetch<F>(&self, key: BlockKey, fetch: F) -> FsResult<Bytes>
+    /// The block, from memory, disk, or `fetch` (whose result is then cached in both tiers). Requests for a block
+    /// being fetched wait for that fetch and share its outcome; a failure is shared, not cached.
+    pub async fn get_or_fetch<F, E>(&self, key: BlockKey, fetch: F) -> Result<Bytes, Arc<E>>
     where
-        F: Future<Output = FsResult<Bytes>>,
+        F: Future<Output = Result<Bytes, E>>,
+        E: Send + Sync + 'static,
     {
         let disk = self.disk.clone();
         let disk_key = key.clone();
@@ -169,8 +173,7 @@ impl BlockCache {
                 }
                 Ok(data)
             })
-            .await
-            .map_err(FsError::Shared);
+            .await;
         if !loaded.load(Ordering::Relaxed) && result.is_ok() {
             stats.memory_hits.fetch_add(1, Ordering::Relaxed);
         }

@@ -1,7 +1,10 @@
-//! Filesystem errors and the one table that maps them to errno. Everything below the FUSE layer returns
-//! [`FsError`]; the FUSE layer calls [`FsError::errno`] and nothing else decides an errno.
+//! Filesystem errors and the one table that maps them to errno. The filesystem core returns [`FsError`], which
+//! carries the errors of the layers below it as they are (a provider's [`StorageError`], a read's [`ReadError`],
+//! a write's [`WriteError`]); the FUSE layer calls [`FsError::errno`] and nothing else decides an errno.
 
+use crate::read::ReadError;
 use crate::storage::StorageError;
+use crate::write::WriteError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -44,6 +47,10 @@ pub enum FsError {
     Local(#[from] std::io::Error),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
     /// One failure shared by every request that waited on the same fetch.
     #[error(transparent)]
     Shared(std::sync::Arc<FsError>),
@@ -61,7 +68,6 @@ fn names_too_long(message: &str) -> bool {
 impl FsError {
     /// The errno a program sees for this error.
     pub fn errno(&self) -> i32 {
-        use StorageError as S;
         match self {
             FsError::NotFound => libc::ENOENT,
             FsError::NotADirectory => libc::ENOTDIR,
@@ -87,25 +93,9 @@ impl FsError {
                 None => libc::EIO,
             },
             FsError::Shared(inner) => inner.errno(),
-            FsError::Storage(e) => match e {
-                S::NotFound { .. } => libc::ENOENT,
-                // The mount never writes with create-only semantics, so a provider saying "already exists" (Azure
-                // answers 409 for unrelated conflicts, such as a full store) is a failed write, not EEXIST.
-                S::AlreadyExists { .. } => libc::EIO,
-                S::PermissionDenied { .. } | S::Unauthenticated { .. } => libc::EACCES,
-                S::NotSupported { .. } => libc::ENOTSUP,
-                // The object changed under an open handle: the bytes it promised are gone.
-                S::Precondition { .. } => libc::ESTALE,
-                S::TooLarge { .. } => libc::EFBIG,
-                S::NoRoute { .. } => libc::ENOENT,
-                S::Invalid { .. } => libc::EINVAL,
-                // Every provider that could serve the request was down: EIO, never a silent ENOENT.
-                // S3's KeyTooLongError, Azure's and GCS's name-length answers, a local ENAMETOOLONG.
-                S::Provider { message, .. } if names_too_long(message) => libc::ENAMETOOLONG,
-                S::Provider { .. } | S::Unavailable { .. } | S::Setup { .. } | S::Config(_) => {
-                    libc::EIO
-                }
-            },
+            FsError::Read(e) => read_errno(e),
+            FsError::Write(e) => write_errno(e),
+            FsError::Storage(e) => storage_errno(e),
         }
     }
 
@@ -113,6 +103,8 @@ impl FsError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             FsError::Storage(e) => e.is_unavailable(),
+            FsError::Write(e) => e.is_unavailable(),
+            FsError::Read(e) => e.is_unavailable(),
             FsError::Shared(inner) => inner.is_unavailable(),
             _ => false,
         }
@@ -123,6 +115,8 @@ impl FsError {
         match self {
             FsError::NotFound => true,
             FsError::Storage(e) => e.is_not_found(),
+            FsError::Write(WriteError::Storage(e)) => e.is_not_found(),
+            FsError::Read(e) => e.is_not_found(),
             FsError::Shared(inner) => inner.is_not_found(),
             _ => false,
         }
@@ -138,6 +132,48 @@ impl FsError {
                 | FsError::NoAttribute
                 | FsError::ForeignAttribute
         ) && !matches!(self, FsError::Storage(StorageError::NotFound { .. }))
+    }
+}
+
+/// The errno of a provider's failure.
+fn storage_errno(e: &StorageError) -> i32 {
+    use StorageError as S;
+    match e {
+        S::NotFound { .. } => libc::ENOENT,
+        // The mount never writes with create-only semantics, so a provider saying "already exists" (Azure
+        // answers 409 for unrelated conflicts, such as a full store) is a failed write, not EEXIST.
+        S::AlreadyExists { .. } => libc::EIO,
+        S::PermissionDenied { .. } | S::Unauthenticated { .. } => libc::EACCES,
+        S::NotSupported { .. } => libc::ENOTSUP,
+        // The object changed under an open handle: the bytes it promised are gone.
+        S::Precondition { .. } => libc::ESTALE,
+        S::TooLarge { .. } => libc::EFBIG,
+        S::NoRoute { .. } => libc::ENOENT,
+        S::Invalid { .. } => libc::EINVAL,
+        // Every provider that could serve the request was down: EIO, never a silent ENOENT.
+        // S3's KeyTooLongError, Azure's and GCS's name-length answers, a local ENAMETOOLONG.
+        S::Provider { message, .. } if names_too_long(message) => libc::ENAMETOOLONG,
+        S::Provider { .. } | S::Unavailable { .. } | S::Setup { .. } | S::Config(_) => libc::EIO,
+    }
+}
+
+/// The errno of a failed write: the local disk's own (ENOSPC, EIO), EFBIG past the size limit, or the provider's.
+fn write_errno(e: &WriteError) -> i32 {
+    match e {
+        WriteError::Local(e) => e.raw_os_error().unwrap_or(libc::EIO),
+        WriteError::TooLarge => libc::EFBIG,
+        WriteError::Storage(e) => storage_errno(e),
+        WriteError::Failed(inner) => write_errno(inner),
+    }
+}
+
+/// The errno of a failed read.
+fn read_errno(e: &ReadError) -> i32 {
+    match e {
+        ReadError::Storage(e) => storage_errno(e),
+        // The object changed under an open handle: the bytes it promised are gone.
+        ReadError::Stale => libc::ESTALE,
+        ReadError::Shared(inner) => read_errno(inner),
     }
 }
 
@@ -178,5 +214,14 @@ mod tests {
             FsError::Local(std::io::Error::from_raw_os_error(libc::ENOSPC)).errno(),
             libc::ENOSPC
         );
+        // The errors of the layers below keep their meaning through the table.
+        let full = WriteError::Local(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        let failed = WriteError::Failed(std::sync::Arc::new(full));
+        assert_eq!(FsError::from(failed).errno(), libc::ENOSPC);
+        assert_eq!(FsError::from(WriteError::TooLarge).errno(), libc::EFBIG);
+        let shared = ReadError::Shared(std::sync::Arc::new(ReadError::Stale));
+        assert_eq!(FsError::from(shared).errno(), libc::ESTALE);
+        let gone = ReadError::from(provider("connection refused"));
+        assert_eq!(FsError::from(gone).errno(), libc::EIO);
     }
 }

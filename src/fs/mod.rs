@@ -158,7 +158,7 @@ impl Filesystem {
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Ok(Filesystem {
-            reader: Reader::new(cache, settings.read_ahead.0),
+            reader: Reader::new(cache, settings.read_ahead.0, settings.memory_cache_size.0),
             uid: settings.uid.unwrap_or(uid),
             gid: settings.gid.unwrap_or(gid),
             settings,
@@ -1103,8 +1103,10 @@ impl Filesystem {
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<bytes::Bytes> {
         let handle = self.handle(fh)?;
         match &*handle {
-            Handle::File { object, state } => self.reader.read(object, state, offset, size).await,
-            Handle::Write { staged, .. } => staged.read(offset, size).await,
+            Handle::File { object, state } => {
+                Ok(self.reader.read(object, state, offset, size).await?)
+            }
+            Handle::Write { staged, .. } => Ok(staged.read(offset, size).await?),
             Handle::Dir { .. } => Err(FsError::IsADirectory),
         }
     }

@@ -168,7 +168,7 @@ impl Filesystem {
         if written.is_err() {
             self.after_failure(&staged, path).await;
         }
-        written
+        Ok(written?)
     }
 
     /// `close`: publishes what was written (see [`crate::write::queue`]): uploaded now on a write-through route,
@@ -184,7 +184,7 @@ impl Filesystem {
                 staged,
                 writable: true,
                 opener,
-            } if *opener == closer => self.uploads.close(staged).await,
+            } if *opener == closer => Ok(self.uploads.close(staged).await?),
             _ => Ok(()),
         }
     }
@@ -200,7 +200,7 @@ impl Filesystem {
         else {
             return Ok(());
         };
-        self.uploads.commit(staged).await
+        Ok(self.uploads.commit(staged).await?)
     }
 
     /// Runs `op` on the file at `path` written here (or a working copy of its object, opened for the purpose),
@@ -214,7 +214,7 @@ impl Filesystem {
     ) -> FsResult<()>
     where
         F: FnOnce(Arc<Staged>) -> Fut,
-        Fut: std::future::Future<Output = FsResult<()>>,
+        Fut: std::future::Future<Output = crate::write::WriteResult<()>>,
     {
         let staged = self.uploads.open(path, truncate, posix).await?;
         let result = match op(staged.clone()).await {
@@ -225,7 +225,7 @@ impl Filesystem {
             }
         };
         self.uploads.release(&staged);
-        result
+        Ok(result?)
     }
 
     /// `truncate`/`ftruncate`: through the open handle when there is one (whatever the file's name is now, or
@@ -240,7 +240,7 @@ impl Filesystem {
             };
             if let Err(e) = staged.truncate(size, limit, &space).await {
                 self.after_failure(&staged, path).await;
-                return Err(e);
+                return Err(e.into());
             }
             if let Some(path) = &path {
                 self.changed(path);
@@ -294,7 +294,7 @@ impl Filesystem {
         match self.uploads.get(path) {
             Some(staged) if staged.handles() > 0 && staged.writing().await => {
                 // Still being written: the change rides along with the upload at its close.
-                staged.change_attrs(change).await
+                Ok(staged.change_attrs(change).await?)
             }
             staged => {
                 // A file whose mtime was its object's modification time keeps that time (a chmod is no change of

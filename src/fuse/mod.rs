@@ -132,6 +132,11 @@ fn utf8(name: &OsStr) -> Result<String, Errno> {
         .ok_or(Errno::from_i32(libc::EINVAL))
 }
 
+/// The kernel's read-ahead of one file at most (it may allow less).
+const READ_AHEAD: u32 = 1 << 20;
+/// Background requests (read-ahead among them) the kernel keeps in flight at most.
+const MAX_BACKGROUND: u16 = 64;
+
 impl fuser::Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
         // O_TRUNC arrives with the open (not as a truncate before it), so a file truncated by an open is a new
@@ -142,6 +147,12 @@ impl fuser::Filesystem for FuseAdapter {
         {
             tracing::warn!("kernel does not offer ATOMIC_O_TRUNC; open(O_TRUNC) truncates at once");
         }
+        // Sequential reads: the kernel's read-ahead as large as it allows, with more of its reads in flight (they
+        // are background requests: 12 by default).
+        if let Err(largest) = config.set_max_readahead(READ_AHEAD) {
+            let _ = config.set_max_readahead(largest);
+        }
+        let _ = config.set_max_background(MAX_BACKGROUND);
         // Directory listings carry attributes, so `ls -l` needs no lookup per entry.
         if config
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS)

@@ -8,9 +8,11 @@ pub mod guard;
 pub mod hedge;
 pub mod listing;
 mod local;
+pub mod open_uploads;
 mod s3;
 
 pub use local::{set_user_umask, LocalStore};
+pub use open_uploads::OpenUploads;
 pub use s3::{encode_key as encode_s3_key, wasabi_endpoint, Replaced, COPY_MAX};
 
 use crate::config::{ProviderConfig, Redactor, Settings, TimeoutSettings};
@@ -87,7 +89,7 @@ pub struct Provider {
     /// See [`BuiltStore::multipart`]; uploads through it are journaled in `open_uploads`.
     pub multipart: Option<Arc<dyn object_store::multipart::MultipartStore>>,
     /// Where multipart uploads in progress are recorded, so one cut short is aborted later (set by storage).
-    pub open_uploads: Option<Arc<crate::storage::uploads::OpenUploads>>,
+    pub open_uploads: Option<Arc<OpenUploads>>,
     /// See [`BuiltStore::paginated`].
     pub paginated: Option<Arc<dyn object_store::list::PaginatedListStore>>,
     /// See [`BuiltStore::s3_direct`].

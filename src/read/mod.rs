@@ -12,7 +12,6 @@
 //! so "same size" is the only check possible: zmount relies on fallbacks holding the same bytes (SEMANTICS.md).
 
 use crate::cache::{BlockCache, BlockKey, BLOCK_SIZE};
-use crate::fs::error::{FsError, FsResult};
 use crate::providers::guard::{with_fallback, Fallback};
 use crate::providers::hedge::{race, Raced};
 use crate::providers::Provider;
@@ -22,6 +21,41 @@ use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, GetRange};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
+
+/// Why a read failed. The filesystem maps it to errno (`fs/error.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The object is no longer the version the file was opened at (shorter, or replaced).
+    #[error("stale file handle: the object changed since the file was opened")]
+    Stale,
+    /// One failure shared by every read that waited on the same fetch.
+    #[error(transparent)]
+    Shared(Arc<ReadError>),
+}
+
+impl ReadError {
+    /// The provider could not answer (see [`StorageError::is_unavailable`]); another copy may.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            ReadError::Storage(e) => e.is_unavailable(),
+            ReadError::Shared(inner) => inner.is_unavailable(),
+            ReadError::Stale => false,
+        }
+    }
+
+    /// No such object on the provider asked.
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            ReadError::Storage(e) => e.is_not_found(),
+            ReadError::Shared(inner) => inner.is_not_found(),
+            ReadError::Stale => false,
+        }
+    }
+}
+
+type ReadResult<T> = Result<T, ReadError>;
 
 /// How far a read may start from where the previous one ended and still count as sequential: a few times the
 /// kernel's largest FUSE read (128 KiB to 1 MiB), so its concurrent read-ahead requests do not look random.
@@ -87,7 +121,7 @@ impl ObjectVersion {
     }
 
     /// Moves on from `failed` to the next provider that holds a copy of the same size. False when none does.
-    async fn switch_from(&self, failed: &Copy, error: &FsError) -> bool {
+    async fn switch_from(&self, failed: &Copy, error: &ReadError) -> bool {
         let _one_at_a_time = self.switching.lock().await;
         let now = self.current();
         if now.provider.name != failed.provider.name || now.version_tag != failed.version_tag {
@@ -163,10 +197,13 @@ const FILL_AFTER: u32 = 3;
 const FILL_RUNS: usize = 4;
 
 impl Reader {
-    pub fn new(cache: Arc<BlockCache>, read_ahead_bytes: u64) -> Self {
-        let max_window = (read_ahead_bytes / BLOCK_SIZE).max(1);
-        // Twice one window in flight overall: two sequential readers at full speed, or many at reduced windows.
-        let permits = (2 * max_window) as usize;
+    /// A reader over `cache`, whose memory tier holds `memory_bytes`: one reader's window is at most `read_ahead_bytes`
+    /// and half the memory tier, and read-ahead of all files together at most half of it, so blocks fetched ahead
+    /// are still in memory when their reader gets there (else each is fetched twice).
+    pub fn new(cache: Arc<BlockCache>, read_ahead_bytes: u64, memory_bytes: u64) -> Self {
+        let half = (memory_bytes / 2 / BLOCK_SIZE).max(1);
+        let max_window = (read_ahead_bytes / BLOCK_SIZE).clamp(1, half);
+        let permits = half as usize;
         Reader {
             cache,
             max_window,
@@ -187,7 +224,7 @@ impl Reader {
         state: &Mutex<ReadState>,
         offset: u64,
         len: u32,
-    ) -> FsResult<Bytes> {
+    ) -> ReadResult<Bytes> {
         let end = (offset + u64::from(len)).min(object.size);
         if offset >= end {
             return Ok(Bytes::new());
@@ -296,10 +333,12 @@ impl Reader {
         let blocks_in_file = size.div_ceil(BLOCK_SIZE);
         let from = st.requested_until.max(last + 1);
         let to = (last + 1 + st.window).min(blocks_in_file);
-        if from < to {
-            st.requested_until = to;
+        // Asked for in runs: once a run's worth of the window is free (or the file ends), not a block per read.
+        if to <= from || (to - from < RUN_BLOCKS.min(st.window) && to < blocks_in_file) {
+            return from..from;
         }
-        from..to.max(from)
+        st.requested_until = to;
+        from..to
     }
 
     /// Fetches the blocks of `ahead` not yet cached in the background, consecutive ones together: one GET per
@@ -350,7 +389,7 @@ impl Reader {
         }
     }
 
-    async fn block(&self, object: &ObjectVersion, index: u64) -> FsResult<Bytes> {
+    async fn block(&self, object: &ObjectVersion, index: u64) -> ReadResult<Bytes> {
         block(&self.cache, object, index).await
     }
 }
@@ -358,7 +397,7 @@ impl Reader {
 /// Block `index` from the cache or the current copy; when the copy's provider fails (or the copy is gone), from
 /// the next copy. While another copy may exist, the current one gets `primary_read_attempts`; when no other copy
 /// turns out to exist, it gets the full retry schedule after all.
-async fn block(cache: &BlockCache, object: &ObjectVersion, index: u64) -> FsResult<Bytes> {
+async fn block(cache: &BlockCache, object: &ObjectVersion, index: u64) -> ReadResult<Bytes> {
     let mut no_other_copy = false;
     loop {
         let copy = object.current();
@@ -367,12 +406,16 @@ async fn block(cache: &BlockCache, object: &ObjectVersion, index: u64) -> FsResu
             true => Fallback::AtOnce,
             false => Fallback::None,
         };
-        let first = cache.get_or_fetch(block_key(&copy, index), with_fallback(fallback, fetch));
+        let first = async {
+            let fetch = with_fallback(fallback, fetch);
+            let got = cache.get_or_fetch(block_key(&copy, index), fetch).await;
+            got.map_err(ReadError::Shared)
+        };
         // A copy that does not answer within its provider's hedge delay: the open file moves on to the next copy
         // and this block is asked of it too; the first to answer wins (see crate::providers::hedge).
         let hedge = || {
             (fallback == Fallback::AtOnce).then_some(async {
-                let stalled = FsError::from(StorageError::Unavailable {
+                let stalled = ReadError::from(StorageError::Unavailable {
                     provider: copy.provider.name.clone(),
                     location: copy.provider.location.clone(),
                     path: object.path.clone(),
@@ -383,14 +426,15 @@ async fn block(cache: &BlockCache, object: &ObjectVersion, index: u64) -> FsResu
                 }
                 let now = object.current();
                 let fetch = fetch_block(object, &now, index);
-                cache.get_or_fetch(block_key(&now, index), fetch).await
+                let got = cache.get_or_fetch(block_key(&now, index), fetch).await;
+                got.map_err(ReadError::Shared)
             })
         };
         let outcome = match race(
             &copy.provider.health,
             first,
             hedge,
-            |r: &FsResult<Bytes>| r.is_ok(),
+            |r: &ReadResult<Bytes>| r.is_ok(),
         )
         .await
         {
@@ -532,7 +576,7 @@ async fn stream_run(
         return 0;
     };
     let mut stream = result.into_stream();
-    let mut block = BytesMut::new();
+    let mut block = BytesMut::with_capacity(BLOCK_SIZE as usize);
     let mut index = run.start;
     let mut at = start;
     let mut want = BLOCK_SIZE.min(end - at) as usize;
@@ -541,7 +585,9 @@ async fn stream_run(
             let take = (want - block.len()).min(chunk.len());
             block.extend_from_slice(&chunk.split_to(take));
             if block.len() == want {
-                deliver(index, block.split().freeze());
+                let full =
+                    std::mem::replace(&mut block, BytesMut::with_capacity(BLOCK_SIZE as usize));
+                deliver(index, full.freeze());
                 index += 1;
                 at += want as u64;
                 want = BLOCK_SIZE.min(end.saturating_sub(at)) as usize;
@@ -555,7 +601,7 @@ async fn stream_run(
 }
 
 /// One ranged GET for block `index`, pinned to the version the file was opened at.
-async fn fetch_block(object: &ObjectVersion, copy: &Copy, index: u64) -> FsResult<Bytes> {
+async fn fetch_block(object: &ObjectVersion, copy: &Copy, index: u64) -> ReadResult<Bytes> {
     let start = index * BLOCK_SIZE;
     let end = (start + BLOCK_SIZE).min(object.size);
     let options = GetOptions {
@@ -564,7 +610,7 @@ async fn fetch_block(object: &ObjectVersion, copy: &Copy, index: u64) -> FsResul
         ..Default::default()
     };
     let provider = &copy.provider;
-    let fail = |e| FsError::from(StorageError::from_store(provider, &object.path, e));
+    let fail = |e| ReadError::from(StorageError::from_store(provider, &object.path, e));
     let result = provider
         .store
         .get_opts(&copy.key, options)
@@ -572,7 +618,7 @@ async fn fetch_block(object: &ObjectVersion, copy: &Copy, index: u64) -> FsResul
         .map_err(fail)?;
     let data = result.bytes().await.map_err(fail)?;
     if data.len() as u64 != end - start {
-        return Err(FsError::StaleHandle); // the object is shorter than when it was opened
+        return Err(ReadError::Stale); // the object is shorter than when it was opened
     }
     tracing::trace!(provider = %provider.name, path = %object.path, block = index, "fetched block");
     Ok(data)

@@ -51,7 +51,7 @@ pub struct Storage {
     max_file_size: Option<u64>,
     heals: Heals,
     keep_fallback_copy: bool,
-    open_uploads: Arc<uploads::OpenUploads>,
+    open_uploads: Arc<crate::providers::OpenUploads>,
     /// The config file, as errors name it.
     config_file: String,
 }
@@ -74,7 +74,7 @@ impl Storage {
     pub fn with_tuning(config: &Config, tuning: &ClientTuning) -> Result<Storage> {
         let router = Router::new(config)?;
         let mut providers = BTreeMap::new();
-        let open_uploads = Arc::new(uploads::OpenUploads::new(
+        let open_uploads = Arc::new(crate::providers::OpenUploads::new(
             &config.settings.cache_dir.join("uploads"),
         ));
         for (name, pc) in &config.providers {

@@ -29,12 +29,40 @@ pub use journal::write_durably;
 pub use queue::{Published, Replay, Uploads};
 pub use staged::{Space, Staged};
 
-use crate::fs::error::FsResult;
 use crate::meta::posix::Posix;
 use crate::storage::{FileInfo, Storage, UploadOptions};
 use bytes::Bytes;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+
+/// Why staging or publishing a write failed. The filesystem maps it to errno (`fs/error.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The local staging disk failed (ENOSPC, EIO, ...): a program sees that errno.
+    #[error("local I/O error: {0}")]
+    Local(#[from] std::io::Error),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    /// Past the largest file the route or its provider takes.
+    #[error("file too large")]
+    TooLarge,
+    /// The file failed earlier (see [`Staged`]): every later write, fsync and close returns that failure.
+    #[error(transparent)]
+    Failed(Arc<WriteError>),
+}
+
+impl WriteError {
+    /// The provider could not answer: the version is kept and retried (see [`queue`]).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            WriteError::Storage(e) => e.is_unavailable(),
+            WriteError::Failed(inner) => inner.is_unavailable(),
+            WriteError::Local(_) | WriteError::TooLarge => false,
+        }
+    }
+}
+
+pub type WriteResult<T> = Result<T, WriteError>;
 
 /// Read size when streaming a staged file to the provider: one upload part.
 const UPLOAD_CHUNK: usize = crate::storage::UPLOAD_PART_SIZE;
@@ -60,7 +88,7 @@ impl FileAttrs {
 
     /// What the object at `path` carries now (the defaults with `posix` when there is none), with `posix` merged
     /// over its stored POSIX attributes.
-    pub async fn of_object(storage: &Storage, path: &str, posix: Posix) -> FsResult<FileAttrs> {
+    pub async fn of_object(storage: &Storage, path: &str, posix: Posix) -> WriteResult<FileAttrs> {
         match storage.get_info(path).await {
             Ok(info) => Ok(FileAttrs::of_info(storage, info, posix)),
             Err(e) if e.is_not_found() => Ok(FileAttrs::with_posix(posix)),
@@ -178,7 +206,7 @@ pub(crate) async fn upload_local(
     local: &std::path::Path,
     size: u64,
     attrs: &FileAttrs,
-) -> FsResult<FileInfo> {
+) -> WriteResult<FileInfo> {
     let file = Arc::new(std::fs::File::open(local)?);
     Ok(upload_file(storage, path, file, size, attrs.upload_options()).await?)
 }

@@ -14,7 +14,7 @@
 use super::journal::Journal;
 use super::staged::{Space, Staged, State};
 use super::FileAttrs;
-use crate::fs::error::{FsError, FsResult};
+use super::{WriteError, WriteResult};
 use crate::meta::posix::Posix;
 use crate::routing::is_within;
 use crate::storage::{FileInfo, Storage};
@@ -127,7 +127,7 @@ impl Uploads {
     }
 
     /// A new empty file at `path` (create, or open with O_TRUNC of a file not written here), one handle open.
-    pub fn create(&self, path: &str, attrs: FileAttrs) -> FsResult<Arc<Staged>> {
+    pub fn create(&self, path: &str, attrs: FileAttrs) -> WriteResult<Arc<Staged>> {
         let staged = Arc::new(Staged::empty(&self.journal, path, attrs)?);
         staged.opened();
         self.install(path, staged.clone());
@@ -136,7 +136,7 @@ impl Uploads {
 
     /// Opens `path` for writing: the file already written here (truncated if asked), else a working copy of the
     /// object (or an empty one with `truncate`). `posix`: the object's stored mode/owner/times.
-    pub async fn open(&self, path: &str, truncate: bool, posix: Posix) -> FsResult<Arc<Staged>> {
+    pub async fn open(&self, path: &str, truncate: bool, posix: Posix) -> WriteResult<Arc<Staged>> {
         if let Some(staged) = self.get_opened(path) {
             if truncate {
                 if let Err(e) = staged.truncate(0, None, &self.space).await {
@@ -190,7 +190,7 @@ impl Uploads {
 
     /// `close` of a handle that wrote (or may have): on a write-back route the version is journaled and queued,
     /// else uploaded now (see [`Uploads::commit`]).
-    pub async fn close(self: &Arc<Self>, staged: &Arc<Staged>) -> FsResult<()> {
+    pub async fn close(self: &Arc<Self>, staged: &Arc<Staged>) -> WriteResult<()> {
         let Some(path) = staged.path() else {
             let st = staged.state.lock().await;
             return st.check_failed(); // unlinked: never uploaded
@@ -212,7 +212,7 @@ impl Uploads {
 
     /// Puts the file's newest version on the provider now (write-through `close`, `fsync`). A failed upload
     /// leaves the version journaled and pending (retried later, seen by every read) and returns the error.
-    pub async fn commit(&self, staged: &Arc<Staged>) -> FsResult<()> {
+    pub async fn commit(&self, staged: &Arc<Staged>) -> WriteResult<()> {
         let _publishing = staged.publish.lock().await;
         let mut st = staged.state.lock().await;
         st.check_failed()?;
@@ -223,7 +223,7 @@ impl Uploads {
             staged
                 .upload_work(&mut st, &self.storage, &path)
                 .await
-                .map_err(FsError::Storage)
+                .map_err(WriteError::Storage)
         } else if let Some(pending) = st.pending.clone() {
             super::upload_local(
                 &self.storage,
@@ -276,7 +276,7 @@ impl Uploads {
         staged: &Arc<Staged>,
         st: &mut State,
         path: &str,
-    ) -> FsResult<()> {
+    ) -> WriteResult<()> {
         if !st.dirty {
             return Ok(());
         }
@@ -307,7 +307,7 @@ impl Uploads {
     }
 
     /// Uploads the pending version from its (immutable) data file; writers meanwhile change their own copy.
-    async fn publish_pending(&self, staged: &Arc<Staged>) -> FsResult<bool> {
+    async fn publish_pending(&self, staged: &Arc<Staged>) -> WriteResult<bool> {
         let _publishing = staged.publish.lock().await;
         let Some(path) = staged.path() else {
             return Ok(false);
@@ -321,7 +321,7 @@ impl Uploads {
             let info = staged
                 .upload_work(&mut st, &self.storage, &path)
                 .await
-                .map_err(FsError::Storage)?;
+                .map_err(WriteError::Storage)?;
             staged.drop_pending(&mut st);
             drop(st);
             self.published(staged, path, info);

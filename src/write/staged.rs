@@ -14,7 +14,7 @@
 use super::journal::Journal;
 use super::stream::SequentialUpload;
 use super::FileAttrs;
-use crate::fs::error::{FsError, FsResult};
+use super::{WriteError, WriteResult};
 use crate::meta::posix::Posix;
 use crate::storage::{FileInfo, Storage};
 use bytes::Bytes;
@@ -52,8 +52,8 @@ pub(super) struct State {
     pub work: Option<Work>,
     /// The working copy differs from the last acknowledged version (bytes or attributes).
     pub dirty: bool,
-    /// Why the file failed (errno); every later write, fsync and close returns it.
-    pub failed: Option<i32>,
+    /// Why the file failed; every later write, fsync and close returns it.
+    pub failed: Option<Arc<WriteError>>,
     pub pending: Option<Pending>,
     pub sequential: SequentialUpload,
     bytes_changed: bool,
@@ -83,9 +83,9 @@ impl State {
         matches!((&self.pending, &self.work), (Some(p), Some(w)) if p.local == w.local)
     }
 
-    pub fn check_failed(&self) -> FsResult<()> {
-        match self.failed {
-            Some(errno) => Err(FsError::Local(std::io::Error::from_raw_os_error(errno))),
+    pub fn check_failed(&self) -> WriteResult<()> {
+        match &self.failed {
+            Some(failure) => Err(WriteError::Failed(failure.clone())),
             None => Ok(()),
         }
     }
@@ -127,7 +127,7 @@ impl Staged {
     }
 
     /// An empty file (create, or open with O_TRUNC): uploaded on close even if nothing is written.
-    pub fn empty(journal: &Arc<Journal>, path: &str, attrs: FileAttrs) -> FsResult<Staged> {
+    pub fn empty(journal: &Arc<Journal>, path: &str, attrs: FileAttrs) -> WriteResult<Staged> {
         let (local, file) = journal.new_file()?;
         let work = Work {
             local,
@@ -147,11 +147,11 @@ impl Staged {
         path: &str,
         storage: &Storage,
         posix: Posix,
-    ) -> FsResult<Staged> {
+    ) -> WriteResult<Staged> {
         let attrs = FileAttrs::of_object(storage, path, posix).await?;
         let (local, file) = journal.new_file()?;
         let file = Arc::new(file);
-        let filled: FsResult<u64> = async {
+        let filled: WriteResult<u64> = async {
             let mut stream = storage.download_stream(path).await?;
             let mut size = 0u64;
             while let Some(chunk) = stream.next().await {
@@ -175,7 +175,10 @@ impl Staged {
     }
 
     /// An acknowledged version found in the journal at start-up (pending, its data file also the working copy).
-    pub fn from_journal(journal: &Arc<Journal>, entry: super::journal::Entry) -> FsResult<Staged> {
+    pub fn from_journal(
+        journal: &Arc<Journal>,
+        entry: super::journal::Entry,
+    ) -> WriteResult<Staged> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -245,7 +248,7 @@ impl Staged {
     }
 
     /// Changes what the object gets besides its bytes; uploaded with the next version.
-    pub async fn change_attrs(&self, change: impl FnOnce(&mut FileAttrs)) -> FsResult<()> {
+    pub async fn change_attrs(&self, change: impl FnOnce(&mut FileAttrs)) -> WriteResult<()> {
         let mut st = self.state.lock().await;
         st.check_failed()?;
         change(&mut self.attrs.lock().unwrap());
@@ -287,7 +290,7 @@ impl Staged {
 
     /// Gives the working copy a data file of its own before its bytes change, when it still is the pending
     /// version's (which must stay as acknowledged). `keep`: copy the bytes (false for a truncation to 0).
-    async fn unshare(&self, st: &mut State, keep: bool, space: &Option<Space>) -> FsResult<()> {
+    async fn unshare(&self, st: &mut State, keep: bool, space: &Option<Space>) -> WriteResult<()> {
         if !st.shares_work() {
             return Ok(());
         }
@@ -329,12 +332,12 @@ impl Staged {
         limit: Option<u64>,
         storage: &Arc<Storage>,
         space: &Option<Space>,
-    ) -> FsResult<u32> {
+    ) -> WriteResult<u32> {
         let mut st = self.state.lock().await;
         st.check_failed()?;
         let end = offset + data.len() as u64;
         if limit.is_some_and(|l| end > l) {
-            return Err(self.fail(&mut st, FsError::TooLarge));
+            return Err(self.fail(&mut st, WriteError::TooLarge));
         }
         if let Err(e) = self.unshare(&mut st, true, space).await {
             return Err(self.fail(&mut st, e));
@@ -365,7 +368,7 @@ impl Staged {
         Ok(len)
     }
 
-    pub async fn read(&self, offset: u64, len: u32) -> FsResult<Bytes> {
+    pub async fn read(&self, offset: u64, len: u32) -> WriteResult<Bytes> {
         let st = self.state.lock().await;
         st.check_failed()?;
         let work = st.work.as_ref().expect("not failed");
@@ -385,11 +388,11 @@ impl Staged {
         size: u64,
         limit: Option<u64>,
         space: &Option<Space>,
-    ) -> FsResult<()> {
+    ) -> WriteResult<()> {
         let mut st = self.state.lock().await;
         st.check_failed()?;
         if limit.is_some_and(|l| size > l) {
-            return Err(self.fail(&mut st, FsError::TooLarge));
+            return Err(self.fail(&mut st, WriteError::TooLarge));
         }
         if let Err(e) = self.unshare(&mut st, size > 0, space).await {
             return Err(self.fail(&mut st, e));
@@ -413,13 +416,13 @@ impl Staged {
 
     /// Fails the file with `error`: its working copy (not an acknowledged pending version) is released now, and
     /// nothing it holds is uploaded. Returns the error for the caller.
-    pub(super) fn fail(&self, st: &mut State, error: FsError) -> FsError {
-        let errno = error.errno();
+    pub(super) fn fail(&self, st: &mut State, error: WriteError) -> WriteError {
         tracing::warn!(
             "{}: a write failed ({error}); the file is not uploaded, and its provider keeps its previous version",
             self.path().unwrap_or_else(|| "(unlinked file)".into())
         );
-        st.failed = Some(errno);
+        let failure = Arc::new(error);
+        st.failed = Some(failure.clone());
         st.sequential.abandon();
         st.dirty = false;
         let shares = st.shares_work();
@@ -430,12 +433,12 @@ impl Staged {
             }
         }
         self.size.store(0, Ordering::SeqCst);
-        error
+        WriteError::Failed(failure)
     }
 
     /// Acknowledges the working copy locally: data fsynced, journal record written, so it survives a crash and is
     /// uploaded later; it replaces the older pending version, if any.
-    pub(super) async fn stage(&self, st: &mut State, path: &str) -> FsResult<()> {
+    pub(super) async fn stage(&self, st: &mut State, path: &str) -> WriteResult<()> {
         let work = st.work.as_ref().expect("caller checked failed");
         let (file, local, size) = (work.file.clone(), work.local.clone(), work.size);
         blocking(move || file.sync_data()).await?;
@@ -516,16 +519,16 @@ impl Drop for Staged {
 
 /// Runs a local disk operation; when it finds the disk full, frees cache space for `need` bytes and tries once
 /// more, so cached blocks are evicted before a write is refused.
-async fn retry_on_full<F, Fut>(space: &Option<Space>, need: u64, op: F) -> FsResult<()>
+async fn retry_on_full<F, Fut>(space: &Option<Space>, need: u64, op: F) -> WriteResult<()>
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = FsResult<()>>,
+    Fut: std::future::Future<Output = WriteResult<()>>,
 {
     match op().await {
-        Err(FsError::Local(e)) if e.raw_os_error() == Some(libc::ENOSPC) => {
+        Err(WriteError::Local(e)) if e.raw_os_error() == Some(libc::ENOSPC) => {
             let freed = space.as_ref().map_or(0, |free| free(need.max(64 << 20)));
             if freed == 0 {
-                return Err(FsError::Local(e));
+                return Err(WriteError::Local(e));
             }
             tracing::info!("staging: disk full; evicted {freed} bytes of cached blocks");
             op().await
@@ -536,9 +539,9 @@ where
 
 pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> FsResult<T> {
+) -> WriteResult<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| FsError::Local(std::io::Error::other(e)))?
-        .map_err(FsError::Local)
+        .map_err(|e| WriteError::Local(std::io::Error::other(e)))?
+        .map_err(WriteError::Local)
 }
