@@ -1,24 +1,28 @@
 //! Reads of an open file: byte ranges become cached blocks, and sequential readers get read-ahead.
 //!
 //! Each open file has a [`ReadState`]. A read that starts where the previous one ended is sequential: the
-//! read-ahead window doubles (1, 2, 4... blocks up to `read_ahead`), and blocks inside the window that are not yet
-//! requested are fetched in the background, several ranged GETs in flight. A read anywhere else is random: the
-//! window resets and only the touched blocks are fetched. Read-ahead requests across all files are capped by a
-//! semaphore, so memory used by read-ahead is bounded by config, whatever the file sizes.
+//! read-ahead window doubles (1, 2, 4... blocks up to `read_ahead` and half the memory tier), and once a run's worth
+//! of the window is not yet requested it is fetched in the background with one GET ([`fetch`]). A read anywhere else
+//! is random: the window resets and only the touched blocks are fetched; after a few such misses the whole object
+//! is fetched into the disk tier in the background. Read-ahead requests across all files are capped by a semaphore,
+//! so memory used by read-ahead is bounded by config, whatever the file sizes.
 //!
-//! Failover: an open file reads one provider's copy. When that provider stops answering (or the copy vanishes,
-//! e.g. healed back to its primary), the file continues from the next provider in the route's read order that
-//! holds a copy of the same size, pinned to that copy's ETag. Copies on different providers have unrelated ETags,
-//! so "same size" is the only check possible: zmount relies on fallbacks holding the same bytes (SEMANTICS.md).
+//! Failover: an open file reads one provider's copy ([`copies`]). When that provider stops answering (or the copy
+//! vanishes, e.g. healed back to its primary), the file continues from the next provider in the route's read order
+//! that holds a copy of the same size, pinned to that copy's ETag. Copies on different providers have unrelated
+//! ETags, so "same size" is the only check possible: zmount relies on fallbacks holding the same bytes
+//! (SEMANTICS.md).
+
+mod copies;
+mod fetch;
+
+pub use copies::{Copy, ObjectVersion};
 
 use crate::cache::{BlockCache, BlockKey, BLOCK_SIZE};
-use crate::providers::guard::{with_fallback, Fallback};
-use crate::providers::hedge::{race, Raced};
-use crate::providers::Provider;
 use crate::storage::StorageError;
 use bytes::{Bytes, BytesMut};
-use object_store::path::Path as ObjectPath;
-use object_store::{GetOptions, GetRange};
+use copies::block;
+use fetch::{block_key, fetch_run, fill};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 
@@ -63,110 +67,6 @@ const SEQUENTIAL_SLACK: u64 = 4 * 1024 * 1024;
 
 /// Blocks read-ahead asks for with one GET at most: 8 MiB, cut into blocks as it arrives.
 const RUN_BLOCKS: u64 = 8;
-
-/// The object an open file reads: which copy (provider + ETag) it reads now, and where to go if that fails.
-#[derive(Clone, Debug)]
-pub struct ObjectVersion {
-    pub path: String,
-    pub size: u64,
-    copy: Arc<Mutex<Copy>>,
-    /// Providers to try, in order, when the current copy's provider fails.
-    others: Arc<[Arc<Provider>]>,
-    /// Held while switching copies, so concurrent failing reads switch once.
-    switching: Arc<tokio::sync::Mutex<()>>,
-}
-
-/// One provider's copy of the object, pinned to the version seen when it was chosen: every block request carries
-/// its ETag (If-Match), so bytes of two versions are never mixed.
-#[derive(Clone, Debug)]
-pub struct Copy {
-    pub provider: Arc<Provider>,
-    pub key: ObjectPath,
-    pub etag: Option<String>,
-    /// Stands in for the ETag in cache keys when the provider gives none.
-    pub version_tag: String,
-    /// Index in `others` of the next provider to try.
-    next: usize,
-}
-
-impl ObjectVersion {
-    /// An object read from `copy` on `provider` first, then from `others` in order.
-    pub fn new(
-        path: String,
-        size: u64,
-        provider: Arc<Provider>,
-        etag: Option<String>,
-        version_tag: String,
-        others: Vec<Arc<Provider>>,
-    ) -> Self {
-        let copy = Copy {
-            key: provider.key_for(&path),
-            provider,
-            etag,
-            version_tag,
-            next: 0,
-        };
-        ObjectVersion {
-            path,
-            size,
-            copy: Arc::new(Mutex::new(copy)),
-            others: others.into(),
-            switching: Arc::new(tokio::sync::Mutex::new(())),
-        }
-    }
-
-    /// The copy being read now.
-    pub fn current(&self) -> Copy {
-        self.copy.lock().unwrap().clone()
-    }
-
-    /// Moves on from `failed` to the next provider that holds a copy of the same size. False when none does.
-    async fn switch_from(&self, failed: &Copy, error: &ReadError) -> bool {
-        let _one_at_a_time = self.switching.lock().await;
-        let now = self.current();
-        if now.provider.name != failed.provider.name || now.version_tag != failed.version_tag {
-            return true; // another read already switched
-        }
-        for (i, provider) in self.others.iter().enumerate().skip(failed.next) {
-            let key = provider.key_for(&self.path);
-            let head = provider
-                .store
-                .get_opts(
-                    &key,
-                    GetOptions {
-                        head: true,
-                        ..Default::default()
-                    },
-                )
-                .await;
-            let Ok(head) = head else { continue };
-            if head.meta.size != self.size {
-                continue;
-            }
-            tracing::warn!(
-                "{}: `{}` failed mid-read ({error}); continuing from `{}`",
-                self.path,
-                failed.provider.name,
-                provider.name
-            );
-            provider
-                .health
-                .counters
-                .served_as_fallback
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let etag = head.meta.e_tag.or(head.meta.version);
-            *self.copy.lock().unwrap() = Copy {
-                provider: provider.clone(),
-                key,
-                version_tag: etag.clone().unwrap_or_else(|| failed.version_tag.clone()),
-                etag,
-                next: i + 1,
-            };
-            return true;
-        }
-        false
-    }
-}
 
 /// Per-open-file read-ahead state.
 #[derive(Debug, Default)]
@@ -392,234 +292,4 @@ impl Reader {
     async fn block(&self, object: &ObjectVersion, index: u64) -> ReadResult<Bytes> {
         block(&self.cache, object, index).await
     }
-}
-
-/// Block `index` from the cache or the current copy; when the copy's provider fails (or the copy is gone), from
-/// the next copy. While another copy may exist, the current one gets `primary_read_attempts`; when no other copy
-/// turns out to exist, it gets the full retry schedule after all.
-async fn block(cache: &BlockCache, object: &ObjectVersion, index: u64) -> ReadResult<Bytes> {
-    let mut no_other_copy = false;
-    loop {
-        let copy = object.current();
-        let fetch = fetch_block(object, &copy, index);
-        let fallback = match copy.next < object.others.len() && !no_other_copy {
-            true => Fallback::AtOnce,
-            false => Fallback::None,
-        };
-        let first = async {
-            let fetch = with_fallback(fallback, fetch);
-            let got = cache.get_or_fetch(block_key(&copy, index), fetch).await;
-            got.map_err(ReadError::Shared)
-        };
-        // A copy that does not answer within its provider's hedge delay: the open file moves on to the next copy
-        // and this block is asked of it too; the first to answer wins (see crate::providers::hedge).
-        let hedge = || {
-            (fallback == Fallback::AtOnce).then_some(async {
-                let stalled = ReadError::from(StorageError::Unavailable {
-                    provider: copy.provider.name.clone(),
-                    location: copy.provider.location.clone(),
-                    path: object.path.clone(),
-                    message: "no answer within the hedge delay".into(),
-                });
-                if !object.switch_from(&copy, &stalled).await {
-                    return Err(stalled);
-                }
-                let now = object.current();
-                let fetch = fetch_block(object, &now, index);
-                let got = cache.get_or_fetch(block_key(&now, index), fetch).await;
-                got.map_err(ReadError::Shared)
-            })
-        };
-        let outcome = match race(
-            &copy.provider.health,
-            first,
-            hedge,
-            |r: &ReadResult<Bytes>| r.is_ok(),
-        )
-        .await
-        {
-            Raced::Alone(r) | Raced::First(r) | Raced::Second(r) => r,
-            Raced::Neither(r, _) => r,
-        };
-        match outcome {
-            Err(e) if e.is_unavailable() || e.is_not_found() => {
-                if object.switch_from(&copy, &e).await {
-                    continue;
-                }
-                if fallback == Fallback::AtOnce && e.is_unavailable() {
-                    no_other_copy = true; // retry this copy in earnest
-                    continue;
-                }
-                return Err(e);
-            }
-            other => return other,
-        }
-    }
-}
-
-fn block_key(copy: &Copy, index: u64) -> BlockKey {
-    BlockKey::new(
-        &copy.provider.name,
-        copy.key.as_ref(),
-        &copy.version_tag,
-        index,
-    )
-}
-
-/// Read-ahead of the blocks `run` (not yet cached) with one GET of their whole range, pinned to `copy`'s version.
-/// Each block is put in the cache as soon as its bytes have arrived, through the cache's shared fetch, so a reader
-/// asking for it meanwhile waits for this GET instead of sending its own. A block this GET cannot deliver (the
-/// stream broke, the object changed) is fetched on its own; a provider that fails is then the reader's to handle.
-async fn fetch_run(
-    cache: Arc<BlockCache>,
-    object: ObjectVersion,
-    copy: Copy,
-    run: std::ops::Range<u64>,
-    permits: tokio::sync::OwnedSemaphorePermit,
-) {
-    let mut senders = Vec::new();
-    let mut waiting = tokio::task::JoinSet::new();
-    for index in run.clone() {
-        let (tx, rx) = tokio::sync::oneshot::channel::<Bytes>();
-        senders.push(tx);
-        let (cache, object, copy) = (cache.clone(), object.clone(), copy.clone());
-        waiting.spawn(async move {
-            let arrived = async {
-                match rx.await {
-                    Ok(bytes) => Ok(bytes),
-                    Err(_) => fetch_block(&object, &copy, index).await,
-                }
-            };
-            let _ = cache.get_or_fetch(block_key(&copy, index), arrived).await;
-        });
-    }
-    let mut senders = senders.into_iter();
-    stream_run(&object, &copy, run, |_, block| {
-        if let Some(tx) = senders.next() {
-            let _ = tx.send(block);
-        }
-    })
-    .await;
-    drop(senders);
-    while waiting.join_next().await.is_some() {}
-    drop(permits);
-}
-
-/// Fetches every block of `copy` not yet cached into the disk tier, [`RUN_BLOCKS`] per GET, [`FILL_RUNS`] GETs in
-/// flight over all fills; stops early when `alive` is gone (the handle closed) or a GET fails.
-async fn fill(
-    cache: &Arc<BlockCache>,
-    object: &ObjectVersion,
-    copy: &Copy,
-    permits: &Arc<Semaphore>,
-    alive: std::sync::Weak<()>,
-) {
-    use futures::StreamExt;
-    let blocks = object.size.div_ceil(BLOCK_SIZE);
-    let runs = (0..blocks).step_by(RUN_BLOCKS as usize).map(|start| {
-        let run = start..(start + RUN_BLOCKS).min(blocks);
-        let alive = alive.clone();
-        async move {
-            let _permit = permits.acquire().await.ok()?;
-            alive.upgrade()?;
-            let missing: Vec<u64> = run
-                .clone()
-                .filter(|i| !cache.holds(&block_key(copy, *i)))
-                .collect();
-            let (Some(first), Some(last)) = (missing.first(), missing.last()) else {
-                return Some(());
-            };
-            let run = *first..*last + 1;
-            let mut arrived = Vec::new();
-            let got = stream_run(object, copy, run.clone(), |i, block| {
-                arrived.push((i, block))
-            })
-            .await;
-            for (i, block) in arrived {
-                cache.put_on_disk(block_key(copy, i), block).await;
-            }
-            (got == run.end - run.start).then_some(())
-        }
-    });
-    let mut runs = futures::stream::iter(runs).buffered(FILL_RUNS);
-    while let Some(done) = runs.next().await {
-        if done.is_none() {
-            tracing::debug!(path = %object.path, "whole-object fill stopped");
-            return;
-        }
-    }
-    cache
-        .stats
-        .fills
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// One GET of the blocks `run` of `copy`, handing each complete block to `deliver` as it arrives (in order). Returns
-/// how many blocks were delivered: fewer than asked when the request or the stream failed (never a partial block).
-async fn stream_run(
-    object: &ObjectVersion,
-    copy: &Copy,
-    run: std::ops::Range<u64>,
-    mut deliver: impl FnMut(u64, Bytes),
-) -> u64 {
-    let start = run.start * BLOCK_SIZE;
-    let end = (run.end * BLOCK_SIZE).min(object.size);
-    if start >= end {
-        return 0;
-    }
-    let options = GetOptions {
-        range: Some(GetRange::Bounded(start..end)),
-        if_match: copy.etag.clone(),
-        ..Default::default()
-    };
-    let Ok(result) = copy.provider.store.get_opts(&copy.key, options).await else {
-        return 0;
-    };
-    let mut stream = result.into_stream();
-    let mut block = BytesMut::with_capacity(BLOCK_SIZE as usize);
-    let mut index = run.start;
-    let mut at = start;
-    let mut want = BLOCK_SIZE.min(end - at) as usize;
-    while let Some(Ok(mut chunk)) = futures::StreamExt::next(&mut stream).await {
-        while !chunk.is_empty() && at < end {
-            let take = (want - block.len()).min(chunk.len());
-            block.extend_from_slice(&chunk.split_to(take));
-            if block.len() == want {
-                let full =
-                    std::mem::replace(&mut block, BytesMut::with_capacity(BLOCK_SIZE as usize));
-                deliver(index, full.freeze());
-                index += 1;
-                at += want as u64;
-                want = BLOCK_SIZE.min(end.saturating_sub(at)) as usize;
-            }
-        }
-        if at >= end {
-            break;
-        }
-    }
-    index - run.start
-}
-
-/// One ranged GET for block `index`, pinned to the version the file was opened at.
-async fn fetch_block(object: &ObjectVersion, copy: &Copy, index: u64) -> ReadResult<Bytes> {
-    let start = index * BLOCK_SIZE;
-    let end = (start + BLOCK_SIZE).min(object.size);
-    let options = GetOptions {
-        range: Some(GetRange::Bounded(start..end)),
-        if_match: copy.etag.clone(),
-        ..Default::default()
-    };
-    let provider = &copy.provider;
-    let fail = |e| ReadError::from(StorageError::from_store(provider, &object.path, e));
-    let result = provider
-        .store
-        .get_opts(&copy.key, options)
-        .await
-        .map_err(fail)?;
-    let data = result.bytes().await.map_err(fail)?;
-    if data.len() as u64 != end - start {
-        return Err(ReadError::Stale); // the object is shorter than when it was opened
-    }
-    tracing::trace!(provider = %provider.name, path = %object.path, block = index, "fetched block");
-    Ok(data)
 }

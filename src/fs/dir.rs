@@ -1,0 +1,467 @@
+//! Directories: asking every provider that may hold entries of one (with hedging and coverage), the merged
+//! listing, `opendir` and `readdir`.
+
+use super::*;
+
+impl Filesystem {
+    /// Asks every provider of `providers` about directory `dir` at once, answers in their order. Stops early when
+    /// an answer satisfies `enough` (the others are dropped). Providers still out once the answered ones make the
+    /// listing complete without them (their fallbacks answered) are given up after their hedge delay: a stalled
+    /// primary costs a listing its hedge delay, not its timeouts (see crate::providers::hedge). They count as
+    /// unavailable, so such a listing is not cached.
+    pub(super) async fn ask_all<T>(
+        &self,
+        dir: &str,
+        providers: &[Arc<Provider>],
+        ask: impl Fn(&Arc<Provider>) -> Asked<T>,
+        enough: impl Fn(&Result<T, StorageError>) -> bool,
+    ) -> Vec<Result<T, StorageError>> {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let started = tokio::time::Instant::now();
+        let mut answers: Vec<Option<Result<T, StorageError>>> =
+            providers.iter().map(|_| None).collect();
+        let mut out: FuturesUnordered<_> = providers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let asked = ask(p);
+                async move { (i, asked.await) }
+            })
+            .collect();
+        let gave_up = |provider: &Provider| StorageError::Unavailable {
+            provider: provider.name.clone(),
+            location: provider.location.clone(),
+            path: dir.to_string(),
+            message: "no answer within the hedge delay while its fallbacks answered".into(),
+        };
+        while !out.is_empty() {
+            let missing: Vec<&str> = providers
+                .iter()
+                .zip(&answers)
+                .filter(|(_, a)| !matches!(a, Some(Ok(_))))
+                .map(|(p, _)| p.name.as_str())
+                .collect();
+            let answered = answers.iter().any(|a| matches!(a, Some(Ok(_))));
+            let deadline =
+                (answered && self.storage.listing_complete_without(dir, &missing)).then(|| {
+                    let waited = providers
+                        .iter()
+                        .zip(&answers)
+                        .filter(|(_, a)| a.is_none())
+                        .map(|(p, _)| p.health.pace.delay())
+                        .max()
+                        .unwrap_or_default();
+                    started + waited
+                });
+            tokio::select! {
+                Some((i, answer)) = out.next() => {
+                    let done = enough(&answer);
+                    answers[i] = Some(answer);
+                    if done {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or(started)), if deadline.is_some() => {
+                    for (provider, answer) in providers.iter().zip(answers.iter_mut()) {
+                        if answer.is_none() {
+                            crate::providers::hedge::given_up(&provider.health);
+                            *answer = Some(Err(gave_up(provider)));
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        providers
+            .iter()
+            .zip(answers)
+            .map(|(p, a)| a.unwrap_or_else(|| Err(gave_up(p))))
+            .collect()
+    }
+
+    /// How hard a listing of `dir` tries `provider`: a listing that can do without it (see
+    /// [`Storage::listing_complete_without`]) still retries fully, but skips it while it is marked down.
+    pub(super) fn read_fallback(&self, dir: &str, provider: &Provider) -> Fallback {
+        match self
+            .storage
+            .listing_complete_without(dir, &[provider.name.as_str()])
+        {
+            true => Fallback::AfterRetries,
+            false => Fallback::None,
+        }
+    }
+
+    /// Fails when providers that did not answer hold entries of `dir` that no answering fallback stands in for;
+    /// returns the outage that was tolerated, if any.
+    pub(super) fn check_covered<T>(
+        &self,
+        dir: &str,
+        outcome: &mut Outcome<'_, T>,
+    ) -> FsResult<Option<StorageError>> {
+        let Some(outage) = outcome.first_outage.take() else {
+            return Ok(None);
+        };
+        if !self.storage.listing_complete_without(dir, &outcome.failed) {
+            return Err(FsError::Storage(outage));
+        }
+        tracing::debug!(
+            "{dir:?}: answered without {:?}, whose fallbacks stand in",
+            outcome.failed
+        );
+        Ok(Some(outage))
+    }
+
+    pub(super) fn providers_under(&self, dir: &str) -> Vec<Arc<Provider>> {
+        self.storage
+            .router()
+            .providers_under(dir)
+            .into_iter()
+            .filter_map(|name| self.storage.provider(name).cloned())
+            .collect()
+    }
+
+    /// Opens a directory: its listing is taken now and served to readdir from this snapshot.
+    pub async fn opendir(&self, ino: Ino) -> FsResult<u64> {
+        let (path, entry, _) = self.path_of(ino)?;
+        if entry.kind != Kind::Dir {
+            return Err(FsError::NotADirectory);
+        }
+        let entries = match self.listings.get(&path) {
+            Some(entries) => entries,
+            None => {
+                let asked = self.inodes.clock();
+                let (entries, partial, _) = self.list_dir(&path, Heads::Small).await?;
+                let entries = Arc::new(entries);
+                if partial.is_none() {
+                    let listings = &self.listings;
+                    self.inodes.if_unchanged(&path, asked, || {
+                        listings.insert(path.clone(), entries.clone());
+                    });
+                }
+                entries
+            }
+        };
+        let entries = self.with_staged(&path, entries);
+        Ok(self.add_handle(ino, Handle::Dir { entries }))
+    }
+
+    /// A listing of `dir` with the files written here as they are now (a cached listing may be older than
+    /// their last write): the kernel takes the sizes a listing gives as the truth.
+    pub(super) fn with_staged(&self, dir: &str, entries: Arc<Vec<DirEntry>>) -> Arc<Vec<DirEntry>> {
+        let staged = self.uploads.children(dir);
+        if staged.is_empty() {
+            return entries;
+        }
+        let mut entries = (*entries).clone();
+        for (child, file) in staged {
+            let name = child.rsplit('/').next().unwrap_or(&child).to_string();
+            let known = self.inodes.find(&child).map(|(_, e, _)| e);
+            let entry = Self::staged_entry(&file, known);
+            let (ino, entry) = self.inodes.record_shown(&child, entry);
+            let listed = DirEntry {
+                name: name.clone(),
+                attr: self.attr(ino, &entry),
+            };
+            match entries.iter_mut().find(|e| e.name == name) {
+                Some(e) if e.attr.kind == Kind::Dir => {}
+                Some(e) => *e = listed,
+                None => entries.push(listed),
+            }
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Arc::new(entries)
+    }
+
+    /// Entries of an open directory from position `offset` on ("." and ".." included).
+    pub fn readdir(&self, ino: Ino, fh: u64, offset: u64) -> FsResult<Vec<(u64, DirEntry)>> {
+        let handle = self.handle(fh)?;
+        let Handle::Dir { entries } = &*handle else {
+            return Err(FsError::NotADirectory);
+        };
+        let (path, entry, _) = self.path_of(ino)?;
+        let parent_ino = self.parent_ino(&path);
+        let parent_entry = Entry::dir(self.mounted_at);
+        let dots =
+            [(".", ino, &entry), ("..", parent_ino, &parent_entry)].map(|(name, i, e)| DirEntry {
+                name: name.to_string(),
+                attr: self.attr(i, e),
+            });
+        Ok(dots
+            .into_iter()
+            .chain(entries.iter().cloned())
+            .enumerate()
+            .skip(offset as usize)
+            .map(|(i, e)| (i as u64 + 1, e))
+            .collect())
+    }
+
+    pub(super) fn parent_ino(&self, path: &str) -> Ino {
+        let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+        self.inodes.find(parent).map_or(ROOT, |(ino, _, _)| ino)
+    }
+
+    /// The merged listing of directory `path`, each name once; records every entry's attributes. Also returns
+    /// the outage of a provider that did not answer while a fallback stood in for it: such a listing may lack
+    /// files only that provider has, so it is not cached (and `rmdir` does not trust it).
+    pub(super) async fn list_dir(
+        &self,
+        path: &str,
+        heads: Heads,
+    ) -> FsResult<(Vec<DirEntry>, Option<StorageError>, HashSet<String>)> {
+        let asked = self.inodes.clock();
+        let providers = self.providers_under(path);
+        let list = |provider: &Arc<Provider>| {
+            let provider = provider.clone();
+            let fallback = self.read_fallback(path, &provider);
+            let path = path.to_string();
+            Box::pin(with_fallback(fallback, async move {
+                list_one(&provider, &path).await
+            })) as Asked<ListResult>
+        };
+        let listings = self.ask_all(path, &providers, list, |_| false).await;
+        let mut outcome = Outcome::of(&providers, listings)?;
+        let partial = self.check_covered(path, &mut outcome)?;
+        let router = self.storage.router();
+        let mut dirs: BTreeMap<String, Entry> = BTreeMap::new();
+        // Files: each name from the provider that ranks first for it in read order.
+        let mut files: BTreeMap<String, (usize, Entry)> = BTreeMap::new();
+        for (listing, provider) in outcome.answered {
+            for sub in listing.common_prefixes {
+                let Some(child) = provider.path_of(&sub) else {
+                    continue;
+                };
+                if router
+                    .providers_under(&child)
+                    .contains(&provider.name.as_str())
+                {
+                    dirs.insert(child, Entry::dir(self.mounted_at));
+                }
+            }
+            for meta in listing.objects {
+                let Some(child) = provider.path_of(&meta.location) else {
+                    continue;
+                };
+                let marker = child.rsplit('/').next() == Some(DIR_MARKER);
+                if marker || child == path {
+                    continue;
+                }
+                let Some(rank) = self.storage.read_rank(&child, &provider.name) else {
+                    continue; // no route sends this name to this provider
+                };
+                if files.get(&child).is_none_or(|(r, _)| rank < *r) {
+                    let entry = Entry {
+                        kind: Kind::File,
+                        size: meta.size,
+                        mtime: meta.last_modified.into(),
+                        etag: meta.e_tag.or(meta.version),
+                        posix: None,
+                        source: Some(provider.name.clone()),
+                    };
+                    files.insert(child, (rank, entry));
+                }
+            }
+        }
+        // Subdirectories: their mode, owner and times are on their markers, which a listing does not show (the
+        // kernel takes a listing's attributes as the truth). Asked once per directory this mount has not seen.
+        let unknown: Vec<String> = dirs
+            .keys()
+            .filter(|d| {
+                self.inodes
+                    .find(d)
+                    .is_none_or(|(_, known, _)| known.kind != Kind::Dir)
+            })
+            .cloned()
+            .collect();
+        let stored = ask_each(unknown, |dir| async move {
+            let posix = self.dir_posix(&dir).await.ok().flatten();
+            (dir, posix)
+        })
+        .await;
+        for (dir, posix) in stored {
+            if let Some(entry) = dirs.get_mut(&dir) {
+                entry.posix = posix;
+            }
+        }
+        // Small objects this mount has not seen may be symlinks, fifos, sockets or device nodes, which only their
+        // metadata says (a listing carries none, and the kernel takes a listing's file type as the truth): asked
+        // once each, up to SMALL_HEADS per listing; in a larger listing of small objects they show as files until
+        // looked up by name.
+        // A listing taken for lookups asks every file it has not seen (up to LISTED_HEADS), as a lookup by name
+        // would have.
+        let unseen = |child: &String| {
+            self.inodes.find(child).is_none_or(|(_, known, _)| {
+                known.etag.is_none() || known.etag.as_ref() != files[child].1.etag.as_ref()
+            })
+        };
+        let mut unasked: HashSet<String> = files.keys().filter(|c| unseen(c)).cloned().collect();
+        let mut small: Vec<String> = unasked.iter().cloned().collect();
+        if heads == Heads::Small || small.len() > LISTED_HEADS {
+            small.retain(|child| files[child].1.size < SMALL_OBJECT);
+        }
+        if small.len() > SMALL_HEADS {
+            tracing::debug!(
+                "{path:?}: {} small objects not asked for their type (more than {SMALL_HEADS})",
+                small.len()
+            );
+            small.clear();
+        }
+        let headed = ask_each(small, |child| async move {
+            let entry = self.head(&child).await.ok().flatten();
+            (child, entry)
+        })
+        .await;
+        for (child, entry) in headed {
+            if let (Some(entry), Some((_, listed))) = (entry, files.get_mut(&child)) {
+                *listed = entry;
+                unasked.remove(&child);
+            }
+        }
+        for (child, (_, entry)) in files {
+            dirs.entry(child).or_insert(entry); // a directory wins over a file of the same name
+        }
+        // Names made here while the listing was asked (a write-back upload published meanwhile): the listing may
+        // lack them.
+        for child in self.inodes.changed_in(path, asked) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = dirs.entry(child) {
+                if let Some((_, entry)) = self.current(slot.key()) {
+                    slot.insert(entry);
+                }
+            }
+        }
+        // Files written here: what they are now, also before their first upload.
+        let mut written = HashSet::new();
+        for (child, staged) in self.uploads.children(path) {
+            let known = dirs.remove(&child);
+            if known.as_ref().is_some_and(|e| e.kind == Kind::Dir) {
+                dirs.insert(child, known.unwrap());
+                continue;
+            }
+            dirs.insert(child.clone(), Self::staged_entry(&staged, known));
+            written.insert(child);
+        }
+        let entries = dirs
+            .into_iter()
+            .filter(|(child, _)| is_within(child, path))
+            .filter_map(|(child, entry)| {
+                let (ino, entry) = if written.contains(&child) {
+                    self.inodes.record_shown(&child, entry)
+                } else {
+                    // Listed before a change made here (an upload finishing, a rename, an unlink): the tree's own
+                    // entry is newer than the listing's (none: the name is gone). A name the tree does not know
+                    // (a change of many names, a directory rename, made the answer suspect) is taken as listed.
+                    match self.inodes.record_listed(&child, entry, asked) {
+                        inode::Answer::Recorded(ino, shown) => (ino, shown),
+                        inode::Answer::Stale(listed) => match self.current(&child) {
+                            Some(known) => known,
+                            None if self.negative.contains_key(&child) => return None,
+                            None => self.inodes.observed(&child, listed, self.inodes.clock())?,
+                        },
+                    }
+                };
+                let name = child.rsplit('/').next().unwrap_or(&child).to_string();
+                Some(DirEntry {
+                    name,
+                    attr: self.attr(ino, &entry),
+                })
+            })
+            .collect();
+        Ok((entries, partial, unasked))
+    }
+}
+
+/// Runs `ask` for every path, 16 requests in flight (what a listing asks beyond the LIST itself).
+pub(super) async fn ask_each<T, F, Fut>(paths: Vec<String>, ask: F) -> Vec<(String, T)>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = (String, T)>,
+{
+    use futures::StreamExt;
+    futures::stream::iter(paths.into_iter().map(ask))
+        .buffer_unordered(16)
+        .collect()
+        .await
+}
+
+/// Objects smaller than this may be symlinks (a target is at most PATH_MAX - 1 bytes) or special files.
+pub(super) const SMALL_OBJECT: u64 = 4096;
+/// Small objects a listing asks for their type at most (16 at a time).
+pub(super) const SMALL_HEADS: usize = 1000;
+
+/// The path of `name` in directory `dir` (the root is "").
+pub(super) fn child_of(dir: &str, name: &str) -> String {
+    match dir {
+        "" => name.to_string(),
+        dir => format!("{dir}/{name}"),
+    }
+}
+
+/// Files a listing taken for lookups asks for their attributes at most (16 at a time).
+pub(super) const LISTED_HEADS: usize = 1000;
+/// Entries a listing may have and still answer lookups (a larger directory is asked name by name).
+pub(super) const LISTED_MAX: usize = 5000;
+
+/// Which files a listing asks for their attributes: small ones (which may be symlinks or special files), or every
+/// one it has not seen (a listing taken to answer lookups).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Heads {
+    Small,
+    All,
+}
+
+/// The marker object of directory `path` (the root's is routed like a file `.zmount-dir` at the top).
+pub(crate) fn marker_of(path: &str) -> String {
+    match path {
+        "" => DIR_MARKER.to_string(),
+        dir => format!("{dir}/{DIR_MARKER}"),
+    }
+}
+
+/// Results of asking several providers: the answers, and which providers could not answer.
+pub(super) struct Outcome<'a, T> {
+    answered: Vec<(T, &'a Arc<Provider>)>,
+    failed: Vec<&'a str>,
+    first_outage: Option<StorageError>,
+}
+
+impl<'a, T> Outcome<'a, T> {
+    /// Sorts `results` (one per provider); an error other than an outage is returned at once.
+    pub(super) fn of(
+        providers: &'a [Arc<Provider>],
+        results: Vec<Result<T, StorageError>>,
+    ) -> FsResult<Self> {
+        let mut outcome = Outcome {
+            answered: Vec::new(),
+            failed: Vec::new(),
+            first_outage: None,
+        };
+        for (provider, result) in providers.iter().zip(results) {
+            match result {
+                Ok(value) => outcome.answered.push((value, provider)),
+                Err(e) if e.is_unavailable() => {
+                    outcome.failed.push(provider.name.as_str());
+                    outcome.first_outage.get_or_insert(e);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+/// One provider's answer about a directory, as [`Filesystem::ask_all`] runs it.
+pub(super) type Asked<T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StorageError>> + Send>>;
+
+/// One provider's entries directly in `path` (an empty listing when it has none).
+pub(super) async fn list_one(provider: &Provider, path: &str) -> Result<ListResult, StorageError> {
+    let key = (!path.is_empty() || !provider.prefix.is_empty()).then(|| provider.key_for(path));
+    match crate::providers::listing::list_dir(provider, key.as_ref()).await {
+        Ok(listing) => Ok(listing),
+        Err(object_store::Error::NotFound { .. }) => Ok(ListResult {
+            common_prefixes: vec![],
+            objects: vec![],
+            extensions: Default::default(),
+        }),
+        Err(e) => Err(StorageError::from_store(provider, path, e)),
+    }
+}
