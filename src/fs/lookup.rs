@@ -35,12 +35,15 @@ impl Filesystem {
     /// and a LIST per name. A name the listing lacks is still asked for (another client may have just made it:
     /// such a name is found at once, as without the listing). None: ask the providers.
     pub(super) async fn lookup_listed(&self, path: &str, name: &str) -> Option<FsResult<Attr>> {
+        if self.settings.attr_ttl.min(self.settings.negative_ttl) <= 0.0 {
+            return None; // nothing is trusted for any time: every lookup asks
+        }
         let dir = parent_of(path);
         let misses = self
             .lookup_misses
             .get_with(dir.to_string(), Default::default)
             .fetch_add(1, Ordering::Relaxed);
-        if misses == 0 && !self.looked_up.contains_key(dir) {
+        if (misses == 0 && !self.looked_up.contains_key(dir)) || self.unlistable.contains_key(dir) {
             return None;
         }
         let names = self
@@ -61,6 +64,10 @@ impl Filesystem {
                             listings.insert(dir.to_string(), entries.clone());
                         });
                         Some(Arc::new(names))
+                    }
+                    Ok((entries, None, _)) if entries.len() > LISTED_MAX => {
+                        self.unlistable.insert(dir.to_string(), ());
+                        None
                     }
                     _ => None,
                 }

@@ -96,6 +96,8 @@ pub struct Filesystem {
     /// The names of a directory a run of lookups listed; None when the listing could not answer lookups
     /// (incomplete, or too large). At most one listing per directory per TTL.
     looked_up: moka::future::Cache<String, Option<Arc<HashSet<String>>>>,
+    /// Directories too large to answer lookups from a listing, not listed for that again for ten minutes.
+    unlistable: moka::sync::Cache<String, ()>,
     /// Symlink targets by path, with the object version they were read from.
     links: moka::sync::Cache<String, (Option<String>, String)>,
     /// Open handles and the inode each was opened on.
@@ -173,6 +175,10 @@ impl Filesystem {
             listings,
             lookup_misses,
             looked_up,
+            unlistable: moka::sync::Cache::builder()
+                .max_capacity(4096)
+                .time_to_live(Duration::from_secs(600))
+                .build(),
             links: moka::sync::Cache::new(10_000),
             handles: Mutex::new(HashMap::new()),
             page_versions: Mutex::new(HashMap::new()),

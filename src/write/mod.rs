@@ -56,8 +56,8 @@ impl WriteError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             WriteError::Storage(e) => e.is_unavailable(),
-            WriteError::Failed(inner) => inner.is_unavailable(),
-            WriteError::Local(_) | WriteError::TooLarge => false,
+            // A failed file's error is final, whatever caused it.
+            WriteError::Failed(_) | WriteError::Local(_) | WriteError::TooLarge => false,
         }
     }
 }

@@ -191,15 +191,24 @@ impl Uploads {
     /// `close` of a handle that wrote (or may have): on a write-back route the version is journaled and queued,
     /// else uploaded now (see [`Uploads::commit`]).
     pub async fn close(self: &Arc<Self>, staged: &Arc<Staged>) -> WriteResult<()> {
+        self.close_when(staged, false).await
+    }
+
+    /// [`Uploads::close`]; `unopened`: only while no handle has the file open, checked under the file's state lock
+    /// (the publish at the last release must not take the bytes of a writer that opened the file since).
+    async fn close_when(self: &Arc<Self>, staged: &Arc<Staged>, unopened: bool) -> WriteResult<()> {
         let Some(path) = staged.path() else {
             let st = staged.state.lock().await;
             return st.check_failed(); // unlinked: never uploaded
         };
         if !self.write_back(&path) {
-            return self.commit(staged).await;
+            return self.commit_when(staged, unopened).await;
         }
         let queued = {
             let mut st = staged.state.lock().await;
+            if unopened && staged.handles() > 0 {
+                return Ok(()); // opened again: that handle's close publishes
+            }
             st.check_failed()?;
             self.journal_changes(staged, &mut st, &path).await?;
             st.pending.is_some()
@@ -213,8 +222,16 @@ impl Uploads {
     /// Puts the file's newest version on the provider now (write-through `close`, `fsync`). A failed upload
     /// leaves the version journaled and pending (retried later, seen by every read) and returns the error.
     pub async fn commit(&self, staged: &Arc<Staged>) -> WriteResult<()> {
+        self.commit_when(staged, false).await
+    }
+
+    /// [`Uploads::commit`]; `unopened`: see [`Uploads::close_when`].
+    async fn commit_when(&self, staged: &Arc<Staged>, unopened: bool) -> WriteResult<()> {
         let _publishing = staged.publish.lock().await;
         let mut st = staged.state.lock().await;
+        if unopened && staged.handles() > 0 {
+            return Ok(()); // opened again: that handle's close publishes
+        }
         st.check_failed()?;
         let Some(path) = staged.path() else {
             return Ok(());
@@ -364,7 +381,7 @@ impl Uploads {
                 st.dirty && st.failed.is_none()
             };
             if dirty && staged.path().is_some() {
-                if let Err(e) = this.close(&staged).await {
+                if let Err(e) = this.close_when(&staged, true).await {
                     tracing::warn!(
                         "{}: changes made after close could not be stored: {e}",
                         staged.path().unwrap_or_default()
