@@ -1157,6 +1157,18 @@ async fn multipart_upload_of_a_killed_daemon_is_not_left_behind() {
     let data = pattern(64 << 20, 17);
     let mut file = std::fs::File::create(mount.path("big.bin")).unwrap();
     write_until_multipart(&mut file, &data, &key, 9 << 20).await;
+    // The upload's record is written (durably) right after the server creates it and before its first part: a kill
+    // in between would leave an upload nothing knows of (see SEMANTICS.md). Kill once the record is there.
+    let records = ctx.dir.path().join("cache/uploads");
+    let started = Instant::now();
+    while !std::fs::read_dir(&records).is_ok_and(|mut d| d.any(|e| e.is_ok())) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no record of the multipart upload in {}",
+            records.display()
+        );
+        tokio::time::sleep(POLL).await;
+    }
 
     let status = mount.stop_with(libc::SIGKILL); // with the file still open
     assert!(!status.success());
