@@ -173,7 +173,8 @@ impl Reader {
     /// soon reads at cache speed instead of paying a round trip per block. Only objects that take at most a
     /// quarter of the disk tier; the fill ends when the handle that started it is closed.
     fn note_random_read(&self, object: &ObjectVersion, state: &Mutex<ReadState>, key: &BlockKey) {
-        if self.cache.holds(key) {
+        // Past the count (a fill started, or the object is not one to fill): nothing more to note.
+        if state.lock().unwrap().random_misses >= FILL_AFTER || self.cache.holds(key) {
             return;
         }
         let token = {

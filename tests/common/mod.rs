@@ -263,12 +263,7 @@ pub async fn metrics(addr: &str) -> String {
 
 /// A per-provider counter from the mount's metrics endpoint, summed over its other labels.
 pub async fn metric(addr: &str, name: &str, provider: &str) -> f64 {
-    let text = metrics(addr).await;
-    let wanted = format!("{name}{{provider=\"{provider}\"");
-    text.lines()
-        .filter(|l| l.starts_with(&wanted))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_sum(addr, &format!("{name}{{provider=\"{provider}\"")).await
 }
 
 /// The sum of a mount's metric lines that start with `prefix` (a name, or a name with its first labels, e.g.
