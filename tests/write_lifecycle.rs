@@ -1156,19 +1156,9 @@ async fn multipart_upload_of_a_killed_daemon_is_not_left_behind() {
     let key = ctx.provider.key_for("big.bin").to_string();
     let data = pattern(64 << 20, 17);
     let mut file = std::fs::File::create(mount.path("big.bin")).unwrap();
+    // The upload's record is written durably before the server is asked to create it: killing as soon as the
+    // server shows the upload leaves a record, with or without the upload's id.
     write_until_multipart(&mut file, &data, &key, 9 << 20).await;
-    // The upload's record is written (durably) right after the server creates it and before its first part: a kill
-    // in between would leave an upload nothing knows of (see SEMANTICS.md). Kill once the record is there.
-    let records = ctx.dir.path().join("cache/uploads");
-    let started = Instant::now();
-    while !std::fs::read_dir(&records).is_ok_and(|mut d| d.any(|e| e.is_ok())) {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no record of the multipart upload in {}",
-            records.display()
-        );
-        tokio::time::sleep(POLL).await;
-    }
 
     let status = mount.stop_with(libc::SIGKILL); // with the file still open
     assert!(!status.success());
@@ -1189,6 +1179,73 @@ async fn multipart_upload_of_a_killed_daemon_is_not_left_behind() {
         ctx.read_direct("big.bin").await.map(|b| b.len()),
         None,
         "never-closed file on the provider"
+    );
+}
+
+/// A record without an upload id is what a process killed while the server created the upload leaves. The next
+/// start lists the key's uploads and aborts the one created near the record's time; an upload of a key whose
+/// record is an hour older is someone else's and stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_id_was_never_recorded_is_found_and_aborted() {
+    let (ctx, mount) = mount_custom(Case::S3, "mpu-noid", "", None, "", "");
+    let multipart = ctx
+        .provider
+        .multipart
+        .clone()
+        .expect("S3 has multipart uploads");
+    let records = ctx.dir.path().join("cache/uploads");
+    std::fs::create_dir_all(&records).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut keys = Vec::new();
+    // No process has an id this large: both records are of a process that no longer runs.
+    for (n, (name, since)) in [("cut.bin", now), ("other.bin", now - 3600)]
+        .into_iter()
+        .enumerate()
+    {
+        let key = ctx.provider.key_for(name);
+        let id = multipart.create_multipart(&key).await.unwrap();
+        let record = serde_json::json!({"provider": ctx.provider.name, "key": key.to_string(), "since": since});
+        std::fs::write(
+            records.join(format!("4294967294-{n}.json")),
+            record.to_string(),
+        )
+        .unwrap();
+        assert_eq!(
+            incomplete_uploads(key.as_ref()).await.len(),
+            1,
+            "precondition"
+        );
+        keys.push((key.to_string(), id));
+    }
+
+    let mount = remount(mount);
+    let left = wait_no_uploads(&keys[0].0, Duration::from_secs(15)).await;
+    assert!(
+        left.is_empty(),
+        "upload of {} left: {left:?}\n{}",
+        keys[0].0,
+        mount.log()
+    );
+    let started = Instant::now();
+    while std::fs::read_dir(&records).unwrap().next().is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "records left\n{}",
+            mount.log()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    let other = incomplete_uploads(&keys[1].0).await;
+    let _ = multipart
+        .abort_multipart(&ctx.provider.key_for("other.bin"), &keys[1].1)
+        .await;
+    assert_eq!(
+        other.len(),
+        1,
+        "the upload created long after its key's record was aborted"
     );
 }
 

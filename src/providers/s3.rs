@@ -151,6 +151,21 @@ impl S3Direct {
         Ok(response)
     }
 
+    /// Sends `request` like [`Self::send`]; the answer's status and body (as text).
+    async fn send_for_text(
+        &self,
+        request: http::request::Builder,
+    ) -> Result<(u16, String), String> {
+        let response = self.send(request).await?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .bytes()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
     /// The user metadata (lowercase keys, without `x-amz-meta-`) of the object `key/`, or None when there is none.
     pub async fn metadata(&self, key: &str) -> Result<Option<BTreeMap<String, String>>, String> {
         let url = format!("{}/{}/", self.base, encode_key(key));
@@ -201,14 +216,7 @@ impl S3Direct {
         for (name, value) in headers {
             builder = builder.header(name.as_str(), value.as_str());
         }
-        let response = self.send(builder).await?;
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .bytes()
-            .await
-            .map_err(|e| e.to_string())?;
-        let body = String::from_utf8_lossy(&body);
+        let (status, body) = self.send_for_text(builder).await?;
         match status {
             // A copy can fail after its 200 has been sent: the error is then in the body.
             200 if !body.contains("<Error>") => Ok(Replaced::Done(xml_element(&body, "ETag"))),
@@ -221,15 +229,90 @@ impl S3Direct {
     }
 }
 
-/// The text of the first `<name>` element of `xml`, entities `&quot;` and `&amp;` decoded.
+/// A multipart upload in progress, as `ListMultipartUploads` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadInProgress {
+    pub key: String,
+    pub upload_id: String,
+    /// When the upload was created (the server's clock), when the answer says.
+    pub initiated: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl S3Direct {
+    /// The multipart uploads in progress of exactly `key` (`ListMultipartUploads` with the key as prefix, every
+    /// page). Used for a journaled upload whose id was never learned (see crate::providers::open_uploads).
+    pub async fn uploads_of(&self, key: &str) -> Result<Vec<UploadInProgress>, String> {
+        let mut found = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        for _page in 0..100 {
+            let mut url = format!("{}?prefix={}&uploads=", self.base, encode_query(key));
+            if let Some((key_marker, id_marker)) = &markers {
+                url = format!(
+                    "{}?key-marker={}&prefix={}&upload-id-marker={}&uploads=",
+                    self.base,
+                    encode_query(key_marker),
+                    encode_query(key),
+                    encode_query(id_marker)
+                );
+            }
+            let request = http::Request::builder().method(http::Method::GET).uri(&url);
+            let (status, body) = self.send_for_text(request).await?;
+            if status != 200 {
+                return Err(format!(
+                    "GET {url} (list multipart uploads): status {status}: {}",
+                    xml_element(&body, "Code").unwrap_or_default()
+                ));
+            }
+            found.extend(
+                body.split("<Upload>")
+                    .skip(1)
+                    .filter_map(|upload| {
+                        Some(UploadInProgress {
+                            key: xml_element(upload, "Key")?,
+                            upload_id: xml_element(upload, "UploadId")?,
+                            initiated: xml_element(upload, "Initiated").and_then(|t| {
+                                chrono::DateTime::parse_from_rfc3339(&t)
+                                    .ok()
+                                    .map(|t| t.with_timezone(&chrono::Utc))
+                            }),
+                        })
+                    })
+                    .filter(|u| u.key == key),
+            );
+            let next = (
+                xml_element(&body, "NextKeyMarker"),
+                xml_element(&body, "NextUploadIdMarker"),
+            );
+            match (xml_element(&body, "IsTruncated").as_deref(), next) {
+                (Some("true"), (Some(k), Some(i)))
+                    if markers.as_ref() != Some(&(k.clone(), i.clone())) =>
+                {
+                    markers = Some((k, i))
+                }
+                _ => return Ok(found),
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// The text of the first `<name>` element of `xml`, XML's predefined entities decoded.
 fn xml_element(xml: &str, name: &str) -> Option<String> {
     let start = xml.find(&format!("<{name}>"))? + name.len() + 2;
     let end = start + xml[start..].find(&format!("</{name}>"))?;
     Some(
         xml[start..end]
             .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
             .replace("&amp;", "&"),
     )
+}
+
+/// RFC 3986 encoding of a query value (`/` encoded too, as SigV4's canonical query string has it).
+fn encode_query(value: &str) -> String {
+    encode_key(value).replace('/', "%2F")
 }
 
 /// RFC 3986 encoding of an object key for a URL path, `/` kept (what S3 signs and expects).

@@ -29,21 +29,27 @@ where
 {
     let fail = |e| StorageError::from_store(provider, path, e);
     let key = provider.key_for(path);
-    let id = multipart
-        .create_multipart_opts(&key, opts)
-        .await
-        .map_err(fail)?;
-    let record = match journal.started(&provider.name, &key, &id) {
-        Ok(record) => record,
+    // The record comes first: a process killed while the server creates the upload leaves a record (without
+    // the id) that the next start settles by listing the key's uploads.
+    let invalid = |e: std::io::Error| StorageError::Invalid {
+        path: path.to_string(),
+        what: "multipart upload record",
+        reason: e.to_string(),
+    };
+    let record = journal.starting(&provider.name, &key).map_err(invalid)?;
+    let id = match multipart.create_multipart_opts(&key, opts).await {
+        Ok(id) => id,
         Err(e) => {
-            let _ = multipart.abort_multipart(&key, &id).await;
-            return Err(StorageError::Invalid {
-                path: path.to_string(),
-                what: "multipart upload record",
-                reason: e.to_string(),
-            });
+            // The create may have reached the server with its answer lost: the record stays for the next pass.
+            journal.ended(&record, false);
+            return Err(fail(e));
         }
     };
+    if let Err(e) = journal.started(&record, &id) {
+        let aborted = multipart.abort_multipart(&key, &id).await.is_ok();
+        journal.ended(&record, aborted);
+        return Err(invalid(e));
+    }
     let mut size = 0u64;
     let outcome: Result<object_store::PutResult> = async {
         let mut parts: Vec<PartId> = Vec::new();
