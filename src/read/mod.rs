@@ -96,6 +96,47 @@ const FILL_AFTER: u32 = 3;
 /// Run GETs in flight for whole-object fills (each holds up to [`RUN_BLOCKS`] blocks in memory).
 const FILL_RUNS: usize = 4;
 
+impl ReadState {
+    /// A read of `offset..end` (its last block `last`, in a file of `size` bytes) happened: updates the window
+    /// (at most `max_window` blocks) and returns the blocks read-ahead should request now.
+    fn plan(
+        &mut self,
+        offset: u64,
+        end: u64,
+        last: u64,
+        size: u64,
+        max_window: u64,
+    ) -> std::ops::Range<u64> {
+        let st = self;
+        // The kernel's own read-ahead sends several reads at once and they may be served out of order, so a read
+        // that lands near where the last one ended still counts as sequential.
+        if offset.abs_diff(st.next_offset) <= SEQUENTIAL_SLACK {
+            st.window = (st.window * 2).clamp(1, max_window);
+            st.next_offset = st.next_offset.max(end);
+        } else {
+            st.window = 0;
+            st.requested_until = 0;
+            st.next_offset = end;
+        }
+        let blocks_in_file = size.div_ceil(BLOCK_SIZE);
+        let from = st.requested_until.max(last + 1);
+        let mut to = (last + 1 + st.window).min(blocks_in_file);
+        // Asked for in runs: once a run's worth of the window is free (or the file ends), not a block per read.
+        if to <= from || (to - from < RUN_BLOCKS.min(st.window) && to < blocks_in_file) {
+            return from..from;
+        }
+        // Once the window holds a run, runs end on multiples of RUN_BLOCKS (so they start on them too): the
+        // ranges then match how uploaders cut objects (8 MiB parts) and servers store them, and no GET reads
+        // a part or chunk of the server's for a few of its bytes.
+        let aligned = to - to % RUN_BLOCKS;
+        if st.window >= RUN_BLOCKS && to < blocks_in_file && aligned > from {
+            to = aligned;
+        }
+        st.requested_until = to;
+        from..to
+    }
+}
+
 impl Reader {
     /// A reader over `cache`, whose memory tier holds `memory_bytes`: one reader's window is at most `read_ahead_bytes`
     /// and half the memory tier, and read-ahead of all files together at most half of it, so blocks fetched ahead
@@ -220,30 +261,14 @@ impl Reader {
         last: u64,
         size: u64,
     ) -> std::ops::Range<u64> {
-        let mut st = state.lock().unwrap();
-        // The kernel's own read-ahead sends several reads at once and they may be served out of order, so a read
-        // that lands near where the last one ended still counts as sequential.
-        if offset.abs_diff(st.next_offset) <= SEQUENTIAL_SLACK {
-            st.window = (st.window * 2).clamp(1, self.max_window);
-            st.next_offset = st.next_offset.max(end);
-        } else {
-            st.window = 0;
-            st.requested_until = 0;
-            st.next_offset = end;
-        }
-        let blocks_in_file = size.div_ceil(BLOCK_SIZE);
-        let from = st.requested_until.max(last + 1);
-        let to = (last + 1 + st.window).min(blocks_in_file);
-        // Asked for in runs: once a run's worth of the window is free (or the file ends), not a block per read.
-        if to <= from || (to - from < RUN_BLOCKS.min(st.window) && to < blocks_in_file) {
-            return from..from;
-        }
-        st.requested_until = to;
-        from..to
+        state
+            .lock()
+            .unwrap()
+            .plan(offset, end, last, size, self.max_window)
     }
 
     /// Fetches the blocks of `ahead` not yet cached in the background, consecutive ones together: one GET per
-    /// run of up to [`RUN_BLOCKS`] blocks, cut into blocks as it streams in (a 1 MiB ranged GET costs about as
+    /// run of up to [`RUN_BLOCKS`] blocks, never across a multiple of it, cut into blocks as it streams in (a 1 MiB ranged GET costs about as
     /// much in round trips as it moves data). Each block takes a read-ahead permit until it is cached.
     fn spawn_read_ahead(&self, object: &ObjectVersion, ahead: std::ops::Range<u64>) {
         let copy = object.current();
@@ -258,7 +283,7 @@ impl Reader {
             let mut end = index + 1;
             if !self.cache.holds(&key) {
                 while end < ahead.end
-                    && end - index < RUN_BLOCKS
+                    && !end.is_multiple_of(RUN_BLOCKS)
                     && !self.cache.holds(&block_key(&copy, end))
                 {
                     end += 1;
@@ -292,5 +317,60 @@ impl Reader {
 
     async fn block(&self, object: &ObjectVersion, index: u64) -> ReadResult<Bytes> {
         block(&self.cache, object, index).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sequential readers of every read size the kernel sends, over files of many sizes: no block is requested
+    /// twice, read-ahead stays within the window ahead of the reader, and once the window holds a run every
+    /// request ends on a multiple of RUN_BLOCKS (or at the end of the file).
+    #[test]
+    fn read_ahead_requests_each_block_once_in_aligned_runs() {
+        for read in [4096u64, 128 << 10, 1 << 20] {
+            for size in [
+                1u64,
+                BLOCK_SIZE,
+                3 * BLOCK_SIZE + 7,
+                48 * BLOCK_SIZE,
+                101 * BLOCK_SIZE - 3,
+            ] {
+                let max_window = 16;
+                let mut st = ReadState::default();
+                let mut requested = vec![false; size.div_ceil(BLOCK_SIZE) as usize];
+                let mut offset = 0;
+                while offset < size {
+                    let end = (offset + read).min(size);
+                    let last = (end - 1) / BLOCK_SIZE;
+                    let ahead = st.plan(offset, end, last, size, max_window);
+                    assert!(
+                        ahead.end <= last + 1 + max_window,
+                        "past the window: {ahead:?} at {last}"
+                    );
+                    if st.window >= RUN_BLOCKS
+                        && !ahead.is_empty()
+                        && ahead.end < requested.len() as u64
+                    {
+                        assert_eq!(
+                            ahead.end % RUN_BLOCKS,
+                            0,
+                            "unaligned run {ahead:?} (size {size}, read {read})"
+                        );
+                    }
+                    for b in ahead {
+                        assert!(!requested[b as usize], "block {b} requested twice");
+                        requested[b as usize] = true;
+                    }
+                    offset = end;
+                }
+                // Everything after the first block was read ahead.
+                assert!(
+                    requested.iter().skip(1).all(|r| *r),
+                    "size {size}, read {read}: {requested:?}"
+                );
+            }
+        }
     }
 }
