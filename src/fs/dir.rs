@@ -172,8 +172,9 @@ impl Filesystem {
         Arc::new(entries)
     }
 
-    /// Entries of an open directory from position `offset` on ("." and ".." included).
-    pub fn readdir(&self, ino: Ino, fh: u64, offset: u64) -> FsResult<Vec<(u64, DirEntry)>> {
+    /// Entries of an open directory from position `offset` on ("." and ".." included), each with the offset of
+    /// the next; produced as they are taken (the kernel takes a few dozen per call from listings of thousands).
+    pub fn readdir(&self, ino: Ino, fh: u64, offset: u64) -> FsResult<DirPage> {
         let handle = self.handle(fh)?;
         let Handle::Dir { entries } = &*handle else {
             return Err(FsError::NotADirectory);
@@ -186,13 +187,11 @@ impl Filesystem {
                 name: name.to_string(),
                 attr: self.attr(i, e),
             });
-        Ok(dots
-            .into_iter()
-            .chain(entries.iter().cloned())
-            .enumerate()
-            .skip(offset as usize)
-            .map(|(i, e)| (i as u64 + 1, e))
-            .collect())
+        Ok(DirPage {
+            dots,
+            entries: entries.clone(),
+            next: offset as usize,
+        })
     }
 
     pub(super) fn parent_ino(&self, path: &str) -> Ino {
@@ -288,23 +287,32 @@ impl Filesystem {
         // looked up by name.
         // A listing taken for lookups asks every file it has not seen (up to LISTED_HEADS), as a lookup by name
         // would have.
-        let unseen = |child: &String| {
-            self.inodes.find(child).is_none_or(|(_, known, _)| {
-                known.etag.is_none() || known.etag.as_ref() != files[child].1.etag.as_ref()
+        let unseen: Vec<(&String, u64)> = files
+            .iter()
+            .filter(|(child, (_, listed))| {
+                self.inodes.find(child).is_none_or(|(_, known, _)| {
+                    known.etag.is_none() || known.etag.as_ref() != listed.etag.as_ref()
+                })
             })
-        };
-        let mut unasked: HashSet<String> = files.keys().filter(|c| unseen(c)).cloned().collect();
-        let mut small: Vec<String> = unasked.iter().cloned().collect();
-        if heads == Heads::Small || small.len() > LISTED_HEADS {
-            small.retain(|child| files[child].1.size < SMALL_OBJECT);
-        }
-        if small.len() > SMALL_HEADS {
+            .map(|(child, (_, listed))| (child, listed.size))
+            .collect();
+        let only_small = heads == Heads::Small || unseen.len() > LISTED_HEADS;
+        let asked_for = |(_, size): &&(&String, u64)| !only_small || *size < SMALL_OBJECT;
+        let wanted = unseen.iter().filter(asked_for).count();
+        let small: Vec<String> = if wanted > SMALL_HEADS {
             tracing::debug!(
-                "{path:?}: {} small objects not asked for their type (more than {SMALL_HEADS})",
-                small.len()
+                "{path:?}: {wanted} small objects not asked for their type (more than {SMALL_HEADS})"
             );
-            small.clear();
-        }
+            Vec::new()
+        } else {
+            unseen
+                .iter()
+                .filter(asked_for)
+                .map(|(child, _)| (*child).clone())
+                .collect()
+        };
+        let mut unasked: HashSet<String> =
+            unseen.into_iter().map(|(child, _)| child.clone()).collect();
         let headed = ask_each(small, |child| async move {
             let entry = self.head(&child).await.ok().flatten();
             (child, entry)
@@ -339,33 +347,66 @@ impl Filesystem {
             dirs.insert(child.clone(), Self::staged_entry(&staged, known));
             written.insert(child);
         }
-        let entries = dirs
+        let (shown, listed): (Vec<_>, Vec<_>) = dirs
             .into_iter()
             .filter(|(child, _)| is_within(child, path))
-            .filter_map(|(child, entry)| {
-                let (ino, entry) = if written.contains(&child) {
-                    self.inodes.record_shown(&child, entry)
-                } else {
-                    // Listed before a change made here (an upload finishing, a rename, an unlink): the tree's own
-                    // entry is newer than the listing's (none: the name is gone). A name the tree does not know
-                    // (a change of many names, a directory rename, made the answer suspect) is taken as listed.
-                    match self.inodes.record_listed(&child, entry, asked) {
-                        inode::Answer::Recorded(ino, shown) => (ino, shown),
-                        inode::Answer::Stale(listed) => match self.current(&child) {
-                            Some(known) => known,
-                            None if self.negative.contains_key(&child) => return None,
-                            None => self.inodes.observed(&child, listed, self.inodes.clock())?,
-                        },
-                    }
+            .partition(|(child, _)| written.contains(child));
+        let shown = shown.into_iter().map(|(child, entry)| {
+            let (ino, entry) = self.inodes.record_shown(&child, entry);
+            Some((child, ino, entry))
+        });
+        let listed = self
+            .inodes
+            .record_listed_all(listed, asked)
+            .into_iter()
+            .map(|(child, answer)| {
+                // Listed before a change made here (an upload finishing, a rename, an unlink): the tree's own
+                // entry is newer than the listing's (none: the name is gone). A name the tree does not know (a
+                // change of many names, a directory rename, made the answer suspect) is taken as listed.
+                let (ino, entry) = match answer {
+                    inode::Answer::Recorded(ino, shown) => (ino, shown),
+                    inode::Answer::Stale(listed) => match self.current(&child) {
+                        Some(known) => known,
+                        None if self.negative.contains_key(&child) => return None,
+                        None => self.inodes.observed(&child, listed, self.inodes.clock())?,
+                    },
                 };
-                let name = child.rsplit('/').next().unwrap_or(&child).to_string();
-                Some(DirEntry {
-                    name,
-                    attr: self.attr(ino, &entry),
-                })
+                Some((child, ino, entry))
+            });
+        let mut entries: Vec<DirEntry> = shown
+            .chain(listed)
+            .flatten()
+            .map(|(child, ino, entry)| DirEntry {
+                name: child.rsplit('/').next().unwrap_or(&child).to_string(),
+                attr: self.attr(ino, &entry),
             })
             .collect();
+        if !written.is_empty() {
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
+        }
         Ok((entries, partial, unasked))
+    }
+}
+
+/// What [`Filesystem::readdir`] returns: the entries of an open directory from an offset on, cloned one by one as
+/// they are taken.
+pub struct DirPage {
+    dots: [DirEntry; 2],
+    entries: Arc<Vec<DirEntry>>,
+    next: usize,
+}
+
+impl Iterator for DirPage {
+    type Item = (u64, DirEntry);
+
+    fn next(&mut self) -> Option<(u64, DirEntry)> {
+        let at = self.next;
+        let entry = match at {
+            0 | 1 => self.dots[at].clone(),
+            _ => self.entries.get(at - 2)?.clone(),
+        };
+        self.next += 1;
+        Some((at as u64 + 1, entry))
     }
 }
 

@@ -266,6 +266,11 @@ impl Inodes {
     }
 
     fn put(t: &mut Table, path: &str, entry: Entry) -> Ino {
+        Self::put_at(t, path, entry, Instant::now())
+    }
+
+    /// [`Inodes::put`], the entry seen at `now`.
+    fn put_at(t: &mut Table, path: &str, entry: Entry, now: Instant) -> Ino {
         let ino = match t.by_path.get(path) {
             Some(ino) => *ino,
             None => {
@@ -287,7 +292,7 @@ impl Inodes {
                 entry,
                 touched,
                 renamed,
-                seen: Some(Instant::now()),
+                seen: Some(now),
             },
         );
         ino
@@ -305,19 +310,59 @@ impl Inodes {
     /// Records an entry seen in a listing asked at `asked` (see [`Inodes::observed`]): listings carry no
     /// metadata, so POSIX attributes already known for the same object version are kept. A stale entry is not
     /// recorded and comes back.
-    pub fn record_listed(&self, path: &str, mut entry: Entry, asked: Asked) -> Answer {
-        if let Some((_, known, _)) = self.find(path) {
-            if entry.posix.is_none() && known.etag.is_some() && known.etag == entry.etag {
-                entry.posix = known.posix;
-                entry.kind = known.kind; // a symlink, special file or directory object, learned by a HEAD
-            }
-            // A directory's mode, owner and times are on its marker, which listings do not show.
-            if entry.kind == Kind::Dir && known.kind == Kind::Dir {
-                entry.posix = known.posix;
-                entry.mtime = known.mtime;
+    pub fn record_listed(&self, path: &str, entry: Entry, asked: Asked) -> Answer {
+        let mut t = self.inner.lock().unwrap();
+        Self::listed_into(&mut t, path, entry, asked, Instant::now())
+    }
+
+    /// [`Inodes::record_listed`] for every entry of a listing, under one lock (a listing may hold thousands).
+    pub fn record_listed_all(
+        &self,
+        listed: Vec<(String, Entry)>,
+        asked: Asked,
+    ) -> Vec<(String, Answer)> {
+        let now = Instant::now();
+        let mut t = self.inner.lock().unwrap();
+        t.by_path.reserve(listed.len());
+        t.by_ino.reserve(listed.len());
+        listed
+            .into_iter()
+            .map(|(path, entry)| {
+                let answer = Self::listed_into(&mut t, &path, entry, asked, now);
+                (path, answer)
+            })
+            .collect()
+    }
+
+    fn listed_into(
+        t: &mut Table,
+        path: &str,
+        mut entry: Entry,
+        asked: Asked,
+        now: Instant,
+    ) -> Answer {
+        if let Some(node) = t.by_path.get(path).and_then(|ino| t.by_ino.get(ino)) {
+            let same_version =
+                entry.posix.is_none() && node.entry.etag.is_some() && node.entry.etag == entry.etag;
+            let both_dirs = entry.kind == Kind::Dir && node.entry.kind == Kind::Dir;
+            if same_version || both_dirs {
+                let known = node.shown();
+                if same_version {
+                    entry.posix = known.posix;
+                    entry.kind = known.kind; // a symlink, special file or directory object, learned by a HEAD
+                }
+                // A directory's mode, owner and times are on its marker, which listings do not show.
+                if entry.kind == Kind::Dir && known.kind == Kind::Dir {
+                    entry.posix = known.posix;
+                    entry.mtime = known.mtime;
+                }
             }
         }
-        self.put_unless_stale(path, entry, asked)
+        if t.changed_since(path, asked) {
+            return Answer::Stale(entry);
+        }
+        let ino = Self::put_at(t, path, entry, now);
+        Answer::Recorded(ino, t.by_ino[&ino].shown())
     }
 
     /// Path, entry, and how long ago it was refreshed.

@@ -294,13 +294,9 @@ impl Filesystem {
             let fallback = self.read_fallback(path, &provider);
             let path = path.to_string();
             let check = async move {
-                let mut listing = provider.store.list(Some(&provider.key_for(&path)));
-                match futures::StreamExt::next(&mut listing).await {
-                    // An object whose key no path can name is still something below `path`.
-                    Some(Ok(_)) | Some(Err(object_store::Error::InvalidPath { .. })) => Ok(true),
-                    None | Some(Err(object_store::Error::NotFound { .. })) => Ok(false),
-                    Some(Err(e)) => Err(StorageError::from_store(&provider, &path, e)),
-                }
+                crate::providers::listing::any_below(&provider, &provider.key_for(&path))
+                    .await
+                    .map_err(|e| StorageError::from_store(&provider, &path, e))
             };
             Box::pin(with_fallback(fallback, check)) as Asked<bool>
         };

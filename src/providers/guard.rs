@@ -741,6 +741,35 @@ impl MultipartUpload for GuardedUpload {
     }
 }
 
+/// A provider's paginated listings (one page per request) under the same attempts, timeouts and counters as
+/// its store.
+pub struct GuardedPages {
+    store: Guarded,
+    inner: Arc<dyn object_store::list::PaginatedListStore>,
+}
+
+impl GuardedPages {
+    pub fn new(store: Guarded, inner: Arc<dyn object_store::list::PaginatedListStore>) -> Self {
+        GuardedPages { store, inner }
+    }
+}
+
+#[async_trait]
+impl object_store::list::PaginatedListStore for GuardedPages {
+    async fn list_paginated(
+        &self,
+        prefix: Option<&str>,
+        opts: object_store::list::PaginatedListOptions,
+    ) -> object_store::Result<object_store::list::PaginatedListResult> {
+        let store = &self.store;
+        store
+            .attempt(Op::List, store.policy.first_byte, || {
+                self.inner.list_paginated(prefix, opts.clone())
+            })
+            .await
+    }
+}
+
 /// The provider's low-level multipart API (upload ids the caller can journal), with the same retries, timeouts
 /// and health accounting as every other request.
 pub struct GuardedParts {

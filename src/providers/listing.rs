@@ -32,6 +32,40 @@ pub async fn list_dir(provider: &Provider, key: Option<&Path>) -> object_store::
     }
 }
 
+/// Whether `provider` holds any object below `key` (a directory's key, without the trailing `/`): one key asked
+/// for where listings are paginated, not a page of a thousand. An object whose key no path can name is still
+/// something below `key`.
+pub async fn any_below(provider: &Provider, key: &Path) -> object_store::Result<bool> {
+    let found = match &provider.paginated {
+        Some(paged) => {
+            let prefix = format!("{key}{}", if key.as_ref().is_empty() { "" } else { "/" });
+            let opts = PaginatedListOptions {
+                max_keys: Some(1),
+                ..Default::default()
+            };
+            paged
+                .list_paginated((!prefix.is_empty()).then_some(prefix.as_str()), opts)
+                .await
+                .map(|page| {
+                    !page.result.objects.is_empty() || !page.result.common_prefixes.is_empty()
+                })
+        }
+        None => {
+            let mut listing = provider.store.list(Some(key));
+            match futures::StreamExt::next(&mut listing).await {
+                Some(Ok(_)) => Ok(true),
+                None => Ok(false),
+                Some(Err(e)) => Err(e),
+            }
+        }
+    };
+    match found {
+        Err(object_store::Error::InvalidPath { .. }) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        other => other,
+    }
+}
+
 /// The raw key object_store could not take, from its error.
 fn odd_key(error: &object_store::path::Error) -> String {
     match error {

@@ -90,7 +90,7 @@ pub struct Provider {
     pub multipart: Option<Arc<dyn object_store::multipart::MultipartStore>>,
     /// Where multipart uploads in progress are recorded, so one cut short is aborted later (set by storage).
     pub open_uploads: Option<Arc<OpenUploads>>,
-    /// See [`BuiltStore::paginated`].
+    /// See [`BuiltStore::paginated`]; under the store's attempts and counters ([`guard::GuardedPages`]).
     pub paginated: Option<Arc<dyn object_store::list::PaginatedListStore>>,
     /// See [`BuiltStore::s3_direct`].
     pub s3_direct: Option<Arc<s3::S3Direct>>,
@@ -161,6 +161,10 @@ impl Provider {
             Arc::new(guard::GuardedParts::new(store.clone(), inner))
                 as Arc<dyn object_store::multipart::MultipartStore>
         });
+        let paginated = built.paginated.map(|inner| {
+            Arc::new(guard::GuardedPages::new(store.clone(), inner))
+                as Arc<dyn object_store::list::PaginatedListStore>
+        });
         Ok(Provider {
             name: name.to_string(),
             kind: config.kind(),
@@ -168,7 +172,7 @@ impl Provider {
             store: Arc::new(store),
             multipart,
             open_uploads: None,
-            paginated: built.paginated,
+            paginated,
             s3_direct: built.s3_direct,
             health,
             signer: built.signer,
