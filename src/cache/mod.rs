@@ -201,6 +201,16 @@ impl BlockCache {
         hit
     }
 
+    /// [`BlockCache::disk_range`] on the caller's thread: for a reader that must not wait for a task (a read of
+    /// a few KiB from the disk tier takes microseconds; handing it to another thread costs more than that).
+    pub fn disk_range_now(&self, key: &BlockKey, range: std::ops::Range<usize>) -> Option<Bytes> {
+        let hit = self.disk.as_ref()?.get_range(key, range);
+        if hit.is_some() {
+            self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        hit
+    }
+
     pub fn contains(&self, key: &BlockKey) -> bool {
         self.memory.contains_key(key)
     }

@@ -65,6 +65,17 @@ impl Filesystem {
         }
     }
 
+    /// [`Filesystem::read`] when it can be answered at once, without waiting (a random read of a cached block,
+    /// see [`crate::read::Reader::read_on_disk_now`]); None: call `read`.
+    pub fn read_now(&self, fh: u64, offset: u64, size: u32) -> Option<bytes::Bytes> {
+        match &*self.handle(fh).ok()? {
+            Handle::File { object, state } => {
+                self.reader.read_on_disk_now(object, state, offset, size)
+            }
+            _ => None,
+        }
+    }
+
     pub fn release(&self, fh: u64) {
         let handle = self.handles.lock().unwrap().remove(&fh).map(|(_, h)| h);
         if let Some(Handle::Write { staged, .. }) = handle.as_deref() {

@@ -521,6 +521,9 @@ impl fuser::Filesystem for FuseAdapter {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
+        if let Some(data) = self.fs.read_now(fh.0, offset, size) {
+            return reply.data(&data);
+        }
         self.spawn(move |fs| async move {
             match fs.read(fh.0, offset, size).await {
                 Ok(data) => reply.data(&data),

@@ -161,9 +161,20 @@ pub(super) async fn fetch_block(
     index: u64,
 ) -> ReadResult<Bytes> {
     let start = index * BLOCK_SIZE;
-    let end = (start + BLOCK_SIZE).min(object.size);
+    let data = fetch_range(object, copy, start..(start + BLOCK_SIZE).min(object.size)).await?;
+    tracing::trace!(provider = %copy.provider.name, path = %object.path, block = index, "fetched block");
+    Ok(data)
+}
+
+/// One ranged GET of bytes `range` of the object, pinned to the version the file was opened at.
+pub(super) async fn fetch_range(
+    object: &ObjectVersion,
+    copy: &Copy,
+    range: std::ops::Range<u64>,
+) -> ReadResult<Bytes> {
+    let wanted = range.end - range.start;
     let options = GetOptions {
-        range: Some(GetRange::Bounded(start..end)),
+        range: Some(GetRange::Bounded(range)),
         if_match: copy.etag.clone(),
         ..Default::default()
     };
@@ -175,9 +186,8 @@ pub(super) async fn fetch_block(
         .await
         .map_err(fail)?;
     let data = result.bytes().await.map_err(fail)?;
-    if data.len() as u64 != end - start {
+    if data.len() as u64 != wanted {
         return Err(ReadError::Stale); // the object is shorter than when it was opened
     }
-    tracing::trace!(provider = %provider.name, path = %object.path, block = index, "fetched block");
     Ok(data)
 }

@@ -19,10 +19,11 @@ mod fetch;
 pub use copies::{Copy, ObjectVersion};
 
 use crate::cache::{BlockCache, BlockKey, BLOCK_SIZE};
+use crate::providers::guard::{with_fallback, Fallback};
 use crate::storage::StorageError;
 use bytes::{Bytes, BytesMut};
 use copies::block;
-use fetch::{block_key, fetch_run, fill};
+use fetch::{block_key, fetch_range, fetch_run, fill};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 
@@ -89,6 +90,15 @@ pub struct Reader {
     fill_permits: Arc<Semaphore>,
     /// Object versions being filled (provider, key, version), so two handles do not fill one twice.
     filling: Arc<Mutex<std::collections::HashSet<(String, String, String)>>>,
+}
+
+/// What names an object version among the fills running: provider, key and version.
+fn fill_id(copy: &Copy) -> (String, String, String) {
+    (
+        copy.provider.name.clone(),
+        copy.key.to_string(),
+        copy.version_tag.clone(),
+    )
 }
 
 /// Random reads of one handle that miss both cache tiers before the whole object is fetched in the background.
@@ -188,6 +198,17 @@ impl Reader {
                             return Ok(bytes);
                         }
                     }
+                    // Not cached, and a whole-object fill is on its way: just these bytes (the fill brings the
+                    // block). Any failure takes the block's own path, which knows the other copies.
+                    let copy = object.current();
+                    if !self.cache.holds(&key)
+                        && self.filling.lock().unwrap().contains(&fill_id(&copy))
+                    {
+                        let fetch = fetch_range(object, &copy, offset..end);
+                        if let Ok(bytes) = with_fallback(Fallback::AtOnce, fetch).await {
+                            return Ok(bytes);
+                        }
+                    }
                 }
             }
             // The common case (the kernel reads at most 128 KiB at a time): a zero-copy slice of one block.
@@ -207,6 +228,41 @@ impl Reader {
             }
         }
         Ok(out.freeze())
+    }
+
+    /// A random read answered on the caller's thread when its bytes are in the disk tier and not in memory (one
+    /// `pread`, no task and no thread hop: most of a small read's cost otherwise). None: [`Reader::read`] answers
+    /// it (a read near the last one, spanning blocks, in memory, or not cached).
+    pub fn read_on_disk_now(
+        &self,
+        object: &ObjectVersion,
+        state: &Mutex<ReadState>,
+        offset: u64,
+        len: u32,
+    ) -> Option<Bytes> {
+        let end = (offset + u64::from(len)).min(object.size);
+        let (first, last) = (offset / BLOCK_SIZE, end.checked_sub(1)? / BLOCK_SIZE);
+        if offset >= end || first != last {
+            return None;
+        }
+        let mut st = state.lock().unwrap();
+        if offset.abs_diff(st.next_offset) <= SEQUENTIAL_SLACK {
+            return None; // sequential: read-ahead's path
+        }
+        let key = block_key(&object.current(), first);
+        if self.cache.contains(&key) {
+            return None;
+        }
+        let range = (offset - first * BLOCK_SIZE) as usize..(end - first * BLOCK_SIZE) as usize;
+        let wanted = range.len();
+        let bytes = self.cache.disk_range_now(&key, range)?;
+        if bytes.len() != wanted {
+            return None;
+        }
+        // What the read does to the handle's state; a random read has nothing to read ahead.
+        let ahead = st.plan(offset, end, last, object.size, self.max_window);
+        debug_assert!(ahead.is_empty(), "a random read planned read-ahead");
+        Some(bytes)
     }
 
     /// A random read of block `key`: after [`FILL_AFTER`] of them missed the cache, the whole object is fetched
@@ -232,11 +288,7 @@ impl Reader {
             Arc::downgrade(&token)
         };
         let copy = object.current();
-        let id = (
-            copy.provider.name.clone(),
-            copy.key.to_string(),
-            copy.version_tag.clone(),
-        );
+        let id = fill_id(&copy);
         if !self.filling.lock().unwrap().insert(id.clone()) {
             return;
         }
