@@ -215,7 +215,7 @@ async fn a_file_read_at_random_is_fetched_whole_in_the_background(case: Case) {
     }
     // Pages read while the fill runs (answered with just their bytes when their block has not arrived yet) and
     // after it (from the disk tier, on the thread that took the request): intact either way.
-    let mut x = u64::from(block_seed());
+    let mut x = u64::from(offsets_seed());
     let mut random_page = |when: &str| {
         x = x
             .wrapping_mul(6364136223846793005)
@@ -267,11 +267,11 @@ async fn a_file_read_at_random_is_fetched_whole_in_the_background(case: Case) {
 }
 
 /// A seed for the random offsets of a test run, printed so that a failure can be replayed.
-fn block_seed() -> u32 {
+fn offsets_seed() -> u32 {
     let seed = std::env::var("ZMOUNT_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::process::id());
+        .unwrap_or_else(std::process::id);
     eprintln!("random offsets from seed {seed} (ZMOUNT_TEST_SEED)");
     seed
 }
