@@ -146,12 +146,25 @@ fn init_logging(verbose: u8) {
         .try_init();
 }
 
+/// glibc gives each thread that allocates its own arena (up to eight per core), and blocks allocated on one
+/// thread and freed on another (a GET's buffers, the disk tier's writes) leave each arena holding memory: a
+/// whole-object fill measured 145–154 MiB of peak resident memory with the default, 84–91 MiB with two arenas, at
+/// the same speed. Before any thread exists.
+fn bound_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 pub fn main() -> ExitCode {
     // Everything zmount creates for itself (cache blocks, staging copies, journals, logs) is private to the user
     // running it, whatever the umask; files of a local provider get the modes the user's umask gives them.
     // SAFETY: umask only swaps the process's file mode mask.
     let user_umask = unsafe { libc::umask(0o077) };
     crate::providers::set_user_umask(user_umask as u32);
+    bound_malloc_arenas();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let Some(runtime) = runtime() else {
