@@ -299,3 +299,115 @@ where
         config: "the config".to_string(), // no provider to ask: resolve refuses such paths first
     }))
 }
+
+use super::{Storage, UploadOptions};
+use futures::stream::TryStreamExt;
+use object_store::{GetOptions, ObjectStoreExt};
+
+impl Storage {
+    /// Copies every pending failover write back to its primary (see [`failover`]); the ones that cannot be
+    /// copied yet stay pending. Paths `busy` names (open for writing) and paths being written are left for the
+    /// next pass.
+    pub async fn heal_pending(&self, busy: impl Fn(&str) -> bool) -> HealReport {
+        let mut report = HealReport::default();
+        for record in self.heals.records() {
+            let lock = self.heals.lock_of(&record.path);
+            let Ok(_exclusive) = lock.try_lock() else {
+                report.waiting.push(record.path);
+                continue;
+            };
+            if busy(&record.path) {
+                report.waiting.push(record.path);
+                continue;
+            }
+            if self.heals.holder_of(&record.path).as_deref() != Some(record.holder.as_str()) {
+                continue; // made moot, or replaced by a newer failover write, while this pass ran
+            }
+            match self.heal_one(&record).await {
+                Ok(()) => {
+                    self.heals.forget_done(&record);
+                    report.healed.push(record.path);
+                }
+                Err(e) => {
+                    tracing::debug!("heal of {} must wait: {e}", record.path);
+                    report.waiting.push(record.path);
+                }
+            }
+        }
+        report
+    }
+
+    pub(super) async fn heal_one(&self, record: &HealRecord) -> Result<()> {
+        let missing = |name: &str| StorageError::Invalid {
+            path: record.path.clone(),
+            what: "heal record",
+            reason: format!("provider `{name}` is no longer configured"),
+        };
+        let holder = self
+            .providers
+            .get(&record.holder)
+            .ok_or_else(|| missing(&record.holder))?;
+        let primary = self
+            .providers
+            .get(&record.primary)
+            .ok_or_else(|| missing(&record.primary))?;
+        let path = &record.path;
+        let head = GetOptions {
+            head: true,
+            ..Default::default()
+        };
+        let on_primary = primary.store.get_opts(&primary.key_for(path), head).await;
+        match on_primary {
+            Ok(meta) if meta.meta.last_modified.timestamp_millis() > record.written_at_ms => {
+                // Written on the primary by someone else after the failover write: a conflict. The primary's copy
+                // stays; the fallback's is kept too (never deleted on the strength of two clocks), and logged.
+                tracing::warn!(
+                    "{path}: `{}` has a copy newer than the failover write; keeping both: the failover write stays on `{}` ({}) at {}",
+                    primary.name, holder.name, holder.location, holder.key_for(path)
+                );
+                return Ok(());
+            }
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(StorageError::from_store(primary, path, e)),
+        }
+        let source = match holder.store.get(&holder.key_for(path)).await {
+            Ok(source) => source,
+            Err(object_store::Error::NotFound { .. }) => return Ok(()), // deleted or moved meanwhile
+            Err(e) => return Err(StorageError::from_store(holder, path, e)),
+        };
+        let size = source.meta.size;
+        let info = self.info_from(holder, path.clone(), &source.meta, Some(&source.attributes));
+        let options = UploadOptions {
+            content_type: Some(info.content_type),
+            metadata: info.metadata,
+            tags: info.tags,
+        };
+        let holder_ = holder.clone();
+        let chunks = source
+            .into_stream()
+            .map_err(move |e| std::io::Error::other(StorageError::from_store(&holder_, "", e)));
+        let resolved = self.resolve(path)?.1;
+        let written = self
+            .upload_stream_to(primary, path, &resolved, chunks, options)
+            .await?;
+        if written.size != size {
+            return Err(StorageError::Invalid {
+                path: path.clone(),
+                what: "heal",
+                reason: format!("copied {} bytes of {size}", written.size),
+            });
+        }
+        primary
+            .health
+            .counters
+            .heals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            "{path}: healed: copied {size} bytes from fallback `{}` back to `{}`",
+            holder.name,
+            primary.name
+        );
+        self.remove_fallback_copy(path, &holder.name).await;
+        Ok(())
+    }
+}
