@@ -11,10 +11,13 @@ BENCH=$PWD/target/release/zmount-bench
 WORK=$(mktemp -d /tmp/zmount-bench.XXXXXX)
 MNT=$WORK/mnt
 mkdir -p "$MNT"
-# On exit: unmount, delete what the run wrote to the server (its prefix), remove the scratch folder.
+# On exit: unmount, delete what the run wrote to the server (its prefix) and reclaim its space, remove the scratch
+# folder.
 cleanup() {
   fusermount3 -u "$MNT" 2>/dev/null || true
   [ -f "$WORK/mount.toml" ] && "$BENCH" "$WORK/mount.toml" s3 purge >/dev/null 2>&1 || true
+  # SeaweedFS keeps deleted objects' space until its volumes are vacuumed (a run writes several GB).
+  curl -s "http://127.0.0.1:19333/vol/vacuum?garbageThreshold=0.01" >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
