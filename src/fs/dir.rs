@@ -297,20 +297,19 @@ impl Filesystem {
             .map(|(child, (_, listed))| (child, listed.size))
             .collect();
         let only_small = heads == Heads::Small || unseen.len() > LISTED_HEADS;
-        let asked_for = |(_, size): &&(&String, u64)| !only_small || *size < SMALL_OBJECT;
-        let wanted = unseen.iter().filter(asked_for).count();
-        let small: Vec<String> = if wanted > SMALL_HEADS {
+        let mut small: Vec<&String> = unseen
+            .iter()
+            .filter(|(_, size)| !only_small || *size < SMALL_OBJECT)
+            .map(|(child, _)| *child)
+            .collect();
+        if small.len() > SMALL_HEADS {
             tracing::debug!(
-                "{path:?}: {wanted} small objects not asked for their type (more than {SMALL_HEADS})"
+                "{path:?}: {} small objects not asked for their type (more than {SMALL_HEADS})",
+                small.len()
             );
-            Vec::new()
-        } else {
-            unseen
-                .iter()
-                .filter(asked_for)
-                .map(|(child, _)| (*child).clone())
-                .collect()
-        };
+            small.clear();
+        }
+        let small: Vec<String> = small.into_iter().cloned().collect();
         let mut unasked: HashSet<String> =
             unseen.into_iter().map(|(child, _)| child.clone()).collect();
         let headed = ask_each(small, |child| async move {

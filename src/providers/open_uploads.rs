@@ -15,7 +15,7 @@
 
 use super::Provider;
 use object_store::path::Path as ObjectPath;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,15 +24,17 @@ use std::sync::{Arc, Mutex};
 pub struct OpenUploads {
     dir: PathBuf,
     next: AtomicU64,
-    /// Records of uploads running in this process (never aborted as orphans).
-    live: Mutex<HashSet<PathBuf>>,
+    /// Records of uploads running in this process (never aborted as orphans), with what they hold.
+    live: Mutex<HashMap<PathBuf, Record>>,
+    /// When this process started (see [`Record::process_started`]).
+    process_started: Option<u64>,
 }
 
 /// How far from a record's time an upload of its key may have been created to count as the record's, when the
 /// record has no upload id.
 pub const ID_UNKNOWN_WINDOW: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Record {
     provider: String,
     key: String,
@@ -54,6 +56,7 @@ impl OpenUploads {
             dir: dir.to_path_buf(),
             next: AtomicU64::new(0),
             live: Mutex::default(),
+            process_started: process_started(std::process::id()),
         }
     }
 
@@ -68,9 +71,12 @@ impl OpenUploads {
             key: key.to_string(),
             upload_id: None,
             since: Some(chrono::Utc::now().timestamp()),
-            process_started: process_started(std::process::id()),
+            process_started: self.process_started,
         };
-        self.live.lock().unwrap().insert(file.clone());
+        self.live
+            .lock()
+            .unwrap()
+            .insert(file.clone(), record.clone());
         let written =
             crate::meta::write_durably(&file, &serde_json::to_vec(&record).expect("serializes"));
         if written.is_err() {
@@ -81,9 +87,15 @@ impl OpenUploads {
 
     /// The upload of `record` was created with id `id`: the record names it from now on.
     pub(crate) fn started(&self, record: &Path, id: &str) -> std::io::Result<()> {
-        let mut body: Record = serde_json::from_slice(&std::fs::read(record)?)?;
-        body.upload_id = Some(id.to_string());
-        crate::meta::write_durably(record, &serde_json::to_vec(&body).expect("serializes"))
+        let body = {
+            let mut live = self.live.lock().unwrap();
+            let body = live.get_mut(record).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such upload record")
+            })?;
+            body.upload_id = Some(id.to_string());
+            serde_json::to_vec(body).expect("serializes")
+        };
+        crate::meta::write_durably(record, &body)
     }
 
     /// The upload of `record` ended; `settled`: completed or aborted (else the record stays for a later abort).
@@ -107,7 +119,7 @@ impl OpenUploads {
             .flatten()
             .map(|e| e.path())
             .filter(|f| f.extension().and_then(|e| e.to_str()) == Some("json"))
-            .filter(|f| !self.live.lock().unwrap().contains(f))
+            .filter(|f| !self.live.lock().unwrap().contains_key(f))
             .collect();
         let mut aborted = 0;
         for file in files {

@@ -245,16 +245,17 @@ impl S3Direct {
         let mut found = Vec::new();
         let mut markers: Option<(String, String)> = None;
         for _page in 0..100 {
-            let mut url = format!("{}?prefix={}&uploads=", self.base, encode_query(key));
-            if let Some((key_marker, id_marker)) = &markers {
-                url = format!(
-                    "{}?key-marker={}&prefix={}&upload-id-marker={}&uploads=",
-                    self.base,
+            // Query parameters in the order SigV4 signs them.
+            let prefix = format!("prefix={}", encode_query(key));
+            let query = match &markers {
+                None => format!("{prefix}&uploads="),
+                Some((key_marker, id_marker)) => format!(
+                    "key-marker={}&{prefix}&upload-id-marker={}&uploads=",
                     encode_query(key_marker),
-                    encode_query(key),
                     encode_query(id_marker)
-                );
-            }
+                ),
+            };
+            let url = format!("{}?{query}", self.base);
             let request = http::Request::builder().method(http::Method::GET).uri(&url);
             let (status, body) = self.send_for_text(request).await?;
             if status != 200 {
