@@ -69,7 +69,7 @@ fn direct(dir: &Path, table: &str, name: &str) -> Arc<Provider> {
 
 async fn put(provider: &Provider, path: &str, data: &[u8]) {
     provider
-        .store
+        .object_store()
         .put(
             &provider.key_for(path),
             bytes::Bytes::copy_from_slice(data).into(),

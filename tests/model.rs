@@ -1707,7 +1707,7 @@ impl Real {
     fn direct(&self, path: &str) -> Result<Option<Vec<u8>>, Mismatch> {
         let provider = &self.ctx.provider;
         self.rt.block_on(async {
-            match provider.store.get(&provider.key_for(path)).await {
+            match provider.object_store().get(&provider.key_for(path)).await {
                 Ok(r) => r
                     .bytes()
                     .await
@@ -1726,7 +1726,7 @@ impl Real {
         let prefix = object_store::path::Path::from(provider.prefix.as_str());
         let listed: Vec<object_store::ObjectMeta> = self
             .rt
-            .block_on(provider.store.list(Some(&prefix)).try_collect())
+            .block_on(provider.object_store().list(Some(&prefix)).try_collect())
             .or_else(|e| match e {
                 object_store::Error::NotFound { .. } => Ok(Vec::new()),
                 e => Err(mismatch("provider listing", e.to_string())),

@@ -383,7 +383,7 @@ async fn entries_from_two_providers_merge_into_one_directory() {
         storage.provider("azure").unwrap(),
     );
     use object_store::ObjectStoreExt;
-    s3.store
+    s3.object_store()
         .put(
             &s3.key_for("shared/photo.jpg"),
             b"jpg-bytes".to_vec().into(),
@@ -391,7 +391,7 @@ async fn entries_from_two_providers_merge_into_one_directory() {
         .await
         .unwrap();
     azure
-        .store
+        .object_store()
         .put(
             &azure.key_for("shared/notes.txt"),
             b"txt-bytes".to_vec().into(),
@@ -400,11 +400,11 @@ async fn entries_from_two_providers_merge_into_one_directory() {
         .unwrap();
     // Strays: each on the provider its route does not name; the tree shows only the routed copies.
     azure
-        .store
+        .object_store()
         .put(&azure.key_for("shared/photo.jpg"), b"stray".to_vec().into())
         .await
         .unwrap();
-    s3.store
+    s3.object_store()
         .put(&s3.key_for("shared/notes.txt"), b"stray".to_vec().into())
         .await
         .unwrap();
@@ -436,7 +436,7 @@ async fn ten_thousand_objects_list_completely() {
                 let store = store.clone();
                 async move {
                     store
-                        .store
+                        .object_store()
                         .put(
                             &store.key_for(&format!("many/f{i:05}.txt")),
                             vec![b'x'; 3].into(),
@@ -630,7 +630,7 @@ async fn one_gib_object_reads_back_intact(case: Case) {
     } else {
         let upload = ctx
             .provider
-            .store
+            .object_store()
             .put_multipart(&ctx.provider.key_for("gib.bin"))
             .await
             .unwrap();

@@ -107,7 +107,7 @@ async fn objects_outside_their_route_are_not_listed_twice() {
     // Another tool put an object on the provider the route does not name: the routed provider's copy is the one
     // the tree shows, and the stray copy does not appear as a duplicate.
     let s3 = storage.provider("s3").unwrap();
-    s3.store
+    s3.object_store()
         .put(&s3.key_for("app.log"), Bytes::from_static(b"stray").into())
         .await
         .unwrap();

@@ -202,7 +202,7 @@ async fn migrate_moves_a_tree_with_metadata_and_deletes_the_source() {
             "{path} left on the source"
         );
         let head = azure
-            .store
+            .object_store()
             .get_opts(
                 &azure.key_for(path),
                 object_store::GetOptions {
@@ -308,7 +308,7 @@ async fn sync_copies_only_changes_and_deletes_extras() {
     storage.delete("c.txt").await.unwrap();
     let azure = storage.provider("azure").unwrap();
     azure
-        .store
+        .object_store()
         .put(&azure.key_for("extra.txt"), Bytes::from("extra").into())
         .await
         .unwrap();

@@ -580,7 +580,13 @@ async fn cp_of_one_gib_reaches_the_provider_intact() {
             use object_store::ObjectStoreExt;
             let mut out = std::fs::File::create(&direct).unwrap();
             let key = ctx.provider.key_for("gib.bin");
-            let mut stream = ctx.provider.store.get(&key).await.unwrap().into_stream();
+            let mut stream = ctx
+                .provider
+                .object_store()
+                .get(&key)
+                .await
+                .unwrap()
+                .into_stream();
             while let Some(chunk) = stream.next().await {
                 out.write_all(&chunk.unwrap()).unwrap();
             }

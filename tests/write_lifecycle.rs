@@ -1190,8 +1190,7 @@ async fn an_upload_whose_id_was_never_recorded_is_found_and_aborted() {
     let (ctx, mount) = mount_custom(Case::S3, "mpu-noid", "", None, "", "");
     let multipart = ctx
         .provider
-        .multipart
-        .clone()
+        .multipart_store()
         .expect("S3 has multipart uploads");
     let records = ctx.dir.path().join("cache/uploads");
     std::fs::create_dir_all(&records).unwrap();

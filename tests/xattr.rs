@@ -201,7 +201,7 @@ async fn a_file_with_metadata_zmount_cannot_send_back_can_still_be_rewritten() {
     };
     let key = ctx.provider.key_for("foreign.txt");
     ctx.provider
-        .store
+        .object_store()
         .put_opts(
             &key,
             bytes::Bytes::from_static(b"from another tool").into(),

@@ -69,7 +69,7 @@ async fn main() {
 async fn wait_size(p: &Provider, key: &str, bytes: u64) {
     let location = p.key_for(key);
     loop {
-        match p.store.head(&location).await {
+        match p.object_store().head(&location).await {
             Ok(meta) if meta.size == bytes => return,
             Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => fail(&e),
@@ -111,7 +111,7 @@ fn mib_per_s(bytes: u64, started: Instant) -> f64 {
 
 async fn seed(p: &Provider, key: &str, mib: usize) {
     let upload = p
-        .store
+        .object_store()
         .put_multipart(&p.key_for(key))
         .await
         .unwrap_or_else(|e| fail(&e));
@@ -141,7 +141,7 @@ async fn seed_many(p: &Provider, prefix: &str, n: usize, bytes: usize, in_flight
         .map(|i| {
             let body = body.clone();
             async move {
-                p.store
+                p.object_store()
                     .put(&p.key_for(&format!("{prefix}/f{i:05}.txt")), body.into())
                     .await
             }
@@ -159,7 +159,7 @@ async fn seed_many(p: &Provider, prefix: &str, n: usize, bytes: usize, in_flight
 async fn get(p: &Provider, key: &str) {
     let started = Instant::now();
     let mut stream = p
-        .store
+        .object_store()
         .get(&p.key_for(key))
         .await
         .unwrap_or_else(|e| fail(&e))
@@ -174,13 +174,18 @@ async fn get(p: &Provider, key: &str) {
 /// Reads `key` in ranges of `block` bytes, `in_flight` GETs at a time; prints MiB/s.
 async fn ranged(p: &Provider, key: &str, block: u64, in_flight: usize) {
     let path = p.key_for(key);
-    let size = p.store.head(&path).await.unwrap_or_else(|e| fail(&e)).size;
+    let size = p
+        .object_store()
+        .head(&path)
+        .await
+        .unwrap_or_else(|e| fail(&e))
+        .size;
     let started = Instant::now();
     let total: u64 = futures::stream::iter((0..size).step_by(block as usize))
         .map(|start| {
             let path = path.clone();
             async move {
-                p.store
+                p.object_store()
                     .get_range(&path, start..(start + block).min(size))
                     .await
                     .map(|b| b.len() as u64)
@@ -195,7 +200,12 @@ async fn ranged(p: &Provider, key: &str, block: u64, in_flight: usize) {
 
 async fn random(p: &Provider, key: &str, n: usize) {
     let path = p.key_for(key);
-    let size = p.store.head(&path).await.unwrap_or_else(|e| fail(&e)).size;
+    let size = p
+        .object_store()
+        .head(&path)
+        .await
+        .unwrap_or_else(|e| fail(&e))
+        .size;
     let mut state: u64 = 42;
     let started = Instant::now();
     for _ in 0..n {
@@ -203,7 +213,7 @@ async fn random(p: &Provider, key: &str, n: usize) {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let offset = ((state >> 11) % (size - 4096)) & !4095;
-        p.store
+        p.object_store()
             .get_range(&path, offset..offset + 4096)
             .await
             .unwrap_or_else(|e| fail(&e));
@@ -213,9 +223,13 @@ async fn random(p: &Provider, key: &str, n: usize) {
 
 async fn purge(p: &Provider) {
     let prefix = (!p.prefix.is_empty()).then(|| object_store::path::Path::from(p.prefix.as_str()));
-    let keys = p.store.list(prefix.as_ref()).map_ok(|m| m.location).boxed();
+    let keys = p
+        .object_store()
+        .list(prefix.as_ref())
+        .map_ok(|m| m.location)
+        .boxed();
     let deleted = p
-        .store
+        .object_store()
         .delete_stream(keys)
         .try_fold(0usize, |n, _| async move { Ok(n + 1) })
         .await
@@ -226,7 +240,7 @@ async fn purge(p: &Provider) {
 async fn list(p: &Provider, prefix: &str) {
     let started = Instant::now();
     let (count, bytes) = p
-        .store
+        .object_store()
         .list(Some(&p.key_for(prefix)))
         .try_fold((0usize, 0u64), |(n, b), m| async move {
             Ok((n + 1, b + m.size))

@@ -149,7 +149,7 @@ impl BlockCache {
         let result = self
             .memory
             .try_get_with(key, async {
-                loaded.store(true, Ordering::Relaxed);
+                loaded.swap(true, Ordering::Relaxed);
                 if let Some(disk) = &disk {
                     let (d, k) = (disk.clone(), disk_key.clone());
                     if let Some(hit) = tokio::task::spawn_blocking(move || d.get(&k))

@@ -4,12 +4,13 @@
 //! the provider and its endpoint. Requests are made with a single attempt so a dead endpoint is reported in
 //! seconds instead of after a full retry schedule.
 
-use crate::providers::{ClientTuning, Provider};
+use crate::providers::{Attempts, ClientTuning, Provider};
 use crate::storage::{Storage, StorageError};
 use bytes::Bytes;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::PutPayload;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Name start of the probe object a check writes at the top of the provider's prefix (never in a folder of its
@@ -108,25 +109,22 @@ fn check_cache_dir(dir: &Path) -> bool {
 
 /// Lists the provider's top level (under its prefix): the first step of `check`, and what a mount asks of every
 /// provider before it starts. A missing bucket is an error here, not an empty listing.
-pub(super) async fn probe_list(provider: &Provider) -> Result<(), StorageError> {
-    let root = (!provider.prefix.is_empty()).then(|| provider.key_for(""));
-    match provider.store.list_with_delimiter(root.as_ref()).await {
+pub(super) async fn probe_list(provider: &Arc<Provider>) -> Result<(), StorageError> {
+    match provider.client(Attempts::Sole).list_level("").await {
         Ok(_) => Ok(()),
-        Err(object_store::Error::NotFound { .. }) if provider.kind != "local" => {
-            Err(StorageError::Provider {
-                provider: provider.name.clone(),
-                location: provider.location.clone(),
-                path: "/".into(),
-                message: "the bucket or container does not exist".into(),
-            })
-        }
-        Err(e) => Err(StorageError::from_store(provider, "/", e)),
+        Err(e) if e.is_not_found() && provider.kind != "local" => Err(StorageError::Provider {
+            provider: provider.name.clone(),
+            location: provider.location.clone(),
+            path: "/".into(),
+            message: "the bucket or container does not exist".into(),
+        }),
+        Err(e) => Err(e),
     }
 }
 
 /// Runs the steps against one provider; Ok is the latency summary, Err names the failing step.
-async fn check_provider(provider: &Provider) -> Result<String, (&'static str, StorageError)> {
-    let store = &provider.store;
+async fn check_provider(provider: &Arc<Provider>) -> Result<String, (&'static str, StorageError)> {
+    let client = provider.client(Attempts::Sole);
     let mut summary = Vec::new();
     let started = Instant::now();
     probe_list(provider).await.map_err(|e| ("list", e))?;
@@ -140,23 +138,22 @@ async fn check_provider(provider: &Provider) -> Result<String, (&'static str, St
         std::process::id(),
         chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
     );
-    let key = provider.key_for(&probe_path);
     let probe = probe_path.as_str();
-    let fail = |step: &'static str| move |e| (step, StorageError::from_store(provider, probe, e));
+    let fail = |step: &'static str| move |e| (step, e);
     let payload = Bytes::from((0..PROBE_SIZE).map(|i| (i % 251) as u8).collect::<Vec<_>>());
 
     let started = Instant::now();
-    store
-        .put(&key, PutPayload::from(payload.clone()))
+    client
+        .put(probe, PutPayload::from(payload.clone()), Default::default())
         .await
         .map_err(fail("write"))?;
     summary.push(format!("write {}", millis(started.elapsed())));
 
     let started = Instant::now();
-    let read = async { store.get(&key).await?.bytes().await }.await;
+    let read = client.get_all(probe).await;
     let read_time = started.elapsed();
     let started = Instant::now();
-    let deleted = store.delete(&key).await;
+    let deleted = client.delete(probe).await;
     let delete_time = started.elapsed();
     let read = read.map_err(fail("read"))?;
     if read != payload {

@@ -7,11 +7,10 @@
 //! sync: makes B match A: copies new and changed objects; `--delete` removes objects on B that A does not have.
 
 use super::progress::{human, Progress};
-use crate::providers::Provider;
+use crate::providers::{Attempts, Provider};
 use crate::storage::{Storage, StorageError};
 use crate::transfer::{self, Item};
 use futures::StreamExt;
-use object_store::ObjectStoreExt;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -121,8 +120,8 @@ async fn prepare(
 
 async fn execute(
     kind: Kind,
-    source: &Provider,
-    target: &Provider,
+    source: &Arc<Provider>,
+    target: &Arc<Provider>,
     plan: Vec<Step>,
     options: &Options,
 ) -> ExitCode {
@@ -204,8 +203,8 @@ enum Outcome {
 
 async fn run_step(
     kind: Kind,
-    source: &Provider,
-    target: &Provider,
+    source: &Arc<Provider>,
+    target: &Arc<Provider>,
     step: Step,
     options: &Options,
     progress: &Progress,
@@ -275,11 +274,8 @@ async fn run_step(
     (path, outcome)
 }
 
-async fn delete(provider: &Provider, path: &str) -> Result<(), StorageError> {
-    match provider.store.delete(&provider.key_for(path)).await {
-        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-        Err(e) => Err(StorageError::from_store(provider, path, e)),
-    }
+async fn delete(provider: &Arc<Provider>, path: &str) -> Result<(), StorageError> {
+    provider.client(Attempts::Sole).delete(path).await
 }
 
 /// The closing line, in the same words for a real run and a dry run (`started` None: what a run would do).

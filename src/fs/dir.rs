@@ -81,14 +81,10 @@ impl Filesystem {
 
     /// How hard a listing of `dir` tries `provider`: a listing that can do without it (see
     /// [`Storage::listing_complete_without`]) still retries fully, but skips it while it is marked down.
-    pub(super) fn read_fallback(&self, dir: &str, provider: &Provider) -> Fallback {
-        match self
-            .storage
-            .listing_complete_without(dir, &[provider.name.as_str()])
-        {
-            true => Fallback::AfterRetries,
-            false => Fallback::None,
-        }
+    pub(super) fn dir_attempts(&self, dir: &str, provider: &Provider) -> Attempts {
+        let name = provider.name.as_str();
+        let complete_without = self.storage.listing_complete_without(dir, &[name]);
+        Attempts::unless_sole(complete_without, Attempts::Full)
     }
 
     /// Fails when providers that did not answer hold entries of `dir` that no answering fallback stands in for;
@@ -211,11 +207,10 @@ impl Filesystem {
         let providers = self.providers_under(path);
         let list = |provider: &Arc<Provider>| {
             let provider = provider.clone();
-            let fallback = self.read_fallback(path, &provider);
+            let attempts = self.dir_attempts(path, &provider);
             let path = path.to_string();
-            Box::pin(with_fallback(fallback, async move {
-                list_one(&provider, &path).await
-            })) as Asked<ListResult>
+            Box::pin(async move { list_one(&provider.client(attempts), &path).await })
+                as Asked<ListResult>
         };
         let listings = self.ask_all(path, &providers, list, |_| false).await;
         let mut outcome = Outcome::of(&providers, listings)?;
@@ -493,9 +488,13 @@ pub(super) type Asked<T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StorageError>> + Send>>;
 
 /// One provider's entries directly in `path` (an empty listing when it has none).
-pub(super) async fn list_one(provider: &Provider, path: &str) -> Result<ListResult, StorageError> {
+pub(super) async fn list_one(
+    client: &ProviderClient<'_>,
+    path: &str,
+) -> Result<ListResult, StorageError> {
+    let provider = client.provider();
     let key = (!path.is_empty() || !provider.prefix.is_empty()).then(|| provider.key_for(path));
-    match crate::providers::listing::list_dir(provider, key.as_ref()).await {
+    match crate::providers::listing::list_dir(client, key.as_ref()).await {
         Ok(listing) => Ok(listing),
         Err(object_store::Error::NotFound { .. }) => Ok(ListResult {
             common_prefixes: vec![],

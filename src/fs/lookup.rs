@@ -249,8 +249,8 @@ impl Filesystem {
         let key = provider.key_for(path);
         let ask = dirs.metadata(key.as_ref());
         // Best effort: where fallbacks stand in for this provider, it gets its hedge delay, not its timeouts.
-        let answer = match self.read_fallback(path, provider) {
-            Fallback::None => ask.await,
+        let answer = match self.dir_attempts(path, provider) {
+            Attempts::Sole => ask.await,
             _ => match tokio::time::timeout(provider.health.pace.delay(), ask).await {
                 Ok(answer) => answer,
                 Err(_) => {
@@ -274,8 +274,9 @@ impl Filesystem {
     pub(super) async fn head(&self, path: &str) -> FsResult<Option<Entry>> {
         let (path, resolved, _) = self.storage.resolve(path)?;
         let order = self.storage.read_order(&path, resolved.route);
-        let found = first_holder(&order, &resolved.route.provider, &path, |provider| {
-            head_one(provider, &path)
+        let found = first_holder(&order, &resolved.route.provider, &path, |client| {
+            let path = path.clone();
+            async move { head_one(&client, &path).await }
         })
         .await;
         match found {
@@ -291,14 +292,15 @@ impl Filesystem {
         let providers = self.providers_under(path);
         let check = |provider: &Arc<Provider>| {
             let provider = provider.clone();
-            let fallback = self.read_fallback(path, &provider);
+            let attempts = self.dir_attempts(path, &provider);
             let path = path.to_string();
             let check = async move {
-                crate::providers::listing::any_below(&provider, &provider.key_for(&path))
+                let client = provider.client(attempts);
+                crate::providers::listing::any_below(&client, &provider.key_for(&path))
                     .await
                     .map_err(|e| StorageError::from_store(&provider, &path, e))
             };
-            Box::pin(with_fallback(fallback, check)) as Asked<bool>
+            Box::pin(check) as Asked<bool>
         };
         let found = self
             .ask_all(path, &providers, check, |found| matches!(found, Ok(true)))
@@ -319,16 +321,16 @@ pub(super) const DIRECTORY_TYPES: [&str; 2] = ["application/x-directory", "httpd
 pub(super) const GCSFUSE_LINK: &str = "gcsfuse_symlink_target";
 
 /// HEAD of one provider's copy of `path`, with the user metadata that carries mode, owner and mtime.
-pub(super) async fn head_one(provider: &Arc<Provider>, path: &str) -> Result<Entry, StorageError> {
+pub(super) async fn head_one(
+    client: &ProviderClient<'_>,
+    path: &str,
+) -> Result<Entry, StorageError> {
     let options = object_store::GetOptions {
         head: true,
         ..Default::default()
     };
-    let result = provider
-        .store
-        .get_opts(&provider.key_for(path), options)
-        .await
-        .map_err(|e| StorageError::from_store(provider, path, e))?;
+    let provider = client.provider();
+    let result = client.get(path, options).await?;
     let mut posix = posix::Posix::from_attributes(&result.attributes);
     let gcsfuse_link = object_store::Attribute::Metadata(GCSFUSE_LINK.into());
     if result.attributes.get(&gcsfuse_link).is_some() {

@@ -21,8 +21,8 @@ pub use write_ops::DIR_MARKER;
 
 use crate::cache::{disk::DiskCache, BlockCache};
 use crate::config::{Config, MountSettings};
-use crate::providers::guard::{with_fallback, Fallback};
 use crate::providers::Provider;
+use crate::providers::{Attempts, ProviderClient};
 use crate::read::{ObjectVersion, ReadState, Reader};
 use crate::routing::is_within;
 use crate::storage::failover::first_holder;
@@ -31,7 +31,7 @@ use dir::*;
 use error::{FsError, FsResult};
 use inode::{Entry, Ino, Inodes, Kind, ROOT};
 use lookup::*;
-use object_store::{ListResult, ObjectStore};
+use object_store::ListResult;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

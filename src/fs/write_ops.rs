@@ -12,11 +12,12 @@ use super::error::{FsError, FsResult};
 use super::inode::{Entry, Ino, Kind};
 use super::posix::Posix;
 use super::{Attr, Filesystem, Handle};
+use crate::providers::Attempts;
 use crate::routing::is_within;
 use crate::storage::{guess_content_type, same_content_type, FileInfo};
 use crate::write::{FileAttrs, Staged};
 use bytes::Bytes;
-use object_store::ObjectStoreExt;
+
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -702,29 +703,25 @@ impl Filesystem {
             // Asked before the path locks: lock order (crate::write).
             let copy = !held.has_pending(&src).await;
             let _locked = self.storage.lock_paths(&[&src, &dst]).await;
-            let fail = |e| crate::storage::StorageError::from_store(&provider, &src, e);
-            let (src_key, dst_key) = (provider.key_for(&src), provider.key_for(&dst));
+            let client = provider.client(Attempts::Sole);
             // A file written here whose newest bytes are not on the provider yet goes to the new name when it
             // is published: only the objects under both names (older versions) have to go. Anything else
             // moves on the provider.
             let renamed = match copy {
-                true => provider.store.rename(&src_key, &dst_key).await,
-                false => Err(object_store::Error::NotFound {
-                    path: src_key.to_string(),
-                    source: "not copied".into(),
+                true => client.rename(&src, &dst).await,
+                false => Err(crate::storage::StorageError::NotFound {
+                    provider: provider.name.clone(),
+                    path: src.clone(),
                 }),
             };
             match renamed {
                 Ok(()) => {}
-                Err(object_store::Error::NotFound { .. }) if held.holds(&src) => {
-                    for key in [&src_key, &dst_key] {
-                        match provider.store.delete(key).await {
-                            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                            Err(e) => return Err(fail(e).into()),
-                        }
+                Err(e) if e.is_not_found() && held.holds(&src) => {
+                    for path in [&src, &dst] {
+                        client.delete(path).await?;
                     }
                 }
-                Err(e) => return Err(fail(e).into()),
+                Err(e) => return Err(e.into()),
             }
             if let Some(route) = self.storage.router().resolve(&src) {
                 self.storage.forget_fallback_copies(&src, route.route).await;

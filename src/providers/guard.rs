@@ -12,8 +12,8 @@
 //!   probe request is let through: success closes the breaker, failure opens it again. Retries stop as soon as
 //!   the breaker opens, so a dead provider costs its callers a few milliseconds, not the whole retry schedule.
 //!   State changes are logged once each (warn when a provider goes down, info when it is back).
-//!   Failing fast only helps a caller that has somewhere else to go: a request made without one (see
-//!   [`with_fallback`]) still gets one attempt while the breaker is open, so a route without fallbacks works
+//!   Failing fast only helps a caller that has somewhere else to go: a request made without one
+//!   ([`Attempts::Sole`]) still gets one attempt while the breaker is open, so a route without fallbacks works
 //!   again as soon as its provider does, not one cool-down later.
 //! * **Fast read failover.** A read that another provider can serve with the same bytes makes
 //!   `failover.primary_read_attempts` attempts (default 1) before moving on, instead of waiting out the backoff:
@@ -36,31 +36,31 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Where the caller of a request can go when this provider fails, which decides how hard it is tried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fallback {
-    /// Nowhere: full retries, and one attempt even while the provider is marked down.
-    None,
+/// How hard one request is tried: it depends on where its caller can go when this provider fails, and the caller
+/// says so with each request (through [`crate::providers::Provider::client`]). Nothing else changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Attempts {
+    /// This provider is the only place the request can go: full retries, and one attempt even while the provider
+    /// is marked down (so a route without fallbacks works again as soon as its provider does).
+    Sole,
     /// Another provider, but only once this one is really down (a write, a listing, a lookup about to conclude
     /// "not found"): full retries, and none while marked down.
-    AfterRetries,
-    /// Another provider known to hold the same bytes (a block of an open file): `primary_read_attempts`, and none
-    /// while marked down.
-    AtOnce,
+    Full,
+    /// Another provider holds the same bytes (a block of an open file): `primary_read_attempts`, and none while
+    /// marked down.
+    Fast,
 }
 
-tokio::task_local! {
-    static FALLBACK: Fallback;
-}
+impl Attempts {
+    pub const ALL: [Attempts; 3] = [Attempts::Sole, Attempts::Full, Attempts::Fast];
 
-/// Runs `fut` saying where its requests can go when their provider fails (see [`Fallback`]). Requests made
-/// outside this have [`Fallback::None`].
-pub async fn with_fallback<F: Future>(fallback: Fallback, fut: F) -> F::Output {
-    FALLBACK.scope(fallback, fut).await
-}
-
-fn fallback() -> Fallback {
-    FALLBACK.try_with(|f| *f).unwrap_or(Fallback::None)
+    /// [`Attempts::Sole`] when the caller has nowhere else to go, else `otherwise`.
+    pub fn unless_sole(has_fallback: bool, otherwise: Attempts) -> Attempts {
+        match has_fallback {
+            true => otherwise,
+            false => Attempts::Sole,
+        }
+    }
 }
 
 /// Longest wait between two attempts, whatever the backoff computes.
@@ -403,6 +403,8 @@ pub struct Guarded {
     inner: Arc<dyn ObjectStore>,
     health: Arc<Health>,
     policy: Arc<GuardPolicy>,
+    /// How hard this handle tries each request (see [`Attempts`]); [`Guarded::with_attempts`] makes the others.
+    attempts: Attempts,
     /// The inner store renames in one step (a local folder): renames go to it whole. Object stores have no rename;
     /// theirs is a copy and a delete, each attempted on its own (a lost answer to a delete is then harmless).
     native_rename: bool,
@@ -420,7 +422,16 @@ impl Guarded {
             inner,
             health,
             policy: Arc::new(policy),
+            attempts: Attempts::Sole,
             native_rename: false,
+        }
+    }
+
+    /// The same store, trying each request as `attempts` says.
+    pub fn with_attempts(&self, attempts: Attempts) -> Self {
+        Guarded {
+            attempts,
+            ..self.clone()
         }
     }
 
@@ -437,10 +448,10 @@ impl Guarded {
         F: Fn() -> Fut,
         Fut: Future<Output = object_store::Result<T>>,
     {
-        let fallback = fallback();
-        let attempts = match fallback {
-            Fallback::AtOnce => self.policy.read_attempts,
-            Fallback::None | Fallback::AfterRetries => self.policy.attempts,
+        let sole = self.attempts == Attempts::Sole;
+        let attempts = match self.attempts {
+            Attempts::Fast => self.policy.read_attempts,
+            Attempts::Sole | Attempts::Full => self.policy.attempts,
         };
         let mut failed = 0;
         // The provider answered the last attempt with "busy" (5xx, 429): it is up, so a request with nowhere else
@@ -448,9 +459,9 @@ impl Guarded {
         let mut busy = false;
         let first = std::time::Instant::now();
         loop {
-            let persist = busy && fallback == Fallback::None;
+            let persist = busy && sole;
             let last_try = !self.health.admit() && !persist;
-            if last_try && (failed > 0 || fallback != Fallback::None) {
+            if last_try && (failed > 0 || !sole) {
                 return Err(self.health.unavailable());
             }
             let started = std::time::Instant::now();
@@ -468,7 +479,7 @@ impl Guarded {
                     self.health.failed(&e);
                     failed += 1;
                     busy = is_busy(&e);
-                    let persist = busy && fallback == Fallback::None;
+                    let persist = busy && sole;
                     let wait = self.policy.backoff(failed);
                     if last_try
                         || failed >= attempts
@@ -721,7 +732,7 @@ impl MultipartUpload for GuardedUpload {
     /// completion fails the upload, which the caller restarts (from the staged copy) or fails over.
     async fn complete(&mut self) -> object_store::Result<PutResult> {
         let health = &self.store.health;
-        if !health.admit() && fallback() != Fallback::None {
+        if !health.admit() && self.store.attempts != Attempts::Sole {
             return Err(health.unavailable());
         }
         let limit = self.store.policy.total;
@@ -1045,7 +1056,9 @@ mod tests {
         assert!(matches!(missing, object_store::Error::NotFound { .. }));
         assert_eq!(health.state(), HealthState::Up, "not found is an answer");
         health.failed(&"connection refused");
-        let e = with_fallback(Fallback::AtOnce, store.head(&Path::from("a")))
+        let e = store
+            .with_attempts(Attempts::Fast)
+            .head(&Path::from("a"))
             .await
             .unwrap_err();
         assert!(

@@ -8,10 +8,10 @@
 //! paginated listings (S3, GCS, Azure) can do this; a local folder never fails this way (its listing skips such
 //! names itself).
 
-use super::Provider;
+use super::{Provider, ProviderClient};
 use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::path::Path;
-use object_store::{ListResult, ObjectMeta};
+use object_store::{ListResult, ObjectMeta, ObjectStore};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Mutex, OnceLock};
 
@@ -20,23 +20,26 @@ const PAGE: usize = 1000;
 /// Pages one recovery may take before it gives up (a provider ignoring the start key would loop forever).
 const MAX_PAGES: usize = 100_000;
 
-/// The entries directly under `key` (the whole bucket for None) on `provider`.
-pub async fn list_dir(provider: &Provider, key: Option<&Path>) -> object_store::Result<ListResult> {
-    let first = provider.store.list_with_delimiter(key).await;
-    match (&first, &provider.paginated) {
+/// The entries directly under `key` (the whole bucket for None) on the client's provider.
+pub async fn list_dir(
+    client: &ProviderClient<'_>,
+    key: Option<&Path>,
+) -> object_store::Result<ListResult> {
+    let first = client.store().list_with_delimiter(key).await;
+    match (&first, client.pages()) {
         (Err(object_store::Error::InvalidPath { source }), Some(paged)) => {
-            report(provider, &odd_key(source));
-            list_around_odd_keys(provider, paged.as_ref(), key).await
+            report(client.provider(), &odd_key(source));
+            list_around_odd_keys(client.provider(), &paged, key).await
         }
         _ => first,
     }
 }
 
-/// Whether `provider` holds any object below `key` (a directory's key, without the trailing `/`): one key asked
+/// Whether the client's provider holds any object below `key` (a directory's key, without the trailing `/`): one key asked
 /// for where listings are paginated, not a page of a thousand. An object whose key no path can name is still
 /// something below `key`.
-pub async fn any_below(provider: &Provider, key: &Path) -> object_store::Result<bool> {
-    let found = match &provider.paginated {
+pub async fn any_below(client: &ProviderClient<'_>, key: &Path) -> object_store::Result<bool> {
+    let found = match client.pages() {
         Some(paged) => {
             let prefix = format!("{key}{}", if key.as_ref().is_empty() { "" } else { "/" });
             let opts = PaginatedListOptions {
@@ -51,7 +54,7 @@ pub async fn any_below(provider: &Provider, key: &Path) -> object_store::Result<
                 })
         }
         None => {
-            let mut listing = provider.store.list(Some(key));
+            let mut listing = client.store().list(Some(key));
             match futures::StreamExt::next(&mut listing).await {
                 Some(Ok(_)) => Ok(true),
                 None => Ok(false),

@@ -3,6 +3,8 @@
 //! secrets, and how a mount path becomes an object key. One file per kind.
 
 mod azure;
+mod client;
+pub mod error;
 mod gcs;
 pub mod guard;
 pub mod hedge;
@@ -10,7 +12,11 @@ pub mod listing;
 mod local;
 pub mod open_uploads;
 mod s3;
+mod uploads;
 
+pub use client::{Object, ProviderClient, UPLOAD_CONCURRENCY, UPLOAD_PART_SIZE};
+pub use error::{Result, StorageError};
+pub use guard::Attempts;
 pub use local::{set_user_umask, LocalStore};
 pub use open_uploads::OpenUploads;
 pub use s3::{encode_key as encode_s3_key, wasabi_endpoint, Replaced, COPY_MAX};
@@ -84,14 +90,15 @@ pub struct Provider {
     pub kind: &'static str,
     /// Where it is, for messages: endpoint and bucket/container/folder; never a secret.
     pub location: String,
-    /// The client, wrapped in [`guard::Guarded`] (retries, timeouts, circuit breaker).
-    pub store: Arc<dyn ObjectStore>,
+    /// The client, wrapped in [`guard::Guarded`] (retries, timeouts, circuit breaker); requests go through
+    /// [`Provider::client`], which says how hard each is tried.
+    guarded: guard::Guarded,
     /// See [`BuiltStore::multipart`]; uploads through it are journaled in `open_uploads`.
-    pub multipart: Option<Arc<dyn object_store::multipart::MultipartStore>>,
+    multipart: Option<Arc<dyn object_store::multipart::MultipartStore>>,
     /// Where multipart uploads in progress are recorded, so one cut short is aborted later (set by storage).
     pub open_uploads: Option<Arc<OpenUploads>>,
     /// See [`BuiltStore::paginated`]; under the store's attempts and counters ([`guard::GuardedPages`]).
-    pub paginated: Option<Arc<dyn object_store::list::PaginatedListStore>>,
+    paginated: Option<Arc<dyn object_store::list::PaginatedListStore>>,
     /// See [`BuiltStore::s3_direct`].
     pub s3_direct: Option<Arc<s3::S3Direct>>,
     pub signer: Option<Arc<dyn Signer>>,
@@ -157,22 +164,14 @@ impl Provider {
         if matches!(config, ProviderConfig::Local(_)) {
             store = store.with_native_rename();
         }
-        let multipart = built.multipart.map(|inner| {
-            Arc::new(guard::GuardedParts::new(store.clone(), inner))
-                as Arc<dyn object_store::multipart::MultipartStore>
-        });
-        let paginated = built.paginated.map(|inner| {
-            Arc::new(guard::GuardedPages::new(store.clone(), inner))
-                as Arc<dyn object_store::list::PaginatedListStore>
-        });
         Ok(Provider {
             name: name.to_string(),
             kind: config.kind(),
             location: built.location,
-            store: Arc::new(store),
-            multipart,
+            guarded: store,
+            multipart: built.multipart,
             open_uploads: None,
-            paginated,
+            paginated: built.paginated,
             s3_direct: built.s3_direct,
             health,
             signer: built.signer,

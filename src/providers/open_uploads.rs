@@ -138,7 +138,8 @@ impl OpenUploads {
                 continue;
             }
             let provider = providers(&record.provider);
-            let Some(multipart) = provider.and_then(|p| p.multipart.clone()) else {
+            let Some(multipart) = provider.and_then(|p| p.client(super::Attempts::Sole).parts())
+            else {
                 tracing::warn!(
                     "an unfinished multipart upload of `{}` on provider `{}` (upload id {}) cannot be aborted: the provider is no longer configured",
                     record.key,

@@ -5,9 +5,8 @@
 use super::fetch::{block_key, fetch_block};
 use super::{ReadError, ReadResult};
 use crate::cache::BlockCache;
-use crate::providers::guard::{with_fallback, Fallback};
 use crate::providers::hedge::{race, Raced};
-use crate::providers::Provider;
+use crate::providers::{Attempts, Provider};
 use crate::storage::StorageError;
 use bytes::Bytes;
 use object_store::path::Path as ObjectPath;
@@ -79,15 +78,14 @@ impl ObjectVersion {
         }
         for (i, provider) in self.others.iter().enumerate().skip(failed.next) {
             let key = provider.key_for(&self.path);
+            let options = GetOptions {
+                head: true,
+                ..Default::default()
+            };
+            // Each candidate is asked in earnest (a copy found here is where the reader goes next).
             let head = provider
-                .store
-                .get_opts(
-                    &key,
-                    GetOptions {
-                        head: true,
-                        ..Default::default()
-                    },
-                )
+                .client(Attempts::Sole)
+                .get(&self.path, options)
                 .await;
             let Ok(head) = head else { continue };
             if head.meta.size != self.size {
@@ -129,20 +127,17 @@ pub(super) async fn block(
     let mut no_other_copy = false;
     loop {
         let copy = object.current();
-        let fetch = fetch_block(object, &copy, index);
-        let fallback = match copy.next < object.others.len() && !no_other_copy {
-            true => Fallback::AtOnce,
-            false => Fallback::None,
-        };
+        let other_copy = copy.next < object.others.len() && !no_other_copy;
+        let fallback = Attempts::unless_sole(other_copy, Attempts::Fast);
+        let fetch = fetch_block(object, &copy, index, fallback);
         let first = async {
-            let fetch = with_fallback(fallback, fetch);
             let got = cache.get_or_fetch(block_key(&copy, index), fetch).await;
             got.map_err(ReadError::Shared)
         };
         // A copy that does not answer within its provider's hedge delay: the open file moves on to the next copy
         // and this block is asked of it too; the first to answer wins (see crate::providers::hedge).
         let hedge = || {
-            (fallback == Fallback::AtOnce).then_some(async {
+            (fallback == Attempts::Fast).then_some(async {
                 let stalled = ReadError::from(StorageError::Unavailable {
                     provider: copy.provider.name.clone(),
                     location: copy.provider.location.clone(),
@@ -153,7 +148,7 @@ pub(super) async fn block(
                     return Err(stalled);
                 }
                 let now = object.current();
-                let fetch = fetch_block(object, &now, index);
+                let fetch = fetch_block(object, &now, index, Attempts::Sole);
                 let got = cache.get_or_fetch(block_key(&now, index), fetch).await;
                 got.map_err(ReadError::Shared)
             })
@@ -174,7 +169,7 @@ pub(super) async fn block(
                 if object.switch_from(&copy, &e).await {
                     continue;
                 }
-                if fallback == Fallback::AtOnce && e.is_unavailable() {
+                if fallback == Attempts::Fast && e.is_unavailable() {
                     no_other_copy = true; // retry this copy in earnest
                     continue;
                 }

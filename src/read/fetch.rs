@@ -5,11 +5,15 @@
 use super::copies::{Copy, ObjectVersion};
 use super::{ReadError, ReadResult, FILL_RUNS, RUN_BLOCKS};
 use crate::cache::{BlockCache, BlockKey, BLOCK_SIZE};
-use crate::storage::StorageError;
+use crate::providers::Attempts;
 use bytes::{Bytes, BytesMut};
 use object_store::{GetOptions, GetRange};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
+
+/// How hard read-ahead and whole-object fills try: fully, but not while the provider is marked down — they are
+/// speculative, and the reader that needs a block fetches it itself, with the open file's failover.
+const AHEAD: Attempts = Attempts::Full;
 
 pub(super) fn block_key(copy: &Copy, index: u64) -> BlockKey {
     BlockKey::new(
@@ -41,14 +45,14 @@ pub(super) async fn fetch_run(
             let arrived = async {
                 match rx.await {
                     Ok(bytes) => Ok(bytes),
-                    Err(_) => fetch_block(&object, &copy, index).await,
+                    Err(_) => fetch_block(&object, &copy, index, AHEAD).await,
                 }
             };
             let _ = cache.get_or_fetch(block_key(&copy, index), arrived).await;
         });
     }
     let mut senders = senders.into_iter();
-    stream_run(&object, &copy, run, |_, block| {
+    stream_run(&object, &copy, run, AHEAD, |_, block| {
         if let Some(tx) = senders.next() {
             let _ = tx.send(block);
         }
@@ -85,7 +89,7 @@ pub(super) async fn fill(
             };
             let run = *first..*last + 1;
             let mut arrived = Vec::new();
-            let got = stream_run(object, copy, run.clone(), |i, block| {
+            let got = stream_run(object, copy, run.clone(), AHEAD, |i, block| {
                 arrived.push((i, block))
             })
             .await;
@@ -114,6 +118,7 @@ pub(super) async fn stream_run(
     object: &ObjectVersion,
     copy: &Copy,
     run: std::ops::Range<u64>,
+    attempts: Attempts,
     mut deliver: impl FnMut(u64, Bytes),
 ) -> u64 {
     let start = run.start * BLOCK_SIZE;
@@ -126,7 +131,8 @@ pub(super) async fn stream_run(
         if_match: copy.etag.clone(),
         ..Default::default()
     };
-    let Ok(result) = copy.provider.store.get_opts(&copy.key, options).await else {
+    let client = copy.provider.client(attempts);
+    let Ok(result) = client.get(&object.path, options).await else {
         return 0;
     };
     let mut stream = result.into_stream();
@@ -159,9 +165,11 @@ pub(super) async fn fetch_block(
     object: &ObjectVersion,
     copy: &Copy,
     index: u64,
+    attempts: Attempts,
 ) -> ReadResult<Bytes> {
     let start = index * BLOCK_SIZE;
-    let data = fetch_range(object, copy, start..(start + BLOCK_SIZE).min(object.size)).await?;
+    let range = start..(start + BLOCK_SIZE).min(object.size);
+    let data = fetch_range(object, copy, range, attempts).await?;
     tracing::trace!(provider = %copy.provider.name, path = %object.path, block = index, "fetched block");
     Ok(data)
 }
@@ -171,6 +179,7 @@ pub(super) async fn fetch_range(
     object: &ObjectVersion,
     copy: &Copy,
     range: std::ops::Range<u64>,
+    attempts: Attempts,
 ) -> ReadResult<Bytes> {
     let wanted = range.end - range.start;
     let options = GetOptions {
@@ -178,14 +187,8 @@ pub(super) async fn fetch_range(
         if_match: copy.etag.clone(),
         ..Default::default()
     };
-    let provider = &copy.provider;
-    let fail = |e| ReadError::from(StorageError::from_store(provider, &object.path, e));
-    let result = provider
-        .store
-        .get_opts(&copy.key, options)
-        .await
-        .map_err(fail)?;
-    let data = result.bytes().await.map_err(fail)?;
+    let client = copy.provider.client(attempts);
+    let data = client.get(&object.path, options).await?.bytes().await?;
     if data.len() as u64 != wanted {
         return Err(ReadError::Stale); // the object is shorter than when it was opened
     }

@@ -19,7 +19,7 @@ mod fetch;
 pub use copies::{Copy, ObjectVersion};
 
 use crate::cache::{BlockCache, BlockKey, BLOCK_SIZE};
-use crate::providers::guard::{with_fallback, Fallback};
+use crate::providers::Attempts;
 use crate::storage::StorageError;
 use bytes::{Bytes, BytesMut};
 use copies::block;
@@ -204,8 +204,8 @@ impl Reader {
                     if !self.cache.holds(&key)
                         && self.filling.lock().unwrap().contains(&fill_id(&copy))
                     {
-                        let fetch = fetch_range(object, &copy, offset..end);
-                        if let Ok(bytes) = with_fallback(Fallback::AtOnce, fetch).await {
+                        let fetch = fetch_range(object, &copy, offset..end, Attempts::Fast);
+                        if let Ok(bytes) = fetch.await {
                             return Ok(bytes);
                         }
                     }

@@ -18,9 +18,8 @@
 //! never held across an await, never both at once).
 
 use super::{Result, StorageError};
-use crate::providers::guard::{with_fallback, Fallback};
 use crate::providers::hedge::{race, Raced};
-use crate::providers::Provider;
+use crate::providers::{Attempts, Provider, ProviderClient};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -196,7 +195,7 @@ pub async fn first_holder<'a, T, F, Fut>(
     op: F,
 ) -> Result<(T, &'a std::sync::Arc<Provider>)>
 where
-    F: FnMut(&'a std::sync::Arc<Provider>) -> Fut,
+    F: FnMut(ProviderClient<'a>) -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
     first_holder_with(order, primary, path, false, op).await
@@ -213,7 +212,7 @@ pub async fn first_holder_with<'a, T, F, Fut>(
     mut op: F,
 ) -> Result<(T, &'a std::sync::Arc<Provider>)>
 where
-    F: FnMut(&'a std::sync::Arc<Provider>) -> Fut,
+    F: FnMut(ProviderClient<'a>) -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
     // A provider marked slow is asked after the others (see crate::providers::hedge).
@@ -222,24 +221,21 @@ where
     let (mut missing, mut down) = (None, None);
     let mut failed = Vec::new();
     let count = order.len();
-    let first_pass = order.into_iter().enumerate().map(|(i, p)| {
-        let fallback = match i + 1 < count {
-            true => Fallback::AtOnce,
-            false => Fallback::None,
-        };
-        (p, fallback)
-    });
+    let first_pass = order
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| (p, Attempts::unless_sole(i + 1 < count, Attempts::Fast)));
     let mut queue: std::collections::VecDeque<_> = first_pass.collect();
     while let Some((provider, fallback)) = queue.pop_front() {
         // In the first pass, a provider that does not answer within its hedge delay is raced by the next one.
         let next = match fallback {
-            Fallback::AtOnce => queue.front().copied(),
+            Attempts::Fast => queue.front().copied(),
             _ => None,
         };
         let raced = race(
             &provider.health,
-            with_fallback(fallback, op(provider)),
-            || next.map(|(p, f)| with_fallback(f, op(p))),
+            op(provider.client(fallback)),
+            || next.map(|(p, f)| op(p.client(f))),
             |answer: &Result<T>| match answer {
                 Ok(_) => true,
                 Err(e) => missing_concludes && e.is_not_found(),
@@ -274,7 +270,7 @@ where
                     missing.get_or_insert(e);
                 }
                 Err(e) if e.is_unavailable() => {
-                    if fallback == Fallback::AtOnce {
+                    if fallback == Attempts::Fast {
                         failed.push(provider);
                     }
                     down.get_or_insert(e);
@@ -291,7 +287,7 @@ where
         }
         if queue.is_empty() && missing.is_some() {
             // About to conclude "not found": the providers that failed quickly get their full retries first.
-            queue.extend(failed.drain(..).map(|p| (p, Fallback::AfterRetries)));
+            queue.extend(failed.drain(..).map(|p| (p, Attempts::Full)));
         }
     }
     Err(missing.or(down).unwrap_or_else(|| StorageError::NoRoute {
@@ -301,8 +297,7 @@ where
 }
 
 use super::{Storage, UploadOptions};
-use futures::stream::TryStreamExt;
-use object_store::{GetOptions, ObjectStoreExt};
+use object_store::GetOptions;
 
 impl Storage {
     /// Copies every pending failover write back to its primary (see [`failover`]); the ones that cannot be
@@ -352,13 +347,14 @@ impl Storage {
             .get(&record.primary)
             .ok_or_else(|| missing(&record.primary))?;
         let path = &record.path;
-        let head = GetOptions {
-            head: true,
-            ..Default::default()
-        };
-        let on_primary = primary.store.get_opts(&primary.key_for(path), head).await;
-        match on_primary {
-            Ok(meta) if meta.meta.last_modified.timestamp_millis() > record.written_at_ms => {
+        // A heal has somewhere to go when the primary does not answer: the next pass. So its requests fail at
+        // once while a provider is marked down, instead of each record waiting out a timeout.
+        let (on_primary, on_holder) = (
+            primary.client(Attempts::Full),
+            holder.client(Attempts::Full),
+        );
+        match on_primary.head(path).await {
+            Ok(meta) if meta.last_modified.timestamp_millis() > record.written_at_ms => {
                 // Written on the primary by someone else after the failover write: a conflict. The primary's copy
                 // stays; the fallback's is kept too (never deleted on the strength of two clocks), and logged.
                 tracing::warn!(
@@ -367,13 +363,14 @@ impl Storage {
                 );
                 return Ok(());
             }
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(StorageError::from_store(primary, path, e)),
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
         }
-        let source = match holder.store.get(&holder.key_for(path)).await {
+        let source = match on_holder.get(path, GetOptions::default()).await {
             Ok(source) => source,
-            Err(object_store::Error::NotFound { .. }) => return Ok(()), // deleted or moved meanwhile
-            Err(e) => return Err(StorageError::from_store(holder, path, e)),
+            Err(e) if e.is_not_found() => return Ok(()), // deleted or moved meanwhile
+            Err(e) => return Err(e),
         };
         let size = source.meta.size;
         let info = self.info_from(holder, path.clone(), &source.meta, Some(&source.attributes));
@@ -382,13 +379,10 @@ impl Storage {
             metadata: info.metadata,
             tags: info.tags,
         };
-        let holder_ = holder.clone();
-        let chunks = source
-            .into_stream()
-            .map_err(move |e| std::io::Error::other(StorageError::from_store(&holder_, "", e)));
+        let chunks = futures::TryStreamExt::map_err(source.into_stream(), std::io::Error::other);
         let resolved = self.resolve(path)?.1;
         let written = self
-            .upload_stream_to(primary, path, &resolved, chunks, options)
+            .upload_stream_to(on_primary, path, &resolved, chunks, options)
             .await?;
         if written.size != size {
             return Err(StorageError::Invalid {

@@ -41,17 +41,12 @@ impl Storage {
         })?;
         let names = self.router.providers_under(&prefix);
         let listings = futures::future::join_all(names.iter().map(|name| {
-            let provider = &self.providers[*name];
-            let key = (!prefix.is_empty() || !provider.prefix.is_empty())
-                .then(|| provider.key_for(&prefix));
-            let fallback = match self.listing_complete_without(&prefix, &[name]) {
-                true => Fallback::AfterRetries,
-                false => Fallback::None,
-            };
-            with_fallback(
-                fallback,
-                provider.store.list(key.as_ref()).try_collect::<Vec<_>>(),
-            )
+            let complete_without = self.listing_complete_without(&prefix, &[name]);
+            let attempts = Attempts::unless_sole(complete_without, Attempts::Full);
+            self.providers[*name]
+                .client(attempts)
+                .list(&prefix)
+                .try_collect::<Vec<_>>()
         }))
         .await;
         // Each path once, from the provider that ranks first for it in read order.
@@ -63,7 +58,6 @@ impl Storage {
             let listing = match listing {
                 Ok(listing) => listing,
                 Err(e) => {
-                    let e = StorageError::from_store(provider, &prefix, e);
                     if !e.is_unavailable() {
                         return Err(e);
                     }

@@ -10,31 +10,26 @@
 //! `writes` (uploads, in-place attribute changes, deletes), `reads` (downloads, object information), `lists`,
 //! `urls`, `uploads` (journaled multipart uploads), `failover` (failover writes and their heals).
 
-mod error;
 pub mod failover;
 mod info;
 mod lists;
 mod reads;
-pub mod uploads;
 mod urls;
 mod writes;
 
-pub use error::{Result, StorageError};
+pub use crate::providers::error::{Result, StorageError};
 pub use failover::{HealRecord, HealReport};
 pub use info::{
     check_metadata_value, check_tag, decode_tags, encode_tags, guess_content_type,
     normalize_metadata_key, same_content_type, FileInfo, UploadOptions, TAGS_MIRROR_KEY,
 };
-pub(crate) use writes::put_multipart;
 
 use crate::config::Config;
-use crate::providers::guard::{with_fallback, Fallback};
-use crate::providers::{ClientTuning, Provider};
+use crate::providers::{Attempts, ClientTuning, Provider, ProviderClient};
 use crate::routing::{is_within, normalize, Resolved, Route, Router};
 use bytes::Bytes;
 use failover::{first_holder_with, Heals};
-use futures::stream::{BoxStream, StreamExt, TryStreamExt};
-use object_store::ObjectStoreExt;
+use futures::stream::{BoxStream, TryStreamExt};
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
@@ -44,11 +39,7 @@ use std::time::Duration;
 /// directories). Hidden from listings.
 pub const DIR_MARKER: &str = ".zmount-dir";
 
-/// Part size for streamed uploads. 8 MiB: S3's minimum is 5 MiB; larger parts cut request count, smaller ones
-/// bound memory (at most `UPLOAD_CONCURRENCY` parts are buffered).
-pub const UPLOAD_PART_SIZE: usize = 8 * 1024 * 1024;
-/// Parts of one streamed upload in flight at once.
-pub const UPLOAD_CONCURRENCY: usize = 4;
+pub use crate::providers::{UPLOAD_CONCURRENCY, UPLOAD_PART_SIZE};
 
 pub struct Storage {
     router: Router,
@@ -186,7 +177,7 @@ impl Storage {
         mut op: F,
     ) -> Result<FileInfo>
     where
-        F: FnMut(&'a Arc<Provider>) -> Fut,
+        F: FnMut(ProviderClient<'a>) -> Fut,
         Fut: std::future::Future<Output = Result<FileInfo>>,
     {
         let lock = exclusive.then(|| self.heals.lock_of(path));
@@ -201,11 +192,7 @@ impl Storage {
         let mut outage = None;
         let last = targets.len() - 1;
         for (i, provider) in targets.into_iter().enumerate() {
-            let fallback = match i < last {
-                true => Fallback::AfterRetries,
-                false => Fallback::None,
-            };
-            match with_fallback(fallback, op(provider)).await {
+            match op(provider.client(Attempts::unless_sole(i < last, Attempts::Full))).await {
                 Ok(info) => {
                     self.after_write(path, route, provider).await?;
                     return Ok(info);
@@ -251,9 +238,8 @@ impl Storage {
             return;
         }
         if let Some(p) = self.providers.get(holder) {
-            match p.store.delete(&p.key_for(path)).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => tracing::warn!("{}", StorageError::from_store(p, path, e)),
+            if let Err(e) = p.client(Attempts::Sole).delete(path).await {
+                tracing::warn!("{e}");
             }
         }
     }

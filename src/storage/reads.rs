@@ -2,7 +2,7 @@
 //! read order that holds the object.
 
 use super::*;
-use object_store::{Attribute, Attributes, GetOptions, GetRange, ObjectMeta};
+use object_store::{Attribute, Attributes, GetOptions, ObjectMeta};
 
 impl Storage {
     /// Runs the read `op` on the providers that may hold `path`, in read order, until one has the object.
@@ -12,7 +12,7 @@ impl Storage {
         op: F,
     ) -> Result<(T, String)>
     where
-        F: FnMut(&'a Arc<Provider>) -> Fut,
+        F: FnMut(ProviderClient<'a>) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
         self.read_routed_with(path, false, op).await
@@ -26,7 +26,7 @@ impl Storage {
         op: F,
     ) -> Result<(T, String)>
     where
-        F: FnMut(&'a Arc<Provider>) -> Fut,
+        F: FnMut(ProviderClient<'a>) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
         let (path, resolved, _) = self.resolve(path)?;
@@ -40,17 +40,9 @@ impl Storage {
     pub async fn download(&self, path: &str) -> Result<Bytes> {
         let clean = self.resolve(path)?.0;
         let (data, _) = self
-            .read_routed(path, |provider| {
+            .read_routed(path, |client| {
                 let path = clean.clone();
-                async move {
-                    let fail = |e| StorageError::from_store(provider, &path, e);
-                    let result = provider
-                        .store
-                        .get(&provider.key_for(&path))
-                        .await
-                        .map_err(fail)?;
-                    result.bytes().await.map_err(fail)
-                }
+                async move { client.get_all(&path).await }
             })
             .await?;
         Ok(data)
@@ -60,19 +52,11 @@ impl Storage {
     pub async fn download_stream(&self, path: &str) -> Result<BoxStream<'static, Result<Bytes>>> {
         let clean = self.resolve(path)?.0;
         let (stream, _) = self
-            .read_routed(path, |provider| {
+            .read_routed(path, |client| {
                 let path = clean.clone();
                 async move {
-                    let result = provider
-                        .store
-                        .get(&provider.key_for(&path))
-                        .await
-                        .map_err(|e| StorageError::from_store(provider, &path, e))?;
-                    let provider = provider.clone();
-                    Ok(result
-                        .into_stream()
-                        .map_err(move |e| StorageError::from_store(&provider, &path, e))
-                        .boxed())
+                    let object = client.get(&path, GetOptions::default()).await?;
+                    Ok(object.into_stream())
                 }
             })
             .await?;
@@ -86,21 +70,9 @@ impl Storage {
             return Ok(Bytes::new());
         }
         let (data, _) = self
-            .read_routed(path, |provider| {
+            .read_routed(path, |client| {
                 let (path, range) = (clean.clone(), range.clone());
-                async move {
-                    let options = GetOptions {
-                        range: Some(GetRange::Bounded(range)),
-                        ..Default::default()
-                    };
-                    let fail = |e| StorageError::from_store(provider, &path, e);
-                    let result = provider
-                        .store
-                        .get_opts(&provider.key_for(&path), options)
-                        .await
-                        .map_err(fail)?;
-                    result.bytes().await.map_err(fail)
-                }
+                async move { client.get_range(&path, range).await }
             })
             .await?;
         Ok(data)
@@ -132,19 +104,16 @@ impl Storage {
     ) -> Result<FileInfo> {
         let clean = self.resolve(path)?.0;
         let (info, _) = self
-            .read_routed_with(path, missing_concludes, |provider| {
+            .read_routed_with(path, missing_concludes, |client| {
                 let path = clean.clone();
                 async move {
                     let options = GetOptions {
                         head: true,
                         ..Default::default()
                     };
-                    let result = provider
-                        .store
-                        .get_opts(&provider.key_for(&path), options)
-                        .await
-                        .map_err(|e| StorageError::from_store(provider, &path, e))?;
-                    Ok(self.info_from(provider, path, &result.meta, Some(&result.attributes)))
+                    let head = client.get(&path, options).await?;
+                    let provider = client.provider();
+                    Ok(self.info_from(provider, path, &head.meta, Some(&head.attributes)))
                 }
             })
             .await?;

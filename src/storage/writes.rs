@@ -2,7 +2,7 @@
 //! attribute changes, deletes, and the checks and attributes every upload carries.
 
 use super::*;
-use object_store::{Attribute, AttributeValue, Attributes, PutOptions, PutPayload, WriteMultipart};
+use object_store::{Attribute, AttributeValue, Attributes, PutOptions, PutPayload};
 use std::collections::BTreeSet;
 
 impl Storage {
@@ -109,7 +109,7 @@ impl Storage {
                 );
                 // The version's ETag as reads see it: servers differ in what a copy's answer says (quoting, or
                 // another value than GET and HEAD give), and reads are pinned to it (If-Match).
-                let etag = match primary.store.head(&key).await {
+                let etag = match primary.client(Attempts::Sole).head(&clean).await {
                     Ok(meta) => meta.e_tag,
                     Err(_) => answered,
                 };
@@ -151,7 +151,7 @@ impl Storage {
         self.check_size(&path, &resolved, data.len() as u64)?;
         let (attributes, tags) = self.upload_attributes(&path, &options)?;
         let size = data.len() as u64;
-        self.write_routed(&path, resolved.route, (true, exclusive), |provider| {
+        self.write_routed(&path, resolved.route, (true, exclusive), |client| {
             let opts = PutOptions {
                 attributes: attributes.clone(),
                 tags: tags.clone(),
@@ -159,12 +159,9 @@ impl Storage {
             };
             let (data, path, options) = (data.clone(), path.clone(), options.clone());
             async move {
+                let provider = client.provider();
                 Self::check_tags_supported(provider, &path, &options)?;
-                let result = provider
-                    .store
-                    .put_opts(&provider.key_for(&path), PutPayload::from(data), opts)
-                    .await
-                    .map_err(|e| StorageError::from_store(provider, &path, e))?;
+                let result = client.put(&path, PutPayload::from(data), opts).await?;
                 Ok(self.uploaded_info(provider, path, size, result.e_tag, options))
             }
         })
@@ -201,9 +198,9 @@ impl Storage {
     {
         let (path, resolved, _) = self.resolve(path)?;
         let mut stream = Some(stream);
-        self.write_routed(&path, resolved.route, (false, exclusive), |provider| {
+        self.write_routed(&path, resolved.route, (false, exclusive), |client| {
             let stream = stream.take().expect("a stream is written once");
-            self.upload_stream_to(provider, &path, &resolved, stream, options.clone())
+            self.upload_stream_to(client, &path, &resolved, stream, options.clone())
         })
         .await
     }
@@ -221,15 +218,15 @@ impl Storage {
         F: Fn() -> S,
     {
         let (path, resolved, _) = self.resolve(path)?;
-        self.write_routed(&path, resolved.route, (true, true), |provider| {
-            self.upload_stream_to(provider, &path, &resolved, make(), options.clone())
+        self.write_routed(&path, resolved.route, (true, true), |client| {
+            self.upload_stream_to(client, &path, &resolved, make(), options.clone())
         })
         .await
     }
 
     pub(super) async fn upload_stream_to<S>(
         &self,
-        provider: &Arc<Provider>,
+        client: ProviderClient<'_>,
         path: &str,
         resolved: &Resolved<'_>,
         stream: S,
@@ -238,6 +235,7 @@ impl Storage {
     where
         S: futures::Stream<Item = std::io::Result<Bytes>> + Unpin,
     {
+        let provider = client.provider();
         let (attributes, tags) = self.upload_attributes(path, &options)?;
         Self::check_tags_supported(provider, path, &options)?;
         let opts = object_store::PutMultipartOptions {
@@ -251,7 +249,7 @@ impl Storage {
             reason: e.to_string(),
         });
         let limit = self.size_limit(resolved);
-        let (size, etag) = put_multipart(provider, path, opts, chunks, limit).await?;
+        let (size, etag) = client.put_stream(path, opts, chunks, None, limit).await?;
         Ok(self.uploaded_info(provider, path.to_string(), size, etag, options))
     }
 
@@ -262,7 +260,7 @@ impl Storage {
         let (path, resolved, provider) = self.resolve(path)?;
         let lock = self.heals.lock_of(&path);
         let _exclusive = lock.lock().await;
-        delete_one(provider, &path).await?;
+        provider.client(Attempts::Sole).delete(&path).await?;
         self.heals.forget(&path);
         self.forget_fallback_copies(&path, resolved.route).await;
         Ok(())
@@ -275,7 +273,7 @@ impl Storage {
             if p.read_only {
                 continue;
             }
-            if let Err(e) = delete_one(p, path).await {
+            if let Err(e) = p.client(Attempts::Sole).delete(path).await {
                 tracing::warn!("{e} (while removing the fallback copy; it may reappear)");
             }
         }
@@ -379,66 +377,5 @@ impl Storage {
             provider: provider.name.clone(),
             path,
         }
-    }
-}
-
-/// Streams `chunks` into a multipart upload of `path` on `provider`, at most [`UPLOAD_CONCURRENCY`] parts in
-/// flight, refusing to grow past `limit`; any error aborts the upload, so no partial object appears. Returns the
-/// size and ETag of the object written.
-pub(crate) async fn put_multipart<S>(
-    provider: &Provider,
-    path: &str,
-    opts: object_store::PutMultipartOptions,
-    mut chunks: S,
-    limit: Option<u64>,
-) -> Result<(u64, Option<String>)>
-where
-    S: futures::Stream<Item = Result<Bytes>> + Unpin,
-{
-    if let (Some(multipart), Some(journal)) = (&provider.multipart, &provider.open_uploads) {
-        let tuning = (UPLOAD_PART_SIZE, UPLOAD_CONCURRENCY);
-        return uploads::put_journaled(
-            provider, multipart, journal, path, opts, chunks, limit, tuning,
-        )
-        .await;
-    }
-    let fail = |e| StorageError::from_store(provider, path, e);
-    let upload = provider
-        .store
-        .put_multipart_opts(&provider.key_for(path), opts)
-        .await
-        .map_err(fail)?;
-    let mut writer = WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART_SIZE);
-    let mut size = 0u64;
-    let outcome: Result<()> = async {
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk?;
-            size += chunk.len() as u64;
-            if let Some(limit) = limit.filter(|l| size > *l) {
-                let path = path.to_string();
-                return Err(StorageError::TooLarge { path, size, limit });
-            }
-            writer
-                .wait_for_capacity(UPLOAD_CONCURRENCY)
-                .await
-                .map_err(fail)?;
-            writer.put(chunk);
-        }
-        Ok(())
-    }
-    .await;
-    if let Err(e) = outcome {
-        let _ = writer.abort().await;
-        return Err(e);
-    }
-    let result = writer.finish().await.map_err(fail)?;
-    Ok((size, result.e_tag))
-}
-
-/// Deletes one object; "not found" counts as done.
-pub(super) async fn delete_one(provider: &Provider, path: &str) -> Result<()> {
-    match provider.store.delete(&provider.key_for(path)).await {
-        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-        Err(e) => Err(StorageError::from_store(provider, path, e)),
     }
 }

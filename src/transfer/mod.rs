@@ -11,15 +11,17 @@
 //! "Already there" (for resuming and for sync) means: the target holds the path with the same size and a
 //! last-modified time not older than the source's — it was written after the source last changed.
 
-use crate::providers::Provider;
-use crate::storage::{decode_tags, StorageError, TAGS_MIRROR_KEY, UPLOAD_PART_SIZE};
+use crate::providers::{Attempts, Provider, ProviderClient};
+use crate::storage::{decode_tags, StorageError, TAGS_MIRROR_KEY};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
-use object_store::{
-    Attribute, Attributes, ObjectStoreExt, PutMultipartOptions, PutOptions, TagSet,
-};
+use object_store::{Attribute, Attributes, GetOptions, PutMultipartOptions, TagSet};
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A transfer talks to the two providers it was given and nowhere else: every request is tried in full.
+const ATTEMPTS: Attempts = Attempts::Sole;
 
 /// One object on one side.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,17 +34,10 @@ pub struct Item {
 
 /// Every object of `provider` (below its prefix) whose path `pattern` matches, by path.
 pub async fn inventory(
-    provider: &Provider,
+    provider: &Arc<Provider>,
     pattern: Option<&globset::GlobMatcher>,
 ) -> Result<BTreeMap<String, Item>, StorageError> {
-    let key = (!provider.prefix.is_empty()).then(|| provider.key_for(""));
-    let fail = |e| StorageError::from_store(provider, "", e);
-    let metas: Vec<_> = provider
-        .store
-        .list(key.as_ref())
-        .try_collect()
-        .await
-        .map_err(fail)?;
+    let metas: Vec<_> = provider.client(ATTEMPTS).list("").try_collect().await?;
     Ok(metas
         .into_iter()
         .filter_map(|meta| {
@@ -95,28 +90,24 @@ impl Version {
 /// Copies `path` from `from` to `to` with its attributes, then verifies it; returns the version copied.
 /// `on_bytes` is told of every chunk read, for progress.
 pub async fn copy_verified(
-    from: &Provider,
-    to: &Provider,
+    from: &Arc<Provider>,
+    to: &Arc<Provider>,
     path: &str,
     on_bytes: &(dyn Fn(u64) + Sync),
 ) -> Result<Version, StorageError> {
     let source = from
-        .store
-        .get(&from.key_for(path))
-        .await
-        .map_err(|e| StorageError::from_store(from, path, e))?;
+        .client(ATTEMPTS)
+        .get(path, GetOptions::default())
+        .await?;
     let version = Version::of(&source.meta);
     let size = source.meta.size;
     let (attributes, tags) = carried(&source.attributes, to);
     let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
-    let chunks = source
-        .into_stream()
-        .map_err(|e| StorageError::from_store(from, path, e))
-        .inspect_ok(|chunk| {
-            hasher.update(chunk);
-            on_bytes(chunk.len() as u64);
-        });
-    write(to, path, chunks, size, attributes, tags).await?;
+    let chunks = source.into_stream().inspect_ok(|chunk| {
+        hasher.update(chunk);
+        on_bytes(chunk.len() as u64);
+    });
+    write(&to.client(ATTEMPTS), path, chunks, size, attributes, tags).await?;
     let expected = hasher.finish();
     let (written, actual) = digest_of(to, path).await?;
     if written != size || actual.as_ref() != expected.as_ref() {
@@ -139,16 +130,15 @@ pub async fn copy_verified(
 
 /// Deletes the source object only if it is still `version` (not rewritten since it was copied).
 pub async fn delete_if_unchanged(
-    provider: &Provider,
+    provider: &Arc<Provider>,
     path: &str,
     version: &Version,
 ) -> Result<(), StorageError> {
-    let key = provider.key_for(path);
-    let fail = |e| StorageError::from_store(provider, path, e);
-    let now = match provider.store.head(&key).await {
+    let client = provider.client(ATTEMPTS);
+    let now = match client.head(path).await {
         Ok(meta) => Version::of(&meta),
-        Err(object_store::Error::NotFound { .. }) => return Ok(()),
-        Err(e) => return Err(fail(e)),
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => return Err(e),
     };
     if now != *version {
         return Err(StorageError::Precondition {
@@ -157,10 +147,7 @@ pub async fn delete_if_unchanged(
             message: "changed after it was copied; the source is kept".into(),
         });
     }
-    match provider.store.delete(&key).await {
-        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-        Err(e) => Err(fail(e)),
-    }
+    client.delete(path).await
 }
 
 /// Whether `a` and `b` are the same storage or one holds the other (same kind and location with one prefix at or
@@ -187,7 +174,11 @@ pub fn overlap(a: &Provider, b: &Provider) -> bool {
 }
 
 /// Whether both providers hold the same bytes at `path` (size and SHA-256 of a full read of each).
-pub async fn same_bytes(a: &Provider, b: &Provider, path: &str) -> Result<bool, StorageError> {
+pub async fn same_bytes(
+    a: &Arc<Provider>,
+    b: &Arc<Provider>,
+    path: &str,
+) -> Result<bool, StorageError> {
     let ((size_a, hash_a), (size_b, hash_b)) =
         futures::try_join!(digest_of(a, path), digest_of(b, path))?;
     Ok(size_a == size_b && hash_a.as_ref() == hash_b.as_ref())
@@ -195,20 +186,15 @@ pub async fn same_bytes(a: &Provider, b: &Provider, path: &str) -> Result<bool, 
 
 /// Size and SHA-256 of the object, read in full.
 async fn digest_of(
-    provider: &Provider,
+    provider: &Arc<Provider>,
     path: &str,
 ) -> Result<(u64, ring::digest::Digest), StorageError> {
-    let fail = |e| StorageError::from_store(provider, path, e);
-    let mut stream = provider
-        .store
-        .get(&provider.key_for(path))
-        .await
-        .map_err(fail)?
-        .into_stream();
+    let client = provider.client(ATTEMPTS);
+    let mut stream = client.get(path, GetOptions::default()).await?.into_stream();
     let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
     let mut size = 0u64;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(fail)?;
+        let chunk = chunk?;
         size += chunk.len() as u64;
         hasher.update(&chunk);
     }
@@ -244,36 +230,18 @@ fn carried(attributes: &Attributes, to: &Provider) -> (Attributes, TagSet) {
 
 /// Writes a stream to `to`: one PUT when it fits in a part, else a multipart upload.
 async fn write(
-    to: &Provider,
+    to: &ProviderClient<'_>,
     path: &str,
-    mut chunks: impl futures::Stream<Item = Result<Bytes, StorageError>> + Unpin,
+    chunks: impl futures::Stream<Item = Result<Bytes, StorageError>> + Unpin,
     size: u64,
     attributes: Attributes,
     tags: TagSet,
 ) -> Result<(), StorageError> {
-    let key = to.key_for(path);
-    let fail = |e| StorageError::from_store(to, path, e);
-    if size <= UPLOAD_PART_SIZE as u64 {
-        let mut data = Vec::with_capacity(size as usize);
-        while let Some(chunk) = chunks.next().await {
-            data.extend_from_slice(&chunk?);
-        }
-        let opts = PutOptions {
-            attributes,
-            tags,
-            ..Default::default()
-        };
-        to.store
-            .put_opts(&key, data.into(), opts)
-            .await
-            .map_err(fail)?;
-        return Ok(());
-    }
     let opts = PutMultipartOptions {
         attributes,
         tags,
         ..Default::default()
     };
-    crate::storage::put_multipart(to, path, opts, chunks, None).await?;
+    to.put_stream(path, opts, chunks, Some(size), None).await?;
     Ok(())
 }

@@ -204,7 +204,7 @@ impl Ctx {
             seed_gcs(key.as_ref(), data).await;
         } else {
             self.provider
-                .store
+                .object_store()
                 .put(&key, Bytes::copy_from_slice(data).into())
                 .await
                 .unwrap();
@@ -218,7 +218,7 @@ impl Ctx {
 }
 
 pub async fn read_direct(provider: &Provider, path: &str) -> Option<Bytes> {
-    match provider.store.get(&provider.key_for(path)).await {
+    match provider.object_store().get(&provider.key_for(path)).await {
         Ok(r) => Some(r.bytes().await.unwrap()),
         Err(object_store::Error::NotFound { .. }) => None,
         Err(e) => panic!("direct read of {path} from {}: {e}", provider.name),

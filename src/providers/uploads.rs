@@ -1,9 +1,8 @@
 //! Journaled multipart uploads: the parts of a file streamed to a provider's low-level multipart API, recorded in
-//! [`OpenUploads`] (see crate::providers::open_uploads) before the first part is sent, so one cut short is aborted
+//! [`OpenUploads`] (see [`super::open_uploads`]) before the first part is sent, so one cut short is aborted
 //! later instead of left open (and billed) on the provider.
 
-use super::{Result, StorageError};
-use crate::providers::{OpenUploads, Provider};
+use super::{OpenUploads, Provider, Result, StorageError};
 use bytes::Bytes;
 use futures::stream::{FuturesOrdered, StreamExt};
 use object_store::multipart::{MultipartStore, PartId};

@@ -1,4 +1,4 @@
-//! The one error type of the routed storage API. Every variant names the path and, where one is involved, the
+//! The one error type of providers and of the routed storage API (re-exported by [`crate::storage`]). Every variant names the path and, where one is involved, the
 //! provider; messages that came from a provider are passed through its [`Redactor`](crate::config::Redactor)
 //! first, so secrets never reach a log or a user.
 
