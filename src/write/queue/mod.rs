@@ -10,14 +10,23 @@
 //! write-back `close` journals the version and queues it ([`Uploads::close`]); failed uploads stay pending and
 //! are retried ([`Uploads::retry`]). After an upload the tree hears of it through the [`Published`] callback
 //! (attributes, caches, image jobs) at once.
+//!
+//! This file holds the map of files and their lifecycle; `publish` closes, commits, queues and retries uploads;
+//! `rename` holds files still for a rename or unlink and moves or detaches them.
+
+mod publish;
+mod rename;
+
+pub use rename::Held;
 
 use super::journal::Journal;
 use super::staged::{Space, Staged, State};
 use super::FileAttrs;
-use super::{WriteError, WriteResult};
+use super::WriteResult;
 use crate::meta::posix::Posix;
 use crate::routing::is_within;
 use crate::storage::{FileInfo, Storage};
+use rename::detach;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
@@ -188,184 +197,6 @@ impl Uploads {
         }
     }
 
-    /// `close` of a handle that wrote (or may have): on a write-back route the version is journaled and queued,
-    /// else uploaded now (see [`Uploads::commit`]).
-    pub async fn close(self: &Arc<Self>, staged: &Arc<Staged>) -> WriteResult<()> {
-        self.close_when(staged, false).await
-    }
-
-    /// [`Uploads::close`]; `unopened`: only while no handle has the file open, checked under the file's state lock
-    /// (the publish at the last release must not take the bytes of a writer that opened the file since).
-    async fn close_when(self: &Arc<Self>, staged: &Arc<Staged>, unopened: bool) -> WriteResult<()> {
-        let Some(path) = staged.path() else {
-            let st = staged.state.lock().await;
-            return st.check_failed(); // unlinked: never uploaded
-        };
-        if !self.write_back(&path) {
-            return self.commit_when(staged, unopened).await;
-        }
-        let queued = {
-            let mut st = staged.state.lock().await;
-            if unopened && staged.handles() > 0 {
-                return Ok(()); // opened again: that handle's close publishes
-            }
-            st.check_failed()?;
-            self.journal_changes(staged, &mut st, &path).await?;
-            st.pending.is_some()
-        };
-        if queued {
-            self.publish_later(staged.clone());
-        }
-        Ok(())
-    }
-
-    /// Puts the file's newest version on the provider now (write-through `close`, `fsync`). A failed upload
-    /// leaves the version journaled and pending (retried later, seen by every read) and returns the error.
-    pub async fn commit(&self, staged: &Arc<Staged>) -> WriteResult<()> {
-        self.commit_when(staged, false).await
-    }
-
-    /// [`Uploads::commit`]; `unopened`: see [`Uploads::close_when`].
-    async fn commit_when(&self, staged: &Arc<Staged>, unopened: bool) -> WriteResult<()> {
-        let _publishing = staged.publish.lock().await;
-        let mut st = staged.state.lock().await;
-        if unopened && staged.handles() > 0 {
-            return Ok(()); // opened again: that handle's close publishes
-        }
-        st.check_failed()?;
-        let Some(path) = staged.path() else {
-            return Ok(());
-        };
-        let uploaded = if st.dirty {
-            staged
-                .upload_work(&mut st, &self.storage, &path)
-                .await
-                .map_err(WriteError::Storage)
-        } else if let Some(pending) = st.pending.clone() {
-            super::upload_local(
-                &self.storage,
-                &path,
-                &pending.local,
-                pending.size,
-                &pending.attrs,
-            )
-            .await
-        } else {
-            return Ok(());
-        };
-        match uploaded {
-            Ok(info) => {
-                st.dirty = false;
-                st.unclosed = false;
-                staged.drop_pending(&mut st);
-                drop(st);
-                drop(_publishing);
-                self.published(staged, path, info);
-                self.forget_if_done(staged).await;
-                Ok(())
-            }
-            // An outage passes: the version is journaled and retried, and every read sees it meanwhile.
-            Err(e) if e.is_unavailable() => {
-                tracing::error!("upload of {path} failed; kept and retried: {e}");
-                self.journal_changes(staged, &mut st, &path).await?;
-                Err(e)
-            }
-            // An answer (refused, invalid, too large) does not change with a retry: the program hears it, and
-            // the provider keeps its previous version. An acknowledged older version stays pending.
-            Err(e) => {
-                tracing::error!(
-                    "upload of {path} refused: {e}; the provider keeps its previous version"
-                );
-                if st.dirty {
-                    let e = staged.fail(&mut st, e);
-                    self.failed_locked(staged, &mut st);
-                    return Err(e);
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Journals the working copy's changes as the pending version; when that fails locally (disk full), the file
-    /// fails (see [`Uploads::failed`]) and the error is returned.
-    async fn journal_changes(
-        &self,
-        staged: &Arc<Staged>,
-        st: &mut State,
-        path: &str,
-    ) -> WriteResult<()> {
-        if !st.dirty {
-            return Ok(());
-        }
-        if let Err(e) = staged.stage(st, path).await {
-            let e = staged.fail(st, e);
-            self.failed_locked(staged, st);
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    /// Queues the upload of the file's pending version.
-    fn publish_later(self: &Arc<Self>, staged: Arc<Staged>) {
-        let running = self.in_flight.start();
-        let this = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(this.settle).await;
-            let _permit = this.permits.clone().acquire_owned().await;
-            match this.publish_pending(&staged).await {
-                Ok(_) => this.forget_if_done(&staged).await,
-                Err(e) => tracing::warn!(
-                    "background upload of {} failed, kept for retry: {e}",
-                    staged.path().unwrap_or_default()
-                ),
-            }
-            drop(running);
-        });
-    }
-
-    /// Uploads the pending version from its (immutable) data file; writers meanwhile change their own copy.
-    async fn publish_pending(&self, staged: &Arc<Staged>) -> WriteResult<bool> {
-        let _publishing = staged.publish.lock().await;
-        let Some(path) = staged.path() else {
-            return Ok(false);
-        };
-        let mut st = staged.state.lock().await;
-        let Some(pending) = st.pending.clone() else {
-            return Ok(false); // published meanwhile
-        };
-        if st.sequential.is_uploading() && st.shares_work() && !st.dirty {
-            // Written front to back and streamed while written: completing that upload is all that is left.
-            let info = staged
-                .upload_work(&mut st, &self.storage, &path)
-                .await
-                .map_err(WriteError::Storage)?;
-            staged.drop_pending(&mut st);
-            drop(st);
-            self.published(staged, path, info);
-            return Ok(true);
-        }
-        drop(st);
-        let info = super::upload_local(
-            &self.storage,
-            &path,
-            &pending.local,
-            pending.size,
-            &pending.attrs,
-        )
-        .await?;
-        let mut st = staged.state.lock().await;
-        if st.pending.as_ref().map(|p| p.generation) != Some(pending.generation) {
-            return Ok(false); // a newer version was acknowledged meanwhile: it goes next
-        }
-        staged.drop_pending(&mut st);
-        let current = !st.dirty;
-        drop(st);
-        if current {
-            self.published(staged, path, info);
-        }
-        Ok(true)
-    }
-
     /// The last handle of `staged` closed. Changes made after its last `close` (attributes set between `close`
     /// and `release`) are published as if closed again.
     pub fn release(self: &Arc<Self>, staged: &Arc<Staged>) {
@@ -449,102 +280,6 @@ impl Uploads {
         }
     }
 
-    /// Holds the files at or below `from` and at `to` still (no upload of them runs) for a rename; see
-    /// [`Held::finish`].
-    pub async fn hold_for_rename(&self, from: &str, to: &str) -> Held {
-        let mut files: Vec<(String, Arc<Staged>)> = self
-            .files
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(p, _)| is_within(p, from) || is_within(p, to))
-            .map(|(p, s)| (p.clone(), s.clone()))
-            .collect();
-        files.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut guards = Vec::with_capacity(files.len());
-        for (_, staged) in &files {
-            guards.push(staged.publish.clone().lock_owned().await);
-        }
-        Held {
-            files,
-            _guards: guards,
-        }
-    }
-
-    /// `unlink` of the held path: its file written here (if any) leaves the tree, keeps serving its open
-    /// handles, and is never uploaded.
-    pub async fn unlinked(&self, held: Held) {
-        for (path, staged) in &held.files {
-            self.remove_if_current(path, staged);
-            let mut st = staged.state.lock().await;
-            detach_locked(staged, &mut st);
-        }
-    }
-
-    /// Moves the held files: those below `from` take their new names (pending uploads go there), those at or
-    /// below `to` are replaced (detached, like unlinked files).
-    pub async fn renamed(&self, held: Held, from: &str, to: &str) {
-        for (path, staged) in &held.files {
-            if is_within(path, from) {
-                continue;
-            }
-            if self.remove_if_current(path, staged) {
-                let mut st = staged.state.lock().await;
-                detach_locked(staged, &mut st);
-            }
-        }
-        for (path, staged) in &held.files {
-            if !is_within(path, from) {
-                continue;
-            }
-            let new_path = format!("{to}{}", &path[from.len()..]);
-            let mut st = staged.state.lock().await;
-            st.sequential.abandon(); // it streams to the old name
-            if let Some(pending) = &st.pending {
-                if let Err(e) = self
-                    .journal
-                    .record(&pending.local, &new_path, &pending.attrs)
-                {
-                    tracing::error!(
-                        "{new_path}: cannot record the rename of a pending upload: {e}"
-                    );
-                }
-            }
-            staged.set_path(Some(new_path.clone()));
-            drop(st);
-            self.remove_if_current(path, staged);
-            self.files.lock().unwrap().insert(new_path, staged.clone());
-        }
-        drop(held);
-    }
-
-    /// Uploads every pending version (failed or queued uploads); what still fails stays pending.
-    pub async fn retry(&self) -> Replay {
-        let pending: Vec<Arc<Staged>> = self.files.lock().unwrap().values().cloned().collect();
-        let mut outcome = Replay::default();
-        for staged in pending {
-            let has_pending = staged.state.lock().await.pending.is_some();
-            if !has_pending {
-                continue;
-            }
-            let path = staged.path().unwrap_or_default();
-            match self.publish_pending(&staged).await {
-                Ok(_) => {
-                    tracing::info!("journal: uploaded {path} (a pending version)");
-                    outcome.uploaded.push(path);
-                    self.forget_if_done(&staged).await;
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        "pending upload of {path} still fails, kept for a later try: {e}"
-                    );
-                    outcome.failed.push(path);
-                }
-            }
-        }
-        outcome
-    }
-
     /// Loads the journal (before the mount serves): acknowledged versions of the last run are pending files of
     /// this one; bytes never acknowledged are removed. Returns how many were removed.
     pub fn recover(&self) -> usize {
@@ -594,43 +329,6 @@ impl Uploads {
             });
         }
     }
-}
-
-/// Files held still for a rename (their publish locks, in path order).
-pub struct Held {
-    files: Vec<(String, Arc<Staged>)>,
-    _guards: Vec<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl Held {
-    /// Whether a file written here lies at `path` (the rename's source may exist only in this mount).
-    pub fn holds(&self, path: &str) -> bool {
-        self.files.iter().any(|(p, _)| p == path)
-    }
-
-    /// Whether the file written here at `path` has an acknowledged version waiting for its upload: the object on
-    /// the provider is older than it, so a rename need not copy that object, only remove it.
-    pub async fn has_pending(&self, path: &str) -> bool {
-        for (p, staged) in &self.files {
-            if p == path && staged.state.lock().await.pending.is_some() {
-                return true;
-            }
-        }
-        false
-    }
-}
-
-async fn detach(staged: &Arc<Staged>) {
-    let _publishing = staged.publish.lock().await;
-    let mut st = staged.state.lock().await;
-    detach_locked(staged, &mut st);
-}
-
-fn detach_locked(staged: &Staged, st: &mut State) {
-    staged.set_path(None);
-    st.sequential.abandon();
-    staged.drop_pending(st);
-    st.dirty = false;
 }
 
 fn parent_of(path: &str) -> &str {

@@ -2,16 +2,24 @@
 //! interrupted (SIGINT/SIGTERM unmount cleanly and exit 0). `--daemon` runs the same command detached, returning
 //! once the mount is up. Before serving, uploads journaled by a previous run are finished; on the way out, the
 //! background upload queue is drained.
+//!
+//! This file holds the command and the serving; `mountpoint` checks the mountpoint, mounts and unmounts it;
+//! `daemon` runs the command detached and keeps one daemon per cache dir.
+
+mod daemon;
+mod mountpoint;
+
+pub use mountpoint::is_mounted;
 
 use crate::fs::Filesystem;
 use crate::fuse::FuseAdapter;
 use crate::storage::Storage;
+use daemon::{daemonize, lock_cache_dir};
 use fuser::{MountOption, SessionACL};
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use mountpoint::{check_mountpoint, mount_as_root, unmount_own, Unmounter};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct MountArgs {
@@ -32,9 +40,6 @@ pub struct MountArgs {
     #[arg(long)]
     pub allow_degraded: bool,
 }
-
-/// How long `--daemon` waits for the background process to mount before giving up.
-const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn run(config_path: &Path, mountpoint: &Path, args: &MountArgs) -> ExitCode {
     let Some(config) = super::load_config(config_path) else {
@@ -64,77 +69,6 @@ pub fn run(config_path: &Path, mountpoint: &Path, args: &MountArgs) -> ExitCode 
             ExitCode::FAILURE
         }
     }
-}
-
-/// The mountpoint must exist, be an empty directory, and not be mounted already.
-fn check_mountpoint(path: &Path) -> Result<PathBuf, String> {
-    let shown = path.display();
-    let meta = match std::fs::metadata(path) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            clear_dead_mount(path)?;
-            std::fs::metadata(path).map_err(|e| format!("mountpoint {shown}: {e}"))?
-        }
-        other => other.map_err(|e| format!("mountpoint {shown}: {e}"))?,
-    };
-    if !meta.is_dir() {
-        return Err(format!("mountpoint {shown} is not a directory"));
-    }
-    let canonical = std::fs::canonicalize(path).map_err(|e| format!("mountpoint {shown}: {e}"))?;
-    if is_mounted(&canonical) {
-        return Err(format!("mountpoint {shown} is already a mount point (unmount it first: fusermount3 -u {shown})"));
-    }
-    let mut entries =
-        std::fs::read_dir(&canonical).map_err(|e| format!("mountpoint {shown}: {e}"))?;
-    if entries.next().is_some() {
-        return Err(format!("mountpoint {shown} is not empty"));
-    }
-    Ok(canonical)
-}
-
-/// A FUSE mount whose daemon is gone ("Transport endpoint is not connected", left by a killed process) sits on
-/// `path`: detach it (as `fusermount3 -uz` does) and say so, or name the exact command that would.
-fn clear_dead_mount(path: &Path) -> Result<(), String> {
-    use std::ffi::CString;
-    let shown = path.display();
-    let target = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| format!("mountpoint {shown}: not a valid path"))?;
-    // SAFETY: a valid C string.
-    let detached = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } == 0
-        || std::process::Command::new("fusermount3")
-            .args(["-u", "-z"])
-            .arg(path)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-    if detached {
-        tracing::warn!(
-            "mountpoint {shown} held a dead mount (its zmount did not exit cleanly): detached it"
-        );
-        Ok(())
-    } else {
-        Err(format!(
-            "mountpoint {shown} holds a dead mount (\"Transport endpoint is not connected\": its process is gone); remove it with `fusermount3 -uz {shown}` (or `umount -l {shown}` as root) and mount again"
-        ))
-    }
-}
-
-/// Whether `path` is the mount point of a mounted filesystem, from /proc/self/mountinfo.
-pub fn is_mounted(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let target = path.to_string_lossy();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| unescape_mountinfo(m) == target)
-}
-
-fn unescape_mountinfo(field: &str) -> String {
-    field
-        .replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
 }
 
 fn serve(
@@ -307,26 +241,6 @@ fn spawn_maintenance(
     });
 }
 
-/// Waits for SIGINT/SIGTERM (false) or for the session to end by itself, e.g. `fusermount3 -u` (true).
-/// Who takes the mount down on a signal.
-enum Unmounter {
-    /// Mounted here (as root).
-    Own(std::path::PathBuf),
-    /// Mounted by fuser (through fusermount3).
-    Fuser(fuser::SessionUnmounter),
-}
-
-impl Unmounter {
-    /// Whether the mount was only detached (something still holds it): its session then ends when they leave,
-    /// and the daemon does not wait for that.
-    fn unmount(&mut self) -> std::io::Result<bool> {
-        match self {
-            Unmounter::Own(path) => unmount_own(path),
-            Unmounter::Fuser(u) => u.unmount().map(|()| false),
-        }
-    }
-}
-
 /// Asks every provider a route uses for its top level, once, before mounting (as `zmount check` does). A provider
 /// that does not answer (down, or unreachable) is reported and the mount goes on: it may come back, and fallbacks
 /// stand in for it. A provider that answers "no" — refused credentials, a missing bucket, a malformed request — will
@@ -383,76 +297,6 @@ the mount is refused: fix the provider in {} (`zmount check` tells more), or mou
     ))
 }
 
-/// Mounts /dev/fuse at `mountpoint` with the type `fuse.zmount` (what /proc/mounts, `df -T` and `findmnt` show;
-/// fuser's own mount as root says only `fuse`). Returns the channel's descriptor for the session.
-fn mount_as_root(
-    mountpoint: &Path,
-    read_only: bool,
-    allow_other: bool,
-) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::ffi::CString;
-    use std::os::unix::fs::MetadataExt;
-    let device = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")?;
-    let rootmode = std::fs::metadata(mountpoint)?.mode() & libc::S_IFMT;
-    let mut data = format!(
-        "fd={},rootmode={rootmode:o},user_id=0,group_id=0,default_permissions",
-        device.as_raw_fd()
-    );
-    if allow_other {
-        data.push_str(",allow_other");
-    }
-    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
-    if read_only {
-        flags |= libc::MS_RDONLY;
-    }
-    let invalid = |_| std::io::Error::from(std::io::ErrorKind::InvalidInput);
-    let target = CString::new(mountpoint.as_os_str().as_encoded_bytes()).map_err(invalid)?;
-    let (source, kind) = (c"zmount", c"fuse.zmount");
-    let data = CString::new(data).map_err(invalid)?;
-    // SAFETY: valid C strings that outlive the call.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            kind.as_ptr(),
-            flags,
-            data.as_ptr().cast(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(device.into())
-}
-
-/// Unmounts what [`mount_as_root`] mounted; while something still holds the mount (a shell inside it), detaches
-/// it instead, so no dead mountpoint is left.
-fn unmount_own(path: &Path) -> std::io::Result<bool> {
-    use std::ffi::CString;
-    let target = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: a valid C string.
-    if unsafe { libc::umount2(target.as_ptr(), 0) } == 0 {
-        return Ok(false);
-    }
-    let error = std::io::Error::last_os_error();
-    if error.raw_os_error() != Some(libc::EBUSY) {
-        return Err(error);
-    }
-    tracing::warn!(
-        "{} is busy (a program or shell is inside it): detached; it disappears once they leave",
-        path.display()
-    );
-    // SAFETY: as above.
-    match unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } {
-        0 => Ok(true),
-        _ => Err(std::io::Error::last_os_error()),
-    }
-}
-
 /// SIGTERM and SIGINT handlers, registered before the mount appears: a signal that arrives the moment the
 /// mount is visible must unmount cleanly, not kill the process.
 type Signals = Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>;
@@ -468,6 +312,7 @@ fn catch_signals() -> Signals {
     }
 }
 
+/// Waits for SIGINT/SIGTERM (false) or for the session to end by itself, e.g. `fusermount3 -u` (true).
 async fn wait_for_stop(done: tokio::sync::oneshot::Receiver<()>, signals: Signals) -> bool {
     let Some((mut term, mut int)) = signals else {
         let _ = done.await;
@@ -478,137 +323,4 @@ async fn wait_for_stop(done: tokio::sync::oneshot::Receiver<()>, signals: Signal
         _ = term.recv() => false,
         _ = int.recv() => false,
     }
-}
-
-/// One daemon per cache dir: two would evict each other's blocks and, later, replay each other's uploads. The lock
-/// file names the holder (its PID and mountpoint), so a refused start can say who holds the cache dir.
-fn lock_cache_dir(dir: &Path, mountpoint: &Path) -> Result<std::fs::File, String> {
-    use std::io::{Read, Seek, Write};
-    let path = dir.join("zmount.lock");
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false) // the holder's name stays readable until the lock is ours
-        .open(&path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    // SAFETY: flock on a file descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let mut holder = String::new();
-        let _ = file.read_to_string(&mut holder);
-        let mut lines = holder.lines();
-        let held_by = match (lines.next(), lines.next()) {
-            (Some(pid), Some(mnt)) => format!("zmount process {pid}, mounted at {mnt}"),
-            _ => "another zmount process".to_string(),
-        };
-        return Err(format!(
-            "cache dir {} is in use by {held_by}; give this mount its own `cache_dir` in [settings], or unmount that one first",
-            dir.display()
-        ));
-    }
-    let _ = file.set_len(0);
-    let _ = file.rewind();
-    let _ = writeln!(file, "{}\n{}", std::process::id(), mountpoint.display());
-    Ok(file)
-}
-
-/// Re-runs this command without `--daemon`, detached, and returns once the mount is up (or the child failed).
-fn daemonize(cache_dir: &Path, mountpoint: &Path) -> ExitCode {
-    if let Err(e) = std::fs::create_dir_all(cache_dir) {
-        eprintln!(
-            "zmount: cannot create cache dir {}: {e}",
-            cache_dir.display()
-        );
-        return ExitCode::FAILURE;
-    }
-    // A busy cache dir is said here, not in the log of the process holding it.
-    if let Err(e) = lock_cache_dir(cache_dir, mountpoint) {
-        eprintln!("zmount: {e}");
-        return ExitCode::FAILURE;
-    }
-    let log_path = cache_dir.join("zmount.log");
-    let log = match std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-    {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("zmount: cannot open log {}: {e}", log_path.display());
-            return ExitCode::FAILURE;
-        }
-    };
-    // What the child writes from here on is its own: printed if it fails to start.
-    let start = log.metadata().map_or(0, |m| m.len());
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--daemon")
-        .collect();
-    let mut command = std::process::Command::new(std::env::current_exe().expect("own executable"));
-    command
-        .args(&args)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().expect("dup log"))
-        .stderr(log);
-    // SAFETY: setsid in the child before exec only detaches it from our session and terminal.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        command.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let mut child = match command.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("zmount: cannot start the background process: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let started = Instant::now();
-    while started.elapsed() < DAEMON_START_TIMEOUT {
-        if is_mounted(mountpoint) {
-            println!(
-                "zmount: mounted at {} (pid {}, log {})",
-                mountpoint.display(),
-                child.id(),
-                log_path.display()
-            );
-            return ExitCode::SUCCESS;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            let said = read_from(&log_path, start);
-            let said = said.trim_end();
-            if said.is_empty() {
-                eprintln!(
-                    "zmount: the background process exited ({status}); see {}",
-                    log_path.display()
-                );
-            } else {
-                eprintln!("{said}");
-                eprintln!(
-                    "zmount: the background process exited ({status}); its log: {}",
-                    log_path.display()
-                );
-            }
-            return ExitCode::FAILURE;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    eprintln!(
-        "zmount: the mount did not come up within {DAEMON_START_TIMEOUT:?}; see {}",
-        log_path.display()
-    );
-    ExitCode::FAILURE
-}
-
-/// The text of `path` from byte `offset` on (empty when unreadable).
-fn read_from(path: &Path, offset: u64) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut text = Vec::new();
-    if let Ok(mut file) = std::fs::File::open(path) {
-        let _ = file.seek(SeekFrom::Start(offset));
-        let _ = file.read_to_end(&mut text);
-    }
-    String::from_utf8_lossy(&text).into_owned()
 }
