@@ -14,6 +14,7 @@ mod handles;
 pub mod inode;
 mod lookup;
 pub use crate::meta::posix;
+mod namespace;
 mod write_ops;
 pub mod xattr;
 
