@@ -244,7 +244,7 @@ fn latency(out: &mut String, providers: &[Arc<Provider>]) {
 
 /// Image work (routes with `transforms`/`variants`): one counter family, by outcome.
 fn images(out: &mut String, fs: &Filesystem) {
-    let Some(images) = &fs.images else {
+    let Some(images) = fs.images() else {
         return;
     };
     let c = &images.counters;

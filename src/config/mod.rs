@@ -9,8 +9,10 @@
 //!
 //! This file holds the whole file's schema and parsing; `validate` its validation; `settings` the `[settings]`
 //! tables with their defaults, `providers` each provider's table (typed by `kind`), `images` route transforms,
-//! `secret` `${ENV}` expansion and redaction, `size` byte sizes, `error` the messages with line and column.
+//! `secret` `${ENV}` expansion and redaction, `size` byte sizes, `error` the messages with line and column;
+//! `builder` a config built in code from typed parts.
 
+mod builder;
 mod error;
 mod images;
 mod providers;
@@ -19,6 +21,7 @@ mod settings;
 mod size;
 mod validate;
 
+pub use builder::{ConfigBuilder, RouteBuilder};
 pub use error::ConfigError;
 use providers::{locate_provider_key, parse_provider, resolve_provider_paths, UnsetSecrets};
 pub use providers::{AzureConfig, CommonOptions, GcsConfig, LocalConfig, ProviderConfig, S3Config};

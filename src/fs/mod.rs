@@ -13,6 +13,7 @@ pub mod error;
 mod handles;
 pub mod inode;
 mod lookup;
+mod maintenance;
 pub use crate::meta::posix;
 mod namespace;
 mod write_ops;
@@ -111,9 +112,9 @@ pub struct Filesystem {
     mounted_at: SystemTime,
     read_only: bool,
     /// Files written in this mount until their bytes are on the provider; the only publisher of them.
-    pub uploads: Arc<crate::write::Uploads>,
+    uploads: Arc<crate::write::Uploads>,
     /// Image transforms and variants, when a route has them.
-    pub images: Option<Arc<crate::images::ImageWorker>>,
+    images: Option<Arc<crate::images::ImageWorker>>,
 }
 
 impl Filesystem {
@@ -189,55 +190,6 @@ impl Filesystem {
             uploads,
             images,
         })
-    }
-
-    /// Before serving: drops staged data no program finished writing, then uploads every file whose data was
-    /// acknowledged (close/fsync) but not yet uploaded when the previous mount stopped.
-    pub async fn replay_journal(&self) -> crate::write::Replay {
-        // The root's mode, owner and times (it is never looked up).
-        match self.dir_posix("").await {
-            Ok(posix) => {
-                let root = Entry {
-                    posix,
-                    ..Entry::dir(self.mounted_at)
-                };
-                self.inodes.record("", root);
-            }
-            Err(e) => tracing::debug!("the root's stored attributes cannot be read: {e}"),
-        }
-        let aborted = self.storage.abort_orphaned_uploads().await;
-        if aborted > 0 {
-            tracing::warn!("aborted {aborted} multipart uploads the last run left unfinished");
-        }
-        let discarded = self.uploads.recover();
-        if discarded > 0 {
-            tracing::warn!(
-                "journal: discarded {discarded} staged files that were never closed or fsynced"
-            );
-        }
-        self.retry_pending_uploads().await
-    }
-
-    /// Retries journaled uploads whose files are not open in this mount (failed uploads are kept and retried).
-    pub async fn retry_pending_uploads(&self) -> crate::write::Replay {
-        self.storage.abort_orphaned_uploads().await;
-        self.uploads.retry().await
-    }
-
-    /// Copies failover writes back to their primaries (see [`crate::storage::failover`]); healed paths are
-    /// looked up again.
-    pub async fn heal(&self) -> crate::storage::HealReport {
-        let report = self
-            .storage
-            .heal_pending(|path| self.uploads.get(path).is_some())
-            .await;
-        for path in &report.healed {
-            self.changed_on_provider(path);
-            if let Some(images) = &self.images {
-                images.submit(path); // transforms wait for the primary's copy
-            }
-        }
-        report
     }
 
     /// Uploads whose data waits in the journal for a retry.

@@ -305,7 +305,10 @@ impl Filesystem {
         let from = self.child_path(parent, name)?;
         let to = self.child_path(new_parent, new_name)?;
         let attr = self.lookup(parent, name).await?;
-        if is_within(&to, &from) && to != from {
+        if from == to {
+            return Ok(()); // rename(2): a name renamed onto itself is left as it is
+        }
+        if is_within(&to, &from) {
             return Err(FsError::Invalid(
                 "cannot move a directory into itself".into(),
             ));

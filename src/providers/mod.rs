@@ -182,6 +182,31 @@ impl Provider {
         })
     }
 
+    /// A provider over any object_store client, named `name` (kind "memory": no prefix, no signed URLs, no
+    /// multipart API of its own), under the same guard as every configured provider. For tests and programs that
+    /// bring their own store (object_store's `InMemory`, a wrapper that injects failures); see
+    /// [`crate::Storage::from_parts`].
+    pub fn from_store(name: &str, store: Arc<dyn ObjectStore>, tuning: &ClientTuning) -> Provider {
+        let location = format!("{store}");
+        let health = Arc::new(guard::Health::new(name, &location, &tuning.guard));
+        Provider {
+            name: name.to_string(),
+            kind: "memory",
+            location,
+            guarded: guard::Guarded::new(store, health.clone(), tuning.guard.clone()),
+            multipart: None,
+            open_uploads: None,
+            paginated: None,
+            s3_direct: None,
+            signer: None,
+            health,
+            prefix: String::new(),
+            read_only: false,
+            base_url: None,
+            redactor: Redactor::default(),
+        }
+    }
+
     /// The object key of a (normalized) mount path: the provider's prefix, then the path, byte for byte, so names
     /// with spaces, `%`, brackets or UTF-8 are stored as written and objects from other tools keep their names.
     /// (Only ASCII control characters, which object keys cannot hold portably, are percent-encoded.)

@@ -69,18 +69,42 @@ impl Storage {
     }
 
     pub fn with_tuning(config: &Config, tuning: &ClientTuning) -> Result<Storage> {
+        Self::from_parts(config, tuning, Vec::new())
+    }
+
+    /// A storage over `config`'s routes and settings in which each provider of `given` stands in for the
+    /// configured provider of the same name (the others are built from `config`). The seam for tests that hand
+    /// the core a store of their own ([`Provider::from_store`]); a given name `config` does not define is refused.
+    pub fn from_parts(
+        config: &Config,
+        tuning: &ClientTuning,
+        given: Vec<Provider>,
+    ) -> Result<Storage> {
         let router = Router::new(config)?;
+        let mut given: BTreeMap<String, Provider> =
+            given.into_iter().map(|p| (p.name.clone(), p)).collect();
+        if let Some(name) = given.keys().find(|n| !config.providers.contains_key(*n)) {
+            return Err(StorageError::Setup {
+                provider: name.clone(),
+                kind: "memory",
+                message: "no provider of this name in the config".into(),
+            });
+        }
         let mut providers = BTreeMap::new();
         let open_uploads = Arc::new(crate::providers::OpenUploads::new(
             &config.settings.cache_dir.join("uploads"),
         ));
         for (name, pc) in &config.providers {
-            let mut provider =
-                Provider::build(name, pc, tuning).map_err(|message| StorageError::Setup {
-                    provider: name.clone(),
-                    kind: pc.kind(),
-                    message,
-                })?;
+            let mut provider = match given.remove(name) {
+                Some(provider) => provider,
+                None => {
+                    Provider::build(name, pc, tuning).map_err(|message| StorageError::Setup {
+                        provider: name.clone(),
+                        kind: pc.kind(),
+                        message,
+                    })?
+                }
+            };
             provider.open_uploads = Some(open_uploads.clone());
             providers.insert(name.clone(), Arc::new(provider));
         }

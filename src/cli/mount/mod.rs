@@ -107,7 +107,7 @@ fn serve(
         )
     };
     fs.connect();
-    if let Some(images) = &fs.images {
+    if let Some(images) = fs.images() {
         let _guard = runtime.enter();
         images.resubmit_pending(); // jobs a killed daemon left
     }
@@ -183,10 +183,10 @@ fn serve(
             .unmount()
             .map_err(|e| format!("unmounting {}: {e}", mountpoint.display()))?;
     }
-    runtime.block_on(fs_for_shutdown.uploads.wait());
+    runtime.block_on(fs_for_shutdown.wait_for_uploads());
     let pending = runtime.block_on(fs_for_shutdown.retry_pending_uploads());
     // Last: uploads finishing above queue image work too.
-    if let Some(images) = &fs_for_shutdown.images {
+    if let Some(images) = fs_for_shutdown.images() {
         runtime.block_on(images.wait());
     }
     let status_file = config.settings.cache_dir.join("status.json");
@@ -222,21 +222,7 @@ fn spawn_maintenance(
     runtime.spawn(async move {
         loop {
             tokio::time::sleep(interval).await;
-            fs.heal().await;
-            if let Some(images) = &fs.images {
-                images.resubmit_pending(); // jobs that failed on an outage
-            }
-            if let Err(e) = fs.storage().write_status(&status_file) {
-                tracing::debug!("cannot write {}: {e}", status_file.display());
-            }
-            let outcome = fs.retry_pending_uploads().await;
-            if !outcome.uploaded.is_empty() {
-                tracing::warn!(
-                    "journal: {} pending uploads finished: {:?}",
-                    outcome.uploaded.len(),
-                    outcome.uploaded
-                );
-            }
+            fs.maintain(&status_file).await;
         }
     });
 }

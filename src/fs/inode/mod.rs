@@ -281,7 +281,10 @@ impl Inodes {
                     node.renamed = Some(now);
                 }
                 node.path = new_path;
-                node.seen = None; // a copied object may have a new ETag: ask the provider on next use
+                // A copied object may have a new ETag (Azure and GCS always, S3 for multipart uploads): the old
+                // one is not this object's, so nothing pins reads to it, and the provider is asked on next use.
+                node.entry.etag = None;
+                node.seen = None;
             }
         }
     }

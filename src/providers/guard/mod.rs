@@ -389,6 +389,12 @@ impl ObjectStore for Guarded {
         to: &Path,
         options: RenameOptions,
     ) -> object_store::Result<()> {
+        if from == to {
+            // A rename onto itself changes nothing (as rename(2)); as a copy and a delete it would lose the object.
+            return object_store::ObjectStoreExt::head(self, from)
+                .await
+                .map(|_| ());
+        }
         if self.native_rename {
             return self
                 .attempt(Op::Copy, self.policy.total, || {

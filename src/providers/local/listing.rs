@@ -147,6 +147,11 @@ impl Shared {
                 result.objects.push(meta_of(location, &st));
             }
         }
+        // In key order, as object stores list (a folder's entries come in whatever order the file system keeps).
+        result.common_prefixes.sort_unstable();
+        result
+            .objects
+            .sort_unstable_by(|a, b| a.location.cmp(&b.location));
         Ok(result)
     }
 }
