@@ -1,6 +1,12 @@
 //! Providers: one configured storage endpoint each (a bucket, container or folder), built into an object_store
 //! client plus what zmount needs beside it — where it is (for messages), how to sign URLs, which strings are
 //! secrets, and how a mount path becomes an object key. One file per kind.
+//!
+//! Above this layer every request goes through [`ProviderClient`] (`client.rs`: mount paths in, [`StorageError`]
+//! out, and the [`Attempts`] each request gets as an argument); the object_store client itself is private. Beside
+//! the kinds: `guard/` (retries, timeouts, circuit breaker, counters), `hedge` (racing a slow provider),
+//! `listing` (one directory level despite odd keys), `uploads` and `open_uploads` (journaled multipart uploads),
+//! `error` (the one error type of providers and storage).
 
 mod azure;
 mod client;

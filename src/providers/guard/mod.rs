@@ -246,6 +246,35 @@ impl Guarded {
         }
     }
 
+    /// A listing made by `make`, retried until its first entry (or its end) arrives.
+    fn guarded_listing(
+        &self,
+        make: impl Fn() -> BoxStream<'static, object_store::Result<ObjectMeta>> + Send + Sync + 'static,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let this = self.clone();
+        futures::stream::once(async move {
+            let first = this
+                .attempt(Op::List, this.policy.first_byte, || {
+                    let mut listing = make();
+                    async move {
+                        match listing.next().await {
+                            Some(Err(e)) => Err(e),
+                            first => Ok((first, listing)),
+                        }
+                    }
+                })
+                .await;
+            match first {
+                // An ended listing must not be polled again.
+                Ok((None, _)) => futures::stream::empty().boxed(),
+                Ok((Some(first), rest)) => futures::stream::iter([first]).chain(rest).boxed(),
+                Err(e) => futures::stream::iter([Err(e)]).boxed(),
+            }
+        })
+        .flatten()
+        .boxed()
+    }
+
     /// Counts failures of a streamed response body against the provider's health.
     fn watch_body(&self, mut result: GetResult) -> GetResult {
         if let GetResultPayload::Stream(stream) = result.payload {
@@ -267,6 +296,9 @@ impl Guarded {
     }
 }
 
+// Every method is forwarded through the guard: a default method would reach the inner store around it (or, like
+// the default `list_with_offset`, list everything and filter).
+#[deny(clippy::missing_trait_methods)]
 #[async_trait]
 impl ObjectStore for Guarded {
     async fn put_opts(
@@ -339,28 +371,36 @@ impl ObjectStore for Guarded {
 
     /// Retries until the first entry (or the end) arrives; a failure later in a long listing is returned as is.
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        let (this, prefix) = (self.clone(), prefix.cloned());
-        futures::stream::once(async move {
-            let first = this
-                .attempt(Op::List, this.policy.first_byte, || {
-                    let mut listing = this.inner.list(prefix.as_ref());
-                    async move {
-                        match listing.next().await {
-                            Some(Err(e)) => Err(e),
-                            first => Ok((first, listing)),
-                        }
-                    }
-                })
-                .await;
-            match first {
-                // An ended listing must not be polled again.
-                Ok((None, _)) => futures::stream::empty().boxed(),
-                Ok((Some(first), rest)) => futures::stream::iter([first]).chain(rest).boxed(),
-                Err(e) => futures::stream::iter([Err(e)]).boxed(),
-            }
-        })
-        .flatten()
-        .boxed()
+        let (inner, prefix) = (self.inner.clone(), prefix.cloned());
+        self.guarded_listing(move || inner.list(prefix.as_ref()))
+    }
+
+    /// [`Guarded::list`] from a start key, by the provider's own listing from that key (S3's `start-after`).
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let (inner, prefix, offset) = (self.inner.clone(), prefix.cloned(), offset.clone());
+        self.guarded_listing(move || inner.list_with_offset(prefix.as_ref(), &offset))
+    }
+
+    /// Several ranges of one object in one call (the inner store may coalesce them); bounded by `total`, as the
+    /// answer includes the bytes.
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[std::ops::Range<u64>],
+    ) -> object_store::Result<Vec<bytes::Bytes>> {
+        let got = self
+            .attempt(Op::Get, self.policy.total, || {
+                self.inner.get_ranges(location, ranges)
+            })
+            .await?;
+        let read: usize = got.iter().map(bytes::Bytes::len).sum();
+        let counted = &self.health.counters.bytes_read;
+        counted.fetch_add(read as u64, Ordering::Relaxed);
+        Ok(got)
     }
 
     /// Bounded by `total`: a large directory takes many pages.

@@ -41,6 +41,7 @@ pub(super) struct GuardedUpload {
     pub(super) store: Guarded,
 }
 
+#[deny(clippy::missing_trait_methods)] // every method goes through the guard
 #[async_trait]
 impl MultipartUpload for GuardedUpload {
     fn put_part(&mut self, data: PutPayload) -> UploadPart {
@@ -101,6 +102,7 @@ impl GuardedPages {
     }
 }
 
+#[deny(clippy::missing_trait_methods)] // every method goes through the guard
 #[async_trait]
 impl object_store::list::PaginatedListStore for GuardedPages {
     async fn list_paginated(
@@ -136,6 +138,7 @@ impl GuardedParts {
     }
 }
 
+#[deny(clippy::missing_trait_methods)] // every method goes through the guard
 #[async_trait]
 impl object_store::multipart::MultipartStore for GuardedParts {
     async fn create_multipart(
