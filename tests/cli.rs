@@ -4,8 +4,10 @@
 
 mod common;
 
-use common::{provider_toml, scratch, server, unique, zmount, Case};
+use common::{scratch, server, unique, zmount, Case, TestConfig};
+use std::path::{Path, PathBuf};
 use std::process::Output;
+use zmount::config::{ConfigBuilder, RouteBuilder};
 
 fn text(out: &Output) -> String {
     format!(
@@ -13,6 +15,13 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// Writes `config` to `<dir>/mount.toml`; its path.
+fn write_config(dir: &Path, config: &ConfigBuilder) -> PathBuf {
+    let path = dir.join("mount.toml");
+    std::fs::write(&path, config.text()).unwrap();
+    path
 }
 
 /// A port on 127.0.0.1 with nothing listening.
@@ -34,10 +43,11 @@ fn check_passes_on_live_providers() {
         (Case::Local, "local"),
         (Case::Wasabi, "wasabi"),
     ]
-    .map(|(case, name)| provider_toml(case, name, &prefix, dir.path()))
-    .join("");
-    let path = dir.path().join("mount.toml");
-    std::fs::write(&path, config).unwrap();
+    .into_iter()
+    .fold(ConfigBuilder::default(), |config, (case, name)| {
+        config.case(case, name, &prefix, dir.path())
+    });
+    let path = write_config(dir.path(), &config);
     let out = zmount(&["check", path.to_str().unwrap()]);
     let output = text(&out);
     assert!(out.status.success(), "{output}");
@@ -62,12 +72,19 @@ fn check_passes_on_live_providers() {
 fn check_names_the_failing_provider_and_endpoint() {
     let dir = scratch();
     let port = dead_port();
-    let config = format!(
-        "{}[providers.backups]\nkind = \"s3\"\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:{port}\"\naccess_key = \"AKIDEXAMPLE\"\nsecret_key = \"super-secret-value-123\"\n",
-        provider_toml(Case::Local, "local", "p", dir.path())
-    );
-    let path = dir.path().join("mount.toml");
-    std::fs::write(&path, config).unwrap();
+    let config = ConfigBuilder::default()
+        .case(Case::Local, "local", "p", dir.path())
+        .provider(
+            "backups",
+            "s3",
+            [
+                ("bucket", "b".into()),
+                ("endpoint", format!("http://127.0.0.1:{port}").into()),
+                ("access_key", "AKIDEXAMPLE".into()),
+                ("secret_key", "super-secret-value-123".into()),
+            ],
+        );
+    let path = write_config(dir.path(), &config);
     let out = zmount(&["check", path.to_str().unwrap()]);
     let output = text(&out);
     assert!(
@@ -97,14 +114,10 @@ fn check_names_the_failing_provider_and_endpoint() {
 #[test]
 fn check_with_a_wrong_secret_reports_without_leaking_it() {
     let dir = scratch();
-    let config = format!(
-        "[providers.s3]\nkind = \"s3\"\nbucket = {:?}\nendpoint = {:?}\naccess_key = {:?}\nsecret_key = \"wrong-secret-value-456\"\n",
-        server("ZMOUNT_TEST_S3_BUCKET"),
-        server("ZMOUNT_TEST_S3_ENDPOINT"),
-        server("ZMOUNT_TEST_S3_ACCESS_KEY"),
-    );
-    let path = dir.path().join("mount.toml");
-    std::fs::write(&path, config).unwrap();
+    let bucket = server("ZMOUNT_TEST_S3_BUCKET");
+    let keys = common::s3_keys(&bucket, "wrong-secret-value-456");
+    let config = ConfigBuilder::default().provider("s3", "s3", keys);
+    let path = write_config(dir.path(), &config);
     let out = zmount(&["check", path.to_str().unwrap(), "-vvv"]);
     let output = text(&out);
     assert!(!out.status.success(), "{output}");
@@ -121,26 +134,14 @@ fn check_with_a_wrong_secret_reports_without_leaking_it() {
 #[test]
 fn explain_shows_rule_provider_fallbacks_and_key() {
     let dir = scratch();
-    let config = format!(
-        "{}{}{}
-[[routes]]
-prefix = \"temp_files\"
-provider = \"local\"
-
-[[routes]]
-pattern = \"*.jpg|*.png|*.gif\"
-provider = \"media\"
-fallback = [\"s3\"]
-
-[default]
-provider = \"s3\"
-",
-        provider_toml(Case::Local, "local", "", dir.path()),
-        provider_toml(Case::S3, "s3", "main", dir.path()),
-        provider_toml(Case::Azure, "media", "img", dir.path()),
-    );
-    let path = dir.path().join("mount.toml");
-    std::fs::write(&path, config).unwrap();
+    let config = ConfigBuilder::default()
+        .case(Case::Local, "local", "", dir.path())
+        .case(Case::S3, "s3", "main", dir.path())
+        .case(Case::Azure, "media", "img", dir.path())
+        .route(RouteBuilder::prefix("temp_files", "local"))
+        .route(RouteBuilder::pattern("*.jpg|*.png|*.gif", "media").fallback(&["s3"]))
+        .default_route(RouteBuilder::to("s3"));
+    let path = write_config(dir.path(), &config);
     let out = zmount(&[
         "explain",
         path.to_str().unwrap(),
@@ -237,12 +238,10 @@ fn explain_runs_without_the_secrets() {
 #[test]
 fn url_of_a_missing_file_is_an_error() {
     let dir = scratch();
-    let config = format!(
-        "{}[default]\nprovider = \"local\"\n",
-        provider_toml(Case::Local, "local", "", dir.path())
+    let path = write_config(
+        dir.path(),
+        &local_config(ConfigBuilder::default(), dir.path()),
     );
-    let path = dir.path().join("mount.toml");
-    std::fs::write(&path, config).unwrap();
     let root = dir.path().join("local-root");
     std::fs::create_dir_all(root.join("docs")).unwrap();
     std::fs::write(root.join("docs/here.txt"), b"here").unwrap();
@@ -291,9 +290,10 @@ fn every_argument_has_a_help_text() {
 #[test]
 fn check_leaves_nothing_behind() {
     let dir = scratch();
-    let config = provider_toml(Case::Local, "local", "", dir.path());
-    let path = dir.path().join("mount.toml");
-    std::fs::write(&path, format!("{config}[default]\nprovider = \"local\"\n")).unwrap();
+    let path = write_config(
+        dir.path(),
+        &local_config(ConfigBuilder::default(), dir.path()),
+    );
     let root = dir.path().join("local-root");
     std::fs::create_dir_all(&root).unwrap();
     let out = zmount(&["check", path.to_str().unwrap()]);
@@ -305,16 +305,19 @@ fn check_leaves_nothing_behind() {
     assert!(left.is_empty(), "left in the provider's folder: {left:?}");
 }
 
+/// `config` with provider `local` (a folder in `dir`, no prefix) and every path routed to it.
+fn local_config(config: ConfigBuilder, dir: &Path) -> ConfigBuilder {
+    config
+        .case(Case::Local, "local", "", dir)
+        .default_route(RouteBuilder::to("local"))
+}
+
 /// A local-provider config with its own cache dir, in `dir`.
-fn local_mount_config(dir: &std::path::Path) -> std::path::PathBuf {
-    let config = format!(
-        "[settings]\ncache_dir = {:?}\n{}[default]\nprovider = \"local\"\n",
-        dir.join("cache"),
-        provider_toml(Case::Local, "local", "", dir)
-    );
-    let path = dir.join("mount.toml");
-    std::fs::write(&path, config).unwrap();
-    path
+fn local_mount_config(dir: &Path) -> PathBuf {
+    write_config(
+        dir,
+        &local_config(ConfigBuilder::new(&dir.join("cache")), dir),
+    )
 }
 
 /// `--daemon` says on the terminal why a start failed: a cache dir in use names the process and mountpoint holding
@@ -354,17 +357,15 @@ fn a_daemon_that_cannot_start_says_why() {
 
     // Refused by the child (a bucket that does not exist): its reason reaches the terminal.
     let bad = dir.path().join("bad.toml");
-    std::fs::write(
-        &bad,
-        format!(
-            "[settings]\ncache_dir = {:?}\n[providers.s3]\nkind = \"s3\"\nbucket = \"no-such-bucket-anywhere\"\nendpoint = {:?}\naccess_key = {:?}\nsecret_key = {:?}\n[default]\nprovider = \"s3\"\n",
-            dir.path().join("cache-bad"),
-            server("ZMOUNT_TEST_S3_ENDPOINT"),
-            server("ZMOUNT_TEST_S3_ACCESS_KEY"),
-            server("ZMOUNT_TEST_S3_SECRET_KEY"),
-        ),
-    )
-    .unwrap();
+    let secret = server("ZMOUNT_TEST_S3_SECRET_KEY");
+    let config = ConfigBuilder::new(&dir.path().join("cache-bad"))
+        .provider(
+            "s3",
+            "s3",
+            common::s3_keys("no-such-bucket-anywhere", &secret),
+        )
+        .default_route(RouteBuilder::to("s3"));
+    std::fs::write(&bad, config.text()).unwrap();
     let out = zmount(&[bad.to_str().unwrap(), second.to_str().unwrap(), "--daemon"]);
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{said}");

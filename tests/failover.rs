@@ -6,65 +6,58 @@ mod common;
 use common::killable::Azurite;
 use common::mount::{run, sha256, Mount};
 use common::proxy::{Fault, Proxy};
-use common::{pattern, provider_toml, scratch, server, unique, Case, ObjectStoreExt};
+use common::{pattern, scratch, unique, Case, ObjectStoreExt, ProviderTable, TestConfig};
 use std::io::{Read, Write};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
+use zmount::config::{ConfigBuilder, RouteBuilder};
 use zmount::providers::Provider;
-use zmount::{Config, Storage};
 
 /// How long a test waits for something the mount does in the background (a heal, a breaker closing).
 const BACKGROUND_DEADLINE: Duration = Duration::from_secs(90);
 
 /// Settings for these tests: few retries, short timeouts and cool-down, frequent heal passes, small read-ahead
 /// (so that most of a file is fetched after the fault, not before).
-const SETTINGS: &str = r#"
-[settings.retry]
-attempts = 2
-delay = 0.05
-[settings.timeouts]
-connect = 1
-read = 2
-first_byte = 2
-[settings.failover]
-failure_threshold = 2
-cooldown = 1
-heal_interval = 0.3
-[settings.mount]
-read_ahead = "2MiB"
-memory_cache_size = "4MiB"
-"#;
+fn settings(config: ConfigBuilder) -> ConfigBuilder {
+    config
+        .retry(2, 0.05)
+        .setting("timeouts.connect", 1)
+        .setting("timeouts.read", 2)
+        .setting("timeouts.first_byte", 2)
+        .setting("failover.failure_threshold", 2)
+        .setting("failover.cooldown", 1)
+        .setting("failover.heal_interval", 0.3)
+        .setting("mount.read_ahead", "2MiB")
+        .setting("mount.memory_cache_size", "4MiB")
+}
 
-/// A mount whose default route is `primary` with fallback `backup`, given both provider tables.
-fn mount(dir: &Path, primary: &str, backup: &str, route: &str, settings: &str) -> Mount {
-    let text = format!(
-        "[settings]\ncache_dir = {:?}\n{settings}\n{primary}{backup}[default]\nprovider = \"primary\"\nfallback = [\"backup\"]\n{route}\n",
-        dir.join("cache")
-    );
-    Mount::start(dir, &text)
+/// The config of a mount whose default route is `primary` with fallback `backup` (and `route`'s keys), given both
+/// provider tables, with `settings`.
+fn fallback_config(
+    dir: &Path,
+    primary: &ProviderTable,
+    backup: &ProviderTable,
+    route: impl FnOnce(RouteBuilder) -> RouteBuilder,
+    settings: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
+) -> ConfigBuilder {
+    let config = ConfigBuilder::new(&dir.join("cache"))
+        .provider_table(primary)
+        .provider_table(backup)
+        .default_route(route(RouteBuilder::to("primary").fallback(&["backup"])));
+    settings(config)
 }
 
 /// An S3 provider table named `name` under a fresh prefix, reached through a fault-injecting proxy: the proxy, the
 /// table that goes through it, the table that reaches the server directly (for seeding and checking), the prefix.
-fn s3_behind_proxy(dir: &Path, test: &str, name: &str) -> (Proxy, String, String, String) {
-    let proxy = Proxy::start(server("ZMOUNT_TEST_S3_ENDPOINT").trim_start_matches("http://"));
+fn s3_behind_proxy(
+    dir: &Path,
+    test: &str,
+    name: &str,
+) -> (Proxy, ProviderTable, ProviderTable, String) {
     let prefix = unique(test);
-    let real = provider_toml(Case::S3, name, &prefix, dir);
-    let proxied = real.replace(&server("ZMOUNT_TEST_S3_ENDPOINT"), &proxy.endpoint());
+    let real = ProviderTable::new(Case::S3, name, &prefix, dir);
+    let (proxy, proxied) = real.behind_proxy();
     (proxy, proxied, real, prefix)
-}
-
-/// A provider (by config table) reached directly, to check or seed what is really stored, bypassing faults.
-fn direct(dir: &Path, table: &str, name: &str) -> Arc<Provider> {
-    common::set_secret_env();
-    let text = format!("{table}[default]\nprovider = {name:?}\n");
-    let config = Config::parse(&text, &dir.join("direct.toml")).unwrap_or_else(|e| panic!("{e}"));
-    Storage::new(&config)
-        .unwrap()
-        .provider(name)
-        .unwrap()
-        .clone()
 }
 
 async fn put(provider: &Provider, path: &str, data: &[u8]) {
@@ -139,12 +132,14 @@ async fn read_completes_from_the_fallback_when_the_primary_is_killed_mid_file() 
     let dir = scratch();
     let mut azurite = Azurite::start();
     let prefix = unique("kill");
-    let primary = azurite.retarget(&provider_toml(Case::Azure, "primary", &prefix, dir.path()));
-    let backup = provider_toml(Case::S3, "backup", &prefix, dir.path());
+    let primary =
+        ProviderTable::new(Case::Azure, "primary", &prefix, dir.path()).at(&azurite.endpoint());
+    let backup = ProviderTable::new(Case::S3, "backup", &prefix, dir.path());
     let data = pattern(24 << 20, 7);
-    put(&direct(dir.path(), &primary, "primary"), "big.bin", &data).await;
-    put(&direct(dir.path(), &backup, "backup"), "big.bin", &data).await;
-    let mnt = mount(dir.path(), &primary, &backup, "", SETTINGS);
+    put(&primary.direct(dir.path()), "big.bin", &data).await;
+    put(&backup.direct(dir.path()), "big.bin", &data).await;
+    let config = fallback_config(dir.path(), &primary, &backup, |r| r, settings);
+    let mnt = Mount::start(dir.path(), &config);
 
     let mut file = std::fs::File::open(mnt.path("big.bin")).unwrap();
     let mut read = read_exactly(&mut file, 4 << 20);
@@ -165,13 +160,14 @@ async fn read_completes_from_the_fallback_when_the_primary_is_killed_mid_file() 
 async fn read_completes_from_the_fallback_when_the_primary_stalls() {
     let dir = scratch();
     let (proxy, primary, real, prefix) = s3_behind_proxy(dir.path(), "stall", "primary");
-    let backup = provider_toml(Case::Azure, "backup", &prefix, dir.path());
+    let backup = ProviderTable::new(Case::Azure, "backup", &prefix, dir.path());
     let data = pattern(16 << 20, 3);
-    put(&direct(dir.path(), &real, "primary"), "f.bin", &data).await;
-    put(&direct(dir.path(), &backup, "backup"), "f.bin", &data).await;
+    put(&real.direct(dir.path()), "f.bin", &data).await;
+    put(&backup.direct(dir.path()), "f.bin", &data).await;
     // The idle-read timeout is long: the stall is caught by the hedge delay (long before the first-byte timeout).
-    let settings = SETTINGS.replace("read = 2", "read = 30");
-    let mnt = mount(dir.path(), &primary, &backup, "", &settings);
+    let long_read = |c| settings(c).setting("timeouts.read", 30);
+    let config = fallback_config(dir.path(), &primary, &backup, |r| r, long_read);
+    let mnt = Mount::start(dir.path(), &config);
 
     let mut file = std::fs::File::open(mnt.path("f.bin")).unwrap();
     let mut read = read_exactly(&mut file, 3 << 20);
@@ -192,11 +188,12 @@ async fn read_completes_from_the_fallback_when_the_primary_stalls() {
 async fn read_completes_from_the_fallback_when_primary_responses_are_cut_short() {
     let dir = scratch();
     let (proxy, primary, real, prefix) = s3_behind_proxy(dir.path(), "cut", "primary");
-    let backup = provider_toml(Case::Azure, "backup", &prefix, dir.path());
+    let backup = ProviderTable::new(Case::Azure, "backup", &prefix, dir.path());
     let data = pattern(12 << 20, 5);
-    put(&direct(dir.path(), &real, "primary"), "f.bin", &data).await;
-    put(&direct(dir.path(), &backup, "backup"), "f.bin", &data).await;
-    let mnt = mount(dir.path(), &primary, &backup, "", SETTINGS);
+    put(&real.direct(dir.path()), "f.bin", &data).await;
+    put(&backup.direct(dir.path()), "f.bin", &data).await;
+    let config = fallback_config(dir.path(), &primary, &backup, |r| r, settings);
+    let mnt = Mount::start(dir.path(), &config);
 
     let mut file = std::fs::File::open(mnt.path("f.bin")).unwrap();
     let mut read = read_exactly(&mut file, 3 << 20);
@@ -216,18 +213,11 @@ async fn read_completes_from_the_fallback_when_primary_responses_are_cut_short()
 async fn failover_writes_land_on_the_fallback_then_heal_to_the_primary() {
     let dir = scratch();
     let (proxy, primary, real, prefix) = s3_behind_proxy(dir.path(), "heal", "primary");
-    let backup = provider_toml(Case::Azure, "backup", &prefix, dir.path());
-    let (on_primary, on_backup) = (
-        direct(dir.path(), &real, "primary"),
-        direct(dir.path(), &backup, "backup"),
-    );
-    let mnt = mount(
-        dir.path(),
-        &primary,
-        &backup,
-        "write = \"failover\"",
-        SETTINGS,
-    );
+    let backup = ProviderTable::new(Case::Azure, "backup", &prefix, dir.path());
+    let (on_primary, on_backup) = (real.direct(dir.path()), backup.direct(dir.path()));
+    let route = RouteBuilder::write_failover;
+    let config = fallback_config(dir.path(), &primary, &backup, route, settings);
+    let mnt = Mount::start(dir.path(), &config);
     let src = dir.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     let files = [
@@ -312,10 +302,11 @@ async fn failover_writes_land_on_the_fallback_then_heal_to_the_primary() {
 async fn a_tree_copied_through_a_flaky_provider_arrives_intact() {
     let dir = scratch();
     let (proxy, primary, real, prefix) = s3_behind_proxy(dir.path(), "flaky", "primary");
-    let backup = provider_toml(Case::Local, "backup", &prefix, dir.path());
+    let backup = ProviderTable::new(Case::Local, "backup", &prefix, dir.path());
     // Enough attempts that a request failing six times in a row (1 in 10^6) is not expected in this workload.
-    let settings = "[settings.retry]\nattempts = 6\ndelay = 0.02\n[settings.failover]\nfailure_threshold = 5\n";
-    let mnt = mount(dir.path(), &primary, &backup, "", settings);
+    let settings = |c: ConfigBuilder| c.retry(6, 0.02).setting("failover.failure_threshold", 5);
+    let config = fallback_config(dir.path(), &primary, &backup, |r| r, settings);
+    let mnt = Mount::start(dir.path(), &config);
     let src = dir.path().join("tree");
     let sizes = [0usize, 1, 4096, 100_000, 1 << 20, 3 << 20];
     let mut expected = Vec::new();
@@ -338,7 +329,7 @@ async fn a_tree_copied_through_a_flaky_provider_arrives_intact() {
         ],
     );
     let listing = run("ls", &["-lR", mnt.path("tree").to_str().unwrap()]);
-    let on_primary = direct(dir.path(), &real, "primary");
+    let on_primary = real.direct(dir.path());
     for rel in &expected {
         let name = rel.rsplit('/').next().unwrap();
         assert!(listing.contains(name), "{name} listed:\n{listing}");
@@ -365,19 +356,15 @@ async fn a_tree_copied_through_a_flaky_provider_arrives_intact() {
 async fn a_listing_fails_rather_than_silently_miss_a_down_provider() {
     let dir = scratch();
     let (proxy, remote, real, prefix) = s3_behind_proxy(dir.path(), "partial", "remote");
-    let local = provider_toml(Case::Local, "local", &prefix, dir.path());
-    put(
-        &direct(dir.path(), &real, "remote"),
-        "solo/x.txt",
-        b"remote",
-    )
-    .await;
-    put(&direct(dir.path(), &local, "local"), "y.txt", b"local").await;
-    let text = format!(
-        "[settings]\ncache_dir = {:?}\n{SETTINGS}\n{remote}{local}[[routes]]\nprefix = \"solo\"\nprovider = \"remote\"\n\n[default]\nprovider = \"local\"\n",
-        dir.path().join("cache")
-    );
-    let mnt = Mount::start(dir.path(), &text);
+    let local = ProviderTable::new(Case::Local, "local", &prefix, dir.path());
+    put(&real.direct(dir.path()), "solo/x.txt", b"remote").await;
+    put(&local.direct(dir.path()), "y.txt", b"local").await;
+    let config = settings(ConfigBuilder::new(&dir.path().join("cache")))
+        .provider_table(&remote)
+        .provider_table(&local)
+        .route(RouteBuilder::prefix("solo", "remote"))
+        .default_route(RouteBuilder::to("local"));
+    let mnt = Mount::start(dir.path(), &config);
     proxy.set_down(true);
 
     let ls = std::process::Command::new("ls")
@@ -410,13 +397,14 @@ async fn a_listing_fails_rather_than_silently_miss_a_down_provider() {
 async fn a_failover_write_is_read_from_its_fallback_until_healed_even_after_a_remount() {
     let dir = scratch();
     let (proxy, primary, real, prefix) = s3_behind_proxy(dir.path(), "pending", "primary");
-    let backup = provider_toml(Case::Azure, "backup", &prefix, dir.path());
-    let on_primary = direct(dir.path(), &real, "primary");
+    let backup = ProviderTable::new(Case::Azure, "backup", &prefix, dir.path());
+    let on_primary = real.direct(dir.path());
     put(&on_primary, "doc.txt", b"old version on the primary").await;
     // No heal pass during the test: the failover write stays pending.
-    let settings = SETTINGS.replace("heal_interval = 0.3", "heal_interval = 3600");
-    let route = "write = \"failover\"";
-    let mut mnt = mount(dir.path(), &primary, &backup, route, &settings);
+    let no_heal = |c| settings(c).setting("failover.heal_interval", 3600);
+    let route = RouteBuilder::write_failover;
+    let config = fallback_config(dir.path(), &primary, &backup, route, no_heal);
+    let mut mnt = Mount::start(dir.path(), &config);
     proxy.set_down(true);
     std::fs::write(
         mnt.path("doc.txt"),
@@ -426,7 +414,7 @@ async fn a_failover_write_is_read_from_its_fallback_until_healed_even_after_a_re
     proxy.set_down(false);
     assert!(mnt.stop_with(libc::SIGTERM).success(), "{}", mnt.log());
 
-    let mnt = mount(dir.path(), &primary, &backup, route, &settings);
+    let mnt = Mount::start(dir.path(), &config);
     assert_eq!(
         std::fs::read(mnt.path("doc.txt")).unwrap(),
         b"new version, written during the outage",
@@ -453,11 +441,10 @@ async fn a_failover_write_is_read_from_its_fallback_until_healed_even_after_a_re
 async fn a_503_burst_on_every_tenth_request_loses_nothing_on_the_default_schedule() {
     let dir = scratch();
     let (proxy, primary, _real, _prefix) = s3_behind_proxy(dir.path(), "chaos", "primary");
-    let text = format!(
-        "[settings]\ncache_dir = {:?}\n\n{primary}[default]\nprovider = \"primary\"\n",
-        dir.path().join("cache")
-    );
-    let mnt = Mount::start(dir.path(), &text);
+    let config = ConfigBuilder::new(&dir.path().join("cache"))
+        .provider_table(&primary)
+        .default_route(RouteBuilder::to("primary"));
+    let mnt = Mount::start(dir.path(), &config);
     let src = dir.path().join("tree");
     let files = 2_000;
     for i in 0..files {
@@ -522,10 +509,15 @@ async fn a_503_burst_on_every_tenth_request_loses_nothing_on_the_default_schedul
 }
 
 /// Files on both providers of a hedging test: a folder with a small file and a 64 MiB one.
-async fn seed_both(dir: &Path, primary: &str, backup: &str, folder: &str) -> Vec<u8> {
+async fn seed_both(
+    dir: &Path,
+    primary: &ProviderTable,
+    backup: &ProviderTable,
+    folder: &str,
+) -> Vec<u8> {
     let big = pattern(64 << 20, 11);
-    for (table, name) in [(primary, "primary"), (backup, "backup")] {
-        let provider = direct(dir, table, name);
+    for table in [primary, backup] {
+        let provider = table.direct(dir);
         put(&provider, &format!("{folder}/small.txt"), b"small\n").await;
         put(&provider, &format!("{folder}/big.bin"), &big).await;
     }
@@ -567,21 +559,12 @@ fn stat_list_read(mnt: &Mount, folder: &str, big: &[u8]) -> [Duration; 4] {
 async fn a_stalled_primary_is_answered_by_the_fallback_after_the_hedge_delay() {
     let dir = scratch();
     let (proxy, primary, real, prefix) = s3_behind_proxy(dir.path(), "hedge", "primary");
-    let backup = provider_toml(Case::Local, "backup", &prefix, dir.path());
+    let backup = ProviderTable::new(Case::Local, "backup", &prefix, dir.path());
     let big = seed_both(dir.path(), &real, &backup, "healthy").await;
     seed_both(dir.path(), &real, &backup, "stalled").await;
     let addr = common::free_local_addr();
-    let text = format!(
-        "[settings]\ncache_dir = {:?}\n\n{primary}{backup}[default]\nprovider = \"primary\"\nfallback = [\"backup\"]\n",
-        dir.path().join("cache")
-    );
-    std::fs::write(dir.path().join("mount.toml"), text).unwrap();
-    std::fs::create_dir_all(dir.path().join("mnt")).unwrap();
-    let mnt = Mount::start_at(
-        &dir.path().join("mount.toml"),
-        &dir.path().join("mnt"),
-        &["--metrics-addr", &addr],
-    );
+    let config = fallback_config(dir.path(), &primary, &backup, |r| r, |c| c);
+    let mnt = Mount::start_with(dir.path(), &config, &["--metrics-addr", &addr]);
 
     let took = stat_list_read(&mnt, "healthy", &big);
     println!("healthy primary: stat, ls, first byte, 64 MiB read: {took:?}");

@@ -4,23 +4,32 @@
 
 mod common;
 
-use common::mount::{mount_with_route, run, sha256, Mount};
+use common::mount::{mount_tuned, run, sha256, Mount};
 use common::proxy::{Fault, Proxy};
-use common::{provider_toml, server, unique, zmount, Case, Ctx};
+use common::{table, unique, zmount, Case, Ctx, ProviderTable, TestConfig};
 use image::{GenericImageView, ImageEncoder, ImageFormat};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use zmount::Config;
+use zmount::config::{ConfigBuilder, RouteBuilder};
 
 /// How long background image work may take before a test fails (it takes well under a second here).
 const IMAGE_DEADLINE: Duration = Duration::from_secs(30);
 
-const VARIANTS: &str = r#"metadata = { owner = "team-a" }
-[default.variants]
-thumbnail = "150x150"
-medium = { resize = "400x300", format = "webp" }
-square = { resize = "100x100", fit = "cover" }
-"#;
+/// The variants most tests configure on the default route, and metadata the variants inherit.
+fn variants(route: RouteBuilder) -> RouteBuilder {
+    let resized =
+        |size: &str, key: &str, value: &str| table([("resize", size.into()), (key, value.into())]);
+    route
+        .set("metadata", table([("owner", "team-a".into())]))
+        .set(
+            "variants",
+            table([
+                ("thumbnail", "150x150".into()),
+                ("medium", resized("400x300", "format", "webp")),
+                ("square", resized("100x100", "fit", "cover")),
+            ]),
+        )
+}
 
 /// A colourful test picture (a plain one would hide a wrong crop or a swapped axis less well).
 fn picture(width: u32, height: u32) -> image::RgbImage {
@@ -155,7 +164,7 @@ fn xattr(file: &Path, name: &str) -> String {
 /// `zmount search` finds variants by metadata; `zmount variants` writes deleted ones again, but not over a user's
 /// file copied onto a variant's name.
 async fn variants_have_the_configured_sizes_and_formats(case: Case) {
-    let (ctx, mnt) = mount_with_route(case, "img-variants", "", VARIANTS, &[]);
+    let (ctx, mnt) = mount_tuned(case, "img-variants", |c| c, variants, &[]);
     let (photo, portrait) = (png(800, 600), rotated_jpeg(800, 600));
     cp_into(
         &ctx,
@@ -274,12 +283,15 @@ async fn variants_have_the_configured_sizes_and_formats(case: Case) {
 /// `transforms` replace the stored file by its transformed version (here: fit in 200×200, as JPEG), marked so it
 /// is not transformed twice; variants under `variants_under` take the transform's format.
 async fn transforms_rewrite_the_stored_file(case: Case) {
-    let route = r#"transforms = { resize = "200x200", format = "jpeg", quality = 80 }
-variants_under = "thumbs"
-[default.variants]
-small = "50x50"
-"#;
-    let (ctx, mnt) = mount_with_route(case, "img-transforms", "", route, &[]);
+    let route = |route: RouteBuilder| {
+        let transforms = [
+            ("resize", "200x200".into()),
+            ("format", "jpeg".into()),
+            ("quality", 80.into()),
+        ];
+        small_variants_under_thumbs(route).set("transforms", table(transforms))
+    };
+    let (ctx, mnt) = mount_tuned(case, "img-transforms", |c| c, route, &[]);
     cp_into(&ctx, &mnt, "up", &[("big.png", &png(800, 600))]);
     let small = wait_for_object(&ctx, "thumbs/up/big.small.jpg").await;
     assert_eq!(format_and_size(&small), (ImageFormat::Jpeg, 50, 38));
@@ -306,10 +318,10 @@ small = "50x50"
 /// the reason; none gets a variant, all are kept byte for byte, the daemon's memory stays small, and the metrics
 /// count them as skipped.
 async fn bad_images_are_skipped_and_kept(case: Case) {
-    let settings = "[settings.images]\nmax_memory = \"64MiB\"\n";
+    let settings = |c: ConfigBuilder| c.setting("images.max_memory", "64MiB");
     let addr = common::free_local_addr();
     let args = ["--metrics-addr", addr.as_str()];
-    let (ctx, mnt) = mount_with_route(case, "img-bad", settings, VARIANTS, &args);
+    let (ctx, mnt) = mount_tuned(case, "img-bad", settings, variants, &args);
     let mut corrupt = Vec::new();
     corrupt.extend_from_slice(&[0xFF, 0xD8, 0xFF, 0xDB, 0x00, 0x43, 0x00]);
     corrupt.extend((0..4000u32).map(|i| (i * 7919 % 251) as u8));
@@ -363,8 +375,8 @@ async fn bad_images_are_skipped_and_kept(case: Case) {
 /// On a write-back route (uploads in the background), a file written twice in a row ends with the variants of its
 /// last version: a write that lands while the first job runs gets a job of its own after it.
 async fn the_last_write_gets_the_variants(case: Case) {
-    let route = format!("write_back = true\n{VARIANTS}");
-    let (ctx, mnt) = mount_with_route(case, "img-last", "", &route, &[]);
+    let route = |r: RouteBuilder| variants(r.write_back());
+    let (ctx, mnt) = mount_tuned(case, "img-last", |c| c, route, &[]);
     for (w, h) in [(800, 600), (640, 640), (300, 600)] {
         cp_into(&ctx, &mnt, "pics", &[("again.png", &png(w, h))]);
     }
@@ -388,8 +400,8 @@ async fn the_last_write_gets_the_variants(case: Case) {
 /// A large image that is accepted (5000×4000, 60 MB decoded) is processed within `max_memory`: the daemon's peak
 /// memory stays below its baseline plus the limit.
 async fn accepted_images_stay_within_max_memory(case: Case) {
-    let settings = "[settings.images]\nmax_memory = \"160MiB\"\n";
-    let (ctx, mnt) = mount_with_route(case, "img-memory", settings, VARIANTS, &[]);
+    let settings = |c: ConfigBuilder| c.setting("images.max_memory", "160MiB");
+    let (ctx, mnt) = mount_tuned(case, "img-memory", settings, variants, &[]);
     cp_into(&ctx, &mnt, "pics", &[("large.png", &png(5000, 4000))]);
     let thumb = wait_for_object(&ctx, "pics/large.thumbnail.png").await;
     assert_eq!(format_and_size(&thumb), (ImageFormat::Png, 150, 120));
@@ -410,31 +422,35 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// `route` with one variant, `small` (50×50), written under `thumbs`.
+fn small_variants_under_thumbs(route: RouteBuilder) -> RouteBuilder {
+    route
+        .set("variants_under", "thumbs")
+        .set("variants", table([("small", "50x50".into())]))
+}
+
 /// A mount whose variants go (via `variants_under = "thumbs"`) to an S3 provider `slow` reached through a fault
 /// proxy, while originals go to S3 directly. Returns the proxy, the mount and the `slow` table without the proxy.
-fn mount_with_slow_variants(dir: &Path, settings: &str) -> (Proxy, Mount, String) {
+fn mount_with_slow_variants(
+    dir: &Path,
+    settings: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
+) -> (Proxy, Mount, ProviderTable) {
     common::set_secret_env();
-    let proxy = Proxy::start(server("ZMOUNT_TEST_S3_ENDPOINT").trim_start_matches("http://"));
     let (fast_prefix, slow_prefix) = (unique("img-slow"), unique("img-slow-thumbs"));
-    let slow_real = provider_toml(Case::S3, "slow", &slow_prefix, dir);
-    let slow = slow_real.replace(&server("ZMOUNT_TEST_S3_ENDPOINT"), &proxy.endpoint());
-    let text = format!(
-        "[settings]\ncache_dir = {:?}\n{settings}\n{}{slow}\
-         [[routes]]\nprefix = \"thumbs\"\nprovider = \"slow\"\n\
-         [default]\nprovider = \"s3\"\nvariants_under = \"thumbs\"\n[default.variants]\nsmall = \"50x50\"\n",
-        dir.join("cache"),
-        provider_toml(Case::S3, "s3", &fast_prefix, dir),
-    );
-    (proxy, Mount::start(dir, &text), slow_real)
+    let slow_real = ProviderTable::new(Case::S3, "slow", &slow_prefix, dir);
+    let (proxy, slow) = slow_real.behind_proxy();
+    let config = ConfigBuilder::new(&dir.join("cache"))
+        .case(Case::S3, "s3", &fast_prefix, dir)
+        .provider_table(&slow)
+        .route(RouteBuilder::prefix("thumbs", "slow"))
+        .default_route(small_variants_under_thumbs(RouteBuilder::to("s3")));
+    (proxy, Mount::start(dir, &settings(config)), slow_real)
 }
 
 /// The variant of `pics/photo.png` (400×300) as the `slow` provider really stores it, checked to be 50×38 PNG.
-async fn assert_slow_variant(dir: &Path, slow_real: &str) {
-    let direct = format!("{slow_real}[default]\nprovider = \"slow\"\n");
-    let config = Config::parse(&direct, &dir.join("direct.toml")).unwrap();
-    let storage = zmount::Storage::new(&config).unwrap();
-    let provider = storage.provider("slow").unwrap();
-    let small = common::read_direct(provider, "thumbs/pics/photo.small.png").await;
+async fn assert_slow_variant(dir: &Path, slow_real: &ProviderTable) {
+    let provider = slow_real.direct(dir);
+    let small = common::read_direct(&provider, "thumbs/pics/photo.small.png").await;
     let small = small.expect("the variant is on the provider");
     assert_eq!(format_and_size(&small), (ImageFormat::Png, 50, 38));
 }
@@ -445,7 +461,7 @@ async fn assert_slow_variant(dir: &Path, slow_real: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_does_not_wait_for_image_work() {
     let dir = common::scratch();
-    let settings = "[settings.timeouts]\nfirst_byte = 60.0\n";
+    let settings = |c: ConfigBuilder| c.setting("timeouts.first_byte", 60.0);
     let (proxy, mnt, slow_real) = mount_with_slow_variants(dir.path(), settings);
     let ctx = Ctx::new(Case::S3, "img-close-src");
     proxy.set(Fault::Stall);
@@ -465,8 +481,7 @@ async fn close_does_not_wait_for_image_work() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_jobs_run_again_when_the_provider_answers() {
     let dir = common::scratch();
-    let settings =
-        "[settings.retry]\nattempts = 2\ndelay = 0.05\n[settings.failover]\nheal_interval = 0.3\n";
+    let settings = |c: ConfigBuilder| c.fast_retries().setting("failover.heal_interval", 0.3);
     let (proxy, mnt, slow_real) = mount_with_slow_variants(dir.path(), settings);
     let ctx = Ctx::new(Case::S3, "img-retry-src");
     proxy.set_down(true);
@@ -482,8 +497,10 @@ async fn failed_jobs_run_again_when_the_provider_answers() {
 async fn jobs_of_a_killed_daemon_run_at_the_next_mount() {
     let dir = common::scratch();
     // No maintenance pass within the test: only the start of the next mount can run the job.
-    let settings =
-        "[settings.timeouts]\nfirst_byte = 60.0\n[settings.failover]\nheal_interval = 3600.0\n";
+    let settings = |c: ConfigBuilder| {
+        c.setting("timeouts.first_byte", 60.0)
+            .setting("failover.heal_interval", 3600.0)
+    };
     let (proxy, mut mnt, slow_real) = mount_with_slow_variants(dir.path(), settings);
     let ctx = Ctx::new(Case::S3, "img-kill-src");
     proxy.set(Fault::Stall);

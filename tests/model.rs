@@ -34,9 +34,9 @@
 
 mod common;
 
-use common::mount::Mount;
+use common::mount::{config_for, Mount};
 use common::proxy::{Fault, Proxy};
-use common::{pattern, provider_toml, server, Case, Ctx, ObjectStoreExt, FAST_SETTINGS};
+use common::{pattern, Case, Ctx, ObjectStoreExt, ProviderTable, TestConfig};
 use object_store::ObjectStore;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
@@ -45,6 +45,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use zmount::config::{ConfigBuilder, RouteBuilder};
 
 /// Directory names the generator uses (`a`, `b`, `a/c` are made first; `d` appears through renames and mkdir).
 const DIRS: [&str; 4] = ["a", "b", "a/c", "d"];
@@ -1320,31 +1321,25 @@ impl Real {
         };
         let dir = ctx.dir.path().to_path_buf();
         let name = ctx.provider.name.clone();
-        let mut table = provider_toml(spec.case, &name, &ctx.provider.prefix, &dir);
         let cache = dir.join("cache");
-        let (settings, proxy, tmpfs) = if spec.faults {
-            let s3 = server("ZMOUNT_TEST_S3_ENDPOINT");
-            let proxy = Proxy::start(s3.trim_start_matches("http://"));
-            table = table.replace(&s3, &proxy.endpoint());
+        let (built, proxy, tmpfs) = if spec.faults {
+            let table = ProviderTable::new(spec.case, &name, &ctx.provider.prefix, &dir);
+            let (proxy, via_proxy) = table.behind_proxy();
             // The provider is never marked down (a 503 burst must not turn into seconds of refused requests), the
             // block cache stays small (the tmpfs is for staging), and failed uploads are retried often.
-            let settings = format!(
-                "[settings]\ncache_dir = {cache:?}\ncache_size = \"4 MiB\"\n[settings.retry]\nattempts = 2\ndelay = 0.02\n[settings.failover]\nfailure_threshold = 1000000\nheal_interval = 0.5\n"
-            );
-            (settings, Some(proxy), Some(Tmpfs::mount(&cache)))
+            let config = ConfigBuilder::new(&cache)
+                .setting("cache_size", "4 MiB")
+                .retry(2, 0.02)
+                .setting("failover.failure_threshold", 1_000_000)
+                .setting("failover.heal_interval", 0.5)
+                .provider_table(&via_proxy);
+            (config, Some(proxy), Some(Tmpfs::mount(&cache)))
         } else {
-            (
-                format!("[settings]\ncache_dir = {cache:?}\n{FAST_SETTINGS}"),
-                None,
-                None,
-            )
+            (config_for(&ctx), None, None)
         };
-        let text = format!(
-            "{settings}\n{table}[default]\nprovider = {name:?}\nwrite_back = {}\n",
-            spec.write_back
-        );
+        let route = RouteBuilder::to(&name).set("write_back", spec.write_back);
         let config = dir.join("mount.toml");
-        std::fs::write(&config, text).unwrap();
+        std::fs::write(&config, built.default_route(route).text()).unwrap();
         let mnt = dir.join("mnt");
         std::fs::create_dir_all(&mnt).unwrap();
         let mount = (!spec.plain).then(|| Mount::start_at(&config, &mnt, &[]));

@@ -4,10 +4,12 @@
 
 mod common;
 
-use common::mount::{mount_for, mount_for_with, run, sha256, Mount};
-use common::{pattern, provider_toml, scratch, unique, Case, ObjectStoreExt, FAST_SETTINGS};
+use common::mount::{mount_for, mount_for_with, mount_tuned, run, sha256, Mount};
+use common::{pattern, scratch, unique, Case, ObjectStoreExt, TestConfig};
 use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
 use std::time::{Duration, Instant};
+use zmount::config::{ConfigBuilder, RouteBuilder};
 
 for_each_provider!(
     programs_read_the_tree,
@@ -27,7 +29,7 @@ async fn programs_read_the_tree(case: Case) {
         ("dir/b.bin", pattern(3 << 20, 2)),
         ("dir/sub/c.txt", pattern(5000, 3)),
     ];
-    let (ctx, mount) = mount_for(case, "programs", "");
+    let (ctx, mount) = mount_for(case, "programs");
     for (path, data) in &files {
         ctx.seed(path, data).await;
     }
@@ -91,7 +93,7 @@ async fn programs_read_the_tree(case: Case) {
 }
 
 async fn random_offset_reads_match_the_source(case: Case) {
-    let (ctx, mount) = mount_for(case, "random", "");
+    let (ctx, mount) = mount_for(case, "random");
     let data = pattern(8 << 20, 4);
     ctx.seed("r.bin", &data).await;
     let mut file = std::fs::File::open(mount.path("r.bin")).unwrap();
@@ -125,7 +127,7 @@ fn read_fully(file: &mut std::fs::File, buf: &mut [u8]) -> usize {
 /// far fewer GETs than 1 MiB blocks, every byte in place.
 async fn sequential_read_of_a_large_object_is_intact(case: Case) {
     let addr = common::free_local_addr();
-    let (ctx, mount) = mount_for_with(case, "sequential", "", &["--metrics-addr", &addr]);
+    let (ctx, mount) = mount_for_with(case, "sequential", &["--metrics-addr", &addr]);
     let data = pattern(48 << 20, 5);
     ctx.seed("video.mp4", &data).await;
     let original = ctx.dir.path().join("original.mp4");
@@ -163,10 +165,11 @@ async fn cache_lookups(addr: &str) -> f64 {
 /// through the mount, is read afresh.
 async fn a_second_program_reads_from_the_kernel_cache_until_the_file_changes(case: Case) {
     let addr = common::free_local_addr();
-    let (ctx, mount) = mount_for_with(
+    let (ctx, mount) = mount_tuned(
         case,
         "keep-cache",
-        "[settings.mount]\nattr_ttl = 0\n",
+        |c| c.setting("mount.attr_ttl", 0),
+        |r| r,
         &["--metrics-addr", &addr],
     );
     let first = pattern(3 << 20, 11);
@@ -200,7 +203,7 @@ async fn a_second_program_reads_from_the_kernel_cache_until_the_file_changes(cas
 async fn a_file_read_at_random_is_fetched_whole_in_the_background(case: Case) {
     use std::os::unix::fs::FileExt;
     let addr = common::free_local_addr();
-    let (ctx, mount) = mount_for_with(case, "fill", "", &["--metrics-addr", &addr]);
+    let (ctx, mount) = mount_for_with(case, "fill", &["--metrics-addr", &addr]);
     let data = pattern(24 << 20, 21);
     ctx.seed("random.db", &data).await;
     let name = &ctx.provider.name;
@@ -281,7 +284,7 @@ fn offsets_seed() -> u32 {
 /// still asked for, so an object another client adds after the listing is found at once.
 async fn a_run_of_lookups_in_a_directory_costs_one_listing(case: Case) {
     use std::os::unix::fs::PermissionsExt;
-    let (ctx, writer) = mount_for(case, "lookups", "");
+    let (ctx, writer) = mount_for(case, "lookups");
     for i in 0..40u8 {
         ctx.seed(&format!("d/f{i:02}"), &pattern(5000, i)).await;
     }
@@ -328,11 +331,11 @@ async fn a_run_of_lookups_in_a_directory_costs_one_listing(case: Case) {
 }
 
 async fn changes_behind_the_mount_appear_after_the_ttl(case: Case) {
-    let (ctx, mount) = mount_for(
-        case,
-        "ttl",
-        "[settings.mount]\nattr_ttl = 0.5\nnegative_ttl = 0.5\n",
-    );
+    let ttl = |c: ConfigBuilder| {
+        c.setting("mount.attr_ttl", 0.5)
+            .setting("mount.negative_ttl", 0.5)
+    };
+    let (ctx, mount) = mount_tuned(case, "ttl", ttl, |r| r, &[]);
     let late = mount.path("late.txt");
     assert!(!late.exists(), "not there yet");
     ctx.seed("late.txt", b"arrived").await;
@@ -353,7 +356,7 @@ async fn changes_behind_the_mount_appear_after_the_ttl(case: Case) {
 }
 
 async fn writes_are_refused_read_only(case: Case) {
-    let (ctx, mount) = mount_for_with(case, "readonly", "", &["--read-only"]);
+    let (ctx, mount) = mount_for_with(case, "readonly", &["--read-only"]);
     ctx.seed("keep.txt", b"keep").await;
     let err = std::fs::write(mount.path("new.txt"), b"x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
@@ -369,13 +372,13 @@ async fn writes_are_refused_read_only(case: Case) {
 async fn entries_from_two_providers_merge_into_one_directory() {
     let dir = scratch();
     let prefix = unique("merge");
-    let text = format!(
-        "{FAST_SETTINGS}[settings]\ncache_dir = {:?}\n{}{}[[routes]]\npattern = \"*.jpg\"\nprovider = \"s3\"\n[default]\nprovider = \"azure\"\n",
-        dir.path().join("cache"),
-        provider_toml(Case::S3, "s3", &prefix, dir.path()),
-        provider_toml(Case::Azure, "azure", &prefix, dir.path()),
-    );
-    let mount = Mount::start(dir.path(), &text);
+    let config = ConfigBuilder::new(&dir.path().join("cache"))
+        .fast_retries()
+        .case(Case::S3, "s3", &prefix, dir.path())
+        .case(Case::Azure, "azure", &prefix, dir.path())
+        .route(RouteBuilder::pattern("*.jpg", "s3"))
+        .default_route(RouteBuilder::to("azure"));
+    let mount = Mount::start(dir.path(), &config);
     let config = zmount::Config::load(&mount.config).unwrap();
     let storage = zmount::Storage::new(&config).unwrap();
     let (s3, azure) = (
@@ -427,7 +430,7 @@ async fn entries_from_two_providers_merge_into_one_directory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_objects_list_completely() {
     for case in [Case::S3, Case::Local] {
-        let (ctx, mount) = mount_for(case, "many", "");
+        let (ctx, mount) = mount_for(case, "many");
         let store = ctx.provider.clone();
         use futures::StreamExt;
         use object_store::ObjectStoreExt;
@@ -458,8 +461,12 @@ async fn ten_thousand_objects_list_completely() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_cache_never_exceeds_its_cap() {
     let cap = 6u64 << 20;
-    let settings = format!("cache_size = {cap}\n[settings.mount]\nmemory_cache_size = \"2 MiB\"\nread_ahead = \"2 MiB\"\n");
-    let (ctx, mount) = mount_for(Case::S3, "cap", &settings);
+    let settings = |c: ConfigBuilder| {
+        c.setting("cache_size", cap as i64)
+            .setting("mount.memory_cache_size", "2 MiB")
+            .setting("mount.read_ahead", "2 MiB")
+    };
+    let (ctx, mount) = mount_tuned(Case::S3, "cap", settings, |r| r, &[]);
     let blocks = ctx.dir.path().join("cache/blocks");
     for i in 0..4u8 {
         let data = pattern(5 << 20, i);
@@ -498,16 +505,18 @@ fn du_bytes(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
+/// Provider `local` (a folder in `dir`, no prefix) with every path routed to it, and the cache in `<dir>/<cache>`.
+fn local_config(dir: &Path, cache: &str) -> ConfigBuilder {
+    ConfigBuilder::new(&dir.join(cache))
+        .case(Case::Local, "local", "", dir)
+        .default_route(RouteBuilder::to("local"))
+}
+
 #[test]
 fn signals_unmount_cleanly() {
     for signal in [libc::SIGINT, libc::SIGTERM] {
         let dir = scratch();
-        let text = provider_toml(Case::Local, "local", "", dir.path())
-            + "[default]\nprovider = \"local\"\n";
-        let mut mount = Mount::start(
-            dir.path(),
-            &format!("[settings]\ncache_dir = {:?}\n{text}", dir.path().join("c")),
-        );
+        let mut mount = Mount::start(dir.path(), &local_config(dir.path(), "c"));
         assert!(zmount::cli::is_mounted(&mount.dir));
         let status = mount.stop_with(signal);
         assert!(
@@ -529,12 +538,7 @@ fn signals_unmount_cleanly() {
 #[test]
 fn external_unmount_ends_the_daemon() {
     let dir = scratch();
-    let text =
-        provider_toml(Case::Local, "local", "", dir.path()) + "[default]\nprovider = \"local\"\n";
-    let mut mount = Mount::start(
-        dir.path(),
-        &format!("[settings]\ncache_dir = {:?}\n{text}", dir.path().join("c")),
-    );
+    let mut mount = Mount::start(dir.path(), &local_config(dir.path(), "c"));
     run("fusermount3", &["-u", mount.dir.to_str().unwrap()]);
     let status = mount.stop_with(0); // signal 0: just wait for the exit the unmount caused
     assert!(status.success(), "{status}\n{}", mount.log());
@@ -543,14 +547,8 @@ fn external_unmount_ends_the_daemon() {
 #[test]
 fn bad_mountpoints_get_clear_errors() {
     let dir = scratch();
-    let text =
-        provider_toml(Case::Local, "local", "", dir.path()) + "[default]\nprovider = \"local\"\n";
     let config = dir.path().join("mount.toml");
-    std::fs::write(
-        &config,
-        format!("[settings]\ncache_dir = {:?}\n{text}", dir.path().join("c")),
-    )
-    .unwrap();
+    std::fs::write(&config, local_config(dir.path(), "c").text()).unwrap();
     let zmount = |mnt: &std::path::Path| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_zmount"))
             .arg(&config)
@@ -573,13 +571,7 @@ fn bad_mountpoints_get_clear_errors() {
     std::fs::create_dir_all(&busy).unwrap();
     let _mount = Mount::start_at(&config, &busy, &[]);
     let other = dir.path().join("other.toml");
-    std::fs::write(
-        &other,
-        std::fs::read_to_string(&config)
-            .unwrap()
-            .replace("/c\"", "/c2\""),
-    )
-    .unwrap();
+    std::fs::write(&other, local_config(dir.path(), "c2").text()).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_zmount"))
         .arg(&other)
         .arg(&busy)
@@ -602,19 +594,15 @@ fn bad_mountpoints_get_clear_errors() {
 fn non_utf8_names_are_refused() {
     use std::os::unix::ffi::OsStrExt;
     let dir = scratch();
-    let text =
-        provider_toml(Case::Local, "local", "", dir.path()) + "[default]\nprovider = \"local\"\n";
-    let mount = Mount::start(
-        dir.path(),
-        &format!("[settings]\ncache_dir = {:?}\n{text}", dir.path().join("c")),
-    );
+    let mount = Mount::start(dir.path(), &local_config(dir.path(), "c"));
     let err =
         std::fs::metadata(mount.dir.join(std::ffi::OsStr::from_bytes(b"bad\xffname"))).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
 }
 
 async fn one_gib_object_reads_back_intact(case: Case) {
-    let (ctx, mount) = mount_for(case, "gib", "cache_size = \"256 MiB\"\n");
+    let settings = |c: ConfigBuilder| c.setting("cache_size", "256 MiB");
+    let (ctx, mount) = mount_tuned(case, "gib", settings, |r| r, &[]);
     let original = ctx.dir.path().join("gib.bin");
     let chunk = zmount::storage::UPLOAD_PART_SIZE;
     {
@@ -664,7 +652,7 @@ async fn one_gib_object_reads_back_intact(case: Case) {
 /// An open file reads one version: when its object is replaced (same size, new content, new ETag) while it is open,
 /// a block it had not fetched yet is refused with ESTALE, never served from the new version.
 async fn object_replaced_during_a_read_fails_instead_of_mixing_versions(case: Case) {
-    let (ctx, mount) = mount_for(case, "replaced", "");
+    let (ctx, mount) = mount_for(case, "replaced");
     let old = pattern(8 << 20, 7);
     ctx.seed("changing.bin", &old).await;
     let mut file = std::fs::File::open(mount.path("changing.bin")).unwrap();
@@ -696,7 +684,8 @@ async fn object_replaced_during_a_read_on_azure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_hides_a_file_of_the_same_name_and_inodes_are_stable() {
     use std::os::unix::fs::MetadataExt;
-    let (ctx, mount) = mount_for(Case::S3, "shadow", "[settings.mount]\nattr_ttl = 0\n");
+    let no_ttl = |c: ConfigBuilder| c.setting("mount.attr_ttl", 0);
+    let (ctx, mount) = mount_tuned(Case::S3, "shadow", no_ttl, |r| r, &[]);
     ctx.seed("both", b"a file").await;
     ctx.seed("both/inner.txt", b"inside").await;
     let meta = std::fs::metadata(mount.path("both")).unwrap();

@@ -4,11 +4,12 @@
 
 mod common;
 
-use common::mount::{mount_for, mount_for_with, run, Mount};
+use common::mount::{config_for, mount_for, mount_for_with, mount_tuned, run, Mount};
 use common::Case;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
+use zmount::config::{ConfigBuilder, RouteBuilder};
 
 /// One `#[tokio::test]` in a `local`, an `s3` and an `azure` module for each listed body `async fn body(case)`.
 macro_rules! writable_providers {
@@ -61,7 +62,7 @@ fn mode_owner(path: &Path) -> (u32, u32, u32) {
 }
 
 async fn directory_mode_owner_and_times_are_stored(case: Case) {
-    let (_ctx, mount) = mount_for(case, "dir-attrs", "");
+    let (_ctx, mount) = mount_for(case, "dir-attrs");
     let (made, changed) = (mount.path("made"), mount.path("changed"));
     run("mkdir", &["-m", "0700", p(&made)]);
     assert_eq!(mode_owner(&made).0, 0o700, "mkdir -m 0700");
@@ -103,7 +104,7 @@ async fn directory_mode_owner_and_times_are_stored(case: Case) {
 }
 
 async fn a_directory_mtime_moves_with_its_entries(case: Case) {
-    let (_ctx, mount) = mount_for(case, "dir-mtime", "");
+    let (_ctx, mount) = mount_for(case, "dir-mtime");
     let dir = mount.path("d");
     std::fs::create_dir(&dir).unwrap();
     let old = "2001-01-01 00:00:00";
@@ -140,7 +141,7 @@ async fn a_directory_mtime_moves_with_its_entries(case: Case) {
 
 async fn the_root_directory_refuses_what_it_cannot_store(case: Case) {
     // With a default route, the root's attributes live on its `.zmount-dir` there (`tar x -C MNT` sets them).
-    let (_ctx, mount) = mount_for(case, "root-attrs", "");
+    let (_ctx, mount) = mount_for(case, "root-attrs");
     run("chmod", &["0711", p(&mount.dir)]);
     run("touch", &["-m", "-d", "2019-09-09 09:09:09", p(&mount.dir)]);
     let mount = remount(mount);
@@ -158,19 +159,8 @@ async fn the_root_directory_refuses_what_it_cannot_store(case: Case) {
 
     // Routes that send nothing at the top anywhere: the root's attributes cannot be stored, and chmod says so.
     let ctx = common::Ctx::new(case, "root-unrouted");
-    let dir = ctx.dir.path();
-    let name = ctx.provider.name.clone();
-    let text = format!(
-        "{}[settings]\ncache_dir = {:?}\n{}[[routes]]\nprefix = \"docs\"\nprovider = {name:?}\n",
-        common::FAST_SETTINGS,
-        dir.join("cache"),
-        common::provider_toml(case, &name, &ctx.provider.prefix, dir),
-    );
-    let config = dir.join("mount.toml");
-    std::fs::write(&config, text).unwrap();
-    let mnt = dir.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mount = Mount::start_at(&config, &mnt, &[]);
+    let docs_only = config_for(&ctx).route(RouteBuilder::prefix("docs", &ctx.provider.name));
+    let mount = Mount::start(ctx.dir.path(), &docs_only);
     let before = mode_owner(&mount.dir);
     let err = std::fs::set_permissions(&mount.dir, std::fs::Permissions::from_mode(0o700))
         .expect_err("chmod of a root nothing can store");
@@ -179,7 +169,7 @@ async fn the_root_directory_refuses_what_it_cannot_store(case: Case) {
 }
 
 async fn fifos_sockets_and_device_nodes_are_kept(case: Case) {
-    let (ctx, mount) = mount_for(case, "special", "");
+    let (ctx, mount) = mount_for(case, "special");
     run("mkfifo", &["-m", "0640", p(&mount.path("fifo"))]);
     run("mknod", &[p(&mount.path("null")), "c", "1", "3"]);
     let socket = mount.path("sock");
@@ -243,7 +233,7 @@ async fn fifos_sockets_and_device_nodes_are_kept(case: Case) {
 }
 
 async fn names_too_long_are_refused_before_anything_is_written(case: Case) {
-    let (ctx, mount) = mount_for(case, "names", "");
+    let (ctx, mount) = mount_for(case, "names");
     let namelen: usize = run("stat", &["-f", "-c", "%l", p(&mount.dir)])
         .trim()
         .parse()
@@ -320,7 +310,7 @@ async fn names_too_long_are_refused_before_anything_is_written(case: Case) {
 }
 
 async fn any_user_extended_attribute_is_stored(case: Case) {
-    let (ctx, mount) = mount_for(case, "user-xattrs", "");
+    let (ctx, mount) = mount_for(case, "user-xattrs");
     let file = mount.path("f.txt");
     std::fs::write(&file, b"content").unwrap();
     run(
@@ -388,7 +378,7 @@ async fn any_user_extended_attribute_is_stored(case: Case) {
 /// Tools tell filesystems apart by the type /proc/mounts shows (`findmnt -t fuse.zmount`, `df -T`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mount_type_is_fuse_zmount() {
-    let (_ctx, mount) = mount_for(Case::Local, "fstype", "");
+    let (_ctx, mount) = mount_for(Case::Local, "fstype");
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     let line = mounts
         .lines()
@@ -401,7 +391,7 @@ async fn the_mount_type_is_fuse_zmount() {
 /// leaves no dead mountpoint ("Transport endpoint is not connected") behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_mount_stops_cleanly_on_sigterm() {
-    let (_ctx, mut mount) = mount_for(Case::Local, "busy", "");
+    let (_ctx, mut mount) = mount_for(Case::Local, "busy");
     std::fs::create_dir(mount.path("inside")).unwrap();
     let mut holder = std::process::Command::new("sleep")
         .arg("30")
@@ -420,7 +410,7 @@ async fn a_busy_mount_stops_cleanly_on_sigterm() {
 }
 
 async fn symlinks_are_stored_and_read_back(case: Case) {
-    let (ctx, mount) = mount_for(case, "symlinks", "");
+    let (ctx, mount) = mount_for(case, "symlinks");
     std::fs::create_dir(mount.path("d")).unwrap();
     std::fs::write(mount.path("d/f"), b"through the link").unwrap();
     let link =
@@ -521,7 +511,7 @@ async fn symlinks_are_stored_and_read_back(case: Case) {
 }
 
 async fn times_are_kept_to_the_nanosecond(case: Case) {
-    let (ctx, mount) = mount_for(case, "times", "");
+    let (ctx, mount) = mount_for(case, "times");
     let (file, dir) = (mount.path("f"), mount.path("d"));
     std::fs::write(&file, b"x").unwrap();
     std::fs::create_dir(&dir).unwrap();
@@ -632,7 +622,7 @@ async fn times_are_kept_to_the_nanosecond(case: Case) {
 }
 
 async fn directory_objects_of_other_tools_are_directories(case: Case) {
-    let (ctx, mount) = mount_for(case, "dir-objects", "");
+    let (ctx, mount) = mount_for(case, "dir-objects");
     let options = zmount::storage::UploadOptions {
         content_type: Some("application/x-directory".into()),
         ..Default::default()
@@ -675,7 +665,7 @@ fn content_type(path: &Path) -> String {
 /// same after a remount. rsync's temporary names (`.x.txt.Ab12Cd`) are the everyday case.
 async fn rename_moves_ctime_and_a_derived_content_type(case: Case) {
     use std::os::unix::fs::MetadataExt;
-    let (_ctx, mount) = mount_for(case, "rename-type", "");
+    let (_ctx, mount) = mount_for(case, "rename-type");
     std::fs::write(mount.path("x.txt"), b"# notes\n").unwrap();
     std::fs::write(mount.path(".page.html.Ab12Cd"), b"<p>hi</p>\n").unwrap();
     std::fs::write(mount.path("y.txt"), b"{}\n").unwrap();
@@ -732,7 +722,8 @@ async fn rename_moves_ctime_and_a_derived_content_type(case: Case) {
 /// otherwise reports "file changed as we read it" for each directory older than the TTL.
 async fn directory_times_survive_a_refresh(case: Case) {
     use std::os::unix::fs::MetadataExt;
-    let (_ctx, mount) = mount_for(case, "dir-refresh", "[settings.mount]\nattr_ttl = 0\n");
+    let no_ttl = |c: ConfigBuilder| c.setting("mount.attr_ttl", 0);
+    let (_ctx, mount) = mount_tuned(case, "dir-refresh", no_ttl, |r| r, &[]);
     std::fs::create_dir_all(mount.path("a/b")).unwrap();
     for i in 0..3 {
         std::fs::write(mount.path(&format!("a/b/f{i}")), b"x").unwrap();
@@ -758,7 +749,7 @@ async fn directory_times_survive_a_refresh(case: Case) {
 async fn an_unlinked_open_file_has_no_links(case: Case) {
     use std::io::{Read, Seek, Write};
     use std::os::unix::fs::MetadataExt;
-    let (ctx, mount) = mount_for(case, "unlinked-fstat", "");
+    let (ctx, mount) = mount_for(case, "unlinked-fstat");
     ctx.seed("stored.txt", b"on the provider").await;
     let mut written = std::fs::OpenOptions::new()
         .create(true)
@@ -790,7 +781,7 @@ async fn an_unlinked_open_file_has_no_links(case: Case) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attribute_changes_keep_the_mtime() {
     use std::os::unix::fs::MetadataExt;
-    let (ctx, mount) = mount_for(Case::Local, "keep-mtime", "");
+    let (ctx, mount) = mount_for(Case::Local, "keep-mtime");
     let folder = ctx
         .dir
         .path()
@@ -822,7 +813,7 @@ async fn attribute_changes_keep_the_mtime() {
 async fn metadata_changes_of_closed_files_move_no_data() {
     use std::os::unix::fs::MetadataExt;
     let addr = common::free_local_addr();
-    let (ctx, mount) = mount_for_with(Case::S3, "in-place", "", &["--metrics-addr", &addr]);
+    let (ctx, mount) = mount_for_with(Case::S3, "in-place", &["--metrics-addr", &addr]);
     let data = common::pattern(3 << 20, 5);
     ctx.seed("big.bin", &data).await;
     // rsync's temporary name, written through the mount (so stored as application/octet-stream, derived from it).
@@ -913,10 +904,19 @@ async fn s3fs_directory_objects_show_their_modes() {
         assert!(status.is_success(), "PUT {key}: {status}");
     }
     let dir = common::scratch();
-    let config = format!(
-        "[settings]\ncache_dir = {:?}\n\n[providers.s3fs]\nkind = \"s3\"\nbucket = {bucket:?}\nendpoint = {endpoint:?}\naccess_key = \"k\"\nsecret_key = \"s\"\nprefix = {prefix:?}\n\n[default]\nprovider = \"s3fs\"\n",
-        dir.path().join("cache")
-    );
+    let config = ConfigBuilder::new(&dir.path().join("cache"))
+        .provider(
+            "s3fs",
+            "s3",
+            [
+                ("bucket", bucket.as_str().into()),
+                ("endpoint", endpoint.as_str().into()),
+                ("access_key", "k".into()),
+                ("secret_key", "s".into()),
+                ("prefix", prefix.as_str().into()),
+            ],
+        )
+        .default_route(RouteBuilder::to("s3fs"));
     let mount = Mount::start(dir.path(), &config);
     let shown = |meta: std::fs::Metadata| {
         (

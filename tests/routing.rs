@@ -4,35 +4,25 @@
 mod common;
 
 use bytes::Bytes;
-use common::{
-    provider_toml, read_direct, scratch, set_secret_env, unique, Case, ObjectStoreExt,
-    FAST_SETTINGS,
-};
-use zmount::{Config, Storage, UploadOptions};
+use common::{read_direct, scratch, set_secret_env, unique, Case, ObjectStoreExt, TestConfig};
+use zmount::config::{ConfigBuilder, RouteBuilder};
+use zmount::{Storage, UploadOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paths_land_on_the_provider_their_rule_names() {
     set_secret_env();
     let dir = scratch();
     let prefix = unique("mixed");
-    let text = format!(
-        "{FAST_SETTINGS}{}{}{}
-[[routes]]
-prefix = \"docs\"
-provider = \"azure\"
-
-[[routes]]
-pattern = \"*.jpg|*.png\"
-provider = \"s3\"
-
-[default]
-provider = \"local\"
-",
-        provider_toml(Case::Local, "local", &prefix, dir.path()),
-        provider_toml(Case::S3, "s3", &prefix, dir.path()),
-        provider_toml(Case::Azure, "azure", &prefix, dir.path()),
-    );
-    let config = Config::parse(&text, &dir.path().join("mount.toml")).unwrap();
+    let config = ConfigBuilder::default()
+        .fast_retries()
+        .case(Case::Local, "local", &prefix, dir.path())
+        .case(Case::S3, "s3", &prefix, dir.path())
+        .case(Case::Azure, "azure", &prefix, dir.path())
+        .route(RouteBuilder::prefix("docs", "azure"))
+        .route(RouteBuilder::pattern("*.jpg|*.png", "s3"))
+        .default_route(RouteBuilder::to("local"))
+        .build(&dir.path().join("mount.toml"))
+        .unwrap();
     let storage = Storage::new(&config).unwrap();
     let expected = [
         ("docs/a.txt", "azure"),
@@ -97,13 +87,15 @@ async fn objects_outside_their_route_are_not_listed_twice() {
     set_secret_env();
     let dir = scratch();
     let prefix = unique("shadow");
-    let text = format!(
-        "{FAST_SETTINGS}{}{}[[routes]]\npattern = \"*.log\"\nprovider = \"local\"\n[default]\nprovider = \"s3\"\n",
-        provider_toml(Case::Local, "local", &prefix, dir.path()),
-        provider_toml(Case::S3, "s3", &prefix, dir.path()),
-    );
-    let storage =
-        Storage::new(&Config::parse(&text, &dir.path().join("mount.toml")).unwrap()).unwrap();
+    let config = ConfigBuilder::default()
+        .fast_retries()
+        .case(Case::Local, "local", &prefix, dir.path())
+        .case(Case::S3, "s3", &prefix, dir.path())
+        .route(RouteBuilder::pattern("*.log", "local"))
+        .default_route(RouteBuilder::to("s3"))
+        .build(&dir.path().join("mount.toml"))
+        .unwrap();
+    let storage = Storage::new(&config).unwrap();
     // Another tool put an object on the provider the route does not name: the routed provider's copy is the one
     // the tree shows, and the stray copy does not appear as a duplicate.
     let s3 = storage.provider("s3").unwrap();

@@ -3,11 +3,12 @@
 
 mod common;
 
-use common::mount::{mount_for_with, run};
-use common::Case;
+use common::mount::{mount_for, mount_for_with, run};
+use common::{Case, TestConfig};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
+use zmount::config::{ConfigBuilder, RouteBuilder};
 
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
@@ -19,7 +20,7 @@ fn p(path: &Path) -> &str {
 /// rights on the target (not the daemon's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_provider_never_leaves_its_folder() {
-    let (ctx, mount) = mount_for_with(Case::Local, "confine", "", &["--allow-other"]);
+    let (ctx, mount) = mount_for_with(Case::Local, "confine", &["--allow-other"]);
     let folder = ctx
         .dir
         .path()
@@ -121,10 +122,11 @@ async fn cache_files_are_private_to_the_user_running_zmount() {
     let folder = dir.path().join("folder");
     std::fs::create_dir_all(&folder).unwrap();
     std::fs::write(folder.join("seeded.bin"), common::pattern(3 << 20, 7)).unwrap();
-    let config = format!(
-        "[settings]\ncache_dir = {cache:?}\n\n[providers.loc]\nkind = \"local\"\npath = {folder:?}\n\n[[routes]]\nprefix = \"wb\"\nprovider = \"loc\"\nwrite_back = true\n\n[default]\nprovider = \"loc\"\n"
-    );
-    std::fs::write(dir.path().join("mount.toml"), &config).unwrap();
+    let config = ConfigBuilder::new(&cache)
+        .local("loc", &folder)
+        .route(RouteBuilder::prefix("wb", "loc").write_back())
+        .default_route(RouteBuilder::to("loc"));
+    std::fs::write(dir.path().join("mount.toml"), config.text()).unwrap();
 
     let check = common::zmount(&["check", p(&dir.path().join("mount.toml"))]);
     let said = String::from_utf8_lossy(&check.stdout);
@@ -201,7 +203,7 @@ async fn cache_files_are_private_to_the_user_running_zmount() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_odd_key_never_hides_a_directory() {
     for case in [Case::S3, Case::Local] {
-        let (ctx, mount) = mount_for_with(case, "odd-keys", "", &[]);
+        let (ctx, mount) = mount_for(case, "odd-keys");
         let mut expected: Vec<String> = (0..40).map(|i| format!("f{i:02}.txt")).collect();
         for name in &expected {
             ctx.seed(&format!("d/{name}"), name.as_bytes()).await;
@@ -268,18 +270,20 @@ async fn a_provider_that_cannot_hold_a_subtree_is_never_asked_for_it() {
     std::fs::write(folder.join("local/sub/deep.txt"), b"deep\n").unwrap();
     let addr = common::free_local_addr();
     let dead = common::free_local_addr();
-    let config = format!(
-        "{}[settings]\ncache_dir = {:?}\n\n[providers.loc]\nkind = \"local\"\npath = {folder:?}\n\n[providers.s3]\nkind = \"s3\"\nbucket = \"nowhere\"\nendpoint = \"http://{dead}\"\naccess_key = \"k\"\nsecret_key = \"s\"\n\n[[routes]]\nprefix = \"local\"\nprovider = \"loc\"\n\n[default]\nprovider = \"s3\"\n",
-        common::FAST_SETTINGS,
-        dir.path().join("cache")
-    );
-    std::fs::write(dir.path().join("mount.toml"), &config).unwrap();
-    std::fs::create_dir_all(dir.path().join("mnt")).unwrap();
-    let mount = common::mount::Mount::start_at(
-        &dir.path().join("mount.toml"),
-        &dir.path().join("mnt"),
-        &["--metrics-addr", &addr],
-    );
+    let dead_s3 = [
+        ("bucket", "nowhere".into()),
+        ("endpoint", format!("http://{dead}").into()),
+        ("access_key", "k".into()),
+        ("secret_key", "s".into()),
+    ];
+    let config = ConfigBuilder::new(&dir.path().join("cache"))
+        .fast_retries()
+        .local("loc", &folder)
+        .provider("s3", "s3", dead_s3)
+        .route(RouteBuilder::prefix("local", "loc"))
+        .default_route(RouteBuilder::to("s3"));
+    let args = ["--metrics-addr", addr.as_str()];
+    let mount = common::mount::Mount::start_with(dir.path(), &config, &args);
     assert!(
         mount.log().contains("provider `s3`") && mount.log().contains("does not answer"),
         "the dead provider is named at start, and the mount goes on:\n{}",
@@ -327,43 +331,29 @@ async fn a_provider_that_cannot_hold_a_subtree_is_never_asked_for_it() {
 async fn a_provider_refusing_the_mount_is_named_and_the_mount_refused() {
     common::set_secret_env();
     let dir = common::scratch();
-    let s3 = |name: &str, bucket: &str, secret: &str| {
-        format!(
-            "[providers.{name}]\nkind = \"s3\"\nbucket = {bucket:?}\nendpoint = {:?}\naccess_key = {:?}\nsecret_key = {secret:?}\n",
-            common::server("ZMOUNT_TEST_S3_ENDPOINT"),
-            common::server("ZMOUNT_TEST_S3_ACCESS_KEY"),
-        )
-    };
     let good_bucket = common::server("ZMOUNT_TEST_S3_BUCKET");
+    let good_secret = common::server("ZMOUNT_TEST_S3_SECRET_KEY");
     let cases = [
         (
             "wrong-secret",
-            s3("s3", &good_bucket, "not-the-secret"),
+            common::s3_keys(&good_bucket, "not-the-secret"),
             "SignatureDoesNotMatch",
         ),
         (
             "wrong-bucket",
-            s3(
-                "s3",
-                "no-such-bucket-here",
-                &common::server("ZMOUNT_TEST_S3_SECRET_KEY"),
-            ),
+            common::s3_keys("no-such-bucket-here", &good_secret),
             "does not exist",
         ),
     ];
     let mnt = dir.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    for (what, table, cause) in &cases {
+    for (what, keys, cause) in &cases {
         let config = dir.path().join(format!("{what}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "{}[settings]\ncache_dir = {:?}\n\n{table}\n[default]\nprovider = \"s3\"\n",
-                common::FAST_SETTINGS,
-                dir.path().join(format!("cache-{what}"))
-            ),
-        )
-        .unwrap();
+        let built = ConfigBuilder::new(&dir.path().join(format!("cache-{what}")))
+            .fast_retries()
+            .provider("s3", "s3", keys.clone())
+            .default_route(RouteBuilder::to("s3"));
+        std::fs::write(&config, built.text()).unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_zmount"))
             .arg(&config)
             .arg(&mnt)
@@ -404,7 +394,7 @@ async fn a_provider_refusing_the_mount_is_named_and_the_mount_refused() {
 /// `zmount` on it detaches it, says so, and mounts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_mount_point_is_cleared_at_start() {
-    let (ctx, mut mount) = mount_for_with(Case::Local, "dead-mount", "", &[]);
+    let (ctx, mut mount) = mount_for(Case::Local, "dead-mount");
     ctx.seed("kept.txt", b"still here\n").await;
     mount.stop_with(libc::SIGKILL);
     let err = std::fs::metadata(&mount.dir).unwrap_err();

@@ -3,13 +3,12 @@
 mod common;
 
 use bytes::Bytes;
-use common::{
-    pattern, provider_toml, scratch, set_secret_env, unique, zmount, Case, ObjectStoreExt,
-};
+use common::{pattern, scratch, set_secret_env, unique, zmount, Case, ObjectStoreExt, TestConfig};
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use zmount::config::{ConfigBuilder, RouteBuilder};
 use zmount::{Config, Storage, UploadOptions};
 
 fn stdout(out: &Output) -> String {
@@ -22,20 +21,33 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-/// A config with providers `s3` and `azure` under one fresh prefix; `routes` is appended.
-fn config(dir: &Path, test: &str, routes: &str) -> (PathBuf, Storage) {
+/// A config with providers `s3` and `azure` under one fresh prefix, its routes added by `routes`.
+fn config(
+    dir: &Path,
+    test: &str,
+    routes: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
+) -> (PathBuf, Storage) {
     set_secret_env();
     let prefix = unique(test);
-    let text = format!(
-        "[settings]\ncache_dir = {:?}\n{}{}{routes}",
-        dir.join("cache"),
-        provider_toml(Case::S3, "s3", &prefix, dir),
-        provider_toml(Case::Azure, "azure", &prefix, dir),
-    );
+    let config = ConfigBuilder::new(&dir.join("cache"))
+        .case(Case::S3, "s3", &prefix, dir)
+        .case(Case::Azure, "azure", &prefix, dir);
     let path = dir.join("mount.toml");
-    std::fs::write(&path, &text).unwrap();
+    std::fs::write(&path, routes(config).text()).unwrap();
     let storage = Storage::new(&Config::load(&path).unwrap()).unwrap();
     (path, storage)
+}
+
+/// `a/` on `s3`, everything else on `azure`.
+fn a_on_s3(config: ConfigBuilder) -> ConfigBuilder {
+    config
+        .route(RouteBuilder::prefix("a", "s3"))
+        .default_route(RouteBuilder::to("azure"))
+}
+
+/// Everything on `s3`.
+fn all_on_s3(config: ConfigBuilder) -> ConfigBuilder {
+    config.default_route(RouteBuilder::to("s3"))
 }
 
 fn with(tags: &[(&str, &str)], meta: &[(&str, &str)]) -> UploadOptions {
@@ -55,8 +67,7 @@ fn with(tags: &[(&str, &str)], meta: &[(&str, &str)]) -> UploadOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_finds_exactly_the_tagged_files_across_providers() {
     let dir = scratch();
-    let routes = "[[routes]]\nprefix = \"a\"\nprovider = \"s3\"\n[default]\nprovider = \"azure\"\n";
-    let (cfg, storage) = config(dir.path(), "search", routes);
+    let (cfg, storage) = config(dir.path(), "search", a_on_s3);
     let files = [
         ("a/x.txt", with(&[("env", "prod")], &[("owner", "ann")])),
         ("a/y.txt", with(&[("env", "dev")], &[("owner", "ann")])),
@@ -106,8 +117,7 @@ async fn fetch(url: &str) -> (u16, Bytes) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_urls_serve_the_bytes_until_they_expire() {
     let dir = scratch();
-    let routes = "[[routes]]\nprefix = \"a\"\nprovider = \"s3\"\n[default]\nprovider = \"azure\"\n";
-    let (cfg, storage) = config(dir.path(), "url", routes);
+    let (cfg, storage) = config(dir.path(), "url", a_on_s3);
     let cfg = cfg.to_str().unwrap();
     for path in ["a/report.pdf", "report.pdf"] {
         let data = Bytes::from(pattern(100_000, 4));
@@ -155,7 +165,7 @@ async fn read(storage: &Storage, provider: &str, path: &str) -> Option<Bytes> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_moves_a_tree_with_metadata_and_deletes_the_source() {
     let dir = scratch();
-    let (cfg, storage) = config(dir.path(), "migrate", "[default]\nprovider = \"s3\"\n");
+    let (cfg, storage) = config(dir.path(), "migrate", all_on_s3);
     let files = seed_tree(&storage, 12).await;
     let cfg = cfg.to_str().unwrap();
     let plan = stdout(&zmount(&[
@@ -234,7 +244,7 @@ async fn migrate_moves_a_tree_with_metadata_and_deletes_the_source() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_migrate_resumes_without_copying_finished_files_again() {
     let dir = scratch();
-    let (cfg, storage) = config(dir.path(), "resume", "[default]\nprovider = \"s3\"\n");
+    let (cfg, storage) = config(dir.path(), "resume", all_on_s3);
     let files = seed_tree(&storage, 40).await;
     let cfg = cfg.to_str().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_zmount"))
@@ -284,7 +294,7 @@ async fn an_interrupted_migrate_resumes_without_copying_finished_files_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_copies_only_changes_and_deletes_extras() {
     let dir = scratch();
-    let (cfg, storage) = config(dir.path(), "sync", "[default]\nprovider = \"s3\"\n");
+    let (cfg, storage) = config(dir.path(), "sync", all_on_s3);
     let cfg = cfg.to_str().unwrap();
     for (path, data) in [("a.txt", "same"), ("b.txt", "old"), ("c.txt", "gone soon")] {
         storage
@@ -408,8 +418,7 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_as_prometheus_text_and_move_when_files_are_read() {
     let addr = common::free_local_addr();
-    let (ctx, mnt) =
-        common::mount::mount_for_with(Case::S3, "metrics", "", &["--metrics-addr", &addr]);
+    let (ctx, mnt) = common::mount::mount_for_with(Case::S3, "metrics", &["--metrics-addr", &addr]);
     ctx.seed("data.bin", &pattern(3 << 20, 1)).await;
     let url = format!("http://{addr}/metrics");
     let scrape = || async { parse_metrics(&common::get(&url).await.text().await.unwrap()) };
@@ -451,14 +460,12 @@ fn migrate_refuses_providers_that_overlap() {
     let dir = scratch();
     set_secret_env();
     let prefix = unique("overlap");
-    let outer = provider_toml(Case::S3, "outer", &prefix, dir.path());
-    let inner = provider_toml(Case::S3, "inner", &format!("{prefix}/sub"), dir.path());
+    let config = ConfigBuilder::default()
+        .case(Case::S3, "outer", &prefix, dir.path())
+        .case(Case::S3, "inner", &format!("{prefix}/sub"), dir.path())
+        .default_route(RouteBuilder::to("outer"));
     let path = dir.path().join("mount.toml");
-    std::fs::write(
-        &path,
-        format!("{outer}{inner}[default]\nprovider = \"outer\"\n"),
-    )
-    .unwrap();
+    std::fs::write(&path, config.text()).unwrap();
     for (from, to) in [("outer", "inner"), ("inner", "outer")] {
         let out = zmount(&[
             "sync",

@@ -6,9 +6,10 @@
 mod common;
 
 use common::mount::{mount_for, run, Mount};
-use common::{pattern, provider_toml, scratch, unique, Case};
+use common::{pattern, scratch, unique, Case, ProviderTable, TestConfig};
 use std::io::Write;
 use std::path::Path;
+use zmount::config::{ConfigBuilder, RouteBuilder};
 
 for_each_provider!(
     ;
@@ -29,7 +30,7 @@ fn p(path: &Path) -> &str {
 }
 
 async fn cp_in_lands_on_the_provider(case: Case) {
-    let (ctx, mount) = mount_for(case, "cp", "");
+    let (ctx, mount) = mount_for(case, "cp");
     let data = pattern(20 << 20, 9); // several upload parts
     let source = ctx.dir.path().join("source.bin");
     std::fs::write(&source, &data).unwrap();
@@ -57,7 +58,7 @@ async fn cp_in_lands_on_the_provider(case: Case) {
 }
 
 async fn appends_truncates_and_readers_of_open_files(case: Case) {
-    let (ctx, mount) = mount_for(case, "append", "");
+    let (ctx, mount) = mount_for(case, "append");
     let file = mount.path("log.txt");
     run(
         "sh",
@@ -108,7 +109,7 @@ async fn appends_truncates_and_readers_of_open_files(case: Case) {
 }
 
 async fn editor_style_save_replaces_the_original(case: Case) {
-    let (ctx, mount) = mount_for(case, "editor", "");
+    let (ctx, mount) = mount_for(case, "editor");
     std::fs::write(mount.path("notes.md"), b"first draft").unwrap();
     let temp = mount.path(".notes.md.swp");
     let mut f = std::fs::File::create(&temp).unwrap();
@@ -132,7 +133,7 @@ async fn editor_style_save_replaces_the_original(case: Case) {
 }
 
 async fn directories_can_be_made_moved_and_removed(case: Case) {
-    let (ctx, mut mount) = mount_for(case, "dirs", "");
+    let (ctx, mut mount) = mount_for(case, "dirs");
     run(
         "mkdir",
         &["-p", p(&mount.path("a/b/c")), p(&mount.path("empty"))],
@@ -182,7 +183,7 @@ async fn directories_can_be_made_moved_and_removed(case: Case) {
 }
 
 async fn tar_extracts_nested_trees_with_odd_names(case: Case) {
-    let (ctx, mount) = mount_for(case, "tar", "");
+    let (ctx, mount) = mount_for(case, "tar");
     let src = ctx.dir.path().join("src");
     for (name, data) in [
         ("plain.txt", pattern(100, 1)),
@@ -208,7 +209,7 @@ async fn tar_extracts_nested_trees_with_odd_names(case: Case) {
 }
 
 async fn rsync_tree_then_checksum_run_finds_nothing(case: Case) {
-    let (ctx, mount) = mount_for(case, "rsync", "");
+    let (ctx, mount) = mount_for(case, "rsync");
     let src = ctx.dir.path().join("tree");
     let count = if matches!(case, Case::S3 | Case::Local) {
         2000
@@ -251,7 +252,7 @@ async fn rsync_tree_then_checksum_run_finds_nothing(case: Case) {
 }
 
 async fn git_repository_passes_fsck(case: Case) {
-    let (_ctx, mount) = mount_for(case, "git", "");
+    let (_ctx, mount) = mount_for(case, "git");
     let repo = mount.path("repo");
     std::fs::create_dir(&repo).unwrap();
     let git = |args: &[&str]| {
@@ -284,7 +285,7 @@ async fn git_repository_passes_fsck(case: Case) {
 }
 
 async fn sqlite_database_passes_integrity_check(case: Case) {
-    let (ctx, mount) = mount_for(case, "sqlite", "");
+    let (ctx, mount) = mount_for(case, "sqlite");
     let db = mount.path("app.db");
     let mut sql = String::from("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);\nBEGIN;\n");
     for i in 0..10_000 {
@@ -322,15 +323,13 @@ async fn sqlite_database_passes_integrity_check(case: Case) {
 /// request so failures surface at once.
 fn mount_behind_proxy(dir: &Path, test: &str, write_back: bool) -> (common::proxy::Proxy, Mount) {
     common::set_secret_env();
-    let s3 = common::server("ZMOUNT_TEST_S3_ENDPOINT");
-    let proxy = common::proxy::Proxy::start(s3.trim_start_matches("http://"));
-    let via_proxy = provider_toml(Case::S3, "s3", &unique(test), dir)
-        .replace(&s3, &format!("http://127.0.0.1:{}", proxy.port));
-    let text = format!(
-        "[settings.retry]\nattempts = 1\n[settings]\ncache_dir = {:?}\n{via_proxy}[default]\nprovider = \"s3\"\nwrite_back = {write_back}\n",
-        dir.join("c")
-    );
-    let mount = Mount::start(dir, &text);
+    let real = ProviderTable::new(Case::S3, "s3", &unique(test), dir);
+    let (proxy, via_proxy) = real.behind_proxy();
+    let config = ConfigBuilder::new(&dir.join("c"))
+        .setting("retry.attempts", 1)
+        .provider_table(&via_proxy)
+        .default_route(RouteBuilder::to("s3").set("write_back", write_back));
+    let mount = Mount::start(dir, &config);
     (proxy, mount)
 }
 
@@ -382,12 +381,10 @@ async fn upload_failure_is_an_error_at_fsync_and_close() {
 #[test]
 fn writes_past_the_size_limit_fail_with_efbig() {
     let dir = scratch();
-    let text = provider_toml(Case::Local, "local", "", dir.path())
-        + "[default]\nprovider = \"local\"\nmax_file_size = \"1 MiB\"\n";
-    let mount = Mount::start(
-        dir.path(),
-        &format!("[settings]\ncache_dir = {:?}\n{text}", dir.path().join("c")),
-    );
+    let config = ConfigBuilder::new(&dir.path().join("c"))
+        .case(Case::Local, "local", "", dir.path())
+        .default_route(RouteBuilder::to("local").set("max_file_size", "1 MiB"));
+    let mount = Mount::start(dir.path(), &config);
     let mut file = std::fs::File::create(mount.path("big")).unwrap();
     file.write_all(&vec![0u8; 1 << 20]).unwrap();
     let err = file.write_all(&[1u8; 4096]).unwrap_err();
@@ -399,13 +396,12 @@ async fn rename_across_providers_is_exdev_and_mv_copies() {
     let dir = scratch();
     let prefix = unique("exdev");
     common::set_secret_env();
-    let text = format!(
-        "[settings]\ncache_dir = {:?}\n{}{}[[routes]]\nprefix = \"archive\"\nprovider = \"azure\"\n[default]\nprovider = \"s3\"\n",
-        dir.path().join("c"),
-        provider_toml(Case::S3, "s3", &prefix, dir.path()),
-        provider_toml(Case::Azure, "azure", &prefix, dir.path()),
-    );
-    let mount = Mount::start(dir.path(), &text);
+    let config = ConfigBuilder::new(&dir.path().join("c"))
+        .case(Case::S3, "s3", &prefix, dir.path())
+        .case(Case::Azure, "azure", &prefix, dir.path())
+        .route(RouteBuilder::prefix("archive", "azure"))
+        .default_route(RouteBuilder::to("s3"));
+    let mount = Mount::start(dir.path(), &config);
     std::fs::write(mount.path("report.txt"), b"quarterly").unwrap();
     std::fs::create_dir(mount.path("archive")).unwrap();
     let err =
@@ -436,7 +432,7 @@ async fn rename_across_providers_is_exdev_and_mv_copies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_names_are_stored_byte_for_byte() {
     for case in [Case::Local, Case::S3, Case::Azure] {
-        let (ctx, mount) = mount_for(case, "names", "");
+        let (ctx, mount) = mount_for(case, "names");
         for name in [
             "50% off.txt",
             "file[1] (copy).txt",
@@ -559,7 +555,7 @@ async fn write_back_close_returns_once_durable_and_unmount_waits_for_the_queue()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cp_of_one_gib_reaches_the_provider_intact() {
     for case in [Case::S3, Case::Local, Case::Azure] {
-        let (ctx, mount) = mount_for(case, "gib-in", "");
+        let (ctx, mount) = mount_for(case, "gib-in");
         let source = ctx.dir.path().join("source.bin");
         run(
             "sh",
@@ -609,7 +605,7 @@ async fn cp_of_one_gib_reaches_the_provider_intact() {
 }
 
 async fn modes_owners_and_times_survive_a_remount(case: Case) {
-    let (ctx, mut mount) = mount_for(case, "posix", "");
+    let (ctx, mut mount) = mount_for(case, "posix");
     let file = mount.path("script.sh");
     std::fs::write(&file, b"#!/bin/sh\n").unwrap();
     run("chmod", &["750", p(&file)]);

@@ -5,9 +5,9 @@
 
 mod common;
 
-use common::mount::{run, Mount};
+use common::mount::{mount_for, mount_tuned, run, Mount};
 use common::proxy::{Fault, Proxy};
-use common::{pattern, provider_toml, scratch, server, unique, Case, Ctx, FAST_SETTINGS};
+use common::{pattern, scratch, server, unique, Case, Ctx, ProviderTable, TestConfig};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::IntoRawFd;
@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use zmount::config::{ConfigBuilder, RouteBuilder};
 use zmount::providers::Provider;
-use zmount::{Config, Storage};
 
 /// Defines one `#[tokio::test]` in a `local` and an `s3` module for each listed body `async fn body(case: Case)`.
 macro_rules! local_and_s3 {
@@ -54,33 +54,6 @@ const POLL: Duration = Duration::from_millis(50);
 
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
-}
-
-/// A mount over one provider with the given `[settings]` keys/tables, cache folder (the scratch's `cache` by
-/// default), extra `[[routes]]` (`PROVIDER` stands for the provider's name) and keys of the `[default]` route.
-fn mount_custom(
-    case: Case,
-    test: &str,
-    settings: &str,
-    cache_dir: Option<&Path>,
-    routes: &str,
-    default_route: &str,
-) -> (Ctx, Mount) {
-    let ctx = Ctx::new(case, test);
-    let name = ctx.provider.name.clone();
-    let dir = ctx.dir.path();
-    let cache = cache_dir.map_or_else(|| dir.join("cache"), Path::to_path_buf);
-    let text = format!(
-        "{FAST_SETTINGS}[settings]\ncache_dir = {cache:?}\n{settings}\n{}{}\n[default]\nprovider = {name:?}\n{default_route}\n",
-        provider_toml(case, &name, &ctx.provider.prefix, dir),
-        routes.replace("PROVIDER", &name),
-    );
-    let config = dir.join("mount.toml");
-    std::fs::write(&config, text).unwrap();
-    let mnt = dir.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mount = Mount::start_at(&config, &mnt, &[]);
-    (ctx, mount)
 }
 
 /// Unmounts cleanly (SIGTERM, exit 0) and mounts the same config at the same place again.
@@ -156,7 +129,7 @@ fn write_big(path: &Path, len: usize, seed: u8) {
 // Unlink while open.
 
 async fn unlink_while_open_keeps_the_name_deleted(case: Case) {
-    let (ctx, mount) = mount_custom(case, "unlink-open", "", None, "", "");
+    let (ctx, mount) = mount_for(case, "unlink-open");
     ctx.seed("old.txt", b"old content").await;
 
     // A new file, and an existing one, each open for writing when unlinked.
@@ -256,7 +229,7 @@ async fn unlink_while_open_keeps_the_name_deleted(case: Case) {
 // Rename while open.
 
 async fn rename_while_open_publishes_under_the_new_name(case: Case) {
-    let (ctx, mount) = mount_custom(case, "rename-open", "", None, "", "");
+    let (ctx, mount) = mount_for(case, "rename-open");
     let d = p(&mount.dir).to_string();
 
     // The shell keeps `f` open as stdout while `mv` renames it.
@@ -334,8 +307,8 @@ async fn rename_while_open_publishes_under_the_new_name(case: Case) {
 // Reads right after close, write-back and write-through.
 
 async fn reads_after_close_show_the_new_content(case: Case) {
-    let routes = "[[routes]]\nprefix = \"wb\"\nprovider = \"PROVIDER\"\nwrite_back = true\n";
-    let (ctx, mount) = mount_custom(case, "read-after-close", "", None, routes, "");
+    let wb = |c: ConfigBuilder| c.route(RouteBuilder::prefix("wb", &case.name()).write_back());
+    let (ctx, mount) = mount_tuned(case, "read-after-close", wb, |r| r, &[]);
     run("mkdir", &[p(&mount.path("wb")), p(&mount.path("wt"))]);
     let check = |rel: &str, when: &str| {
         let path = mount.path(rel);
@@ -407,47 +380,39 @@ async fn reads_after_close_show_the_new_content(case: Case) {
 // version stays journaled and pending whatever its upload's error, so both show the same lifecycle.
 
 /// Few retries, short timeouts, frequent retry passes, so an outage is seen quickly and the mount catches up fast.
-const OUTAGE_SETTINGS: &str = "[settings.retry]\nattempts = 1\ndelay = 0.05\n[settings.timeouts]\nconnect = 1\nread = 2\nfirst_byte = 2\n[settings.failover]\nfailure_threshold = 2\ncooldown = 0.5\nheal_interval = 0.3\n";
+fn outage_settings(config: ConfigBuilder) -> ConfigBuilder {
+    config
+        .retry(1, 0.05)
+        .setting("timeouts.connect", 1)
+        .setting("timeouts.read", 2)
+        .setting("timeouts.first_byte", 2)
+        .setting("failover.failure_threshold", 2)
+        .setting("failover.cooldown", 0.5)
+        .setting("failover.heal_interval", 0.3)
+}
 
 /// A write-back mount of one S3 provider reached through a fault proxy, and that provider reached directly.
 fn write_back_behind_proxy(dir: &Path, test: &str) -> (Proxy, Mount, Arc<Provider>) {
-    behind_proxy(dir, test, OUTAGE_SETTINGS, "write_back = true\n", &[])
+    behind_proxy(dir, test, outage_settings, RouteBuilder::write_back, &[])
 }
 
-/// A mount of one S3 provider reached through a fault proxy (with these `[settings]` lines, keys of the `[default]`
-/// route and command-line arguments), and that provider reached directly.
+/// A mount of one S3 provider reached through a fault proxy (with `settings`, keys of the `[default]` route added
+/// by `route` and command-line arguments), and that provider reached directly.
 fn behind_proxy(
     dir: &Path,
     test: &str,
-    settings: &str,
-    default_route: &str,
+    settings: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
+    route: impl FnOnce(RouteBuilder) -> RouteBuilder,
     args: &[&str],
 ) -> (Proxy, Mount, Arc<Provider>) {
     common::set_secret_env();
-    let s3 = server("ZMOUNT_TEST_S3_ENDPOINT");
-    let proxy = Proxy::start(s3.trim_start_matches("http://"));
-    let real = provider_toml(Case::S3, "s3", &unique(test), dir);
-    let via_proxy = real.replace(&s3, &proxy.endpoint());
-    let text = format!(
-        "[settings]\ncache_dir = {:?}\n{settings}\n{via_proxy}[default]\nprovider = \"s3\"\n{default_route}",
-        dir.join("cache")
-    );
-    let config = dir.join("mount.toml");
-    std::fs::write(&config, text).unwrap();
-    let mnt = dir.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mount = Mount::start_at(&config, &mnt, args);
-    let config = Config::parse(
-        &format!("{real}[default]\nprovider = \"s3\"\n"),
-        &dir.join("direct.toml"),
-    )
-    .unwrap();
-    let direct = Storage::new(&config)
-        .unwrap()
-        .provider("s3")
-        .unwrap()
-        .clone();
-    (proxy, mount, direct)
+    let real = ProviderTable::new(Case::S3, "s3", &unique(test), dir);
+    let (proxy, via_proxy) = real.behind_proxy();
+    let config = ConfigBuilder::new(&dir.join("cache"))
+        .provider_table(&via_proxy)
+        .default_route(route(RouteBuilder::to("s3")));
+    let mount = Mount::start_with(dir, &settings(config), args);
+    (proxy, mount, real.direct(dir))
 }
 
 async fn stored(provider: &Provider, path: &str) -> Option<String> {
@@ -497,8 +462,8 @@ async fn a_listing_older_than_an_upload_does_not_bring_the_old_version_back() {
     let (proxy, mount, direct) = behind_proxy(
         dir.path(),
         "stale-listing",
-        "",
-        "write_back = true\n",
+        |c| c,
+        RouteBuilder::write_back,
         &["--metrics-addr", &addr],
     );
 
@@ -576,8 +541,8 @@ async fn rsync_into_a_write_back_route_uploads_each_file_once() {
     let (_proxy, mount, direct) = behind_proxy(
         dir.path(),
         "rsync-once",
-        "[settings.mount]\nwrite_back_delay = 5\n",
-        "write_back = true\n",
+        |c| c.setting("mount.write_back_delay", 5),
+        RouteBuilder::write_back,
         &["--metrics-addr", &addr],
     );
     let tree = dir.path().join("tree");
@@ -667,14 +632,8 @@ async fn uploads_idle(addr: &str) {
 /// every upload while reads go on, as a provider answering 503 to writes would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_write_back_failure_keeps_the_newest_version() {
-    let (ctx, mount) = mount_custom(
-        Case::Local,
-        "wb-local-fail",
-        "",
-        None,
-        "",
-        "write_back = true",
-    );
+    let write_back = RouteBuilder::write_back;
+    let (ctx, mount) = mount_tuned(Case::Local, "wb-local-fail", |c| c, write_back, &[]);
     let f = mount.path("f");
     std::fs::write(&f, b"A\n").unwrap();
     let seen = wait_stored(&ctx.provider, "f", "A\n", BACKGROUND_DEADLINE).await;
@@ -941,8 +900,11 @@ async fn full_disk_setup(
     holder: &Path,
 ) -> (Tmpfs, Ctx, Mount, Vec<u8>, PathBuf) {
     let tmpfs = Tmpfs::mount(holder.join("cache"), CACHE_TMPFS);
-    let settings = format!("cache_size = \"{} MiB\"\n", CACHE_SIZE >> 20);
-    let (ctx, mount) = mount_custom(case, test, &settings, Some(&tmpfs.0), "", "");
+    let on_tmpfs = |c: ConfigBuilder| {
+        c.setting("cache_dir", tmpfs.0.display().to_string())
+            .setting("cache_size", format!("{} MiB", CACHE_SIZE >> 20))
+    };
+    let (ctx, mount) = mount_tuned(case, test, on_tmpfs, |r| r, &[]);
     let old = pattern(300_000, 42);
     ctx.seed("f", &old).await;
     assert!(
@@ -1005,7 +967,8 @@ async fn after_a_full_cache_disk_small_writes_work_and_the_space_returns(case: C
 // The global size limit.
 
 async fn size_limit_fails_the_copy_and_publishes_nothing(case: Case) {
-    let (ctx, mount) = mount_custom(case, "efbig", "max_file_size = \"10 MiB\"\n", None, "", "");
+    let limit = |c: ConfigBuilder| c.setting("max_file_size", "10 MiB");
+    let (ctx, mount) = mount_tuned(case, "efbig", limit, |r| r, &[]);
     let old = pattern(100_000, 3);
     ctx.seed("f", &old).await;
     let source = ctx.dir.path().join("twelve.bin");
@@ -1152,7 +1115,7 @@ async fn write_until_multipart(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multipart_upload_of_a_killed_daemon_is_not_left_behind() {
-    let (ctx, mut mount) = mount_custom(Case::S3, "mpu-kill", "", None, "", "");
+    let (ctx, mut mount) = mount_for(Case::S3, "mpu-kill");
     let key = ctx.provider.key_for("big.bin").to_string();
     let data = pattern(64 << 20, 17);
     let mut file = std::fs::File::create(mount.path("big.bin")).unwrap();
@@ -1187,7 +1150,7 @@ async fn multipart_upload_of_a_killed_daemon_is_not_left_behind() {
 /// record is an hour older is someone else's and stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_whose_id_was_never_recorded_is_found_and_aborted() {
-    let (ctx, mount) = mount_custom(Case::S3, "mpu-noid", "", None, "", "");
+    let (ctx, mount) = mount_for(Case::S3, "mpu-noid");
     let multipart = ctx
         .provider
         .multipart_store()
@@ -1252,7 +1215,8 @@ async fn an_upload_whose_id_was_never_recorded_is_found_and_aborted() {
 async fn multipart_upload_failed_mid_way_is_not_left_behind() {
     let dir = scratch();
     common::set_secret_env();
-    let (proxy, mut mount, direct) = behind_proxy(dir.path(), "mpu-fail", OUTAGE_SETTINGS, "", &[]);
+    let (proxy, mut mount, direct) =
+        behind_proxy(dir.path(), "mpu-fail", outage_settings, |r| r, &[]);
     let key = direct.key_for("big.bin").to_string();
 
     let data = pattern(24 << 20, 23);
@@ -1307,7 +1271,7 @@ fn epoch_now() -> i64 {
 }
 
 async fn mtime_follows_writes_and_explicit_touches(case: Case) {
-    let (ctx, mount) = mount_custom(case, "mtime", "", None, "", "");
+    let (ctx, mount) = mount_for(case, "mtime");
     let f = p(&mount.path("f")).to_string();
     let (ok, err) = sh(&format!("echo a > '{f}' && touch -d 2020-01-01 '{f}'"));
     assert!(ok, "echo a; touch -d 2020-01-01: {err}");
@@ -1385,7 +1349,7 @@ async fn mtime_follows_writes_and_explicit_touches(case: Case) {
 // sends the mount a FLUSH for it, as if the file were closed. Only the opener's close may publish.
 
 async fn a_child_closing_an_inherited_descriptor_publishes_nothing(case: Case) {
-    let (ctx, mount) = mount_custom(case, "child-close", "", None, "", "");
+    let (ctx, mount) = mount_for(case, "child-close");
     let path = mount.path("f");
     let mut file = OpenOptions::new()
         .write(true)

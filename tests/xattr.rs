@@ -3,9 +3,10 @@
 
 mod common;
 
-use common::mount::{mount_for, run};
-use common::{server, Case};
+use common::mount::{config_for, mount_for, run};
+use common::{server, table, Case};
 use std::process::Command;
+use zmount::config::RouteBuilder;
 
 fn getfattr(file: &std::path::Path) -> String {
     run(
@@ -52,7 +53,7 @@ fn s3_tagging(bucket: &str, key: &str) -> String {
 }
 
 async fn metadata_and_tags_round_trip_as_xattrs(case: Case) {
-    let (ctx, mnt) = mount_for(case, "xattr", "");
+    let (ctx, mnt) = mount_for(case, "xattr");
     let file = mnt.path("doc.txt");
     let f = file.to_str().unwrap();
     std::fs::write(&file, b"hello").unwrap();
@@ -138,14 +139,14 @@ async fn metadata_and_tags_round_trip_as_xattrs(case: Case) {
 }
 
 async fn new_files_get_the_route_defaults(case: Case) {
-    let (ctx, mnt) = mount_for(case, "xattrdefaults", "");
+    let (ctx, mnt) = mount_for(case, "xattrdefaults");
     drop(mnt);
     // Same provider and prefix, with defaults on the default route.
-    let config = ctx.dir.path().join("mount.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let text = format!("{text}metadata = {{ team = \"ops\" }}\ntags = {{ tier = \"hot\" }}\n");
-    std::fs::write(&config, text).unwrap();
-    let mnt = common::mount::Mount::start_at(&config, &ctx.dir.path().join("mnt"), &[]);
+    let defaults = RouteBuilder::to(&ctx.provider.name)
+        .set("metadata", table([("team", "ops".into())]))
+        .set("tags", table([("tier", "hot".into())]));
+    let config = config_for(&ctx).default_route(defaults);
+    let mnt = common::mount::Mount::start(ctx.dir.path(), &config);
     std::fs::write(mnt.path("new.txt"), b"x").unwrap();
     let info = ctx.storage.get_info("new.txt").await.unwrap();
     assert_eq!(info.metadata.get("team").map(String::as_str), Some("ops"));
@@ -155,7 +156,7 @@ async fn new_files_get_the_route_defaults(case: Case) {
 /// GCS has no object tags (every other provider stores them, see the round-trip test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tags_are_refused_on_gcs_which_has_none() {
-    let (ctx, mnt) = mount_for(Case::Gcs, "xattrgcs", "");
+    let (ctx, mnt) = mount_for(Case::Gcs, "xattrgcs");
     ctx.seed("seeded.txt", b"seeded").await;
     let f = mnt.path("seeded.txt");
     let err = setfattr_fails(&["-n", "user.tag.k", "-v", "v", f.to_str().unwrap()]);
@@ -185,7 +186,7 @@ for_each_provider!(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_with_metadata_zmount_cannot_send_back_can_still_be_rewritten() {
-    let (ctx, mnt) = mount_for(Case::S3, "foreign", "");
+    let (ctx, mnt) = mount_for(Case::S3, "foreign");
     let mut attributes = object_store::Attributes::new();
     attributes.insert(
         object_store::Attribute::Metadata("original-filename".into()),
@@ -235,7 +236,7 @@ async fn a_file_with_metadata_zmount_cannot_send_back_can_still_be_rewritten() {
 /// makes it stop asking for the rest of the filesystem, so a long listing costs no request per file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespaces_zmount_does_not_serve_are_unsupported_not_missing() {
-    let (_ctx, mnt) = mount_for(Case::Local, "foreignns", "");
+    let (_ctx, mnt) = mount_for(Case::Local, "foreignns");
     std::fs::write(mnt.path("f.txt"), b"x").unwrap();
     let probe = r#"
 import errno, os, sys

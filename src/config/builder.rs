@@ -43,6 +43,12 @@ impl ConfigBuilder {
         self
     }
 
+    /// `[settings.retry]`: `attempts` per request (the first one included), `delay` seconds before the first retry.
+    pub fn retry(self, attempts: u32, delay: f64) -> Self {
+        self.setting("retry.attempts", i64::from(attempts))
+            .setting("retry.delay", delay)
+    }
+
     /// `[providers.NAME]` of `kind`, with the other keys of its table.
     pub fn provider<'a>(
         mut self,
@@ -147,7 +153,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = ConfigBuilder::new(&dir.path().join("cache"))
             .setting("mount.write_back_delay", 0.5)
-            .setting("retry.attempts", 2)
+            .retry(2, 0.25)
             .local("a", &dir.path().join("a"))
             .local("b", &dir.path().join("b"))
             .route(
@@ -161,6 +167,7 @@ mod tests {
             .unwrap();
         assert_eq!(config.settings.mount.write_back_delay, 0.5);
         assert_eq!(config.settings.retry.attempts, 2);
+        assert_eq!(config.settings.retry.delay, 0.25);
         assert_eq!(config.routes.len(), 2);
         assert_eq!(config.routes[0].fallback, ["b"]);
         assert_eq!(config.routes[0].write, super::super::WritePolicy::Failover);

@@ -49,11 +49,6 @@ impl Azurite {
         format!("http://127.0.0.1:{}/devstoreaccount1", self.port)
     }
 
-    /// Makes an Azure provider table (from [`super::provider_toml`]) point at this instance.
-    pub fn retarget(&self, table: &str) -> String {
-        table.replace(&server("ZMOUNT_TEST_AZURE_ENDPOINT"), &self.endpoint())
-    }
-
     fn wait_ready(&self) {
         let started = Instant::now();
         let script = repo_root().join("scripts/lib/azurite_container.py");

@@ -1,6 +1,6 @@
 //! Test support shared by the integration tests: the local protocol servers (started once per test process by
-//! `scripts/test-servers.sh`, which is idempotent), one mount.toml per provider kind, and direct access to a
-//! provider so tests can check what really landed where.
+//! `scripts/test-servers.sh`, which is idempotent), one provider table per provider kind for the configs tests build
+//! with [`ConfigBuilder`], and direct access to a provider so tests can check what really landed where.
 #![allow(dead_code)]
 
 pub mod killable;
@@ -13,8 +13,10 @@ pub use object_store::ObjectStoreExt;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+use toml::{Table, Value};
+use zmount::config::{ConfigBuilder, RouteBuilder};
 use zmount::providers::Provider;
-use zmount::{Config, Storage};
+use zmount::Storage;
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -115,39 +117,152 @@ fn gcs_signing_key() -> &'static str {
     })
 }
 
-/// The `[providers.NAME]` table for a case, as TOML text, with `prefix` as the key prefix.
-pub fn provider_toml(case: Case, name: &str, prefix: &str, dir: &Path) -> String {
-    let head = format!("[providers.{name}]\nprefix = {prefix:?}\n");
-    let body = match case {
-        Case::Local => {
-            let root = dir.join(format!("{name}-root"));
-            format!("kind = \"local\"\npath = {root:?}\nbase_url = \"http://files.example.test/media\"\n")
+impl Case {
+    /// The name tests give the case's provider: `local`, `s3`, `wasabi`, `azure`, `gcs`.
+    pub fn name(self) -> String {
+        format!("{self:?}").to_lowercase()
+    }
+}
+
+/// The `[providers.NAME]` table of a case, with `prefix` as the key prefix: the test servers' buckets and endpoints,
+/// secrets as `${ZMOUNT_TEST_...}` references (set by [`set_secret_env`]), a local case's folder `<dir>/NAME-root`
+/// and a GCS case's credentials file `<dir>/NAME-gcs.json`.
+#[derive(Clone, Debug)]
+pub struct ProviderTable {
+    pub name: String,
+    kind: &'static str,
+    keys: Table,
+}
+
+impl ProviderTable {
+    pub fn new(case: Case, name: &str, prefix: &str, dir: &Path) -> ProviderTable {
+        let mut keys = Table::new();
+        let mut set = |key: &str, value: String| {
+            keys.insert(key.to_string(), value.into());
+        };
+        set("prefix", prefix.to_string());
+        let kind = match case {
+            Case::Local => {
+                set(
+                    "path",
+                    dir.join(format!("{name}-root")).display().to_string(),
+                );
+                set("base_url", "http://files.example.test/media".into());
+                "local"
+            }
+            Case::S3 | Case::Wasabi => {
+                let (kind, bucket) = match case {
+                    Case::S3 => ("s3", "ZMOUNT_TEST_S3_BUCKET"),
+                    _ => ("wasabi", "ZMOUNT_TEST_WASABI_BUCKET"),
+                };
+                set("bucket", server(bucket));
+                set("endpoint", server("ZMOUNT_TEST_S3_ENDPOINT"));
+                set("access_key", "${ZMOUNT_TEST_S3_ACCESS_KEY}".into());
+                set("secret_key", "${ZMOUNT_TEST_S3_SECRET_KEY}".into());
+                kind
+            }
+            Case::Azure => {
+                set("container", server("ZMOUNT_TEST_AZURE_CONTAINER"));
+                set("account", "devstoreaccount1".into());
+                set("key", "${ZMOUNT_TEST_AZURE_KEY}".into());
+                set("endpoint", server("ZMOUNT_TEST_AZURE_ENDPOINT"));
+                "azure"
+            }
+            Case::Gcs => {
+                let creds = serde_json::json!({
+                    "gcs_base_url": server("ZMOUNT_TEST_GCS_ENDPOINT"),
+                    "disable_oauth": true,
+                    "client_email": "zmount-test@example.iam.gserviceaccount.com",
+                    "private_key": gcs_signing_key(),
+                    "private_key_id": "test",
+                });
+                let path = dir.join(format!("{name}-gcs.json"));
+                std::fs::write(&path, creds.to_string()).unwrap();
+                set("bucket", server("ZMOUNT_TEST_GCS_BUCKET"));
+                set("credentials", path.display().to_string());
+                "gcs"
+            }
+        };
+        ProviderTable {
+            name: name.to_string(),
+            kind,
+            keys,
         }
-        Case::S3 | Case::Wasabi => format!(
-            "kind = {:?}\nbucket = {:?}\nendpoint = {:?}\naccess_key = \"${{ZMOUNT_TEST_S3_ACCESS_KEY}}\"\nsecret_key = \"${{ZMOUNT_TEST_S3_SECRET_KEY}}\"\n",
-            if case == Case::S3 { "s3" } else { "wasabi" },
-            server(if case == Case::S3 { "ZMOUNT_TEST_S3_BUCKET" } else { "ZMOUNT_TEST_WASABI_BUCKET" }),
-            server("ZMOUNT_TEST_S3_ENDPOINT"),
-        ),
-        Case::Azure => format!(
-            "kind = \"azure\"\ncontainer = {:?}\naccount = \"devstoreaccount1\"\nkey = \"${{ZMOUNT_TEST_AZURE_KEY}}\"\nendpoint = {:?}\n",
-            server("ZMOUNT_TEST_AZURE_CONTAINER"),
-            server("ZMOUNT_TEST_AZURE_ENDPOINT"),
-        ),
-        Case::Gcs => {
-            let creds = serde_json::json!({
-                "gcs_base_url": server("ZMOUNT_TEST_GCS_ENDPOINT"),
-                "disable_oauth": true,
-                "client_email": "zmount-test@example.iam.gserviceaccount.com",
-                "private_key": gcs_signing_key(),
-                "private_key_id": "test",
-            });
-            let path = dir.join(format!("{name}-gcs.json"));
-            std::fs::write(&path, creds.to_string()).unwrap();
-            format!("kind = \"gcs\"\nbucket = {:?}\ncredentials = {path:?}\n", server("ZMOUNT_TEST_GCS_BUCKET"))
-        }
-    };
-    format!("{head}{body}\n")
+    }
+
+    /// The same provider reached at `endpoint` instead of its server's (a fault proxy in front of the server, a
+    /// private instance of it).
+    pub fn at(mut self, endpoint: &str) -> ProviderTable {
+        self.keys.insert("endpoint".into(), endpoint.into());
+        self
+    }
+
+    /// A fault proxy in front of this provider's server, and the table that reaches the provider through it (for a
+    /// table whose endpoint is `http://HOST:PORT`, as an S3 case's is).
+    pub fn behind_proxy(&self) -> (proxy::Proxy, ProviderTable) {
+        let endpoint = self.keys["endpoint"]
+            .as_str()
+            .expect("a table with an endpoint");
+        let target = endpoint
+            .strip_prefix("http://")
+            .expect("an http:// endpoint");
+        let proxy = proxy::Proxy::start(target);
+        let via_proxy = self.clone().at(&proxy.endpoint());
+        (proxy, via_proxy)
+    }
+
+    /// This provider alone, reached directly (no proxy, no mount): to seed it and to check what it really stores.
+    pub fn direct(&self, dir: &Path) -> Arc<Provider> {
+        set_secret_env();
+        let config = ConfigBuilder::default()
+            .provider_table(self)
+            .default_route(RouteBuilder::to(&self.name))
+            .build(&dir.join("direct.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let storage = Storage::new(&config).unwrap_or_else(|e| panic!("{e}"));
+        storage.provider(&self.name).unwrap().clone()
+    }
+}
+
+/// The keys of an S3 table on the S3 test server's endpoint with `bucket`, the server's access key and `secret_key`
+/// written into it as they are: for tests of what a wrong bucket or secret does.
+pub fn s3_keys(bucket: &str, secret_key: &str) -> [(&'static str, Value); 4] {
+    [
+        ("bucket", bucket.into()),
+        ("endpoint", server("ZMOUNT_TEST_S3_ENDPOINT").into()),
+        ("access_key", server("ZMOUNT_TEST_S3_ACCESS_KEY").into()),
+        ("secret_key", secret_key.into()),
+    ]
+}
+
+/// The parts of test configs, on a [`ConfigBuilder`].
+pub trait TestConfig {
+    /// Adds provider `name` of `case` under `prefix` (see [`ProviderTable::new`]).
+    fn case(self, case: Case, name: &str, prefix: &str, dir: &Path) -> Self;
+    /// Adds the provider `table` describes.
+    fn provider_table(self, table: &ProviderTable) -> Self;
+    /// Retry settings for tests: a failing call fails fast instead of retrying for seconds.
+    fn fast_retries(self) -> Self;
+}
+
+impl TestConfig for ConfigBuilder {
+    fn case(self, case: Case, name: &str, prefix: &str, dir: &Path) -> Self {
+        self.provider_table(&ProviderTable::new(case, name, prefix, dir))
+    }
+
+    fn provider_table(self, table: &ProviderTable) -> Self {
+        let keys = table.keys.iter().map(|(k, v)| (k.as_str(), v.clone()));
+        self.provider(&table.name, table.kind, keys)
+    }
+
+    fn fast_retries(self) -> Self {
+        self.retry(2, 0.05)
+    }
+}
+
+/// A TOML table value from its keys, for the tables inside a route (`variants`, `metadata`, `tags`).
+pub fn table<'a>(keys: impl IntoIterator<Item = (&'a str, Value)>) -> Value {
+    Value::Table(keys.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
 }
 
 /// Secrets the test configs read from the environment, set once.
@@ -165,9 +280,6 @@ pub fn set_secret_env() {
     });
 }
 
-/// Retry settings for tests: a failing call fails fast instead of retrying for seconds.
-pub const FAST_SETTINGS: &str = "[settings.retry]\nattempts = 2\ndelay = 0.05\n\n";
-
 /// One storage over one provider (named after the case), everything routed to it, under a unique prefix.
 pub struct Ctx {
     pub case: Case,
@@ -180,13 +292,13 @@ impl Ctx {
     pub fn new(case: Case, test: &str) -> Ctx {
         set_secret_env();
         let dir = scratch();
-        let name = format!("{case:?}").to_lowercase();
-        let text = format!(
-            "{FAST_SETTINGS}{}[default]\nprovider = {name:?}\n",
-            provider_toml(case, &name, &unique(test), dir.path())
-        );
-        let config =
-            Config::parse(&text, &dir.path().join("mount.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let name = case.name();
+        let config = ConfigBuilder::default()
+            .fast_retries()
+            .case(case, &name, &unique(test), dir.path())
+            .default_route(RouteBuilder::to(&name))
+            .build(&dir.path().join("mount.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
         let storage = Storage::new(&config).unwrap_or_else(|e| panic!("{e}"));
         let provider = storage.provider(&name).unwrap().clone();
         Ctx {

@@ -1,9 +1,10 @@
 //! A real zmount mount for tests: the binary, a config file, a mountpoint, and a clean unmount on drop.
 
-use super::{provider_toml, Case, Ctx, FAST_SETTINGS};
+use super::{Case, Ctx, TestConfig};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use zmount::config::{ConfigBuilder, RouteBuilder};
 
 /// How long a mount may take to appear, and an unmount to finish, before the test fails.
 const MOUNT_DEADLINE: Duration = Duration::from_secs(30);
@@ -16,14 +17,19 @@ pub struct Mount {
 }
 
 impl Mount {
-    /// Writes `config_text` to `<scratch>/mount.toml` and mounts it at `<scratch>/mnt`.
-    pub fn start(scratch: &Path, config_text: &str) -> Mount {
+    /// Writes `config` to `<scratch>/mount.toml` and mounts it at `<scratch>/mnt`.
+    pub fn start(scratch: &Path, config: &ConfigBuilder) -> Mount {
+        Self::start_with(scratch, config, &[])
+    }
+
+    /// [`Mount::start`] with extra `zmount` arguments (e.g. `--metrics-addr ADDR`).
+    pub fn start_with(scratch: &Path, config: &ConfigBuilder, extra: &[&str]) -> Mount {
         super::set_secret_env();
-        let config = scratch.join("mount.toml");
-        std::fs::write(&config, config_text).unwrap();
+        let file = scratch.join("mount.toml");
+        std::fs::write(&file, config.text()).unwrap();
         let dir = scratch.join("mnt");
         std::fs::create_dir_all(&dir).unwrap();
-        Self::start_at(&config, &dir, &[])
+        Self::start_at(&file, &dir, extra)
     }
 
     pub fn start_at(config: &Path, dir: &Path, extra: &[&str]) -> Mount {
@@ -162,35 +168,39 @@ pub fn sha256(path: &Path) -> String {
 }
 
 /// A mount of everything routed to one provider (a fresh prefix), plus that provider for seeding.
-pub fn mount_for(case: Case, test: &str, settings: &str) -> (Ctx, Mount) {
-    mount_for_with(case, test, settings, &[])
+pub fn mount_for(case: Case, test: &str) -> (Ctx, Mount) {
+    mount_for_with(case, test, &[])
 }
 
 /// [`mount_for`] with extra `zmount` arguments (e.g. `--read-only`).
-pub fn mount_for_with(case: Case, test: &str, settings: &str, args: &[&str]) -> (Ctx, Mount) {
-    mount_with_route(case, test, settings, "", args)
+pub fn mount_for_with(case: Case, test: &str, args: &[&str]) -> (Ctx, Mount) {
+    mount_tuned(case, test, |config| config, |route| route, args)
 }
 
-/// [`mount_for_with`] whose `[default]` route also gets `route` (TOML keys and `[default.x]` tables).
-pub fn mount_with_route(
+/// [`mount_for_with`] whose config goes through `tune` (settings, more routes) and whose `[default]` route goes
+/// through `route` (more keys).
+pub fn mount_tuned(
     case: Case,
     test: &str,
-    settings: &str,
-    route: &str,
+    tune: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
+    route: impl FnOnce(RouteBuilder) -> RouteBuilder,
     args: &[&str],
 ) -> (Ctx, Mount) {
     let ctx = Ctx::new(case, test);
-    let name = ctx.provider.name.clone();
-    let dir = ctx.dir.path();
-    let text = format!(
-        "{FAST_SETTINGS}[settings]\ncache_dir = {:?}\n{settings}\n{}[default]\nprovider = {name:?}\n{route}\n",
-        dir.join("cache"),
-        provider_toml(case, &name, &ctx.provider.prefix, dir),
-    );
-    let config = dir.join("mount.toml");
-    std::fs::write(&config, text).unwrap();
-    let mnt = dir.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mount = Mount::start_at(&config, &mnt, args);
+    let default = route(RouteBuilder::to(&ctx.provider.name));
+    let config = tune(config_for(&ctx).default_route(default));
+    let mount = Mount::start_with(ctx.dir.path(), &config, args);
     (ctx, mount)
+}
+
+/// The config of a mount over `ctx`'s provider (same name and prefix), without routes: the fast retry settings and
+/// the cache in the scratch's `cache`.
+pub fn config_for(ctx: &Ctx) -> ConfigBuilder {
+    let dir = ctx.dir.path();
+    ConfigBuilder::new(&dir.join("cache")).fast_retries().case(
+        ctx.case,
+        &ctx.provider.name,
+        &ctx.provider.prefix,
+        dir,
+    )
 }
