@@ -222,6 +222,10 @@ impl<'a> ProviderClient<'a> {
                 data.extend_from_slice(&chunk?);
             }
             let size = data.len() as u64;
+            if let Some(limit) = limit.filter(|l| size > *l) {
+                let path = path.to_string();
+                return Err(StorageError::TooLarge { path, size, limit });
+            }
             let put = PutOptions {
                 attributes: opts.attributes,
                 tags: opts.tags,
