@@ -178,9 +178,8 @@ impl Filesystem {
         let unseen: Vec<(&String, u64)> = files
             .iter()
             .filter(|(child, (_, listed))| {
-                self.inodes.find(child).is_none_or(|(_, known, _)| {
-                    known.etag.is_none() || known.etag.as_ref() != listed.etag.as_ref()
-                })
+                let known = self.inodes.known_version(child);
+                known.is_none() || known != listed.etag
             })
             .map(|(child, (_, listed))| (child, listed.size))
             .collect();

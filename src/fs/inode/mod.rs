@@ -89,6 +89,10 @@ struct Node {
     renamed: Option<SystemTime>,
     /// When the entry was last confirmed by a provider; None once expired.
     seen: Option<Instant>,
+    /// Moved on the provider by a copy since a provider last described it: the copy may have a new ETag (Azure and
+    /// GCS always, S3 for objects uploaded in parts), so the entry's ETag only says which version was copied. It
+    /// is not shown (nothing pins reads to it); a listing that shows the same ETag confirms the version.
+    copied: bool,
 }
 
 pub struct Inodes {
@@ -137,6 +141,7 @@ impl Inodes {
                 touched: None,
                 renamed: None,
                 seen: Some(Instant::now()),
+                copied: false,
             },
         );
         let mut by_path = HashMap::new();
@@ -161,6 +166,14 @@ impl Inodes {
         t.by_ino
             .get(&ino)
             .map(|n| (n.path.clone(), n.shown(), age(n.seen)))
+    }
+
+    /// The ETag of the version of `path` this table knows: for an object copied on the provider (a rename), the
+    /// version that was copied, which a listing showing the same ETag confirms (see `Node::copied`).
+    pub fn known_version(&self, path: &str) -> Option<String> {
+        let t = self.inner.lock().unwrap();
+        let ino = t.by_path.get(path)?;
+        t.by_ino.get(ino)?.entry.etag.clone()
     }
 
     /// Inode and entry of a path already known, with its age.
@@ -229,6 +242,9 @@ impl Node {
     /// The entry with a directory's in-mount mtime over the stored one.
     fn shown(&self) -> Entry {
         let mut entry = self.entry.clone();
+        if self.copied {
+            entry.etag = None;
+        }
         if let Some(renamed) = self.renamed {
             let posix = entry.posix.get_or_insert_with(Default::default);
             posix.ctime = Some(posix.ctime.map_or(renamed, |c| c.max(renamed)));
@@ -281,9 +297,7 @@ impl Inodes {
                     node.renamed = Some(now);
                 }
                 node.path = new_path;
-                // A copied object may have a new ETag (Azure and GCS always, S3 for multipart uploads): the old
-                // one is not this object's, so nothing pins reads to it, and the provider is asked on next use.
-                node.entry.etag = None;
+                node.copied = true; // see `Node::copied`; the provider is asked on next use
                 node.seen = None;
             }
         }

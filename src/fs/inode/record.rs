@@ -58,6 +58,7 @@ impl Inodes {
                 touched,
                 renamed,
                 seen: Some(now),
+                copied: false,
             },
         );
         ino
