@@ -192,7 +192,8 @@ pub fn render(fs: &Filesystem) -> String {
         "gauge",
         "Files acknowledged (closed or fsynced) but not yet on their provider.",
     );
-    let _ = writeln!(out, "{name} {}", fs.journaled_uploads());
+    let stats = fs.stats();
+    let _ = writeln!(out, "{name} {}", stats.journaled_uploads);
     let name = "zmount_uploads_running";
     family(
         &mut out,
@@ -200,7 +201,7 @@ pub fn render(fs: &Filesystem) -> String {
         "gauge",
         "Background uploads in progress (write-back versions being put on their provider).",
     );
-    let _ = writeln!(out, "{name} {}", fs.background_uploads());
+    let _ = writeln!(out, "{name} {}", stats.background_uploads);
     let name = "zmount_heals_pending";
     family(
         &mut out,
@@ -208,7 +209,7 @@ pub fn render(fs: &Filesystem) -> String {
         "gauge",
         "Failover writes waiting to be copied back to their primary.",
     );
-    let _ = writeln!(out, "{name} {}", fs.storage().heals().records().len());
+    let _ = writeln!(out, "{name} {}", stats.pending_heals);
     out
 }
 

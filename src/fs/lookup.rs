@@ -330,17 +330,17 @@ pub(super) async fn head_one(
         ..Default::default()
     };
     let provider = client.provider();
-    let result = client.get(path, options).await?;
-    let mut posix = posix::Posix::from_attributes(&result.attributes);
+    let head = client.get(path, options).await?;
+    let (meta, attributes) = (head.meta(), head.attributes());
+    let mut posix = posix::Posix::from_attributes(attributes);
     let gcsfuse_link = object_store::Attribute::Metadata(GCSFUSE_LINK.into());
-    if result.attributes.get(&gcsfuse_link).is_some() {
+    if attributes.get(&gcsfuse_link).is_some() {
         let stored = posix.get_or_insert_with(Default::default);
         stored.kind = Some(libc::S_IFLNK);
         stored.mode = stored.mode.or(Some(0o777));
     }
     // Older tools (and consoles) write a directory as an object `dir` with a directory content type.
-    let directory = result
-        .attributes
+    let directory = attributes
         .get(&object_store::Attribute::ContentType)
         .is_some_and(|t| DIRECTORY_TYPES.iter().any(|d| t.as_ref().starts_with(d)));
     Ok(Entry {
@@ -348,9 +348,9 @@ pub(super) async fn head_one(
             true => Kind::Dir,
             false => Kind::of_file(posix.as_ref()),
         },
-        size: result.meta.size,
-        mtime: result.meta.last_modified.into(),
-        etag: result.meta.e_tag.or(result.meta.version),
+        size: meta.size,
+        mtime: meta.last_modified.into(),
+        etag: meta.e_tag.clone().or(meta.version.clone()),
         posix,
         source: Some(provider.name.clone()),
     })

@@ -117,11 +117,34 @@ pub struct Filesystem {
     images: Option<Arc<crate::images::ImageWorker>>,
 }
 
+/// Counts of work in hand, from [`Filesystem::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsStats {
+    /// Files acknowledged (closed or fsynced) whose data waits in the journal for its upload.
+    pub journaled_uploads: usize,
+    /// Background uploads in progress.
+    pub background_uploads: usize,
+    /// Failover writes waiting to be copied back to their primary.
+    pub pending_heals: usize,
+}
+
 impl Filesystem {
+    /// The filesystem of `config` over `storage`, with its block cache in memory and in `cache_dir`.
     pub fn new(config: &Config, storage: Arc<Storage>, read_only: bool) -> FsResult<Filesystem> {
-        let settings = config.settings.mount.clone();
         let disk = DiskCache::open(&config.settings.cache_dir, config.settings.cache_size.0)?;
-        let cache = Arc::new(BlockCache::new(settings.memory_cache_size.0, Some(disk)));
+        let memory = config.settings.mount.memory_cache_size.0;
+        let cache = Arc::new(BlockCache::new(memory, Some(disk)));
+        Ok(Self::with_parts(config, storage, cache, read_only))
+    }
+
+    /// [`Filesystem::new`] with the block cache handed in (a memory-only one, for a core without a disk tier).
+    pub fn with_parts(
+        config: &Config,
+        storage: Arc<Storage>,
+        cache: Arc<BlockCache>,
+        read_only: bool,
+    ) -> Filesystem {
+        let settings = config.settings.mount.clone();
         let space: crate::write::Space = {
             let cache = cache.clone();
             Arc::new(move |bytes| cache.evict_disk(bytes))
@@ -166,7 +189,7 @@ impl Filesystem {
         });
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        Ok(Filesystem {
+        Filesystem {
             reader: Reader::new(cache, settings.read_ahead.0, settings.memory_cache_size.0),
             uid: settings.uid.unwrap_or(uid),
             gid: settings.gid.unwrap_or(gid),
@@ -189,17 +212,16 @@ impl Filesystem {
             read_only,
             uploads,
             images,
-        })
+        }
     }
 
-    /// Uploads whose data waits in the journal for a retry.
-    pub fn journaled_uploads(&self) -> usize {
-        self.uploads.pending()
-    }
-
-    /// Background uploads in progress.
-    pub fn background_uploads(&self) -> usize {
-        self.uploads.running()
+    /// What the mount has in hand now, for metrics and tests.
+    pub fn stats(&self) -> FsStats {
+        FsStats {
+            journaled_uploads: self.uploads.pending(),
+            background_uploads: self.uploads.running(),
+            pending_heals: self.storage.heals().records().len(),
+        }
     }
 
     pub fn storage(&self) -> &Arc<Storage> {

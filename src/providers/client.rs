@@ -31,16 +31,20 @@ pub struct ProviderClient<'a> {
 
 /// An object read: its metadata and attributes, then its bytes (errors mapped to [`StorageError`]).
 pub struct Object {
-    pub meta: ObjectMeta,
-    pub attributes: Attributes,
-    /// The bytes of the object this read covers.
-    pub range: Range<u64>,
     result: object_store::GetResult,
     provider: Arc<Provider>,
     path: String,
 }
 
 impl Object {
+    pub fn meta(&self) -> &ObjectMeta {
+        &self.result.meta
+    }
+
+    pub fn attributes(&self) -> &Attributes {
+        &self.result.attributes
+    }
+
     /// All of the bytes, collected (a local file is read in one piece).
     pub async fn bytes(self) -> Result<Bytes> {
         let (provider, path) = (self.provider, self.path);
@@ -129,9 +133,6 @@ impl<'a> ProviderClient<'a> {
             .await
             .map_err(self.fail(path))?;
         Ok(Object {
-            meta: result.meta.clone(),
-            attributes: result.attributes.clone(),
-            range: result.range.clone(),
             result,
             provider: self.provider.clone(),
             path: path.to_string(),
@@ -183,8 +184,7 @@ impl<'a> ProviderClient<'a> {
 
     /// Every object below `path` (the whole provider, below its prefix, for ""), with keys as stored.
     pub fn list(&self, path: &str) -> BoxStream<'static, Result<ObjectMeta>> {
-        let key = (!path.is_empty() || !self.provider.prefix.is_empty())
-            .then(|| self.provider.key_for(path));
+        let key = self.provider.listing_key(path);
         let (provider, path) = (self.provider.clone(), path.to_string());
         self.store
             .list(key.as_ref())
@@ -195,8 +195,7 @@ impl<'a> ProviderClient<'a> {
     /// The objects and folders directly below `path` ("" for the provider's root, below its prefix). A missing
     /// bucket or container is "not found"; object stores list an empty folder as nothing.
     pub async fn list_level(&self, path: &str) -> Result<ListResult> {
-        let key = (!path.is_empty() || !self.provider.prefix.is_empty())
-            .then(|| self.provider.key_for(path));
+        let key = self.provider.listing_key(path);
         let listed = self.store.list_with_delimiter(key.as_ref()).await;
         listed.map_err(self.fail(path))
     }

@@ -246,6 +246,11 @@ impl Provider {
         ObjectPath::parse(&key).unwrap_or_else(|_| ObjectPath::from(key.as_str()))
     }
 
+    /// The key a listing of directory `path` starts from: None for the whole provider (no prefix, the root).
+    pub fn listing_key(&self, path: &str) -> Option<ObjectPath> {
+        (!path.is_empty() || !self.prefix.is_empty()).then(|| self.key_for(path))
+    }
+
     /// Whether objects here can carry tags: S3, Wasabi and Azure natively; local through zmount's tag mirror
     /// (see [`crate::storage::TAGS_MIRROR_KEY`]); GCS has none that object_store can write.
     pub fn supports_tags(&self) -> bool {

@@ -88,7 +88,7 @@ impl ObjectVersion {
                 .get(&self.path, options)
                 .await;
             let Ok(head) = head else { continue };
-            if head.meta.size != self.size {
+            if head.meta().size != self.size {
                 continue;
             }
             tracing::warn!(
@@ -102,7 +102,7 @@ impl ObjectVersion {
                 .counters
                 .served_as_fallback
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let etag = head.meta.e_tag.or(head.meta.version);
+            let etag = head.meta().e_tag.clone().or(head.meta().version.clone());
             *self.copy.lock().unwrap() = Copy {
                 provider: provider.clone(),
                 key,

@@ -372,8 +372,13 @@ impl Storage {
             Err(e) if e.is_not_found() => return Ok(()), // deleted or moved meanwhile
             Err(e) => return Err(e),
         };
-        let size = source.meta.size;
-        let info = self.info_from(holder, path.clone(), &source.meta, Some(&source.attributes));
+        let size = source.meta().size;
+        let info = self.info_from(
+            holder,
+            path.clone(),
+            source.meta(),
+            Some(source.attributes()),
+        );
         let options = UploadOptions {
             content_type: Some(info.content_type),
             metadata: info.metadata,

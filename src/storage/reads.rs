@@ -113,7 +113,7 @@ impl Storage {
                     };
                     let head = client.get(&path, options).await?;
                     let provider = client.provider();
-                    Ok(self.info_from(provider, path, &head.meta, Some(&head.attributes)))
+                    Ok(self.info_from(provider, path, head.meta(), Some(head.attributes())))
                 }
             })
             .await?;

@@ -99,9 +99,9 @@ pub async fn copy_verified(
         .client(ATTEMPTS)
         .get(path, GetOptions::default())
         .await?;
-    let version = Version::of(&source.meta);
-    let size = source.meta.size;
-    let (attributes, tags) = carried(&source.attributes, to);
+    let version = Version::of(source.meta());
+    let size = source.meta().size;
+    let (attributes, tags) = carried(source.attributes(), to);
     let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
     let chunks = source.into_stream().inspect_ok(|chunk| {
         hasher.update(chunk);

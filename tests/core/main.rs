@@ -85,16 +85,31 @@ fn core(store: Store, tune: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> Core
         )],
     };
     let storage = Arc::new(Storage::from_parts(&config, &tuning, given).unwrap());
-    Core::over(storage, &config, dir)
+    match store {
+        Store::Local => Core::over(storage, &config, dir),
+        // In memory all the way down but staging: a block cache without a disk tier.
+        Store::Memory => {
+            let cache = Arc::new(zmount::cache::BlockCache::new(8 << 20, None));
+            let fs = Filesystem::with_parts(&config, storage, cache, false);
+            Core::with(Arc::new(fs), dir)
+        }
+    }
 }
 
 impl Core {
     fn over(storage: Arc<Storage>, config: &zmount::Config, dir: tempfile::TempDir) -> Core {
-        let provider = storage
+        Core::with(
+            Arc::new(Filesystem::new(config, storage, false).unwrap()),
+            dir,
+        )
+    }
+
+    fn with(fs: Arc<Filesystem>, dir: tempfile::TempDir) -> Core {
+        let provider = fs
+            .storage()
             .provider("disk")
             .expect("a provider named disk")
             .clone();
-        let fs = Arc::new(Filesystem::new(config, storage, false).unwrap());
         fs.connect();
         Core {
             fs,

@@ -28,13 +28,17 @@ async fn close_returns_before_the_upload_and_reads_see_the_new_bytes(store: Stor
         "close returned before the upload"
     );
     assert_eq!(c.read("report.txt").await.unwrap(), b"version one");
-    assert_eq!(c.fs.journaled_uploads(), 1, "the staged file is journaled");
+    assert_eq!(
+        c.fs.stats().journaled_uploads,
+        1,
+        "the staged file is journaled"
+    );
     c.fs.wait_for_uploads().await;
     assert_eq!(
         c.stored("report.txt").await.as_deref(),
         Some(&b"version one"[..])
     );
-    assert_eq!(c.fs.journaled_uploads(), 0);
+    assert_eq!(c.fs.stats().journaled_uploads, 0);
     assert_eq!(c.read("report.txt").await.unwrap(), b"version one");
 }
 

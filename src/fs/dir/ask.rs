@@ -172,7 +172,7 @@ pub(in crate::fs) async fn list_one(
     path: &str,
 ) -> Result<ListResult, StorageError> {
     let provider = client.provider();
-    let key = (!path.is_empty() || !provider.prefix.is_empty()).then(|| provider.key_for(path));
+    let key = provider.listing_key(path);
     match crate::providers::listing::list_dir(client, key.as_ref()).await {
         Ok(listing) => Ok(listing),
         Err(object_store::Error::NotFound { .. }) => Ok(ListResult {
