@@ -30,10 +30,11 @@ impl Filesystem {
     }
 
     /// A lookup answered from a listing of its directory, taken on the second lookup of an unknown name there
-    /// within the TTL: a run of lookups (`stat` of every file, `git status`, `ls` of files one by one) then costs
-    /// one listing, which asks each file it shows for its attributes (at most [`LISTED_HEADS`]), instead of a HEAD
-    /// and a LIST per name. A name the listing lacks is still asked for (another client may have just made it:
-    /// such a name is found at once, as without the listing). None: ask the providers.
+    /// within the TTL: a run of lookups (`stat` of every file, `git status`, `ls` of files one by one, a `cp` loop
+    /// creating files) then costs one listing, which asks each file it shows for its attributes (at most
+    /// [`LISTED_HEADS`]), instead of a HEAD and a LIST per name. A name the listing lacks does not exist, as a
+    /// name asked for and not found would not for the negative TTL (the listing is trusted no longer than that):
+    /// unless it changed here since the listing was asked, then it is asked for. None: ask the providers.
     pub(super) async fn lookup_listed(&self, path: &str, name: &str) -> Option<FsResult<Attr>> {
         if self.settings.attr_ttl.min(self.settings.negative_ttl) <= 0.0 {
             return None; // nothing is trusted for any time: every lookup asks
@@ -46,24 +47,29 @@ impl Filesystem {
         if (misses == 0 && !self.looked_up.contains_key(dir)) || self.unlistable.contains_key(dir) {
             return None;
         }
-        let names = self
+        let listed = self
             .looked_up
             .get_with(dir.to_string(), async {
                 let asked = self.inodes.clock();
                 match self.list_dir(dir, Heads::All).await {
                     Ok((entries, None, unasked)) if entries.len() <= LISTED_MAX => {
+                        let names = entries.iter().map(|e| e.name.clone()).collect();
                         // Files whose attributes could not be asked are looked up by name.
-                        let names = entries
+                        let unasked = unasked
                             .iter()
-                            .filter(|e| !unasked.contains(&child_of(dir, &e.name)))
-                            .map(|e| e.name.clone())
+                            .filter_map(|child| child.rsplit('/').next())
+                            .map(str::to_string)
                             .collect();
                         let entries = Arc::new(entries);
                         let listings = &self.listings;
                         self.inodes.if_unchanged(dir, asked, || {
                             listings.insert(dir.to_string(), entries.clone());
                         });
-                        Some(Arc::new(names))
+                        Some(Arc::new(Listed {
+                            names,
+                            unasked,
+                            asked,
+                        }))
                     }
                     Ok((entries, None, _)) if entries.len() > LISTED_MAX => {
                         self.unlistable.insert(dir.to_string(), ());
@@ -73,8 +79,15 @@ impl Filesystem {
                 }
             })
             .await?;
-        if !names.contains(name) {
+        if listed.unasked.contains(name) {
             return None;
+        }
+        if !listed.names.contains(name) {
+            let negative = &self.negative;
+            let gone = self.inodes.observed_gone(path, listed.asked, || {
+                negative.insert(path.to_string(), ());
+            });
+            return gone.then_some(Err(FsError::NotFound));
         }
         // Recorded by the listing (or newer, when changed here since); a name unlinked since is asked for.
         let (ino, entry, _) = self.inodes.find(path)?;
@@ -354,4 +367,14 @@ pub(super) async fn head_one(
         posix,
         source: Some(provider.name.clone()),
     })
+}
+
+/// What a listing taken for lookups says of its directory (see [`Filesystem::lookup_listed`]).
+pub(super) struct Listed {
+    /// Every name listed.
+    names: HashSet<String>,
+    /// Listed names whose attributes could not be asked: looked up by name.
+    unasked: HashSet<String>,
+    /// When the listing was asked: a name changed here since is not answered from it.
+    asked: inode::Asked,
 }

@@ -97,7 +97,7 @@ pub struct Filesystem {
     lookup_misses: moka::sync::Cache<String, Arc<AtomicU64>>,
     /// The names of a directory a run of lookups listed; None when the listing could not answer lookups
     /// (incomplete, or too large). At most one listing per directory per TTL.
-    looked_up: moka::future::Cache<String, Option<Arc<HashSet<String>>>>,
+    looked_up: moka::future::Cache<String, Option<Arc<lookup::Listed>>>,
     /// Directories too large to answer lookups from a listing, not listed for that again for ten minutes.
     unlistable: moka::sync::Cache<String, ()>,
     /// Symlink targets by path, with the object version they were read from.
