@@ -292,6 +292,8 @@ async fn a_run_of_lookups_in_a_directory_costs_one_listing(case: Case) {
     let script = writer.path("d/run.sh");
     std::fs::write(&script, b"#!/bin/sh\n").unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A name no key holds as it is (a control character): stored under a percent-encoded key.
+    std::fs::write(writer.path("d/tab\there"), b"tab").unwrap();
     let (config, dir) = (writer.config.clone(), writer.dir.clone());
     drop(writer);
     let addr = common::free_local_addr();
@@ -328,6 +330,11 @@ async fn a_run_of_lookups_in_a_directory_costs_one_listing(case: Case) {
         common::metric_sum(&addr, &requests).await - before,
         0.0,
         "a name the listing lacks is answered from it"
+    );
+    assert_eq!(
+        std::fs::read(mount.path("d/tab\there")).unwrap(),
+        b"tab",
+        "a name stored under an encoded key is asked for by name, not answered from the listing"
     );
     ctx.seed("d/later", b"added elsewhere").await;
     let started = Instant::now();

@@ -1,11 +1,11 @@
 //! Reads of an open file: byte ranges become cached blocks, and sequential readers get read-ahead.
 //!
 //! Each open file has a [`ReadState`]. A read that starts where the previous one ended is sequential: the
-//! read-ahead window doubles (1, 2, 4... blocks up to `read_ahead` and three quarters of the memory tier), and once a run's worth
-//! of the window is not yet requested it is fetched in the background with one GET ([`fetch`]). A read anywhere else
-//! is random: the window resets and only the touched blocks are fetched; after a few such misses the whole object
-//! is fetched into the disk tier in the background. Read-ahead requests across all files are capped by a semaphore,
-//! so memory used by read-ahead is bounded by config, whatever the file sizes.
+//! read-ahead window doubles (1, 2, 4... blocks up to `read_ahead` and three quarters of the memory tier), and once
+//! a run's worth of the window is not yet requested it is fetched in the background with one GET ([`fetch`]). A
+//! read anywhere else is random: the window resets and only the touched blocks are fetched; after a few such misses
+//! the whole object is fetched into the disk tier in the background. Read-ahead requests across all files are
+//! capped by a semaphore, so memory used by read-ahead is bounded by config, whatever the file sizes.
 //!
 //! Failover: an open file reads one provider's copy ([`copies`]). When that provider stops answering (or the copy
 //! vanishes, e.g. healed back to its primary), the file continues from the next provider in the route's read order
