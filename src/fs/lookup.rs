@@ -82,9 +82,12 @@ impl Filesystem {
         if listed.unasked.contains(name) {
             return None;
         }
-        // A name with a control character is stored under a percent-encoded key (no key holds it as it is), which
-        // a listing shows encoded: only a lookup by name finds it.
-        if !listed.names.contains(name) && !name.chars().any(|c| c.is_ascii_control()) {
+        if !listed.names.contains(name) {
+            // A name with a control character is stored under a percent-encoded key (no key holds it as it is),
+            // which a listing shows encoded: only a lookup by name finds it.
+            if name.chars().any(|c| c.is_ascii_control()) {
+                return None;
+            }
             let negative = &self.negative;
             let gone = self.inodes.observed_gone(path, listed.asked, || {
                 negative.insert(path.to_string(), ());
