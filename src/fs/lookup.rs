@@ -83,9 +83,8 @@ impl Filesystem {
             return None;
         }
         if !listed.names.contains(name) {
-            // A name with a control character is stored under a percent-encoded key (no key holds it as it is),
-            // which a listing shows encoded: only a lookup by name finds it.
-            if name.chars().any(|c| c.is_ascii_control()) {
+            // A listing shows a name no key holds as it is only encoded: a lookup by name finds it.
+            if !Provider::key_is_verbatim(name) {
                 return None;
             }
             let negative = &self.negative;

@@ -237,6 +237,12 @@ impl Provider {
 
     const KEY_MAX: usize = 1024;
 
+    /// Whether `path` is stored under a key spelled as the path is: one that no key can hold as it is (a control
+    /// character) is percent-encoded by [`Provider::key_for`], and listings then show it encoded.
+    pub fn key_is_verbatim(path: &str) -> bool {
+        ObjectPath::parse(path).is_ok()
+    }
+
     pub fn key_for(&self, path: &str) -> ObjectPath {
         let key = match (self.prefix.is_empty(), path.is_empty()) {
             (true, _) => path.to_string(),
