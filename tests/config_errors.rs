@@ -238,6 +238,11 @@ fn bad_configs_get_exact_messages() {
             "/etc/zmount/mount.toml: settings.mount.read_ahead: must be from 1.0 MiB to 32.0 MiB; got 100.0 TiB",
         ),
         (
+            "no thread to take requests",
+            format!("[settings.mount]\nthreads = 0\n{GOOD_PROVIDERS}"),
+            "/etc/zmount/mount.toml: settings.mount.threads: must be from 1 to 64; got 0",
+        ),
+        (
             "a mode that is not permission bits",
             format!("[settings.mount]\nfile_mode = 99999\n{GOOD_PROVIDERS}"),
             "/etc/zmount/mount.toml: settings.mount.file_mode: must be permission bits, at most 0o7777 (4095); got 99999 (write it as 0o644)",

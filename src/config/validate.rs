@@ -136,6 +136,7 @@ impl Config {
                 f.primary_read_attempts,
                 100,
             ),
+            ("settings.mount.threads", m.threads, 64),
         ];
         for (key, value, max) in counts {
             if value == 0 || value > max {

@@ -128,6 +128,7 @@ fn serve(
     }
     let fs_for_shutdown = fs.clone();
     let mut options = fuser::Config::default();
+    options.n_threads = Some(config.settings.mount.threads as usize);
     options.mount_options = vec![
         MountOption::FSName("zmount".into()),
         MountOption::Subtype("zmount".into()),
