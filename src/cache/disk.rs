@@ -10,7 +10,7 @@ use bytes::Bytes;
 use lru::LruCache;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 pub struct DiskCache {
     dir: PathBuf,
@@ -19,6 +19,29 @@ pub struct DiskCache {
     pub evictions: std::sync::atomic::AtomicU64,
     /// File name → size on disk, least recently used first out.
     state: Mutex<DiskState>,
+    /// Block files recently read at random, open and checked (file, offset of the data): a small read is then one
+    /// `pread`. Never locked while `state` is. A name leaves here before its file is removed, so an open
+    /// file never keeps an evicted block's disk space beyond the eviction.
+    open_files: Mutex<LruCache<String, Arc<(std::fs::File, u64)>>>,
+}
+
+/// Block files kept open for random reads at most: 2 GiB of blocks, enough for a file read at random to be read
+/// with one `pread` per read (opening and checking a block file per read cost a fifth of such reads here).
+const OPEN_FILES: usize = 2048;
+
+/// Block files this process may keep open: [`OPEN_FILES`], or a quarter of its open-file limit when that is lower
+/// (the rest is for staged files, connections and the kernel channel).
+fn open_files_budget() -> std::num::NonZeroUsize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    let soft = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+        0 => usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX),
+        _ => 1024,
+    };
+    std::num::NonZeroUsize::new((soft / 4).min(OPEN_FILES)).unwrap_or(std::num::NonZeroUsize::MIN)
 }
 
 struct DiskState {
@@ -61,6 +84,7 @@ impl DiskCache {
                 total: 0,
                 writing: Default::default(),
             }),
+            open_files: Mutex::new(LruCache::new(open_files_budget())),
         };
         let mut evict = Vec::new();
         {
@@ -99,7 +123,27 @@ impl DiskCache {
         if !self.indexed(&name) {
             return None;
         }
-        match read_block_range(&self.path_of(&name), key, range) {
+        let cached = self.open_files.lock().unwrap().get(&name).cloned();
+        let file = match cached {
+            Some(file) => file,
+            None => {
+                let Some(file) = open_block(&self.path_of(&name), key) else {
+                    self.forget(&name);
+                    return None;
+                };
+                let file = Arc::new(file);
+                self.open_files
+                    .lock()
+                    .unwrap()
+                    .put(name.clone(), file.clone());
+                // Evicted meanwhile: its removal may have missed the entry just made.
+                if !self.state.lock().unwrap().lru.contains(&name) {
+                    self.open_files.lock().unwrap().pop(&name);
+                }
+                file
+            }
+        };
+        match read_range(&file.0, file.1, range) {
             Some(data) => Some(data),
             None => {
                 self.forget(&name);
@@ -201,6 +245,7 @@ impl DiskCache {
         self.evictions
             .fetch_add(evicted.len() as u64, std::sync::atomic::Ordering::Relaxed);
         for old in evicted {
+            self.open_files.lock().unwrap().pop(&old);
             let _ = std::fs::remove_file(self.path_of(&old));
         }
     }
@@ -239,6 +284,7 @@ impl DiskCache {
             state.total -= size;
         }
         drop(state);
+        self.open_files.lock().unwrap().pop(name);
         let _ = std::fs::remove_file(self.path_of(name));
     }
 }
@@ -264,9 +310,9 @@ fn open_block(path: &Path, key: &BlockKey) -> Option<(std::fs::File, u64)> {
     (header == key.header()).then_some((file, 4 + header.len() as u64))
 }
 
-fn read_block_range(path: &Path, key: &BlockKey, range: std::ops::Range<usize>) -> Option<Bytes> {
+/// Bytes `range` of the data of an open block file whose data starts at `start` (fewer at its end).
+fn read_range(file: &std::fs::File, start: u64, range: std::ops::Range<usize>) -> Option<Bytes> {
     use std::os::unix::fs::FileExt;
-    let (file, start) = open_block(path, key)?;
     let mut data = vec![0u8; range.len()];
     let mut filled = 0;
     while filled < data.len() {
@@ -351,6 +397,45 @@ mod tests {
         );
         let on_disk: u64 = walk(dir.path());
         assert!(on_disk <= cap, "{on_disk} bytes on disk");
+    }
+
+    #[test]
+    fn an_evicted_block_is_not_kept_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let block = vec![7u8; 1000];
+        let cache = DiskCache::open(dir.path(), 3500).unwrap();
+        cache.put(&key(0), &block);
+        assert_eq!(
+            cache.get_range(&key(0), 0..10).as_deref(),
+            Some(&block[..10])
+        );
+        assert!(cache
+            .open_files
+            .lock()
+            .unwrap()
+            .contains(&key(0).file_name()));
+        for i in 1..4 {
+            cache.put(&key(i), &block); // the fourth pushes block 0 out
+        }
+        assert!(cache.get_range(&key(0), 0..10).is_none(), "evicted");
+        assert!(
+            !cache
+                .open_files
+                .lock()
+                .unwrap()
+                .contains(&key(0).file_name()),
+            "an evicted block's file is closed, so its space is free"
+        );
+        assert_eq!(
+            cache.get_range(&key(3), 5..15).as_deref(),
+            Some(&block[5..15])
+        );
+        assert!(cache.evict(u64::MAX) >= 3000);
+        assert_eq!(cache.used(), 0);
+        assert!(
+            cache.open_files.lock().unwrap().is_empty(),
+            "evict closes what it removes"
+        );
     }
 
     fn walk(p: &Path) -> u64 {

@@ -19,6 +19,7 @@
 //! 4. short std mutexes, never held across an await: `Uploads::files`, `Staged::{path, attrs, modified}`, the
 //!    filesystem's `handles` (then `page_versions` inside it) and `Inodes`; `Inodes` is held while a cache beside it (negative lookups, listings,
 //!    both `moka` caches with locks of their own) is filled, and nothing of ours is taken inside it.
+//! 5. leaves, taken alone: the disk tier's `state` and `open_files` (`cache::disk`; never held together).
 
 pub mod journal;
 pub mod queue;
