@@ -141,6 +141,25 @@ impl BlockCache {
         F: Future<Output = Result<Bytes, E>>,
         E: Send + Sync + 'static,
     {
+        self.load(key, fetch, true).await
+    }
+
+    /// [`BlockCache::get_or_fetch`] for read-ahead: a block found in memory (or being fetched by a reader) is not a
+    /// hit, as no read was served; its loads still count as disk hits or misses. (Counted as a hit, it would be
+    /// counted whenever the read-ahead task next ran, possibly after the reader it served was answered.)
+    pub async fn prefetch<F, E>(&self, key: BlockKey, fetch: F) -> Result<Bytes, Arc<E>>
+    where
+        F: Future<Output = Result<Bytes, E>>,
+        E: Send + Sync + 'static,
+    {
+        self.load(key, fetch, false).await
+    }
+
+    async fn load<F, E>(&self, key: BlockKey, fetch: F, count_hit: bool) -> Result<Bytes, Arc<E>>
+    where
+        F: Future<Output = Result<Bytes, E>>,
+        E: Send + Sync + 'static,
+    {
         let disk = self.disk.clone();
         let disk_key = key.clone();
         let disk_writes = self.disk_writes.clone();
@@ -174,7 +193,7 @@ impl BlockCache {
                 Ok(data)
             })
             .await;
-        if !loaded.load(Ordering::Relaxed) && result.is_ok() {
+        if count_hit && !loaded.load(Ordering::Relaxed) && result.is_ok() {
             stats.memory_hits.fetch_add(1, Ordering::Relaxed);
         }
         result

@@ -48,7 +48,7 @@ pub(super) async fn fetch_run(
                     Err(_) => fetch_block(&object, &copy, index, AHEAD).await,
                 }
             };
-            let _ = cache.get_or_fetch(block_key(&copy, index), arrived).await;
+            let _ = cache.prefetch(block_key(&copy, index), arrived).await;
         });
     }
     let mut senders = senders.into_iter();
