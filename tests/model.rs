@@ -15,7 +15,7 @@
 //! The fault variant (S3 behind the fault proxy, a 48 MiB tmpfs as cache_dir, `kill -9` as a step) checks two
 //! invariants at each remount and restart: nothing acknowledged is lost, nothing partial is published. Its rules:
 //! a failed `write`/`pwrite`/`ftruncate` fails the descriptor's version (`close`/`fsync` must then fail, and the
-//! path keeps its previous version); `close`/`fsync` answering EIO after every write succeeded leaves the version
+//! path shows its previous version from then on: a file never published leaves the tree at once); `close`/`fsync` answering EIO after every write succeeded leaves the version
 //! pending (journaled, retried, visible to reads, and it must reach the provider); an answer of 0 acknowledges it;
 //! versions still open at a `kill -9` are not published.
 //!
@@ -450,6 +450,21 @@ impl Model {
         }
     }
 
+    /// A write or ftruncate through descriptor `slot` failed: the version fails (its contents unknown to reads
+    /// through its descriptors), and the path shows its previous version at once; a file never published has none,
+    /// so its name leaves the tree now, not at the close (docs/SEMANTICS.md, the publish rule).
+    fn fail_version(&mut self, slot: usize) {
+        let fd = self.fds[slot].as_mut().unwrap();
+        fd.failed = true;
+        let ino = fd.ino;
+        self.inodes[ino].data = None;
+        if self.inodes[ino].acked.is_none() {
+            if let Some(path) = self.name_of(ino) {
+                self.names.remove(&path);
+            }
+        }
+    }
+
     fn name_of(&self, ino: usize) -> Option<String> {
         self.names
             .iter()
@@ -691,13 +706,12 @@ impl Model {
                 len,
                 seed,
             } => {
-                let fd = self.fds[*slot].as_mut().unwrap();
-                let inode = &mut self.inodes[fd.ino];
-                if res.is_err() || fd.failed {
-                    fd.failed = true;
-                    inode.data = None;
+                if res.is_err() || self.fds[*slot].as_ref().unwrap().failed {
+                    self.fail_version(*slot);
                     return;
                 }
+                let fd = self.fds[*slot].as_mut().unwrap();
+                let inode = &mut self.inodes[fd.ino];
                 let data = inode.data.as_mut().unwrap();
                 let off = if fd.append {
                     data.len()
@@ -715,14 +729,16 @@ impl Model {
                 }
             }
             Op::Ftruncate { slot, size } => {
-                let fd = self.fds[*slot].as_mut().unwrap();
-                let inode = &mut self.inodes[fd.ino];
-                if res.is_err() || fd.failed {
-                    fd.failed = true;
-                    inode.data = None;
+                if res.is_err() || self.fds[*slot].as_ref().unwrap().failed {
+                    self.fail_version(*slot);
                     return;
                 }
-                inode.data.as_mut().unwrap().resize(*size as usize, 0);
+                let fd = self.fds[*slot].as_ref().unwrap();
+                self.inodes[fd.ino]
+                    .data
+                    .as_mut()
+                    .unwrap()
+                    .resize(*size as usize, 0);
             }
             Op::Fsync { slot } => {
                 let fd = self.fds[*slot].clone().unwrap();

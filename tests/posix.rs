@@ -43,10 +43,22 @@ writable_providers!(
     rename_moves_ctime_and_a_derived_content_type,
     directory_times_survive_a_refresh,
     an_unlinked_open_file_has_no_links,
+    a_directory_made_again_takes_files_while_one_from_the_old_is_open,
 );
 
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
+}
+
+/// A new empty file, open for reading and writing.
+fn create_rw(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()))
 }
 
 /// Unmounts cleanly and mounts the same config again.
@@ -751,13 +763,7 @@ async fn an_unlinked_open_file_has_no_links(case: Case) {
     use std::os::unix::fs::MetadataExt;
     let (ctx, mount) = mount_for(case, "unlinked-fstat");
     ctx.seed("stored.txt", b"on the provider").await;
-    let mut written = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(mount.path("written.txt"))
-        .unwrap();
+    let mut written = create_rw(&mount.path("written.txt"));
     written.write_all(b"written here").unwrap();
     let read = std::fs::File::open(mount.path("stored.txt")).unwrap();
     std::fs::remove_file(mount.path("written.txt")).unwrap();
@@ -773,6 +779,37 @@ async fn an_unlinked_open_file_has_no_links(case: Case) {
     written.read_to_string(&mut back).unwrap();
     assert_eq!(back, "written here");
     drop(read);
+}
+
+/// A directory removed and made again under the same name while a file opened in the old one is still open (its
+/// name unlinked): files can be created in the new directory, and the open file still reads and writes. The kernel
+/// keeps the old directory's inode, dead, while that file is open; the new directory must not be given its number.
+async fn a_directory_made_again_takes_files_while_one_from_the_old_is_open(case: Case) {
+    use std::io::{Read, Seek, Write};
+    let (_ctx, mount) = mount_for(case, "dir-again");
+    std::fs::create_dir(mount.path("d")).unwrap();
+    let mut open = create_rw(&mount.path("d/old.txt"));
+    std::fs::remove_file(mount.path("d/old.txt")).unwrap();
+    std::fs::remove_dir(mount.path("d")).unwrap();
+    match std::fs::create_dir(mount.path("d")) {
+        Ok(()) => {}
+        // SeaweedFS keeps listing a folder whose last object is gone (SEMANTICS.md): it is there already.
+        Err(e) if case == Case::S3 && e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => panic!("mkdir d again: {e}"),
+    }
+    open.write_all(b"still mine").unwrap();
+    std::fs::write(mount.path("d/new.txt"), b"new")
+        .unwrap_or_else(|e| panic!("create in the new d: {e}"));
+    assert_eq!(std::fs::read(mount.path("d/new.txt")).unwrap(), b"new");
+    let names: Vec<String> = std::fs::read_dir(mount.path("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["new.txt"], "the unlinked file is not listed");
+    let mut back = String::new();
+    open.rewind().unwrap();
+    open.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "still mine");
 }
 
 /// `chmod`, `chown` and `utimensat` of atime only change no data, so a file's mtime stays — also for a file whose

@@ -213,6 +213,7 @@ impl Filesystem {
             self.storage.delete(&marker).await?;
         }
         self.gone(&path);
+        self.inodes.remove_dir(&path);
         self.entries_changed(&path);
         Ok(())
     }

@@ -195,6 +195,28 @@ impl Inodes {
         }
     }
 
+    /// `rmdir`: the directory's name, and any name still known below it, leave the table, so a directory made
+    /// there next gets a new number. The kernel keeps a removed directory's inode while a file opened in it is
+    /// open, and marks it dead: were the new directory given the old number, the kernel would find that dead inode
+    /// and refuse every file created in the new one (ENOENT).
+    pub fn remove_dir(&self, path: &str) {
+        let mut t = self.inner.lock().unwrap();
+        t.mark(path);
+        let names: Vec<String> = t
+            .by_path
+            .keys()
+            .filter(|p| !path.is_empty() && crate::routing::is_within(p, path))
+            .cloned()
+            .collect();
+        for name in names {
+            if let Some(ino) = t.by_path.remove(&name) {
+                if let Some(node) = t.by_ino.get_mut(&ino) {
+                    node.seen = None;
+                }
+            }
+        }
+    }
+
     /// Whether `ino` still has its name (an unlinked file keeps its number for the handles open on it).
     pub fn is_linked(&self, ino: Ino) -> bool {
         let t = self.inner.lock().unwrap();
