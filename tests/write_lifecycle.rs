@@ -46,6 +46,7 @@ local_and_s3!(
     size_limit_fails_the_copy_and_publishes_nothing,
     mtime_follows_writes_and_explicit_touches,
     a_child_closing_an_inherited_descriptor_publishes_nothing,
+    a_folder_renamed_while_a_file_in_it_streams_leaves_nothing_behind,
 );
 
 /// How long a test waits for something the mount does in the background (an upload, a cleanup).
@@ -1083,6 +1084,44 @@ async fn wait_no_uploads(key: &str, deadline: Duration) -> Vec<String> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A folder renamed while a file in it is being written front to back, past the size where its bytes start
+/// streaming to the provider: the old name is gone right after the rename and stays gone after the close and a
+/// remount (a local provider's upload keeps a temporary file in the folder until it is aborted), and the file is
+/// published whole under the new name only.
+async fn a_folder_renamed_while_a_file_in_it_streams_leaves_nothing_behind(case: Case) {
+    let (ctx, mount) = mount_for(case, "rename-streaming");
+    // SeaweedFS keeps listing a folder whose last object is gone (SEMANTICS.md): on S3 `b` may stay as that.
+    let names = |mount: &Mount| {
+        let mut names: Vec<String> = std::fs::read_dir(&mount.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| !(case == Case::S3 && name == "b"))
+            .collect();
+        names.sort();
+        names
+    };
+    std::fs::create_dir(mount.path("b")).unwrap();
+    let data = pattern(20 << 20, 23);
+    let mut file = std::fs::File::create(mount.path("b/f")).unwrap();
+    file.write_all(&data[..12 << 20]).unwrap();
+    std::fs::rename(mount.path("b"), mount.path("a"))
+        .unwrap_or_else(|e| panic!("rename b -> a while b/f streams: {e}"));
+    assert_eq!(names(&mount), ["a"], "right after the rename");
+    file.write_all(&data[12 << 20..]).unwrap();
+    assert_eq!(close(file), (0, 0), "close of a/f");
+    let mount = remount(mount);
+    assert_eq!(names(&mount), ["a"], "after the close and a remount");
+    assert!(
+        ctx.read_direct("a/f").await.as_deref() == Some(&data[..]),
+        "a/f on the provider, whole"
+    );
+    assert!(
+        ctx.read_direct("b/f").await.is_none(),
+        "nothing under the old name"
+    );
+    assert!(std::fs::read(mount.path("a/f")).unwrap() == data);
 }
 
 /// Writes `data` in 1 MiB steps until the server shows a multipart upload of `key` in progress and at least

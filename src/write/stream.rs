@@ -103,6 +103,17 @@ impl SequentialUpload {
         *self = SequentialUpload::Off; // dropping the sender aborts (see `begin`)
     }
 
+    /// [`SequentialUpload::abandon`], returning once the upload in progress is aborted: nothing it made (a
+    /// multipart upload, a local temporary file) outlasts the caller's next step.
+    pub async fn abandon_and_wait(&mut self) {
+        if let SequentialUpload::Uploading { tx, task } =
+            std::mem::replace(self, SequentialUpload::Off)
+        {
+            drop(tx);
+            let _ = task.await;
+        }
+    }
+
     /// Whether a multipart upload is under way (its completion is then `finish`'s work).
     pub fn is_uploading(&self) -> bool {
         matches!(self, SequentialUpload::Uploading { .. })

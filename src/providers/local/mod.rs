@@ -181,6 +181,8 @@ impl ObjectStore for LocalStore {
             let (file, temp) =
                 shared.create_temp(&parent, &name, key.as_ref(), &opts.attributes)?;
             Ok(Box::new(LocalUpload {
+                shared: shared.clone(),
+                location: key.clone(),
                 file: Arc::new(file),
                 parent: Arc::new(parent),
                 temp,
@@ -247,6 +249,8 @@ impl ObjectStore for LocalStore {
 /// A multipart upload into a temporary file, renamed into place (with its attributes) on completion.
 #[derive(Debug)]
 struct LocalUpload {
+    shared: Arc<Shared>,
+    location: Path,
     file: Arc<File>,
     parent: Arc<OwnedFd>,
     temp: String,
@@ -293,11 +297,17 @@ impl MultipartUpload for LocalUpload {
         .await
     }
 
+    /// Removes the temporary file, and the folders that were made for it and hold nothing else (as a delete does).
     async fn abort(&mut self) -> Result<()> {
         let (parent, temp, key) = (self.parent.clone(), self.temp.clone(), self.key.clone());
+        let (shared, location) = (self.shared.clone(), self.location.clone());
         blocking(move || {
             rustix::fs::unlinkat(&*parent, temp.as_str(), AtFlags::empty())
-                .map_err(|e| error(&key, e))
+                .map_err(|e| error(&key, e))?;
+            if let Ok((chain, dirs, _)) = shared.parent(&location, false) {
+                Shared::clean_up(&chain, &dirs);
+            }
+            Ok(())
         })
         .await
     }

@@ -57,7 +57,9 @@ impl Uploads {
             }
             let new_path = format!("{to}{}", &path[from.len()..]);
             let mut st = staged.state.lock().await;
-            st.sequential.abandon(); // it streams to the old name
+            // It streams to the old name; aborted before the rename returns, so nothing of it (a local provider's
+            // temporary file keeps its folder) shows under the old name afterwards.
+            st.sequential.abandon_and_wait().await;
             if let Some(pending) = &st.pending {
                 if let Err(e) = self
                     .journal
