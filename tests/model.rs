@@ -15,9 +15,10 @@
 //! The fault variant (S3 behind the fault proxy, a 48 MiB tmpfs as cache_dir, `kill -9` as a step) checks two
 //! invariants at each remount and restart: nothing acknowledged is lost, nothing partial is published. Its rules:
 //! a failed `write`/`pwrite`/`ftruncate` fails the descriptor's version (`close`/`fsync` must then fail, and the
-//! path shows its previous version from then on: a file never published leaves the tree at once); `close`/`fsync` answering EIO after every write succeeded leaves the version
-//! pending (journaled, retried, visible to reads, and it must reach the provider); an answer of 0 acknowledges it;
-//! versions still open at a `kill -9` are not published.
+//! path shows its previous version from then on: a file never published leaves the tree at once); `close`/`fsync`
+//! answering EIO after every write succeeded leaves the version pending (journaled, retried, visible to reads, and
+//! it must reach the provider); an answer of 0 acknowledges it; versions still open at a `kill -9` are not
+//! published.
 //!
 //! Assumed where the contract is silent:
 //! - `close` of any descriptor publishes the file's current contents, other descriptors' writes included; an

@@ -32,16 +32,39 @@ const OPEN_FILES: usize = 2048;
 /// Block files this process may keep open: [`OPEN_FILES`], or a quarter of its open-file limit when that is lower
 /// (the rest is for staged files, connections and the kernel channel).
 fn open_files_budget() -> std::num::NonZeroUsize {
+    let soft =
+        open_file_limit().map_or(1024, |l| usize::try_from(l.rlim_cur).unwrap_or(usize::MAX));
+    std::num::NonZeroUsize::new((soft / 4).min(OPEN_FILES)).unwrap_or(std::num::NonZeroUsize::MIN)
+}
+
+/// Lets the process keep more files open (the soft limit raised toward the hard one, up to 65,536, as services
+/// commonly do), so the disk tier can keep block files open: call before the cache is opened.
+pub fn raise_open_file_limit() {
+    let Some(mut limit) = open_file_limit() else {
+        return;
+    };
+    let wanted = limit.rlim_max.min(1 << 16);
+    if limit.rlim_cur >= wanted {
+        return;
+    }
+    limit.rlim_cur = wanted;
+    // SAFETY: setrlimit only reads the struct it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        tracing::debug!(
+            "cannot raise the open-file limit: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The process's open-file limits (soft and hard).
+fn open_file_limit() -> Option<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit only writes the struct it is given.
-    let soft = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
-        0 => usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX),
-        _ => 1024,
-    };
-    std::num::NonZeroUsize::new((soft / 4).min(OPEN_FILES)).unwrap_or(std::num::NonZeroUsize::MIN)
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit)
 }
 
 struct DiskState {

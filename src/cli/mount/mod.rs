@@ -98,7 +98,7 @@ fn serve(
         }
     }
     runtime.block_on(probe_providers(config, args.allow_degraded))?;
-    raise_open_file_limit();
+    crate::cache::disk::raise_open_file_limit();
     let storage = Arc::new(Storage::new(config).map_err(|e| e.to_string())?);
     let fs = {
         let _guard = runtime.enter();
@@ -209,31 +209,6 @@ fn serve(
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("FUSE session ended with an error: {e}")),
         Err(_) => Err("the FUSE session thread panicked".into()),
-    }
-}
-
-/// Lets the daemon keep more files open (the soft limit raised toward the hard one, up to 65,536, as services
-/// commonly do): the disk cache keeps block files open for random reads, within a quarter of the limit.
-fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct they are given.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return;
-        }
-        let wanted = limit.rlim_max.min(1 << 16);
-        if limit.rlim_cur < wanted {
-            limit.rlim_cur = wanted;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                tracing::debug!(
-                    "cannot raise the open-file limit: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
-        }
     }
 }
 

@@ -188,11 +188,7 @@ impl Inodes {
     pub fn unlink(&self, path: &str) {
         let mut t = self.inner.lock().unwrap();
         t.mark(path);
-        if let Some(ino) = t.by_path.remove(path) {
-            if let Some(node) = t.by_ino.get_mut(&ino) {
-                node.seen = None;
-            }
-        }
+        t.drop_name(path);
     }
 
     /// `rmdir`: the directory's name, and any name still known below it, leave the table, so a directory made
@@ -209,11 +205,7 @@ impl Inodes {
             .cloned()
             .collect();
         for name in names {
-            if let Some(ino) = t.by_path.remove(&name) {
-                if let Some(node) = t.by_ino.get_mut(&ino) {
-                    node.seen = None;
-                }
-            }
+            t.drop_name(&name);
         }
     }
 
@@ -254,6 +246,17 @@ impl Inodes {
         t.mark(path);
         if let Some(ino) = t.by_path.get(path).copied() {
             if let Some(node) = t.by_ino.get_mut(&ino) {
+                node.seen = None;
+            }
+        }
+    }
+}
+
+impl Table {
+    /// `path` leaves the name map; its number stays (unseen) for the handles still open on it.
+    fn drop_name(&mut self, path: &str) {
+        if let Some(ino) = self.by_path.remove(path) {
+            if let Some(node) = self.by_ino.get_mut(&ino) {
                 node.seen = None;
             }
         }
