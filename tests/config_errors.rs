@@ -243,6 +243,11 @@ fn bad_configs_get_exact_messages() {
             "/etc/zmount/mount.toml: settings.mount.threads: must be from 1 to 64; got 0",
         ),
         (
+            "a listing page larger than providers send",
+            format!("[settings.mount]\nlist_page = 5000\n{GOOD_PROVIDERS}"),
+            "/etc/zmount/mount.toml: settings.mount.list_page: must be from 1 to 1000; got 5000",
+        ),
+        (
             "a mode that is not permission bits",
             format!("[settings.mount]\nfile_mode = 99999\n{GOOD_PROVIDERS}"),
             "/etc/zmount/mount.toml: settings.mount.file_mode: must be permission bits, at most 0o7777 (4095); got 99999 (write it as 0o644)",

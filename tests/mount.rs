@@ -19,7 +19,8 @@ for_each_provider!(
     writes_are_refused_read_only,
     one_gib_object_reads_back_intact,
     a_second_program_reads_from_the_kernel_cache_until_the_file_changes,
-    a_file_read_at_random_is_fetched_whole_in_the_background;
+    a_file_read_at_random_is_fetched_whole_in_the_background,
+    a_listing_of_many_pages_shows_each_name_once;
     writes: a_run_of_lookups_in_a_directory_costs_one_listing,
 );
 
@@ -732,4 +733,125 @@ async fn a_directory_hides_a_file_of_the_same_name_and_inodes_are_stable() {
             .ino();
         assert_eq!(again, ino, "same inode after the provider was asked again");
     }
+}
+
+/// Seeds directory `dir` with a listing of many pages (at 100 entries a page) and returns the names a listing of it
+/// must show, each once, sorted: 1,100 small files (more than a listing asks for their type, so its pages are
+/// handed out as they arrive), a file `x` followed by 150 names that sort between it and the folder `x/` (which
+/// comes pages later and wins over the file of its name; a local folder gets the folder only), and `y`.
+async fn seed_pages(ctx: &common::Ctx, dir: &str) -> Vec<String> {
+    use futures::StreamExt;
+    let mut names: Vec<String> = (0..1100).map(|i| format!("a{i:04}")).collect();
+    names.push("x".into());
+    names.extend((0..150).map(|i| format!("x-{i:03}")));
+    names.push("y".into());
+    let mut keys: Vec<String> = names.iter().map(|n| format!("{dir}/{n}")).collect();
+    if ctx.case == Case::Local {
+        keys.retain(|k| *k != format!("{dir}/x")); // a folder cannot hold a file and a folder of one name
+    }
+    keys.push(format!("{dir}/x/inner"));
+    futures::stream::iter(&keys)
+        .map(|key| ctx.seed(key, b"abc"))
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+    names.sort();
+    names
+}
+
+/// The names `readdir` gives for `dir`, in its order, or the error that ended it.
+fn read_names(dir: &Path) -> std::io::Result<Vec<String>> {
+    std::fs::read_dir(dir)?
+        .map(|entry| entry.map(|e| e.file_name().into_string().unwrap()))
+        .collect()
+}
+
+async fn a_listing_of_many_pages_shows_each_name_once(case: Case) {
+    let (ctx, mount) = mount_tuned(
+        case,
+        "pages",
+        |c| c.setting("mount.list_page", 100),
+        |r| r,
+        &[],
+    );
+    let expected = seed_pages(&ctx, "d").await;
+    let dir = mount.path("d");
+    // A directory closed after its first entries: the listing stops, and what it got is not kept as the listing.
+    let first: Vec<_> = std::fs::read_dir(&dir).unwrap().take(5).collect();
+    assert_eq!(first.len(), 5, "{case:?}");
+    for round in ["first", "kept for the TTL"] {
+        let mut names = read_names(&dir).unwrap();
+        names.sort();
+        let twice: Vec<_> = names.windows(2).filter(|w| w[0] == w[1]).collect();
+        assert!(twice.is_empty(), "{case:?} {round}: given twice: {twice:?}");
+        assert_eq!(names.len(), expected.len(), "{case:?} {round}");
+        assert!(names == expected, "{case:?} {round}: the names differ");
+    }
+    let x = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(Result::unwrap)
+        .find(|e| e.file_name() == "x")
+        .unwrap();
+    assert!(
+        x.file_type().unwrap().is_dir(),
+        "{case:?}: the folder wins over the file `x`"
+    );
+    assert!(
+        std::fs::metadata(mount.path("d/x")).unwrap().is_dir(),
+        "{case:?}"
+    );
+    let listing = run("ls", &["-l", dir.to_str().unwrap()]);
+    assert_eq!(
+        listing.lines().filter(|l| l.starts_with('-')).count(),
+        expected.len() - 1,
+        "{case:?}"
+    );
+    assert_eq!(
+        listing.lines().filter(|l| l.starts_with('d')).count(),
+        1,
+        "{case:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_that_fails_midway_is_an_error_not_a_short_listing() {
+    let ctx = common::Ctx::new(Case::S3, "midway");
+    let expected = seed_pages(&ctx, "d").await;
+    let (name, dir) = (&ctx.provider.name, ctx.dir.path());
+    let real = common::ProviderTable::new(Case::S3, name, &ctx.provider.prefix, dir);
+    let (proxy, via_proxy) = real.behind_proxy();
+    let config = ConfigBuilder::new(&dir.join("c"))
+        .setting("retry.attempts", 1)
+        .setting("mount.list_page", 100)
+        .provider_table(&via_proxy)
+        .default_route(RouteBuilder::to(name));
+    let mount = Mount::start(dir, &config);
+    let dir = mount.path("d");
+    assert!(std::fs::metadata(&dir).unwrap().is_dir());
+    // The twelfth page fails: the first eleven were given (the listing hands them out once it has more small
+    // objects than it asks about), the rest must not look like the end of the directory.
+    proxy.set(common::proxy::Fault::Fail503ListingsAfter(11));
+    let mut given = 0;
+    let err = std::fs::read_dir(&dir)
+        .unwrap()
+        .find_map(|entry| match entry {
+            Ok(_) => {
+                given += 1;
+                None
+            }
+            Err(e) => Some(e),
+        })
+        .expect("readdir fails where the listing failed");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        given > 0 && given < expected.len(),
+        "{given} entries before the error"
+    );
+    proxy.set(common::proxy::Fault::None);
+    let mut names = read_names(&dir).unwrap();
+    names.sort();
+    assert!(
+        names == expected,
+        "a failed listing is not kept: listed again, whole"
+    );
 }

@@ -137,6 +137,7 @@ impl Config {
                 100,
             ),
             ("settings.mount.threads", m.threads, 64),
+            ("settings.mount.list_page", m.list_page, 1000),
         ];
         for (key, value, max) in counts {
             if value == 0 || value > max {

@@ -19,6 +19,7 @@ mod namespace;
 mod write_ops;
 pub mod xattr;
 
+pub use dir::DirPage;
 pub use write_ops::DIR_MARKER;
 
 use crate::cache::{disk::DiskCache, BlockCache};
@@ -80,7 +81,7 @@ enum Handle {
         opener: u32,
     },
     Dir {
-        entries: Arc<Vec<DirEntry>>,
+        listing: dir::DirListing,
     },
 }
 

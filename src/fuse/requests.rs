@@ -1,11 +1,13 @@
 //! Each FUSE request translated into a call on the filesystem core, spawned on the runtime where it may wait,
 //! and replied to from there.
 
+use super::listing::dir_reply;
 use super::{
     empty_reply, entry_reply, errno, file_attr, file_type, kernel, name_or_reply, process_of, utf8,
     FuseAdapter,
 };
 use crate::fs::posix::Posix;
+use crate::fs::DirEntry;
 use fuser::{
     Errno, FileHandle, FopenFlags, Generation, INodeNo, OpenFlags, ReplyAttr, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
@@ -50,23 +52,22 @@ impl fuser::Filesystem for FuseAdapter {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(ino.0, fh.0, offset) {
-            Ok(entries) => {
-                for (next, entry) in entries {
-                    if reply.add(
-                        INodeNo(entry.attr.ino),
-                        next,
-                        file_type(entry.attr.kind),
-                        &entry.name,
-                    ) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
-            Err(e) => reply.error(errno("readdir", &e)),
+        let add = |reply: &mut ReplyDirectory, next, entry: DirEntry| {
+            reply.add(
+                INodeNo(entry.attr.ino),
+                next,
+                file_type(entry.attr.kind),
+                &entry.name,
+            )
+        };
+        match self.fs.readdir_now(ino.0, fh.0, offset) {
+            Ok(Some(page)) => dir_reply(reply, Ok(page), add),
+            Ok(None) => self.spawn(move |fs| async move {
+                dir_reply(reply, fs.readdir(ino.0, fh.0, offset).await, add)
+            }),
+            Err(e) => dir_reply(reply, Err(e), add),
         }
     }
 
@@ -76,27 +77,26 @@ impl fuser::Filesystem for FuseAdapter {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
-        match self.fs.readdir(ino.0, fh.0, offset) {
-            Ok(entries) => {
-                let ttl = self.fs.attr_ttl();
-                for (next, entry) in entries {
-                    let attr = file_attr(&entry.attr);
-                    if reply.add(
-                        INodeNo(entry.attr.ino),
-                        next,
-                        &entry.name,
-                        &ttl,
-                        &attr,
-                        Generation(0),
-                    ) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
-            Err(e) => reply.error(errno("readdirplus", &e)),
+        let ttl = self.fs.attr_ttl();
+        let add = move |reply: &mut ReplyDirectoryPlus, next, entry: DirEntry| {
+            let attr = file_attr(&entry.attr);
+            reply.add(
+                INodeNo(entry.attr.ino),
+                next,
+                &entry.name,
+                &ttl,
+                &attr,
+                Generation(0),
+            )
+        };
+        match self.fs.readdir_now(ino.0, fh.0, offset) {
+            Ok(Some(page)) => dir_reply(reply, Ok(page), add),
+            Ok(None) => self.spawn(move |fs| async move {
+                dir_reply(reply, fs.readdir(ino.0, fh.0, offset).await, add)
+            }),
+            Err(e) => dir_reply(reply, Err(e), add),
         }
     }
 

@@ -8,6 +8,7 @@
 //! paginated listings (S3, GCS, Azure) can do this; a local folder never fails this way (its listing skips such
 //! names itself).
 
+use super::guard::GuardedPages;
 use super::{Provider, ProviderClient};
 use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::path::Path;
@@ -29,9 +30,117 @@ pub async fn list_dir(
     match (&first, client.pages()) {
         (Err(object_store::Error::InvalidPath { source }), Some(paged)) => {
             report(client.provider(), &odd_key(source));
-            list_around_odd_keys(client.provider(), &paged, key).await
+            list_around_odd_keys(client.provider(), &paged, key, None).await
         }
         _ => first,
+    }
+}
+
+/// One directory level of a provider page by page, in key order, for a listing handed out as it arrives. An odd
+/// key in a page turns the rest of the listing into one last page taken around odd keys (as [`list_dir`] does).
+pub struct DirPages<'a> {
+    client: &'a ProviderClient<'a>,
+    paged: GuardedPages,
+    key: Option<Path>,
+    page_size: usize,
+    token: Option<String>,
+    /// Where the listing has got to: every later key sorts after it (what a start key would be).
+    reached: Option<String>,
+    done: bool,
+}
+
+/// One page of a [`DirPages`] listing.
+pub struct Page {
+    pub result: ListResult,
+    /// The raw key every key of later pages sorts after (a folder's `KEY/`); None on the last page.
+    pub through: Option<String>,
+}
+
+impl<'a> DirPages<'a> {
+    /// Pages of the entries directly under `key` (the whole bucket for None), `page_size` entries each at most;
+    /// None where the provider has no paginated listings (a local folder).
+    pub fn new(
+        client: &'a ProviderClient<'a>,
+        key: Option<Path>,
+        page_size: usize,
+    ) -> Option<Self> {
+        Some(DirPages {
+            paged: client.pages()?,
+            client,
+            key,
+            page_size: page_size.clamp(1, PAGE),
+            token: None,
+            reached: None,
+            done: false,
+        })
+    }
+
+    /// The next page; None once the listing has ended (a directory the provider does not have is empty).
+    pub async fn next(&mut self) -> object_store::Result<Option<Page>> {
+        if self.done {
+            return Ok(None);
+        }
+        let prefix = self.key.as_ref().map(|k| format!("{}/", k.as_ref()));
+        let opts = PaginatedListOptions {
+            delimiter: Some("/".into()),
+            max_keys: Some(self.page_size),
+            page_token: self.token.take(),
+            ..Default::default()
+        };
+        match self.paged.list_paginated(prefix.as_deref(), opts).await {
+            Ok(listed) => {
+                let keys = listed
+                    .result
+                    .objects
+                    .iter()
+                    .map(|m| m.location.as_ref().to_string());
+                let folders = listed
+                    .result
+                    .common_prefixes
+                    .iter()
+                    .map(|p| format!("{}/", p.as_ref()));
+                let last = keys.chain(folders).max();
+                self.reached =
+                    self.reached
+                        .take()
+                        .max(last.clone().map(|l| match l.ends_with('/') {
+                            true => past(&l),
+                            false => l,
+                        }));
+                self.token = listed.page_token;
+                self.done = self.token.is_none();
+                let through = if self.done {
+                    None
+                } else {
+                    last.or_else(|| self.reached.clone())
+                };
+                Ok(Some(Page {
+                    result: listed.result,
+                    through,
+                }))
+            }
+            Err(object_store::Error::InvalidPath { source }) => {
+                report(self.client.provider(), &odd_key(&source));
+                self.done = true;
+                let reached = self.reached.take();
+                let rest = list_around_odd_keys(
+                    self.client.provider(),
+                    &self.paged,
+                    self.key.as_ref(),
+                    reached,
+                )
+                .await?;
+                Ok(Some(Page {
+                    result: rest,
+                    through: None,
+                }))
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                self.done = true;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -99,15 +208,16 @@ fn past(key: &str) -> String {
     format!("{key}{}", char::MAX)
 }
 
+/// The rest of a listing from `offset` on (from the start for None), page by page around odd keys.
 async fn list_around_odd_keys(
     provider: &Provider,
     paged: &dyn PaginatedListStore,
     key: Option<&Path>,
+    mut offset: Option<String>,
 ) -> object_store::Result<ListResult> {
     let prefix = key.map(|k| format!("{}/", k.as_ref()));
     let mut objects: BTreeMap<String, ObjectMeta> = BTreeMap::new();
     let mut prefixes: BTreeMap<String, Path> = BTreeMap::new();
-    let mut offset: Option<String> = None;
     let mut page = PAGE;
     let mut skipped: Option<String> = None;
     for _ in 0..MAX_PAGES {

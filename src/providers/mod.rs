@@ -237,6 +237,12 @@ impl Provider {
 
     const KEY_MAX: usize = 1024;
 
+    /// Whether listings of this provider come page by page (S3, GCS, Azure; not a local folder), so that a
+    /// listing can be handed out as it arrives (see [`listing::DirPages`]).
+    pub fn lists_in_pages(&self) -> bool {
+        self.paginated.is_some()
+    }
+
     /// Whether `path` is stored under a key spelled as the path is: one that no key can hold as it is (a control
     /// character) is percent-encoded by [`Provider::key_for`], and listings then show it encoded.
     pub fn key_is_verbatim(path: &str) -> bool {

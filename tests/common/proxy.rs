@@ -33,6 +33,9 @@ pub enum Fault {
     /// Forward listings (S3 `GET ...?list-type=`) but keep each answer, as the server gave it, until
     /// [`Proxy::release`]: an answer that is older than what happened meanwhile. Everything else is forwarded.
     HoldListings,
+    /// Forward this many listings (S3 `GET ...?list-type=`, counted from when the fault is set), then answer
+    /// `503 Service Unavailable` to every later one. Everything else is forwarded.
+    Fail503ListingsAfter(u64),
 }
 
 pub struct Proxy {
@@ -43,6 +46,8 @@ pub struct Proxy {
     pub requests: Arc<AtomicU64>,
     pub injected: Arc<AtomicU64>,
     held: Held,
+    /// Listings seen since the fault was last set.
+    listings: Arc<AtomicU64>,
 }
 
 /// Listing answers held (count) and whether they may go (see [`Fault::HoldListings`]).
@@ -59,6 +64,7 @@ impl Proxy {
             requests: Arc::default(),
             injected: Arc::default(),
             held: Arc::default(),
+            listings: Arc::default(),
         };
         let shared = Shared {
             fault: proxy.fault.clone(),
@@ -66,6 +72,7 @@ impl Proxy {
             requests: proxy.requests.clone(),
             injected: proxy.injected.clone(),
             held: proxy.held.clone(),
+            listings: proxy.listings.clone(),
             target: target.to_string(),
         };
         std::thread::spawn(move || {
@@ -83,6 +90,7 @@ impl Proxy {
     }
 
     pub fn set(&self, fault: Fault) {
+        self.listings.store(0, Ordering::SeqCst);
         *self.fault.lock().unwrap() = fault;
         if matches!(fault, Fault::Refuse | Fault::None) {
             // A dead server drops its connections; a recovered one starts afresh (stalled requests end too).
@@ -125,6 +133,7 @@ struct Shared {
     requests: Arc<AtomicU64>,
     injected: Arc<AtomicU64>,
     held: Held,
+    listings: Arc<AtomicU64>,
     target: String,
 }
 
@@ -178,6 +187,16 @@ impl Shared {
             Fault::Fail503Random(one_in) if one_in > 0 && random(n).is_multiple_of(one_in) => {
                 self.injected.fetch_add(1, Ordering::SeqCst);
                 drain_body(&mut client, &head, rest.len());
+                let _ = client.write_all(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                let _ = client.shutdown(Shutdown::Both);
+            }
+            Fault::Fail503ListingsAfter(forwarded)
+                if is_listing(&head)
+                    && self.listings.fetch_add(1, Ordering::SeqCst) >= forwarded =>
+            {
+                self.injected.fetch_add(1, Ordering::SeqCst);
                 let _ = client.write_all(
                     b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                 );

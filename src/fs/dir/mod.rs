@@ -4,13 +4,17 @@
 //! This file holds the merged listing and the open directory; `ask` asks the providers.
 
 mod ask;
+mod stream;
 
 use super::*;
 pub(super) use ask::{ask_each, list_one, Asked, Outcome};
+pub(crate) use stream::DirListing;
+use stream::Progress;
 
 impl Filesystem {
-    /// Opens a directory: its listing is taken now and served to readdir from this snapshot.
-    pub async fn opendir(&self, ino: Ino) -> FsResult<u64> {
+    /// Opens a directory: its listing is taken now, or streamed from now on (see `stream`), and served to
+    /// readdir from this snapshot.
+    pub async fn opendir(self: &Arc<Self>, ino: Ino) -> FsResult<u64> {
         let (path, entry, _) = self.path_of(ino)?;
         if entry.kind != Kind::Dir {
             return Err(FsError::NotADirectory);
@@ -18,6 +22,9 @@ impl Filesystem {
         let entries = match self.listings.get(&path) {
             Some(entries) => entries,
             None => {
+                if let Some(streamed) = self.stream_dir(&path).await {
+                    return Ok(self.add_handle(ino, Handle::Dir { listing: streamed? }));
+                }
                 let asked = self.inodes.clock();
                 let (entries, partial, _) = self.list_dir(&path, Heads::Small).await?;
                 let entries = Arc::new(entries);
@@ -31,7 +38,8 @@ impl Filesystem {
             }
         };
         let entries = self.with_staged(&path, entries);
-        Ok(self.add_handle(ino, Handle::Dir { entries }))
+        let (_, listing) = tokio::sync::watch::channel(Progress::whole(entries));
+        Ok(self.add_handle(ino, Handle::Dir { listing }))
     }
 
     /// A listing of `dir` with the files written here as they are now (a cached listing may be older than
@@ -63,11 +71,30 @@ impl Filesystem {
 
     /// Entries of an open directory from position `offset` on ("." and ".." included), each with the offset of
     /// the next; produced as they are taken (the kernel takes a few dozen per call from listings of thousands).
-    pub fn readdir(&self, ino: Ino, fh: u64, offset: u64) -> FsResult<DirPage> {
+    /// None: the listing has not got there yet (see [`Filesystem::readdir`]).
+    pub fn readdir_now(&self, ino: Ino, fh: u64, offset: u64) -> FsResult<Option<DirPage>> {
         let handle = self.handle(fh)?;
-        let Handle::Dir { entries } = &*handle else {
+        let Handle::Dir { listing } = &*handle else {
             return Err(FsError::NotADirectory);
         };
+        let progress = listing.borrow().clone();
+        if !progress.answers(offset as usize) {
+            return Ok(None);
+        }
+        self.dir_page(ino, offset, progress.at(offset)?).map(Some)
+    }
+
+    /// [`Filesystem::readdir_now`], waiting for a streamed listing to get to `offset`.
+    pub async fn readdir(&self, ino: Ino, fh: u64, offset: u64) -> FsResult<DirPage> {
+        let handle = self.handle(fh)?;
+        let Handle::Dir { listing } = &*handle else {
+            return Err(FsError::NotADirectory);
+        };
+        let progress = Self::listing_at(listing, offset).await?;
+        self.dir_page(ino, offset, progress)
+    }
+
+    fn dir_page(&self, ino: Ino, offset: u64, progress: Progress) -> FsResult<DirPage> {
         let (path, entry, _) = self.path_of(ino)?;
         let parent_ino = self.parent_ino(&path);
         let parent_entry = Entry::dir(self.mounted_at);
@@ -78,7 +105,7 @@ impl Filesystem {
             });
         Ok(DirPage {
             dots,
-            entries: entries.clone(),
+            progress,
             next: offset as usize,
         })
     }
@@ -108,48 +135,96 @@ impl Filesystem {
         let listings = self.ask_all(path, &providers, list, |_| false).await;
         let mut outcome = Outcome::of(&providers, listings)?;
         let partial = self.check_covered(path, &mut outcome)?;
-        let router = self.storage.router();
-        let mut dirs: BTreeMap<String, Entry> = BTreeMap::new();
-        // Files: each name from the provider that ranks first for it in read order.
-        let mut files: BTreeMap<String, (usize, Entry)> = BTreeMap::new();
+        let mut gathered = Gathered::default();
         for (listing, provider) in outcome.answered {
-            for sub in listing.common_prefixes {
-                let Some(child) = provider.path_of(&sub) else {
-                    continue;
-                };
-                if router
-                    .providers_under(&child)
-                    .contains(&provider.name.as_str())
-                {
-                    dirs.insert(child, Entry::dir(self.mounted_at));
-                }
-            }
-            for meta in listing.objects {
-                let Some(child) = provider.path_of(&meta.location) else {
-                    continue;
-                };
-                let marker = child.rsplit('/').next() == Some(DIR_MARKER);
-                if marker || child == path {
-                    continue;
-                }
-                let Some(rank) = self.storage.read_rank(&child, &provider.name) else {
-                    continue; // no route sends this name to this provider
-                };
-                if files.get(&child).is_none_or(|(r, _)| rank < *r) {
-                    let entry = Entry {
-                        kind: Kind::File,
-                        size: meta.size,
-                        mtime: meta.last_modified.into(),
-                        etag: meta.e_tag.or(meta.version),
-                        posix: None,
-                        source: Some(provider.name.clone()),
-                    };
-                    files.insert(child, (rank, entry));
+            self.gather(path, listing, provider, &mut gathered);
+        }
+        let (mut dirs, unasked) = self.settle(gathered, heads).await;
+        // Names made here while the listing was asked (a write-back upload published meanwhile): the listing may
+        // lack them.
+        for child in self.inodes.changed_in(path, asked) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = dirs.entry(child) {
+                if let Some((_, entry)) = self.current(slot.key()) {
+                    slot.insert(entry);
                 }
             }
         }
+        // Files written here: what they are now, also before their first upload.
+        let mut written = HashSet::new();
+        for (child, staged) in self.uploads.children(path) {
+            let known = dirs.remove(&child);
+            if known.as_ref().is_some_and(|e| e.kind == Kind::Dir) {
+                dirs.insert(child, known.unwrap());
+                continue;
+            }
+            dirs.insert(child.clone(), Self::staged_entry(&staged, known));
+            written.insert(child);
+        }
+        let entries = self.record_listing(path, dirs, &written, asked);
+        Ok((entries, partial, unasked))
+    }
+
+    /// Adds one provider's answer about directory `path` to `into`: its folders, and each file from the provider
+    /// that ranks first for it in read order.
+    pub(super) fn gather(
+        &self,
+        path: &str,
+        listing: ListResult,
+        provider: &Arc<Provider>,
+        into: &mut Gathered,
+    ) {
+        let router = self.storage.router();
+        let Gathered { dirs, files } = into;
+        for sub in listing.common_prefixes {
+            let Some(child) = provider.path_of(&sub) else {
+                continue;
+            };
+            if router
+                .providers_under(&child)
+                .contains(&provider.name.as_str())
+            {
+                dirs.insert(child, Entry::dir(self.mounted_at));
+            }
+        }
+        for meta in listing.objects {
+            let Some(child) = provider.path_of(&meta.location) else {
+                continue;
+            };
+            let marker = child.rsplit('/').next() == Some(DIR_MARKER);
+            if marker || child == path {
+                continue;
+            }
+            let Some(rank) = self.storage.read_rank(&child, &provider.name) else {
+                continue; // no route sends this name to this provider
+            };
+            if files.get(&child).is_none_or(|(r, _)| rank < *r) {
+                let entry = Entry {
+                    kind: Kind::File,
+                    size: meta.size,
+                    mtime: meta.last_modified.into(),
+                    etag: meta.e_tag.or(meta.version),
+                    posix: None,
+                    source: Some(provider.name.clone()),
+                };
+                files.insert(child, (rank, entry));
+            }
+        }
+    }
+
+    /// Asks what a listing cannot say (folders' stored attributes; files' types and attributes, as `heads`
+    /// says) and merges folders and files, a folder winning over a file of the same name. Also returns the files
+    /// not asked for their attributes.
+    pub(super) async fn settle(
+        &self,
+        gathered: Gathered,
+        heads: Heads,
+    ) -> (BTreeMap<String, Entry>, HashSet<String>) {
         // Subdirectories: their mode, owner and times are on their markers, which a listing does not show (the
         // kernel takes a listing's attributes as the truth). Asked once per directory this mount has not seen.
+        let Gathered {
+            mut dirs,
+            mut files,
+        } = gathered;
         let unknown: Vec<String> = dirs
             .keys()
             .filter(|d| {
@@ -175,7 +250,7 @@ impl Filesystem {
         // looked up by name.
         // A listing taken for lookups asks every file it has not seen (up to LISTED_HEADS), as a lookup by name
         // would have.
-        let unseen: Vec<(&String, u64)> = files
+        let mut unseen: Vec<(&String, u64)> = files
             .iter()
             .filter(|(child, (_, listed))| {
                 let known = self.inodes.known_version(child);
@@ -183,6 +258,9 @@ impl Filesystem {
             })
             .map(|(child, (_, listed))| (child, listed.size))
             .collect();
+        if heads == Heads::Folders {
+            unseen.clear();
+        }
         let only_small = heads == Heads::Small || unseen.len() > LISTED_HEADS;
         let mut small: Vec<&String> = unseen
             .iter()
@@ -191,7 +269,7 @@ impl Filesystem {
             .collect();
         if small.len() > SMALL_HEADS {
             tracing::debug!(
-                "{path:?}: {} small objects not asked for their type (more than {SMALL_HEADS})",
+                "{} small objects not asked for their type (more than {SMALL_HEADS})",
                 small.len()
             );
             small.clear();
@@ -213,26 +291,18 @@ impl Filesystem {
         for (child, (_, entry)) in files {
             dirs.entry(child).or_insert(entry); // a directory wins over a file of the same name
         }
-        // Names made here while the listing was asked (a write-back upload published meanwhile): the listing may
-        // lack them.
-        for child in self.inodes.changed_in(path, asked) {
-            if let std::collections::btree_map::Entry::Vacant(slot) = dirs.entry(child) {
-                if let Some((_, entry)) = self.current(slot.key()) {
-                    slot.insert(entry);
-                }
-            }
-        }
-        // Files written here: what they are now, also before their first upload.
-        let mut written = HashSet::new();
-        for (child, staged) in self.uploads.children(path) {
-            let known = dirs.remove(&child);
-            if known.as_ref().is_some_and(|e| e.kind == Kind::Dir) {
-                dirs.insert(child, known.unwrap());
-                continue;
-            }
-            dirs.insert(child.clone(), Self::staged_entry(&staged, known));
-            written.insert(child);
-        }
+        (dirs, unasked)
+    }
+
+    /// Records a listing's entries of directory `path` (asked at `asked`; `written`: files written here, shown
+    /// as they are now) and returns them as the kernel is given them.
+    pub(super) fn record_listing(
+        &self,
+        path: &str,
+        dirs: BTreeMap<String, Entry>,
+        written: &HashSet<String>,
+        asked: inode::Asked,
+    ) -> Vec<DirEntry> {
         let (shown, listed): (Vec<_>, Vec<_>) = dirs
             .into_iter()
             .filter(|(child, _)| is_within(child, path))
@@ -270,7 +340,7 @@ impl Filesystem {
         if !written.is_empty() {
             entries.sort_by(|a, b| a.name.cmp(&b.name));
         }
-        Ok((entries, partial, unasked))
+        entries
     }
 }
 
@@ -278,7 +348,7 @@ impl Filesystem {
 /// they are taken.
 pub struct DirPage {
     dots: [DirEntry; 2],
-    entries: Arc<Vec<DirEntry>>,
+    progress: Progress,
     next: usize,
 }
 
@@ -289,7 +359,7 @@ impl Iterator for DirPage {
         let at = self.next;
         let entry = match at {
             0 | 1 => self.dots[at].clone(),
-            _ => self.entries.get(at - 2)?.clone(),
+            _ => self.progress.get(at - 2)?.clone(),
         };
         self.next += 1;
         Some((at as u64 + 1, entry))
@@ -320,6 +390,16 @@ pub(super) const LISTED_MAX: usize = 5000;
 pub(super) enum Heads {
     Small,
     All,
+    /// Only folders: a streamed listing of more small objects than [`SMALL_HEADS`] (see `stream`).
+    Folders,
+}
+
+/// A listing's folders and files before they are asked about and merged (see [`Filesystem::settle`]).
+#[derive(Default)]
+pub(super) struct Gathered {
+    pub(super) dirs: BTreeMap<String, Entry>,
+    /// Files: each name with the read rank of the provider it was taken from.
+    pub(super) files: BTreeMap<String, (usize, Entry)>,
 }
 
 /// The marker object of directory `path` (the root's is routed like a file `.zmount-dir` at the top).

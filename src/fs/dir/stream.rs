@@ -1,0 +1,243 @@
+//! Listings handed to `readdir` as their pages arrive, for a directory held by one provider with paginated
+//! listings: the kernel and the program reading the directory (`ls -l` of 10,000 objects) work on the first pages
+//! while the later ones are asked, and each page is asked while the one before it is recorded.
+//!
+//! A streamed listing shows what a whole one ([`Filesystem::list_dir`]) would:
+//! - A file is held back until the listing has passed the key a folder of the same name would have (`NAME/`
+//!   sorts after `NAME` and after `NAME-x`), since a folder wins over a file of its name. Each name is given once.
+//! - Small objects are asked for their type only in a listing with at most [`SMALL_HEADS`] unseen ones: pages
+//!   are held until the listing has more than that (then none is asked, as in a whole listing) or has ended (then
+//!   it is settled as a whole listing is).
+//! - Names made here while it was listed, and files written here meanwhile, come last. A directory holding files
+//!   written here when it is opened is listed whole (they are merged in name order).
+//! - A page that fails ends the listing with that error at the offset `readdir` has reached: a listing never ends
+//!   early in silence. Only a listing that ran to its end is kept for the TTL (sorted by name, as whole ones are).
+//! - Nothing reads it once its directory handle is closed: the listing stops asking.
+
+use super::*;
+use crate::providers::listing::{DirPages, Page};
+use object_store::ObjectMeta;
+use tokio::sync::watch;
+
+/// An open directory's entries as far as its listing has got, and how the listing ended.
+#[derive(Clone, Default)]
+pub(crate) struct Progress {
+    chunks: Vec<Arc<Vec<DirEntry>>>,
+    len: usize,
+    end: Option<Result<(), Arc<FsError>>>,
+}
+
+impl Progress {
+    /// A listing taken whole.
+    pub(crate) fn whole(entries: Arc<Vec<DirEntry>>) -> Self {
+        Progress {
+            len: entries.len(),
+            chunks: vec![entries],
+            end: Some(Ok(())),
+        }
+    }
+
+    /// Whether `readdir` at `offset` can be answered: an entry is there, or the listing has ended.
+    pub(super) fn answers(&self, offset: usize) -> bool {
+        self.len + 2 > offset || self.end.is_some()
+    }
+
+    /// Entry `at` (0: the first after "." and "..").
+    pub(super) fn get(&self, mut at: usize) -> Option<&DirEntry> {
+        for chunk in &self.chunks {
+            if at < chunk.len() {
+                return Some(&chunk[at]);
+            }
+            at -= chunk.len();
+        }
+        None
+    }
+}
+
+/// The listing an open directory reads from.
+pub(crate) type DirListing = watch::Receiver<Progress>;
+
+/// Where a streamed listing stands between pages.
+struct Stream<'a> {
+    path: &'a str,
+    provider: &'a Arc<Provider>,
+    asked: inode::Asked,
+    /// Files not handed out yet because a folder of their name may follow.
+    pending: Vec<ObjectMeta>,
+    /// What is held until the listing knows whether it asks small objects for their type.
+    held: Gathered,
+    /// Small objects this mount has not seen, so far.
+    small: usize,
+    given: HashSet<String>,
+    all: Vec<DirEntry>,
+}
+
+impl Filesystem {
+    /// A listing of directory `path` that `readdir` reads as its pages arrive, once its first entries are there
+    /// (or it has ended); None where a directory is listed whole (several providers, a local folder, files
+    /// written here waiting in it).
+    pub(super) async fn stream_dir(self: &Arc<Self>, path: &str) -> Option<FsResult<DirListing>> {
+        let providers = self.providers_under(path);
+        let [provider] = &providers[..] else {
+            return None;
+        };
+        if !provider.lists_in_pages() || !self.uploads.children(path).is_empty() {
+            return None;
+        }
+        let (tx, mut rx) = watch::channel(Progress::default());
+        let (fs, provider, path) = (self.clone(), provider.clone(), path.to_string());
+        tokio::spawn(async move {
+            let ended = fs.stream_pages(&path, &provider, &tx).await;
+            tx.send_modify(|p| p.end = Some(ended.map_err(Arc::new)));
+        });
+        let first = rx.wait_for(|p| p.answers(2)).await.ok()?.clone();
+        match first.end {
+            Some(Err(e)) if first.len == 0 => Some(Err(FsError::Shared(e))),
+            _ => Some(Ok(rx)),
+        }
+    }
+
+    async fn stream_pages(
+        &self,
+        path: &str,
+        provider: &Arc<Provider>,
+        tx: &watch::Sender<Progress>,
+    ) -> FsResult<()> {
+        let asked = self.inodes.clock();
+        let client = provider.client(self.dir_attempts(path, provider));
+        let page_size = self.settings.list_page as usize;
+        let fail = |e| FsError::Storage(StorageError::from_store(provider, path, e));
+        let mut pages = DirPages::new(&client, provider.listing_key(path), page_size)
+            .ok_or_else(|| FsError::NotSupported("paginated listing".into()))?;
+        let mut stream = Stream {
+            path,
+            provider,
+            asked,
+            pending: Vec::new(),
+            held: Gathered::default(),
+            small: 0,
+            given: HashSet::new(),
+            all: Vec::new(),
+        };
+        let mut page = pages.next().await.map_err(fail)?;
+        while let Some(this) = page {
+            if tx.is_closed() {
+                return Ok(()); // the directory was closed: nobody reads on
+            }
+            // The next page is asked while this one is recorded and handed out.
+            let (next, ()) = tokio::join!(pages.next(), self.take_page(&mut stream, this, tx));
+            page = next.map_err(fail)?;
+        }
+        // Names made here while the listing was asked, and files written here meanwhile, that it did not give.
+        let mut dirs = BTreeMap::new();
+        for child in self.inodes.changed_in(path, asked) {
+            if !stream.given.contains(&child) {
+                if let Some((_, entry)) = self.current(&child) {
+                    dirs.insert(child, entry);
+                }
+            }
+        }
+        let mut written = HashSet::new();
+        for (child, staged) in self.uploads.children(path) {
+            let known = dirs.remove(&child);
+            if stream.given.contains(&child) || known.as_ref().is_some_and(|e| e.kind == Kind::Dir)
+            {
+                if let Some(known) = known {
+                    dirs.insert(child, known);
+                }
+                continue;
+            }
+            dirs.insert(child.clone(), Self::staged_entry(&staged, known));
+            written.insert(child);
+        }
+        let last = self.record_listing(path, dirs, &written, asked);
+        stream.all.extend(last.iter().cloned());
+        if !last.is_empty() {
+            tx.send_modify(|p| p.push(last));
+        }
+        let mut all = stream.all;
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        let all = Arc::new(all);
+        let listings = &self.listings;
+        self.inodes.if_unchanged(path, asked, || {
+            listings.insert(path.to_string(), all);
+        });
+        Ok(())
+    }
+
+    /// Takes one page into the listing and hands out what can be.
+    async fn take_page(&self, stream: &mut Stream<'_>, page: Page, tx: &watch::Sender<Progress>) {
+        let Page { result, through } = page;
+        stream.small += result
+            .objects
+            .iter()
+            .filter(|meta| meta.size < SMALL_OBJECT)
+            .filter(|meta| {
+                stream.provider.path_of(&meta.location).is_none_or(|child| {
+                    let known = self.inodes.known_version(&child);
+                    known.is_none() || known != meta.e_tag.clone().or(meta.version.clone())
+                })
+            })
+            .count();
+        let mut objects = std::mem::take(&mut stream.pending);
+        objects.extend(result.objects);
+        // A file may go once the listing has passed where a folder of its name would be.
+        let (ready, later): (Vec<_>, Vec<_>) = objects.into_iter().partition(|meta| {
+            through
+                .as_ref()
+                .is_none_or(|t| format!("{}/", meta.location.as_ref()) <= *t)
+        });
+        stream.pending = later;
+        let ready = ListResult {
+            common_prefixes: result.common_prefixes,
+            objects: ready,
+            extensions: Default::default(),
+        };
+        self.gather(stream.path, ready, stream.provider, &mut stream.held);
+        let heads = match stream.small > SMALL_HEADS {
+            true => Heads::Folders,
+            false if through.is_none() => Heads::Small,
+            false => return, // whether small objects are asked for their type is not known yet
+        };
+        let (mut dirs, _) = self.settle(std::mem::take(&mut stream.held), heads).await;
+        dirs.retain(|child, _| stream.given.insert(child.clone()));
+        let entries = self.record_listing(stream.path, dirs, &HashSet::new(), stream.asked);
+        if !entries.is_empty() {
+            stream.all.extend(entries.iter().cloned());
+            tx.send_modify(|p| p.push(entries));
+        }
+    }
+
+    /// `readdir` of an open directory at `offset`, once its listing has an entry there or has ended; a listing
+    /// that failed before reaching `offset` fails it.
+    pub(super) async fn listing_at(listing: &DirListing, offset: u64) -> FsResult<Progress> {
+        let mut listing = listing.clone();
+        let offset = offset as usize;
+        let waited = listing
+            .wait_for(|p| p.answers(offset))
+            .await
+            .map(|progress| progress.clone());
+        let progress = waited.unwrap_or_else(|_| listing.borrow().clone());
+        progress.at(offset as u64)
+    }
+}
+
+impl Progress {
+    /// This progress for `readdir` at `offset` (which it answers): a listing that ended in an error, or stopped,
+    /// before it got there fails it.
+    pub(super) fn at(self, offset: u64) -> FsResult<Progress> {
+        match &self.end {
+            _ if self.len + 2 > offset as usize => Ok(self),
+            Some(Ok(())) => Ok(self),
+            Some(Err(e)) => Err(FsError::Shared(e.clone())),
+            None => Err(FsError::Local(std::io::Error::other(
+                "the directory's listing stopped",
+            ))),
+        }
+    }
+
+    fn push(&mut self, entries: Vec<DirEntry>) {
+        self.len += entries.len();
+        self.chunks.push(Arc::new(entries));
+    }
+}
