@@ -140,9 +140,27 @@ impl Filesystem {
             self.gather(path, listing, provider, &mut gathered);
         }
         let (mut dirs, unasked) = self.settle(gathered, heads).await;
+        let written = self.made_here(path, asked, &mut dirs, |_| false);
+        let entries = self.record_listing(path, dirs, &written, asked);
+        Ok((entries, partial, unasked))
+    }
+
+    /// Adds to a listing of `path` (asked at `asked`) the names made here while it was asked (a write-back upload
+    /// published meanwhile: the listing may lack them) and the files written here as they are now (also before
+    /// their first upload), except names `given` already; returns the files written here.
+    pub(super) fn made_here(
+        &self,
+        path: &str,
+        asked: inode::Asked,
+        dirs: &mut BTreeMap<String, Entry>,
+        given: impl Fn(&str) -> bool,
+    ) -> HashSet<String> {
         // Names made here while the listing was asked (a write-back upload published meanwhile): the listing may
         // lack them.
         for child in self.inodes.changed_in(path, asked) {
+            if given(&child) {
+                continue;
+            }
             if let std::collections::btree_map::Entry::Vacant(slot) = dirs.entry(child) {
                 if let Some((_, entry)) = self.current(slot.key()) {
                     slot.insert(entry);
@@ -152,6 +170,9 @@ impl Filesystem {
         // Files written here: what they are now, also before their first upload.
         let mut written = HashSet::new();
         for (child, staged) in self.uploads.children(path) {
+            if given(&child) {
+                continue;
+            }
             let known = dirs.remove(&child);
             if known.as_ref().is_some_and(|e| e.kind == Kind::Dir) {
                 dirs.insert(child, known.unwrap());
@@ -160,8 +181,7 @@ impl Filesystem {
             dirs.insert(child.clone(), Self::staged_entry(&staged, known));
             written.insert(child);
         }
-        let entries = self.record_listing(path, dirs, &written, asked);
-        Ok((entries, partial, unasked))
+        written
     }
 
     /// Adds one provider's answer about directory `path` to `into`: its folders, and each file from the provider

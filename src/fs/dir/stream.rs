@@ -130,26 +130,7 @@ impl Filesystem {
         }
         // Names made here while the listing was asked, and files written here meanwhile, that it did not give.
         let mut dirs = BTreeMap::new();
-        for child in self.inodes.changed_in(path, asked) {
-            if !stream.given.contains(&child) {
-                if let Some((_, entry)) = self.current(&child) {
-                    dirs.insert(child, entry);
-                }
-            }
-        }
-        let mut written = HashSet::new();
-        for (child, staged) in self.uploads.children(path) {
-            let known = dirs.remove(&child);
-            if stream.given.contains(&child) || known.as_ref().is_some_and(|e| e.kind == Kind::Dir)
-            {
-                if let Some(known) = known {
-                    dirs.insert(child, known);
-                }
-                continue;
-            }
-            dirs.insert(child.clone(), Self::staged_entry(&staged, known));
-            written.insert(child);
-        }
+        let written = self.made_here(path, asked, &mut dirs, |child| stream.given.contains(child));
         let last = self.record_listing(path, dirs, &written, asked);
         stream.all.extend(last.iter().cloned());
         if !last.is_empty() {
