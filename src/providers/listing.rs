@@ -89,17 +89,7 @@ impl<'a> DirPages<'a> {
         };
         match self.paged.list_paginated(prefix.as_deref(), opts).await {
             Ok(listed) => {
-                let keys = listed
-                    .result
-                    .objects
-                    .iter()
-                    .map(|m| m.location.as_ref().to_string());
-                let folders = listed
-                    .result
-                    .common_prefixes
-                    .iter()
-                    .map(|p| format!("{}/", p.as_ref()));
-                let last = keys.chain(folders).max();
+                let last = last_key(&listed.result);
                 self.reached =
                     self.reached
                         .take()
@@ -201,6 +191,16 @@ fn report(provider: &Provider, key: &str) {
             key
         );
     }
+}
+
+/// The largest raw key a page shows: an object's key, or a folder's `KEY/`.
+pub fn last_key(page: &ListResult) -> Option<String> {
+    let keys = page.objects.iter().map(|m| m.location.as_ref().to_string());
+    let folders = page
+        .common_prefixes
+        .iter()
+        .map(|p| format!("{}/", p.as_ref()));
+    keys.chain(folders).max()
 }
 
 /// What follows every key starting with `key` (start keys are exclusive, compared byte by byte).

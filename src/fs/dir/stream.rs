@@ -160,15 +160,7 @@ impl Filesystem {
                 })
             })
             .count();
-        let mut objects = std::mem::take(&mut stream.pending);
-        objects.extend(result.objects);
-        // A file may go once the listing has passed where a folder of its name would be.
-        let (ready, later): (Vec<_>, Vec<_>) = objects.into_iter().partition(|meta| {
-            through
-                .as_ref()
-                .is_none_or(|t| format!("{}/", meta.location.as_ref()) <= *t)
-        });
-        stream.pending = later;
+        let ready = release(&mut stream.pending, result.objects, through.as_deref());
         let ready = ListResult {
             common_prefixes: result.common_prefixes,
             objects: ready,
@@ -203,6 +195,23 @@ impl Filesystem {
     }
 }
 
+/// The files of `pending` and `objects` that may be handed out once the listing has passed the raw key `through`
+/// (None: it has ended); the others stay in `pending`. A file may go once the listing has passed where a folder of
+/// its name would be (`NAME/`), since the folder wins over it.
+fn release(
+    pending: &mut Vec<ObjectMeta>,
+    objects: Vec<ObjectMeta>,
+    through: Option<&str>,
+) -> Vec<ObjectMeta> {
+    let mut all = std::mem::take(pending);
+    all.extend(objects);
+    let (ready, later) = all.into_iter().partition(|meta| {
+        through.is_none_or(|t| format!("{}/", meta.location.as_ref()).as_str() <= t)
+    });
+    *pending = later;
+    ready
+}
+
 impl Progress {
     /// This progress for `readdir` at `offset` (which it answers): a listing that ended in an error, or stopped,
     /// before it got there fails it.
@@ -220,5 +229,123 @@ impl Progress {
     fn push(&mut self, entries: Vec<DirEntry>) {
         self.len += entries.len();
         self.chunks.push(Arc::new(entries));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The hold-back rule on hand-made pages: a level holding files, folders, and a file and a folder of one name
+    //! with names sorting between them (`x`, `x-a`, `x.0`, `x/`), cut into pages of every shape, gives each name
+    //! once, and the folder wins over a file of its name however far apart the pages put them.
+    use super::release;
+    use crate::providers::listing::last_key;
+    use object_store::path::Path;
+    use object_store::{ListResult, ObjectMeta};
+    use std::collections::BTreeMap;
+
+    fn meta(key: &str) -> ObjectMeta {
+        ObjectMeta {
+            location: Path::from(key),
+            last_modified: Default::default(),
+            size: 1,
+            e_tag: None,
+            version: None,
+        }
+    }
+
+    /// A deterministic stream of numbers below `n` (xorshift).
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    /// Streams `entries` (raw keys in listing order; a folder's ends in `/`) in pages of the given sizes and
+    /// returns each name given with whether it was given as a folder.
+    fn stream(entries: &[String], sizes: &mut dyn FnMut() -> usize) -> BTreeMap<String, bool> {
+        let name = |key: &str| {
+            key.trim_end_matches('/')
+                .trim_start_matches("p/")
+                .to_string()
+        };
+        let mut pending = Vec::new();
+        let mut given = BTreeMap::new();
+        let mut rest = entries;
+        while !rest.is_empty() {
+            let (page, after) = rest.split_at(sizes().clamp(1, rest.len()));
+            rest = after;
+            let result = ListResult {
+                objects: page
+                    .iter()
+                    .filter(|k| !k.ends_with('/'))
+                    .map(|k| meta(k))
+                    .collect(),
+                common_prefixes: page
+                    .iter()
+                    .filter(|k| k.ends_with('/'))
+                    .map(|k| Path::from(k.trim_end_matches('/')))
+                    .collect(),
+                extensions: Default::default(),
+            };
+            let through = match rest.is_empty() {
+                true => None,
+                false => last_key(&result),
+            };
+            let folders = result.common_prefixes.clone();
+            let ready = release(&mut pending, result.objects, through.as_deref());
+            // What one page hands out, merged as a listing merges: a folder wins over a file of its name.
+            let mut batch = BTreeMap::new();
+            for file in ready {
+                batch.insert(name(file.location.as_ref()), false);
+            }
+            for folder in folders {
+                batch.insert(name(folder.as_ref()), true);
+            }
+            for (n, folder) in batch {
+                given.entry(n).or_insert(folder); // a name already given stays as it was given
+            }
+        }
+        assert!(pending.is_empty(), "files never handed out: {pending:?}");
+        given
+    }
+
+    #[test]
+    fn files_wait_for_a_folder_of_their_name_on_any_page() {
+        let alphabet = ['x', '-', '.', '0'];
+        for seed in 1..=3000u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            // Each name: 0 a file, 1 a folder, 2 both (the folder wins).
+            let mut kinds = BTreeMap::new();
+            for _ in 0..rng.below(12) + 1 {
+                let n: String = (0..rng.below(3) + 1)
+                    .map(|_| alphabet[rng.below(4)])
+                    .collect();
+                if !n.starts_with('.') {
+                    kinds.insert(n, rng.below(3));
+                }
+            }
+            let expected: BTreeMap<String, bool> =
+                kinds.iter().map(|(n, k)| (n.clone(), *k != 0)).collect();
+            // The level as a provider lists it: raw keys in byte order, folders as `KEY/`.
+            let mut entries: Vec<String> = Vec::new();
+            for (n, kind) in &kinds {
+                if *kind != 1 {
+                    entries.push(format!("p/{n}"));
+                }
+                if *kind != 0 {
+                    entries.push(format!("p/{n}/"));
+                }
+            }
+            entries.sort();
+            let got = stream(&entries, &mut || rng.below(4) + 1);
+            assert_eq!(got, expected, "seed {seed}, pages of {entries:?}");
+            for size in 1..=entries.len() {
+                assert_eq!(stream(&entries, &mut || size), expected, "pages of {size}");
+            }
+        }
     }
 }
