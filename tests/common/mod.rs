@@ -241,7 +241,9 @@ pub trait TestConfig {
     fn case(self, case: Case, name: &str, prefix: &str, dir: &Path) -> Self;
     /// Adds the provider `table` describes.
     fn provider_table(self, table: &ProviderTable) -> Self;
-    /// Retry settings for tests: a failing call fails fast instead of retrying for seconds.
+    /// Retry settings for tests: a failing call fails fast instead of retrying for seconds, and a slow one is waited
+    /// for (the emulators share 2 cores with the whole suite and can pause for seconds; tests of stalls set their own
+    /// timeouts).
     fn fast_retries(self) -> Self;
 }
 
@@ -256,7 +258,7 @@ impl TestConfig for ConfigBuilder {
     }
 
     fn fast_retries(self) -> Self {
-        self.retry(2, 0.05)
+        self.retry(2, 0.05).setting("timeouts.first_byte", 60)
     }
 }
 

@@ -127,7 +127,17 @@ impl Drop for Mount {
     fn drop(&mut self) {
         if self.child.is_some() {
             let status = self.stop_with(libc::SIGTERM);
-            if !std::thread::panicking() {
+            if std::thread::panicking() {
+                // The test failed: the daemon's side of the story goes into the test's output.
+                let log = self.log();
+                let tail: Vec<&str> = log.lines().rev().take(200).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                eprintln!(
+                    "zmount's log (last {} lines, exited {status}):\n{}",
+                    tail.len(),
+                    tail.join("\n")
+                );
+            } else {
                 assert!(
                     status.success(),
                     "zmount exited with {status}:\n{}",
