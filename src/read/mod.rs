@@ -62,8 +62,9 @@ impl ReadError {
 
 type ReadResult<T> = Result<T, ReadError>;
 
-/// How far a read may start from where the previous one ended and still count as sequential: a few times the
-/// kernel's largest FUSE read (128 KiB to 1 MiB), so its concurrent read-ahead requests do not look random.
+/// How far a read may start from where the previous one ended and still count as sequential, once the reader is
+/// sequential: a few times the kernel's largest FUSE read (128 KiB to 1 MiB), so its concurrent read-ahead requests
+/// do not look random.
 const SEQUENTIAL_SLACK: u64 = 4 * 1024 * 1024;
 
 /// Blocks read-ahead asks for with one GET at most: 8 MiB, cut into blocks as it arrives.
@@ -107,6 +108,17 @@ const FILL_AFTER: u32 = 3;
 const FILL_RUNS: usize = 4;
 
 impl ReadState {
+    /// Whether a read at `offset` continues this handle's sequential reading. A sequential reader keeps being one
+    /// within [`SEQUENTIAL_SLACK`]; a random one becomes sequential only by reading on exactly where its last read
+    /// ended (else one random read in a few hundred lands near the last one by chance, and costs whole blocks and a
+    /// read-ahead run instead of its few bytes).
+    fn continues(&self, offset: u64) -> bool {
+        match self.window {
+            0 => offset == self.next_offset,
+            _ => offset.abs_diff(self.next_offset) <= SEQUENTIAL_SLACK,
+        }
+    }
+
     /// A read of `offset..end` (its last block `last`, in a file of `size` bytes) happened: updates the window
     /// (at most `max_window` blocks) and returns the blocks read-ahead should request now.
     fn plan(
@@ -119,8 +131,8 @@ impl ReadState {
     ) -> std::ops::Range<u64> {
         let st = self;
         // The kernel's own read-ahead sends several reads at once and they may be served out of order, so a read
-        // that lands near where the last one ended still counts as sequential.
-        if offset.abs_diff(st.next_offset) <= SEQUENTIAL_SLACK {
+        // that lands near where the last one ended still counts as sequential (see `continues`).
+        if st.continues(offset) {
             st.window = (st.window * 2).clamp(1, max_window);
             st.next_offset = st.next_offset.max(end);
         } else {
@@ -248,7 +260,7 @@ impl Reader {
             return None;
         }
         let mut st = state.lock().unwrap();
-        if offset.abs_diff(st.next_offset) <= SEQUENTIAL_SLACK {
+        if st.continues(offset) {
             return None; // sequential: read-ahead's path
         }
         let key = block_key(&object.current(), first);
@@ -426,5 +438,50 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A random reader stays random when a read lands near its last one by chance (no whole blocks, no
+    /// read-ahead), and becomes sequential by reading on from where it stopped; a sequential reader stays one
+    /// when the kernel's concurrent reads arrive out of order.
+    #[test]
+    fn only_reading_on_makes_a_random_reader_sequential() {
+        let (size, max_window, page) = (1024 * BLOCK_SIZE, 16, 4096);
+        let mut st = ReadState::default();
+        let read = |st: &mut ReadState, offset: u64, len: u64| {
+            let end = offset + len;
+            st.plan(offset, end, (end - 1) / BLOCK_SIZE, size, max_window)
+        };
+        read(&mut st, 500 * BLOCK_SIZE, page);
+        assert_eq!(st.window, 0, "a read away from the start is random");
+        // Near the last read, before and after it, but not where it ended.
+        for offset in [
+            500 * BLOCK_SIZE + 3 * page,
+            500 * BLOCK_SIZE - 2 * BLOCK_SIZE,
+            500 * BLOCK_SIZE + BLOCK_SIZE,
+        ] {
+            assert!(read(&mut st, offset, page).is_empty(), "{offset}");
+            assert_eq!(
+                st.window, 0,
+                "a read near the last one at {offset} stays random"
+            );
+        }
+        // Reading on from where the last read ended: sequential, with read-ahead.
+        let mut offset = 500 * BLOCK_SIZE + BLOCK_SIZE + page;
+        let mut asked = 0;
+        for _ in 0..64 {
+            asked += read(&mut st, offset, 128 << 10).count();
+            offset += 128 << 10;
+        }
+        assert!(
+            st.window > 0 && asked > 0,
+            "window {}, asked {asked}",
+            st.window
+        );
+        // Once sequential, a read the kernel sent before the previous one still counts as sequential.
+        read(&mut st, offset - (256 << 10), 128 << 10);
+        assert!(
+            st.window > 0,
+            "an out-of-order read keeps the reader sequential"
+        );
     }
 }
