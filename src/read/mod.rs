@@ -67,6 +67,9 @@ type ReadResult<T> = Result<T, ReadError>;
 /// do not look random.
 const SEQUENTIAL_SLACK: u64 = 4 * 1024 * 1024;
 
+/// A read this large is the kernel's read-ahead (128 KiB by default), not a program's random small read.
+const LARGE_READ: u64 = 64 * 1024;
+
 /// Blocks read-ahead asks for with one GET at most: 8 MiB, cut into blocks as it arrives.
 const RUN_BLOCKS: u64 = 8;
 
@@ -108,14 +111,16 @@ const FILL_AFTER: u32 = 3;
 const FILL_RUNS: usize = 4;
 
 impl ReadState {
-    /// Whether a read at `offset` continues this handle's sequential reading. A sequential reader keeps being one
-    /// within [`SEQUENTIAL_SLACK`]; a random one becomes sequential only by reading on exactly where its last read
-    /// ended (else one random read in a few hundred lands near the last one by chance, and costs whole blocks and a
-    /// read-ahead run instead of its few bytes).
-    fn continues(&self, offset: u64) -> bool {
+    /// Whether a read of `len` bytes at `offset` continues this handle's sequential reading. A sequential reader
+    /// keeps being one within [`SEQUENTIAL_SLACK`]; so does a random one reading a kernel read-ahead's worth (whose
+    /// concurrent requests may arrive out of order). A small read near the last one must start exactly where it
+    /// ended: else one random 4 KiB read in a few hundred lands near the last one by chance, and costs whole blocks
+    /// and a read-ahead run instead of its few bytes.
+    fn continues(&self, offset: u64, len: u64) -> bool {
+        let near = offset.abs_diff(self.next_offset) <= SEQUENTIAL_SLACK;
         match self.window {
-            0 => offset == self.next_offset,
-            _ => offset.abs_diff(self.next_offset) <= SEQUENTIAL_SLACK,
+            0 => offset == self.next_offset || (near && len >= LARGE_READ),
+            _ => near,
         }
     }
 
@@ -132,7 +137,7 @@ impl ReadState {
         let st = self;
         // The kernel's own read-ahead sends several reads at once and they may be served out of order, so a read
         // that lands near where the last one ended still counts as sequential (see `continues`).
-        if st.continues(offset) {
+        if st.continues(offset, end - offset) {
             st.window = (st.window * 2).clamp(1, max_window);
             st.next_offset = st.next_offset.max(end);
         } else {
@@ -260,7 +265,7 @@ impl Reader {
             return None;
         }
         let mut st = state.lock().unwrap();
-        if st.continues(offset) {
+        if st.continues(offset, end - offset) {
             return None; // sequential: read-ahead's path
         }
         let key = block_key(&object.current(), first);
@@ -482,6 +487,14 @@ mod tests {
         assert!(
             st.window > 0,
             "an out-of-order read keeps the reader sequential"
+        );
+        // A random reader's large read near its last one is the kernel's read-ahead arriving out of order.
+        read(&mut st, 100 * BLOCK_SIZE, page);
+        assert_eq!(st.window, 0);
+        read(&mut st, 100 * BLOCK_SIZE + (256 << 10), 128 << 10);
+        assert!(
+            st.window > 0,
+            "a large read near the last one is sequential"
         );
     }
 }
