@@ -130,8 +130,8 @@ impl Drop for Mount {
             if std::thread::panicking() {
                 // The test failed: the daemon's side of the story goes into the test's output.
                 let log = self.log();
-                let tail: Vec<&str> = log.lines().rev().take(200).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(200)..];
                 eprintln!(
                     "zmount's log (last {} lines, exited {status}):\n{}",
                     tail.len(),
