@@ -1250,6 +1250,117 @@ async fn an_upload_whose_id_was_never_recorded_is_found_and_aborted() {
     );
 }
 
+/// A record without an id stays when the create's answer is lost (an outage); the same file is then written again
+/// into a new upload of the same key. The pass that settles the old record lists that key's uploads: it aborts
+/// the orphan, never the upload this process is still streaming (whose completion would then fail, and a program
+/// closing the file would hear ENOENT).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settling_an_orphan_record_leaves_a_running_upload_of_the_same_key_alone() {
+    use futures::StreamExt;
+    let dir = scratch();
+    common::set_secret_env();
+    let prefix = unique("mpu-live");
+    let config = ConfigBuilder::new(&dir.path().join("cache"))
+        .case(Case::S3, "s3", &prefix, dir.path())
+        .default_route(RouteBuilder::to("s3"))
+        .build(&dir.path().join("mount.toml"))
+        .unwrap();
+    let storage = Arc::new(zmount::Storage::new(&config).unwrap());
+    let provider = storage.provider("s3").unwrap().clone();
+    let multipart = provider
+        .multipart_store()
+        .expect("S3 has multipart uploads");
+    let key = provider.key_for("f1");
+
+    // The orphan: an upload of the key, and a record of a process that no longer runs, without the id.
+    let orphan = multipart.create_multipart(&key).await.unwrap();
+    let records = dir.path().join("cache/uploads");
+    std::fs::create_dir_all(&records).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let record = serde_json::json!({"provider": "s3", "key": key.to_string(), "since": now});
+    std::fs::write(records.join("4294967294-0.json"), record.to_string()).unwrap();
+
+    // The running upload, fed chunk by chunk.
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+    let chunks = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (Ok(chunk), rx))
+    })
+    .boxed();
+    let upload = {
+        let storage = storage.clone();
+        tokio::spawn(async move {
+            storage
+                .upload_stream("f1", chunks, Default::default())
+                .await
+        })
+    };
+    let data = pattern(20 << 20, 31);
+    tx.send(bytes::Bytes::copy_from_slice(&data[..9 << 20]))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while incomplete_uploads(key.as_ref()).await.len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "precondition: the second upload of {key} never showed"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+
+    // Settled while the upload runs (a pass may wait while the new upload's id is not recorded yet).
+    let started = Instant::now();
+    loop {
+        let aborted = storage.abort_orphaned_uploads().await;
+        assert!(
+            aborted <= 1,
+            "{aborted} uploads of {key} aborted, the running one among them"
+        );
+        if aborted == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the orphaned upload was never aborted"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    assert!(
+        !incomplete_uploads(key.as_ref())
+            .await
+            .iter()
+            .any(|u| u.ends_with(&format!("_{orphan}"))),
+        "the orphan is still open"
+    );
+    assert!(
+        std::fs::read_dir(&records)
+            .unwrap()
+            .flatten()
+            .all(|e| e.file_name() != "4294967294-0.json"),
+        "the orphan's record is kept"
+    );
+
+    tx.send(bytes::Bytes::copy_from_slice(&data[9 << 20..]))
+        .await
+        .unwrap();
+    drop(tx);
+    let done = upload.await.unwrap();
+    assert!(
+        done.is_ok(),
+        "the running upload failed: {}",
+        done.unwrap_err()
+    );
+    let stored = common::read_direct(&provider, "f1").await;
+    assert!(
+        stored.as_deref() == Some(&data[..]),
+        "f1 on the provider: {:?} bytes",
+        stored.map(|b| b.len())
+    );
+    assert_eq!(incomplete_uploads(key.as_ref()).await, Vec::<String>::new());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multipart_upload_failed_mid_way_is_not_left_behind() {
     let dir = scratch();

@@ -6,7 +6,8 @@
 //! records left by a killed process, or by an abort that failed, are aborted by [`OpenUploads::abort_orphans`] at
 //! the next start and at every maintenance pass. A record without an id (the process died while the upload was
 //! being created, or the create's answer was lost) is settled by listing the uploads of its key and aborting
-//! those created within [`ID_UNKNOWN_WINDOW`] of the record (the server's clock may differ from ours). Records
+//! those created within [`ID_UNKNOWN_WINDOW`] of the record (the server's clock may differ from ours), except the
+//! uploads of that key this process is running (the same file written again after the lost answer). Records
 //! name the process that started the upload: those of another process still running (a `zmount migrate` sharing
 //! the cache dir) are left alone.
 //!
@@ -151,7 +152,7 @@ impl OpenUploads {
             let key = ObjectPath::from(record.key.as_str());
             let ids = match &record.upload_id {
                 Some(id) => vec![id.clone()],
-                None => match ids_near(provider, &record).await {
+                None => match self.ids_near_not_live(provider, &record).await {
                     Ok(ids) => ids,
                     Err(e) => {
                         tracing::warn!(
@@ -189,6 +190,38 @@ impl OpenUploads {
             }
         }
         aborted
+    }
+}
+
+impl OpenUploads {
+    /// [`ids_near`], leaving out the uploads of the same key that run in this process: a program that writes a
+    /// file again after a failed create (its record stays, without an id) is streaming into a new upload of the
+    /// same key, which the listing shows too, and aborting it would fail that write. While such an upload is
+    /// still being created (its id not known yet), the record waits for a later pass.
+    async fn ids_near_not_live(
+        &self,
+        provider: Option<&Arc<Provider>>,
+        record: &Record,
+    ) -> Result<Vec<String>, String> {
+        let live_ids = || -> Result<Vec<String>, String> {
+            let live = self.live.lock().unwrap();
+            let same_key = live
+                .values()
+                .filter(|r| r.provider == record.provider && r.key == record.key);
+            let mut ids = Vec::new();
+            for r in same_key {
+                match &r.upload_id {
+                    Some(id) => ids.push(id.clone()),
+                    None => return Err("an upload of the same key is being created".to_string()),
+                }
+            }
+            Ok(ids)
+        };
+        live_ids()?;
+        let found = ids_near(provider, record).await?;
+        // Asked again after the listing: an upload created meanwhile is live by now, or still being created.
+        let live = live_ids()?;
+        Ok(found.into_iter().filter(|id| !live.contains(id)).collect())
     }
 }
 

@@ -27,6 +27,18 @@ where
     S: futures::Stream<Item = Result<Bytes>> + Unpin,
 {
     let fail = |e| StorageError::from_store(provider, path, e);
+    // Once the upload exists, "not found" means the upload itself is gone (aborted by another client, a lifecycle
+    // rule, or a cleanup of this cache dir's records), never the file: the write failed for now and is worth
+    // another try (a new upload), and a program must not hear ENOENT for the file it is writing.
+    let vanished = |e: object_store::Error| match e {
+        object_store::Error::NotFound { .. } => StorageError::Unavailable {
+            provider: provider.name.clone(),
+            location: provider.location.clone(),
+            path: path.to_string(),
+            message: "the multipart upload was aborted on the provider before it completed".into(),
+        },
+        e => fail(e),
+    };
     let key = provider.key_for(path);
     // The record comes first: a process killed while the server creates the upload leaves a record (without
     // the id) that the next start settles by listing the key's uploads.
@@ -82,17 +94,17 @@ where
                     .push_back(async move { multipart.put_part(&key, &id, part, payload).await });
                 while in_flight.len() >= concurrency {
                     let done = in_flight.next().await.expect("not empty");
-                    parts.push(done.map_err(fail)?);
+                    parts.push(done.map_err(vanished)?);
                 }
             }
         }
         while let Some(done) = in_flight.next().await {
-            parts.push(done.map_err(fail)?);
+            parts.push(done.map_err(vanished)?);
         }
         multipart
             .complete_multipart(&key, &id, parts)
             .await
-            .map_err(fail)
+            .map_err(vanished)
     }
     .await;
     match outcome {
