@@ -8,7 +8,7 @@
 #   SEED      the generator's seed (a CI failure names it, with the command to run); `-` replays the sequence in
 #             the file named by ZMOUNT_MODEL_REPLAY (lines as printed, e.g. a shrunk sequence)
 #   STEPS     length of the sequence (default 1000)
-#   PROVIDER  local | s3 | faults (S3 behind a fault proxy, tmpfs cache, kill -9 steps), each with an optional
+#   PROVIDER  local | s3 | azure | faults (S3 behind a fault proxy, tmpfs cache, kill -9 steps), each with an optional
 #             -wb suffix for a write-back route (default s3); posix runs the sequence on a plain local folder
 #             (no zmount), which checks the model itself
 # environment:

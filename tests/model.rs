@@ -868,6 +868,7 @@ impl Spec {
             _ if self.plain => "posix",
             (_, true) => "faults",
             (Case::Local, _) => "local",
+            (Case::Azure, _) => "azure",
             _ => "s3",
         };
         if self.write_back {
@@ -885,9 +886,10 @@ impl Spec {
         let (case, faults) = match base {
             "local" | "posix" => (Case::Local, false),
             "s3" => (Case::S3, false),
+            "azure" => (Case::Azure, false),
             "faults" => (Case::S3, true),
             other => panic!(
-                "unknown provider {other:?}: local, s3, faults, each with an optional -wb suffix, or posix"
+                "unknown provider {other:?}: local, s3, azure, faults, each with an optional -wb suffix, or posix"
             ),
         };
         Spec {
@@ -2166,6 +2168,16 @@ fn s3_write_through() {
 #[test]
 fn s3_write_back() {
     ci(Spec::parse("s3-wb"));
+}
+
+#[test]
+fn azure_write_through() {
+    ci(Spec::parse("azure"));
+}
+
+#[test]
+fn azure_write_back() {
+    ci(Spec::parse("azure-wb"));
 }
 
 #[test]
