@@ -155,6 +155,53 @@ async fn sequential_read_of_a_large_object_is_intact(case: Case) {
     );
 }
 
+/// The kernel offers FUSE a read-ahead of 128 KiB at `init`; the mount raises its device's window (root only, in
+/// sysfs) so that a sequential reader's requests reach the daemon up to 1 MiB at a time, a quarter of the requests
+/// and of the daemon's work per byte. Read like `dd bs=1M`: each request is one lookup in the block cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_reads_reach_the_daemon_in_large_requests() {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: the mount cannot change its read-ahead, nothing to check");
+        return;
+    }
+    let addr = common::free_local_addr();
+    let (ctx, mount) = mount_for_with(Case::Local, "read-ahead", &["--metrics-addr", &addr]);
+    let data = pattern(32 << 20, 9);
+    ctx.seed("big.bin", &data).await;
+    let dev = std::fs::metadata(&mount.dir).unwrap().dev();
+    let window = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    let kib: u32 = std::fs::read_to_string(&window)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(kib >= 1024, "{window}: {kib} KiB");
+
+    let before = cache_lookups(&addr).await;
+    let mut file = std::fs::File::open(mount.path("big.bin")).unwrap();
+    let mut read = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        read.extend_from_slice(&buf[..n]);
+    }
+    assert!(read == data, "the bytes read differ from the object's");
+    let lookups = cache_lookups(&addr).await - before;
+    assert!(
+        lookups <= 96.0,
+        "{lookups} block-cache lookups for 32 MiB read sequentially (256 at 128 KiB requests)"
+    );
+}
+
 /// Requests that reached the mount's block cache (hits of either tier and misses).
 async fn cache_lookups(addr: &str) -> f64 {
     common::metric_sum(addr, "zmount_cache_hits_total").await

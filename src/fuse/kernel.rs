@@ -3,8 +3,11 @@
 
 use fuser::InitFlags;
 
-/// The kernel's read-ahead of one file at most (it may allow less).
+/// The kernel's read-ahead of one file at most (it may allow less: it offers its default, 128 KiB, at `init`;
+/// the mount raises it to this afterwards where it can, see `cli::mount`).
 const READ_AHEAD: u32 = 1 << 20;
+/// [`READ_AHEAD`] in KiB, as the kernel's `read_ahead_kb` takes it.
+pub const READ_AHEAD_KIB: u32 = READ_AHEAD >> 10;
 /// Background requests (read-ahead among them) the kernel keeps in flight at most.
 const MAX_BACKGROUND: u16 = 64;
 

@@ -6,6 +6,7 @@
 //! request, `xattr` the extended-attribute ones, and `kernel` sets what the mount asks of the kernel at `init`.
 
 mod kernel;
+pub use kernel::READ_AHEAD_KIB;
 mod listing;
 mod requests;
 mod xattr;

@@ -16,7 +16,7 @@ use crate::fuse::FuseAdapter;
 use crate::storage::Storage;
 use daemon::{daemonize, lock_cache_dir};
 use fuser::{MountOption, SessionACL};
-use mountpoint::{check_mountpoint, mount_as_root, unmount_own, Unmounter};
+use mountpoint::{check_mountpoint, mount_as_root, raise_read_ahead, unmount_own, Unmounter};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -176,6 +176,12 @@ fn serve(
         let _ = done_tx.send(());
         result
     });
+    // The kernel holds requests to the mount until it has the `init` answer: once a `statfs` is answered, raising
+    // the read-ahead sticks (see `raise_read_ahead`). `statfs`, not `stat`: the kernel would keep the root's
+    // attributes for their TTL. On a thread of its own, so a mount that never answers cannot keep this one from
+    // the signals below.
+    let at = mountpoint.to_path_buf();
+    std::thread::spawn(move || raise_read_ahead(&at, crate::fuse::READ_AHEAD_KIB));
     tracing::info!("mounted at {}", mountpoint.display());
     let external = runtime.block_on(wait_for_stop(done_rx, signals));
     let mut detached = false;

@@ -67,6 +67,65 @@ pub fn is_mounted(path: &Path) -> bool {
         .any(|m| unescape_mountinfo(m) == target)
 }
 
+/// The kernel's read-ahead of files in the mount at `path`, raised to `kib` KiB where it is lower. The kernel offers
+/// FUSE no more than its default (128 KiB) at `init`, so a sequential reader's requests are 128 KiB each; a larger
+/// window on the mount's own device (`/sys/class/bdi/MAJOR:MINOR/read_ahead_kb`, root only) makes them up to the
+/// request size FUSE allows (1 MiB), a quarter of the requests and of the daemon's work per byte. Waits for a
+/// `statfs` of the mount first: the kernel answers none before it has the `init` answer (which would lower the
+/// window again). Files opened since take it. What cannot be done (not root, no sysfs) leaves the kernel's default
+/// and says why in the debug log.
+pub(super) fn raise_read_ahead(path: &Path, kib: u32) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: a valid C string and a zeroed struct for the kernel to fill.
+    let answered = unsafe {
+        let mut stat: libc::statvfs = std::mem::zeroed();
+        libc::statvfs(c_path.as_ptr(), &mut stat) == 0
+    };
+    if !answered {
+        tracing::debug!(
+            "read-ahead left as it is: {} did not answer statfs",
+            path.display()
+        );
+        return;
+    }
+    let device = std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|info| {
+            let target = path.to_string_lossy();
+            info.lines()
+                .rfind(|l| l.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(&target))
+                .and_then(|l| l.split(' ').nth(2))
+                .map(str::to_string)
+        });
+    let Some(device) = device else {
+        tracing::debug!(
+            "read-ahead left as it is: {} is not in /proc/self/mountinfo",
+            path.display()
+        );
+        return;
+    };
+    let file = format!("/sys/class/bdi/{device}/read_ahead_kb");
+    let now: Option<u32> = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|v| v.trim().parse().ok());
+    if now.is_some_and(|now| now >= kib) {
+        return;
+    }
+    match std::fs::write(&file, format!("{kib}\n")) {
+        Ok(()) => tracing::debug!(
+            "read-ahead of {} raised to {kib} KiB ({file})",
+            path.display()
+        ),
+        Err(e) => tracing::debug!(
+            "read-ahead of {} left at {now:?} KiB: {file}: {e}",
+            path.display()
+        ),
+    }
+}
+
 fn unescape_mountinfo(field: &str) -> String {
     field
         .replace("\\040", " ")
