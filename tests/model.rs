@@ -1403,8 +1403,8 @@ impl Real {
             self.logs,
             self.mount.as_ref().map(|m| m.log()).unwrap_or_default()
         );
-        let tail: Vec<&str> = all.lines().rev().take(lines).collect();
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        let all: Vec<&str> = all.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// Runs the syscall(s) of `op`.

@@ -191,9 +191,7 @@ impl OpenUploads {
         }
         aborted
     }
-}
 
-impl OpenUploads {
     /// [`ids_near`], leaving out the uploads of the same key that run in this process: a program that writes a
     /// file again after a failed create (its record stays, without an id) is streaming into a new upload of the
     /// same key, which the listing shows too, and aborting it would fail that write. While such an upload is

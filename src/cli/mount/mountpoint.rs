@@ -58,13 +58,16 @@ fn clear_dead_mount(path: &Path) -> Result<(), String> {
 
 /// Whether `path` is the mount point of a mounted filesystem, from /proc/self/mountinfo.
 pub fn is_mounted(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
+    mountinfo_of(path).is_some()
+}
+
+/// The /proc/self/mountinfo line of the topmost mount at `path`, if any.
+fn mountinfo_of(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let target = path.to_string_lossy();
     info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| unescape_mountinfo(m) == target)
+        .rfind(|l| l.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(&target))
+        .map(str::to_string)
 }
 
 /// The kernel's read-ahead of files in the mount at `path`, raised to `kib` KiB where it is lower. The kernel offers
@@ -91,16 +94,8 @@ pub(super) fn raise_read_ahead(path: &Path, kib: u32) {
         );
         return;
     }
-    let device = std::fs::read_to_string("/proc/self/mountinfo")
-        .ok()
-        .and_then(|info| {
-            let target = path.to_string_lossy();
-            info.lines()
-                .rfind(|l| l.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(&target))
-                .and_then(|l| l.split(' ').nth(2))
-                .map(str::to_string)
-        });
-    let Some(device) = device else {
+    let line = mountinfo_of(path);
+    let Some(device) = line.as_deref().and_then(|l| l.split(' ').nth(2)) else {
         tracing::debug!(
             "read-ahead left as it is: {} is not in /proc/self/mountinfo",
             path.display()
