@@ -15,6 +15,7 @@
 
 mod copies;
 mod fetch;
+mod plan;
 
 pub use copies::{Copy, ObjectVersion};
 
@@ -24,6 +25,8 @@ use crate::storage::StorageError;
 use bytes::{Bytes, BytesMut};
 use copies::block;
 use fetch::{block_key, fetch_range, fetch_run, fill};
+pub use plan::ReadState;
+use plan::{run_len, RUN_BLOCKS};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 
@@ -62,34 +65,12 @@ impl ReadError {
 
 type ReadResult<T> = Result<T, ReadError>;
 
-/// How far a read may start from where the previous one ended and still count as sequential, once the reader is
-/// sequential: a few times the kernel's largest FUSE read (128 KiB to 1 MiB), so its concurrent read-ahead requests
-/// do not look random.
-const SEQUENTIAL_SLACK: u64 = 4 * 1024 * 1024;
-
-/// A read this large is the kernel's read-ahead (128 KiB by default), not a program's random small read.
-const LARGE_READ: u64 = 64 * 1024;
-
-/// Blocks read-ahead asks for with one GET at most: 8 MiB, cut into blocks as it arrives.
-const RUN_BLOCKS: u64 = 8;
-
-/// Per-open-file read-ahead state.
-#[derive(Debug, Default)]
-pub struct ReadState {
-    next_offset: u64,
-    window: u64,
-    /// Blocks below this index were already requested by read-ahead.
-    requested_until: u64,
-    /// Random reads of this handle that found their block in neither cache tier.
-    random_misses: u32,
-    /// Held while a whole-object fill started by this handle may go on: the fill stops once the handle is gone.
-    fill: Option<Arc<()>>,
-}
-
 pub struct Reader {
     cache: Arc<BlockCache>,
     max_window: u64,
     read_ahead_permits: Arc<Semaphore>,
+    /// The permits `read_ahead_permits` started with.
+    read_ahead_capacity: usize,
     /// GETs of whole-object fills in flight, over all files.
     fill_permits: Arc<Semaphore>,
     /// Object versions being filled (provider, key, version), so two handles do not fill one twice.
@@ -110,60 +91,6 @@ const FILL_AFTER: u32 = 3;
 /// Run GETs in flight for whole-object fills (each holds up to [`RUN_BLOCKS`] blocks in memory).
 const FILL_RUNS: usize = 4;
 
-impl ReadState {
-    /// Whether a read of `len` bytes at `offset` continues this handle's sequential reading. A sequential reader
-    /// keeps being one within [`SEQUENTIAL_SLACK`]; so does a random one reading a kernel read-ahead's worth (whose
-    /// concurrent requests may arrive out of order). A small read near the last one must start exactly where it
-    /// ended: else one random 4 KiB read in a few hundred lands near the last one by chance, and costs whole blocks
-    /// and a read-ahead run instead of its few bytes.
-    fn continues(&self, offset: u64, len: u64) -> bool {
-        let near = offset.abs_diff(self.next_offset) <= SEQUENTIAL_SLACK;
-        match self.window {
-            0 => offset == self.next_offset || (near && len >= LARGE_READ),
-            _ => near,
-        }
-    }
-
-    /// A read of `offset..end` (its last block `last`, in a file of `size` bytes) happened: updates the window
-    /// (at most `max_window` blocks) and returns the blocks read-ahead should request now.
-    fn plan(
-        &mut self,
-        offset: u64,
-        end: u64,
-        last: u64,
-        size: u64,
-        max_window: u64,
-    ) -> std::ops::Range<u64> {
-        let st = self;
-        // The kernel's own read-ahead sends several reads at once and they may be served out of order, so a read
-        // that lands near where the last one ended still counts as sequential (see `continues`).
-        if st.continues(offset, end - offset) {
-            st.window = (st.window * 2).clamp(1, max_window);
-            st.next_offset = st.next_offset.max(end);
-        } else {
-            st.window = 0;
-            st.requested_until = 0;
-            st.next_offset = end;
-        }
-        let blocks_in_file = size.div_ceil(BLOCK_SIZE);
-        let from = st.requested_until.max(last + 1);
-        let mut to = (last + 1 + st.window).min(blocks_in_file);
-        // Asked for in runs: once a run's worth of the window is free (or the file ends), not a block per read.
-        if to <= from || (to - from < RUN_BLOCKS.min(st.window) && to < blocks_in_file) {
-            return from..from;
-        }
-        // Once the window holds a run, runs end on multiples of RUN_BLOCKS (so they start on them too): the
-        // ranges then match how uploaders cut objects (8 MiB parts) and servers store them, and no GET reads
-        // a part or chunk of the server's for a few of its bytes.
-        let aligned = to - to % RUN_BLOCKS;
-        if st.window >= RUN_BLOCKS && to < blocks_in_file && aligned > from {
-            to = aligned;
-        }
-        st.requested_until = to;
-        from..to
-    }
-}
-
 impl Reader {
     /// A reader over `cache`, whose memory tier holds `memory_bytes`: one reader's window is at most `read_ahead_bytes`
     /// and three quarters of the memory tier, and read-ahead of all files together at most that much, so blocks
@@ -178,6 +105,7 @@ impl Reader {
             cache,
             max_window,
             read_ahead_permits: Arc::new(Semaphore::new(permits)),
+            read_ahead_capacity: permits,
             fill_permits: Arc::new(Semaphore::new(FILL_RUNS)),
             filling: Default::default(),
         }
@@ -201,8 +129,7 @@ impl Reader {
         }
         let first = offset / BLOCK_SIZE;
         let last = (end - 1) / BLOCK_SIZE;
-        let ahead = self.plan_read_ahead(state, offset, end, last, object.size);
-        self.spawn_read_ahead(object, ahead);
+        self.read_ahead(object, state, offset, end, last);
         if first == last {
             let from = (offset - first * BLOCK_SIZE) as usize;
             let to = (end - first * BLOCK_SIZE) as usize;
@@ -323,25 +250,28 @@ impl Reader {
         });
     }
 
-    /// Updates the window and returns the blocks read-ahead should request now.
-    fn plan_read_ahead(
+    /// Updates the window and requests what read-ahead should now. Blocks it could not request for want of
+    /// permits stay unrequested in the handle's state, so a later read asks for them (planning and requesting under
+    /// the handle's lock: the kernel's concurrent reads of one file do not both ask for one block).
+    fn read_ahead(
         &self,
+        object: &ObjectVersion,
         state: &Mutex<ReadState>,
         offset: u64,
         end: u64,
         last: u64,
-        size: u64,
-    ) -> std::ops::Range<u64> {
-        state
-            .lock()
-            .unwrap()
-            .plan(offset, end, last, size, self.max_window)
+    ) {
+        let mut st = state.lock().unwrap();
+        let ahead = st.plan(offset, end, last, object.size, self.max_window);
+        let until = self.spawn_read_ahead(object, ahead);
+        st.unrequest_from(until);
     }
 
     /// Fetches the blocks of `ahead` not yet cached in the background, consecutive ones together: one GET per
-    /// run of up to [`RUN_BLOCKS`] blocks, never across a multiple of it, cut into blocks as it streams in (a 1 MiB ranged GET costs about as
-    /// much in round trips as it moves data). Each block takes a read-ahead permit until it is cached.
-    fn spawn_read_ahead(&self, object: &ObjectVersion, ahead: std::ops::Range<u64>) {
+    /// run of up to [`RUN_BLOCKS`] blocks, never across a multiple of it, cut into blocks as it streams in (a 1 MiB
+    /// ranged GET costs about as much in round trips as it moves data). Each block takes a read-ahead permit until
+    /// it is cached. Returns the first block not requested: `ahead.end`, or where permits ran short ([`run_len`]).
+    fn spawn_read_ahead(&self, object: &ObjectVersion, ahead: std::ops::Range<u64>) -> u64 {
         let copy = object.current();
         let mut index = ahead.start;
         while index < ahead.end {
@@ -360,19 +290,22 @@ impl Reader {
                     end += 1;
                 }
             }
-            // Read-ahead budget spent: the reader fetches blocks itself when it gets there.
-            let budget = (self.read_ahead_permits.available_permits() as u64).min(end - index);
-            if budget == 0 {
-                return;
+            let len = run_len(
+                end - index,
+                self.read_ahead_permits.available_permits(),
+                self.read_ahead_capacity,
+            );
+            if len == 0 {
+                return index;
             }
             let Ok(permits) = self
                 .read_ahead_permits
                 .clone()
-                .try_acquire_many_owned(budget as u32)
+                .try_acquire_many_owned(len as u32)
             else {
-                return;
+                return index;
             };
-            let run = index..index + budget;
+            let run = index..index + len;
             index = run.end;
             let (cache, object) = (self.cache.clone(), object.clone());
             if run.end - run.start == 1 {
@@ -384,117 +317,10 @@ impl Reader {
                 tokio::spawn(fetch_run(cache, object, copy.clone(), run, permits));
             }
         }
+        ahead.end
     }
 
     async fn block(&self, object: &ObjectVersion, index: u64) -> ReadResult<Bytes> {
         block(&self.cache, object, index).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Sequential readers of every read size the kernel sends, over files of many sizes: no block is requested
-    /// twice, read-ahead stays within the window ahead of the reader, and once the window holds a run every
-    /// request ends on a multiple of RUN_BLOCKS (or at the end of the file).
-    #[test]
-    fn read_ahead_requests_each_block_once_in_aligned_runs() {
-        for read in [4096u64, 128 << 10, 1 << 20] {
-            for size in [
-                1u64,
-                BLOCK_SIZE,
-                3 * BLOCK_SIZE + 7,
-                48 * BLOCK_SIZE,
-                101 * BLOCK_SIZE - 3,
-            ] {
-                let max_window = 16;
-                let mut st = ReadState::default();
-                let mut requested = vec![false; size.div_ceil(BLOCK_SIZE) as usize];
-                let mut offset = 0;
-                while offset < size {
-                    let end = (offset + read).min(size);
-                    let last = (end - 1) / BLOCK_SIZE;
-                    let ahead = st.plan(offset, end, last, size, max_window);
-                    assert!(
-                        ahead.end <= last + 1 + max_window,
-                        "past the window: {ahead:?} at {last}"
-                    );
-                    if st.window >= RUN_BLOCKS
-                        && !ahead.is_empty()
-                        && ahead.end < requested.len() as u64
-                    {
-                        assert_eq!(
-                            ahead.end % RUN_BLOCKS,
-                            0,
-                            "unaligned run {ahead:?} (size {size}, read {read})"
-                        );
-                    }
-                    for b in ahead {
-                        assert!(!requested[b as usize], "block {b} requested twice");
-                        requested[b as usize] = true;
-                    }
-                    offset = end;
-                }
-                // Everything after the first block was read ahead.
-                assert!(
-                    requested.iter().skip(1).all(|r| *r),
-                    "size {size}, read {read}: {requested:?}"
-                );
-            }
-        }
-    }
-
-    /// A random reader stays random when a read lands near its last one by chance (no whole blocks, no
-    /// read-ahead), and becomes sequential by reading on from where it stopped; a sequential reader stays one
-    /// when the kernel's concurrent reads arrive out of order.
-    #[test]
-    fn only_reading_on_makes_a_random_reader_sequential() {
-        let (size, max_window, page) = (1024 * BLOCK_SIZE, 16, 4096);
-        let mut st = ReadState::default();
-        let read = |st: &mut ReadState, offset: u64, len: u64| {
-            let end = offset + len;
-            st.plan(offset, end, (end - 1) / BLOCK_SIZE, size, max_window)
-        };
-        read(&mut st, 500 * BLOCK_SIZE, page);
-        assert_eq!(st.window, 0, "a read away from the start is random");
-        // Near the last read, before and after it, but not where it ended.
-        for offset in [
-            500 * BLOCK_SIZE + 3 * page,
-            500 * BLOCK_SIZE - 2 * BLOCK_SIZE,
-            500 * BLOCK_SIZE + BLOCK_SIZE,
-        ] {
-            assert!(read(&mut st, offset, page).is_empty(), "{offset}");
-            assert_eq!(
-                st.window, 0,
-                "a read near the last one at {offset} stays random"
-            );
-        }
-        // Reading on from where the last read ended: sequential, with read-ahead.
-        let mut offset = 500 * BLOCK_SIZE + BLOCK_SIZE + page;
-        let mut asked = 0;
-        for _ in 0..64 {
-            asked += read(&mut st, offset, 128 << 10).count();
-            offset += 128 << 10;
-        }
-        assert!(
-            st.window > 0 && asked > 0,
-            "window {}, asked {asked}",
-            st.window
-        );
-        // Once sequential, a read the kernel sent before the previous one still counts as sequential.
-        read(&mut st, offset - (256 << 10), 128 << 10);
-        assert!(
-            st.window > 0,
-            "an out-of-order read keeps the reader sequential"
-        );
-        // A random reader's large read near its last one is the kernel's read-ahead arriving out of order.
-        read(&mut st, 100 * BLOCK_SIZE, page);
-        assert_eq!(st.window, 0);
-        read(&mut st, 100 * BLOCK_SIZE + (256 << 10), 128 << 10);
-        assert!(
-            st.window > 0,
-            "a large read near the last one is sequential"
-        );
     }
 }

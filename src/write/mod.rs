@@ -18,7 +18,9 @@
 //! 3. a path's write lock in storage (`Storage::lock_paths`, tokio, in path order) — taken inside uploads,
 //! 4. short std mutexes, never held across an await: `Uploads::files`, `Staged::{path, attrs, modified}`, the
 //!    filesystem's `handles` (then `page_versions` inside it) and `Inodes`; `Inodes` is held while a cache beside it (negative lookups, listings,
-//!    both `moka` caches with locks of their own) is filled, and nothing of ours is taken inside it.
+//!    both `moka` caches with locks of their own) is filled, and nothing of ours is taken inside it. An open
+//!    file's `ReadState` (`read::Reader`) is held while read-ahead is planned and requested: the block cache's
+//!    own locks and the read-ahead semaphore (`try_acquire`, never waited on) are taken inside it.
 //! 5. leaves, taken alone: the disk tier's `state` and `open_files` (`cache::disk`; never held together).
 
 pub mod journal;
