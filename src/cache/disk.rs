@@ -312,13 +312,29 @@ impl DiskCache {
     }
 }
 
+/// Writes a block file: the header's length, the header, the data, under a temporary name renamed into place. The
+/// shard folder is made only when it is missing (once per shard, not once per block), and the file is written
+/// with one `writev` in the common case.
 fn write_block(path: &Path, header: &[u8], data: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(path.parent().expect("block files live in a shard folder"))?;
     let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&(header.len() as u32).to_le_bytes())?;
-    file.write_all(header)?;
-    file.write_all(data)?;
+    let mut file = match std::fs::File::create(&tmp) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(path.parent().expect("block files live in a shard folder"))?;
+            std::fs::File::create(&tmp)?
+        }
+        other => other?,
+    };
+    let mut prefix = Vec::with_capacity(4 + header.len());
+    prefix.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    prefix.extend_from_slice(header);
+    let n = file.write_vectored(&[std::io::IoSlice::new(&prefix), std::io::IoSlice::new(data)])?;
+    // A short write (rare for a regular file) is finished with plain writes.
+    if n < prefix.len() {
+        file.write_all(&prefix[n..])?;
+        file.write_all(data)?;
+    } else {
+        file.write_all(&data[n - prefix.len()..])?;
+    }
     drop(file);
     std::fs::rename(&tmp, path)
 }
@@ -392,6 +408,22 @@ mod tests {
             cache.get_range(&other, 0..10).is_none(),
             "another version's block is never served"
         );
+    }
+
+    /// A shard folder is made when a block first needs it, and made again if something removed it meanwhile.
+    #[test]
+    fn a_removed_shard_folder_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        let block = vec![3u8; 3000];
+        cache.put(&key(1), &block);
+        let shard = cache.path_of(&key(1).file_name());
+        let shard = shard.parent().unwrap();
+        std::fs::remove_dir_all(shard).unwrap();
+        cache.forget(&key(1).file_name());
+        cache.put(&key(1), &block);
+        assert_eq!(cache.get(&key(1)).as_deref(), Some(&block[..]));
+        assert!(shard.is_dir());
     }
 
     #[test]
