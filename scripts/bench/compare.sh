@@ -41,6 +41,15 @@ sed -i "s/^prefix = .*/prefix = \"$PREFIX\"/" "$WORK/mount.toml"
 RESULTS="$WORK/results.txt"
 : >"$RESULTS"
 record() { echo "$1 $2 $3" >>"$RESULTS"; } # tool workload value
+# What the machine itself took from the run: CPU time the hypervisor gave to others (steal), and how long tasks
+# waited on the disk (/proc/pressure/io). Figures here move with both; the table says how much there was.
+machine_load() {
+  local io
+  io=$(awk '/^some/ { sub("total=", "", $5); print $5 }' /proc/pressure/io 2>/dev/null || echo 0)
+  awk -v io="${io:-0}" '/^cpu / { print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, io }' /proc/stat
+}
+LOAD_START=$(machine_load)
+START_S=$(now)
 
 # Fixtures, created directly over S3: the object to read and the folder to list.
 $BENCH "$WORK/mount.toml" s3 seed fixtures/big.bin "$SIZE_MIB" >/dev/null
@@ -235,6 +244,7 @@ echo "$TABLE"
   echo
   echo "## Machine"
   echo
+  echo "$LOAD_START $(machine_load) $START_S $(now)" | awk '{ printf "- during the run: %.1f%% of CPU time stolen by the host, some task waiting on the disk %.0f%% of the time\n", 100 * ($4 - $1) / ($5 - $2), ($6 - $3) / 1e4 / ($8 - $7) }'
   echo "- $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, $(uname -sr)"
   echo "- SeaweedFS $("$HOME/.cache/zmount-test-servers/venv/bin/weed" version 2>/dev/null | head -1 | awk '{ print $3 }') (\`weed mini\`, see scripts/test-servers.sh)"
   echo "- zmount $(git rev-parse --short HEAD), rclone $(rclone version | head -1 | awk '{ print $2 }'), s3fs $(s3fs --version 2>&1 | head -1 | grep -o 'V[0-9.]*'), fio $(fio --version)"
