@@ -3,6 +3,7 @@
 //! and block index, so a changed object (new ETag) never matches old blocks. Concurrent requests for the same block
 //! share one fetch (moka's `try_get_with`), which also makes read-ahead and the reader it serves cooperate.
 
+mod block_file;
 pub mod disk;
 
 use bytes::Bytes;
