@@ -2,7 +2,8 @@
 # The legacy workload on an S3 route (the SeaweedFS test server): `rsync -a` of a tree of FILES generated files
 # (sizes from 1 KiB to 160 KiB, about 80 KiB on average) into the mount, then a small `git` workflow (init, add,
 # commit, mv, gc, fsck, checkout) inside it. Prints each step's wall time and what it cost on the provider, from the
-# mount's metrics: requests by operation, bytes written and read. Not a test: figures only.
+# mount's metrics: requests by operation (and how many were attempts sent again), bytes written and read. Not a
+# test: figures only.
 # usage: scripts/bench-legacy.sh [FILES (default 2000)] [write_back (default false)]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +30,7 @@ s3_config "$WORK/mount.toml" "write_back = $WRITE_BACK"
 PID=$(pgrep -nf "zmount $WORK/mount.toml")
 
 # counters NAME: "op=count ..." for requests, or the bytes total of a byte counter.
-snapshot() { curl -s "http://$ADDR/metrics" | grep -E '^zmount_provider_(requests|written_bytes|read_bytes)_total'; }
+snapshot() { curl -s "http://$ADDR/metrics" | grep -E '^zmount_provider_(requests|written_bytes|read_bytes|retries)_total'; }
 report() {
   local step=$1 start=$2 end=$3 before=$4 after=$5
   python3 - "$step" "$(secs "$start" "$end")" "$TREE_BYTES" <<PY
@@ -49,7 +50,8 @@ d = {k: a.get(k, 0) - b.get(k, 0) for k in a}
 reqs = {k[1]: int(v) for k, v in d.items() if k[0] == "zmount_provider_requests_total" and v}
 w = d.get(("zmount_provider_written_bytes_total", ""), 0)
 r = d.get(("zmount_provider_read_bytes_total", ""), 0)
-print(f"{step:<28} {secs:>9} s  written {w/1e6:8.1f} MB ({w/tree:4.2f}x tree)  read {r/1e6:8.1f} MB  requests {sum(reqs.values())}: " + ", ".join(f"{k} {v}" for k, v in sorted(reqs.items())))
+t = int(d.get(("zmount_provider_retries_total", ""), 0))
+print(f"{step:<28} {secs:>9} s  written {w/1e6:8.1f} MB ({w/tree:4.2f}x tree)  read {r/1e6:8.1f} MB  requests {sum(reqs.values())}: " + ", ".join(f"{k} {v}" for k, v in sorted(reqs.items())) + f"; sent again {t}")
 PY
 }
 # Both upload gauges at 0: every version written is on the provider (write-back routes upload in the background).
