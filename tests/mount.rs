@@ -22,6 +22,7 @@ for_each_provider!(
     a_file_read_at_random_is_fetched_whole_in_the_background,
     a_listing_of_many_pages_shows_each_name_once;
     writes: a_run_of_lookups_in_a_directory_costs_one_listing,
+    a_directory_lookup_asks_only_what_the_listing_below_it_leaves_open,
 );
 
 async fn programs_read_the_tree(case: Case) {
@@ -398,6 +399,62 @@ async fn a_run_of_lookups_in_a_directory_costs_one_listing(case: Case) {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(read, b"added elsewhere");
+}
+
+/// Looking a directory up lists one key below it, and its attributes are asked for only where that key leaves them
+/// open (keys are listed in byte order): a folder made by another tool, whose first key sorts after where a marker
+/// would be, costs no HEAD of a marker or of a folder object; a directory made here keeps its mode whether its
+/// marker is the first key below it or names sort before the marker's.
+async fn a_directory_lookup_asks_only_what_the_listing_below_it_leaves_open(case: Case) {
+    use std::os::unix::fs::PermissionsExt;
+    let (ctx, writer) = mount_for(case, "dir-lookups");
+    ctx.seed("elsewhere/data.txt", b"made by another tool")
+        .await;
+    for (dir, names) in [("first", &["a.txt"][..]), ("after", &["!early", "zz"][..])] {
+        std::fs::create_dir(writer.path(dir)).unwrap();
+        for name in names {
+            std::fs::write(writer.path(&format!("{dir}/{name}")), name).unwrap();
+        }
+        let mode = std::fs::Permissions::from_mode(0o710);
+        std::fs::set_permissions(writer.path(dir), mode).unwrap();
+    }
+    let (config, dir) = (writer.config.clone(), writer.dir.clone());
+    drop(writer);
+    let addr = common::free_local_addr();
+    let mount = Mount::start_at(&config, &dir, &["--metrics-addr", &addr]);
+    let heads = format!(
+        "zmount_provider_requests_total{{provider=\"{}\",op=\"head\"",
+        ctx.provider.name
+    );
+    let mode = |path: &str| {
+        std::fs::metadata(mount.path(path))
+            .unwrap()
+            .permissions()
+            .mode()
+    };
+    let before = common::metric_sum(&addr, &heads).await;
+    assert_eq!(
+        mode("elsewhere"),
+        libc::S_IFDIR | 0o755,
+        "a folder made elsewhere"
+    );
+    let sent = common::metric_sum(&addr, &heads).await - before;
+    // A local folder lists in no set order: its marker is still asked for (a `stat` on disk).
+    let most = if case == Case::Local { 2.0 } else { 1.0 };
+    assert!(
+        sent <= most,
+        "{sent} HEADs to look up a folder made elsewhere: at most the file HEAD raced with the listing"
+    );
+    assert_eq!(mode("first"), libc::S_IFDIR | 0o710, "marker first below");
+    assert_eq!(
+        mode("after"),
+        libc::S_IFDIR | 0o710,
+        "a name sorting before the marker"
+    );
+    assert_eq!(
+        std::fs::read(mount.path("elsewhere/data.txt")).unwrap(),
+        b"made by another tool"
+    );
 }
 
 async fn changes_behind_the_mount_appear_after_the_ttl(case: Case) {

@@ -221,19 +221,19 @@ impl Filesystem {
         let (file, dir) = {
             let (mut file, mut dir) = (
                 std::pin::pin!(self.head(path)),
-                std::pin::pin!(self.dir_exists(path)),
+                std::pin::pin!(self.dir_below(path)),
             );
             tokio::select! {
                 found = &mut dir => match found {
-                    Ok(true) => (Ok(None), Ok(true)),
+                    Ok(Some(seen)) => (Ok(None), Ok(Some(seen))),
                     other => ((&mut file).await, other),
                 },
                 head = &mut file => (head, (&mut dir).await),
             }
         };
         match (dir, file) {
-            (Ok(true), _) => {
-                let posix = self.dir_posix(path).await?;
+            (Ok(Some(seen)), _) => {
+                let posix = self.dir_posix_seen(path, &seen).await?;
                 Ok(Entry {
                     posix,
                     ..Entry::dir(self.mounted_at)
@@ -241,16 +241,65 @@ impl Filesystem {
             }
             (_, Ok(Some(entry))) => Ok(entry),
             (Err(e), _) | (_, Err(e)) => Err(e),
-            (Ok(false), Ok(None)) => Err(FsError::NotFound),
+            (Ok(None), Ok(None)) => Err(FsError::NotFound),
         }
     }
 
     /// Mode, owner and times of directory `path`, stored on its marker object (none: the defaults).
     pub(crate) async fn dir_posix(&self, path: &str) -> FsResult<Option<posix::Posix>> {
-        match self.storage.get_info_or_defaults(&marker_of(path)).await {
-            Ok(info) => Ok(posix::Posix::from_metadata(&info.metadata)),
-            Err(e) if e.is_not_found() => Ok(self.s3fs_dir_posix(path).await),
-            Err(e) => Err(e.into()),
+        self.dir_posix_seen(path, &[]).await
+    }
+
+    /// [`Self::dir_posix`], without the requests that the listings below `path` ([`Self::dir_below`]) already
+    /// answered. Paginated listings come in byte order and `path/` sorts first below `path`, so a provider that
+    /// holds nothing below `path`, or whose first key there is not `path/`, holds no s3fs folder object; one whose
+    /// first key sorts after the marker's holds no marker (a folder made by other tools: no HEAD at all).
+    async fn dir_posix_seen(&self, path: &str, seen: &[Seen]) -> FsResult<Option<posix::Posix>> {
+        let below = |provider: &Provider| {
+            seen.iter()
+                .find(|(name, _)| *name == provider.name)
+                .map(|(_, below)| below)
+        };
+        let marker = marker_of(path);
+        // Only where the marker has one place to be: with fallbacks, a provider lacking it sends the HEAD on.
+        let no_marker = self
+            .storage
+            .resolve(&marker)
+            .ok()
+            .and_then(|(clean, resolved, _)| {
+                let order = self.storage.read_order(&clean, resolved.route);
+                let [provider] = &order[..] else {
+                    return None;
+                };
+                let below = below(provider)?;
+                let key = provider.key_for(&clean);
+                Some(
+                    !below.any
+                        || below
+                            .first
+                            .as_ref()
+                            .is_some_and(|f| f.as_ref() > key.as_ref()),
+                )
+            });
+        if no_marker != Some(true) {
+            match self.storage.get_info_or_defaults(&marker).await {
+                Ok(info) => return Ok(posix::Posix::from_metadata(&info.metadata)),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let no_s3fs_object = self
+            .storage
+            .resolve(path)
+            .ok()
+            .and_then(|(_, _, provider)| {
+                let below = below(provider)?;
+                let key = provider.key_for(path);
+                Some(!below.any || below.first.as_ref().is_some_and(|f| *f != key))
+            });
+        match no_s3fs_object {
+            Some(true) => Ok(None),
+            _ => Ok(self.s3fs_dir_posix(path).await),
         }
     }
 
@@ -306,6 +355,11 @@ impl Filesystem {
     /// Whether any provider that may hold entries below `path` has at least one object there. Providers that
     /// cannot be reached are left out when an answering fallback stands in for them, else the check fails.
     pub(super) async fn dir_exists(&self, path: &str) -> FsResult<bool> {
+        Ok(self.dir_below(path).await?.is_some())
+    }
+
+    /// [`Self::dir_exists`], with what each provider that answered listed below `path` (None: nothing there).
+    pub(super) async fn dir_below(&self, path: &str) -> FsResult<Option<Vec<Seen>>> {
         let providers = self.providers_under(path);
         let check = |provider: &Arc<Provider>| {
             let provider = provider.clone();
@@ -317,19 +371,29 @@ impl Filesystem {
                     .await
                     .map_err(|e| StorageError::from_store(&provider, &path, e))
             };
-            Box::pin(check) as Asked<bool>
+            Box::pin(check) as Asked<crate::providers::listing::Below>
         };
         let found = self
-            .ask_all(path, &providers, check, |found| matches!(found, Ok(true)))
+            .ask_all(
+                path,
+                &providers,
+                check,
+                |found| matches!(found, Ok(b) if b.any),
+            )
             .await;
-        if found.iter().any(|r| matches!(r, Ok(true))) {
-            return Ok(true);
+        if found.iter().any(|r| matches!(r, Ok(b) if b.any)) {
+            let seen = providers.iter().zip(found);
+            let seen = seen.filter_map(|(p, r)| Some((p.name.clone(), r.ok()?)));
+            return Ok(Some(seen.collect()));
         }
         let mut outcome = Outcome::of(&providers, found)?;
         self.check_covered(path, &mut outcome)?;
-        Ok(false)
+        Ok(None)
     }
 }
+
+/// What one provider's listing below a directory showed, by provider name (see [`Filesystem::dir_below`]).
+pub(super) type Seen = (String, crate::providers::listing::Below);
 
 /// Content types that mark an object as a directory.
 pub(super) const DIRECTORY_TYPES: [&str; 2] = ["application/x-directory", "httpd/unix-directory"];

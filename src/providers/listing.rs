@@ -134,10 +134,21 @@ impl<'a> DirPages<'a> {
     }
 }
 
-/// Whether the client's provider holds any object below `key` (a directory's key, without the trailing `/`): one key asked
-/// for where listings are paginated, not a page of a thousand. An object whose key no path can name is still
-/// something below `key`.
-pub async fn any_below(client: &ProviderClient<'_>, key: &Path) -> object_store::Result<bool> {
+/// What a one-key listing below a directory found.
+#[derive(Debug, Clone, Default)]
+pub struct Below {
+    /// Whether any object is below the directory's key.
+    pub any: bool,
+    /// The first key below it in byte order, where the provider lists in pages (S3, GCS, Azure list keys in that
+    /// order; `KEY/` itself, an object standing for the folder, sorts first and comes back as `KEY`). None where
+    /// the provider lists otherwise, or the key is not a path.
+    pub first: Option<Path>,
+}
+
+/// Whether the client's provider holds any object below `key` (a directory's key, without the trailing `/`), and
+/// the first one: one key asked for where listings are paginated, not a page of a thousand. An object whose key no
+/// path can name is still something below `key`.
+pub async fn any_below(client: &ProviderClient<'_>, key: &Path) -> object_store::Result<Below> {
     let found = match client.pages() {
         Some(paged) => {
             let prefix = format!("{key}{}", if key.as_ref().is_empty() { "" } else { "/" });
@@ -149,21 +160,35 @@ pub async fn any_below(client: &ProviderClient<'_>, key: &Path) -> object_store:
                 .list_paginated((!prefix.is_empty()).then_some(prefix.as_str()), opts)
                 .await
                 .map(|page| {
-                    !page.result.objects.is_empty() || !page.result.common_prefixes.is_empty()
+                    let first = page.result.objects.first().map(|m| m.location.clone());
+                    Below {
+                        // A page emptied by the client (object_store drops Azure's `KEY/` blob and directory
+                        // entries) still says there is more when it carries a continuation.
+                        any: first.is_some()
+                            || !page.result.common_prefixes.is_empty()
+                            || page.page_token.is_some(),
+                        first,
+                    }
                 })
         }
         None => {
             let mut listing = client.store().list(Some(key));
             match futures::StreamExt::next(&mut listing).await {
-                Some(Ok(_)) => Ok(true),
-                None => Ok(false),
+                Some(Ok(_)) => Ok(Below {
+                    any: true,
+                    first: None,
+                }),
+                None => Ok(Below::default()),
                 Some(Err(e)) => Err(e),
             }
         }
     };
     match found {
-        Err(object_store::Error::InvalidPath { .. }) => Ok(true),
-        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(object_store::Error::InvalidPath { .. }) => Ok(Below {
+            any: true,
+            first: None,
+        }),
+        Err(object_store::Error::NotFound { .. }) => Ok(Below::default()),
         other => other,
     }
 }

@@ -104,11 +104,7 @@ impl Filesystem {
         tx: &watch::Sender<Progress>,
     ) -> FsResult<()> {
         let asked = self.inodes.clock();
-        let client = provider.client(self.dir_attempts(path, provider));
-        let page_size = self.settings.list_page as usize;
-        let fail = |e| FsError::Storage(StorageError::from_store(provider, path, e));
-        let mut pages = DirPages::new(&client, provider.listing_key(path), page_size)
-            .ok_or_else(|| FsError::NotSupported("paginated listing".into()))?;
+        let mut pages = self.fetch_pages(path, provider);
         let mut stream = Stream {
             path,
             provider,
@@ -119,14 +115,20 @@ impl Filesystem {
             given: HashSet::new(),
             all: Vec::new(),
         };
-        let mut page = pages.next().await.map_err(fail)?;
-        while let Some(this) = page {
+        loop {
+            let this = match pages.recv().await {
+                Some(page) => page?,
+                None => {
+                    return Err(FsError::Local(std::io::Error::other(
+                        "the directory's listing stopped",
+                    )))
+                }
+            };
+            let Some(this) = this else { break };
             if tx.is_closed() {
                 return Ok(()); // the directory was closed: nobody reads on
             }
-            // The next page is asked while this one is recorded and handed out.
-            let (next, ()) = tokio::join!(pages.next(), self.take_page(&mut stream, this, tx));
-            page = next.map_err(fail)?;
+            self.take_page(&mut stream, this, tx).await;
         }
         // Names made here while the listing was asked, and files written here meanwhile, that it did not give.
         let mut dirs = BTreeMap::new();
@@ -144,6 +146,39 @@ impl Filesystem {
             listings.insert(path.to_string(), all);
         });
         Ok(())
+    }
+
+    /// The pages of directory `path` on `provider`, asked by a task of their own: the next page is asked as
+    /// soon as this one's continuation is read, on another thread than the one recording this page and handing
+    /// it to `readdir`. It asks at most one page ahead of what is taken and stops once nobody takes them; the
+    /// last item is `Ok(None)` (the listing ended) or an error.
+    fn fetch_pages(
+        &self,
+        path: &str,
+        provider: &Arc<Provider>,
+    ) -> tokio::sync::mpsc::Receiver<FsResult<Option<Page>>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let attempts = self.dir_attempts(path, provider);
+        let page_size = self.settings.list_page as usize;
+        let (provider, path) = (provider.clone(), path.to_string());
+        tokio::spawn(async move {
+            let fail = |e| FsError::Storage(StorageError::from_store(&provider, &path, e));
+            let client = provider.client(attempts);
+            let Some(mut pages) = DirPages::new(&client, provider.listing_key(&path), page_size)
+            else {
+                let unlisted = FsError::NotSupported("paginated listing".into());
+                let _ = tx.send(Err(unlisted)).await;
+                return;
+            };
+            loop {
+                let page = pages.next().await.map_err(fail);
+                let last = !matches!(page, Ok(Some(_)));
+                if tx.send(page).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        rx
     }
 
     /// Takes one page into the listing and hands out what can be.
