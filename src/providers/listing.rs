@@ -140,8 +140,9 @@ pub struct Below {
     /// Whether any object is below the directory's key.
     pub any: bool,
     /// The first key below it in byte order, where the provider lists in pages (S3, GCS, Azure list keys in that
-    /// order; `KEY/` itself, an object standing for the folder, sorts first and comes back as `KEY`). None where
-    /// the provider lists otherwise, or the key is not a path.
+    /// order; `KEY/` itself, an object standing for the folder, sorts first and comes back as `KEY` on S3, while
+    /// object_store drops it on Azure, leaving the page empty). None where the provider lists otherwise, the page
+    /// came back empty, or the key is not a path.
     pub first: Option<Path>,
 }
 

@@ -150,8 +150,8 @@ impl Filesystem {
 
     /// The pages of directory `path` on `provider`, asked by a task of their own: the next page is asked as
     /// soon as this one's continuation is read, on another thread than the one recording this page and handing
-    /// it to `readdir`. It asks at most one page ahead of what is taken and stops once nobody takes them; the
-    /// last item is `Ok(None)` (the listing ended) or an error.
+    /// it to `readdir`. It runs at most two pages ahead of what is taken (one waiting, one being asked) and stops
+    /// once nobody takes them; the last item is `Ok(None)` (the listing ended) or an error.
     fn fetch_pages(
         &self,
         path: &str,
