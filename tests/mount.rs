@@ -343,10 +343,7 @@ async fn a_run_of_lookups_in_a_directory_costs_one_listing(case: Case) {
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     // A name no key holds as it is (a control character): stored under a percent-encoded key.
     std::fs::write(writer.path("d/tab\there"), b"tab").unwrap();
-    let (config, dir) = (writer.config.clone(), writer.dir.clone());
-    drop(writer);
-    let addr = common::free_local_addr();
-    let mount = Mount::start_at(&config, &dir, &["--metrics-addr", &addr]);
+    let (mount, addr) = remount_with_metrics(writer);
     let requests = format!(
         "zmount_provider_requests_total{{provider=\"{}\"",
         ctx.provider.name
@@ -418,10 +415,7 @@ async fn a_directory_lookup_asks_only_what_the_listing_below_it_leaves_open(case
         let mode = std::fs::Permissions::from_mode(0o710);
         std::fs::set_permissions(writer.path(dir), mode).unwrap();
     }
-    let (config, dir) = (writer.config.clone(), writer.dir.clone());
-    drop(writer);
-    let addr = common::free_local_addr();
-    let mount = Mount::start_at(&config, &dir, &["--metrics-addr", &addr]);
+    let (mount, addr) = remount_with_metrics(writer);
     let heads = format!(
         "zmount_provider_requests_total{{provider=\"{}\",op=\"head\"",
         ctx.provider.name
@@ -455,6 +449,16 @@ async fn a_directory_lookup_asks_only_what_the_listing_below_it_leaves_open(case
         std::fs::read(mount.path("elsewhere/data.txt")).unwrap(),
         b"made by another tool"
     );
+}
+
+/// `mount` unmounted and mounted again (same config and cache folder, a fresh daemon) with its metrics served;
+/// returns the new mount and the metrics address.
+fn remount_with_metrics(mount: Mount) -> (Mount, String) {
+    let (config, dir) = (mount.config.clone(), mount.dir.clone());
+    drop(mount);
+    let addr = common::free_local_addr();
+    let mount = Mount::start_at(&config, &dir, &["--metrics-addr", &addr]);
+    (mount, addr)
 }
 
 async fn changes_behind_the_mount_appear_after_the_ttl(case: Case) {

@@ -146,6 +146,14 @@ pub struct Below {
     pub first: Option<Path>,
 }
 
+impl Below {
+    /// Something is below, which key first is not known.
+    const UNSEEN: Below = Below {
+        any: true,
+        first: None,
+    };
+}
+
 /// Whether the client's provider holds any object below `key` (a directory's key, without the trailing `/`), and
 /// the first one: one key asked for where listings are paginated, not a page of a thousand. An object whose key no
 /// path can name is still something below `key`.
@@ -175,20 +183,14 @@ pub async fn any_below(client: &ProviderClient<'_>, key: &Path) -> object_store:
         None => {
             let mut listing = client.store().list(Some(key));
             match futures::StreamExt::next(&mut listing).await {
-                Some(Ok(_)) => Ok(Below {
-                    any: true,
-                    first: None,
-                }),
+                Some(Ok(_)) => Ok(Below::UNSEEN),
                 None => Ok(Below::default()),
                 Some(Err(e)) => Err(e),
             }
         }
     };
     match found {
-        Err(object_store::Error::InvalidPath { .. }) => Ok(Below {
-            any: true,
-            first: None,
-        }),
+        Err(object_store::Error::InvalidPath { .. }) => Ok(Below::UNSEEN),
         Err(object_store::Error::NotFound { .. }) => Ok(Below::default()),
         other => other,
     }
